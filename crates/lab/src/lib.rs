@@ -1,0 +1,66 @@
+//! Network-namespace labs for vipcast.
+//!
+//! Everything here is built from guards whose `Drop` removes what they
+//! created — namespaces (and with them every link and address inside),
+//! host-side links and processes — so a test that fails or panics still
+//! leaves nothing behind. Names carry a short random id ([`unique_id`]) so
+//! tests run in parallel.
+//!
+//! Namespaces and links are made with iproute2 (`ip`), the tool an operator
+//! would use to inspect them too; the agent's data plane is programmed over
+//! netlink elsewhere.
+
+mod netns;
+mod process;
+
+pub use netns::{unique_id, Netns, Veth};
+pub use process::Child;
+
+/// Errors of lab operations.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A command could not be started.
+    #[error("cannot run {cmd}: {source}")]
+    Spawn {
+        cmd: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A command exited with a failure.
+    #[error("{cmd} failed ({status}): {stderr}")]
+    Command { cmd: String, status: String, stderr: String },
+    /// A name does not fit the kernel's limits.
+    #[error("interface name {0:?} is longer than 15 bytes")]
+    NameTooLong(String),
+}
+
+/// Result of lab operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Runs a command to completion; an error carries its stderr.
+pub fn run(cmd: &mut std::process::Command) -> Result<String> {
+    let desc = describe(cmd);
+    let out = cmd.output().map_err(|source| Error::Spawn { cmd: desc.clone(), source })?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            cmd: desc,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `ip ARGS...`
+pub fn ip(args: &[&str]) -> Result<String> {
+    run(std::process::Command::new("ip").args(args))
+}
+
+pub(crate) fn describe(cmd: &std::process::Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}

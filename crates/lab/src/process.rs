@@ -1,0 +1,67 @@
+use std::process::{Command, Stdio};
+
+use crate::{describe, Error, Result};
+
+/// A background process, killed and reaped on drop.
+#[derive(Debug)]
+pub struct Child {
+    child: std::process::Child,
+    desc: String,
+}
+
+impl Child {
+    /// Spawns `cmd` with stdout and stderr sent to `log` (a file path).
+    pub fn spawn(cmd: &mut Command, log: &std::path::Path) -> Result<Child> {
+        let desc = describe(cmd);
+        let file = std::fs::File::create(log).map_err(|source| Error::Spawn { cmd: desc.clone(), source })?;
+        let err = file.try_clone().map_err(|source| Error::Spawn { cmd: desc.clone(), source })?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .map_err(|source| Error::Spawn { cmd: desc.clone(), source })?;
+        Ok(Child { child, desc })
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM and waits up to `grace` for the process to exit; kills it
+    /// after that. Returns whether it exited by itself.
+    pub fn terminate(&mut self, grace: std::time::Duration) -> bool {
+        if !self.is_running() {
+            return true;
+        }
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if !self.is_running() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+
+    /// What was started.
+    pub fn description(&self) -> &str {
+        &self.desc
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
