@@ -13,7 +13,7 @@
 mod netns;
 mod process;
 
-pub use netns::{unique_id, Netns, Veth};
+pub use netns::{Netns, Veth, unique_id};
 pub use process::Child;
 
 /// Errors of lab operations.

@@ -1,7 +1,7 @@
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::{ip, Error, Result};
+use crate::{Error, Result, ip};
 
 /// A short random id (6 lowercase hex digits) for names that must not collide
 /// between tests running in parallel, or with a previous run's leftovers.
@@ -17,10 +17,8 @@ pub fn unique_id() -> String {
             }
         }
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let mix = u64::from_le_bytes(seed)
         ^ u64::from(nanos)
         ^ (u64::from(std::process::id()) << 20)

@@ -1,6 +1,6 @@
 use std::process::{Command, Stdio};
 
-use crate::{describe, Error, Result};
+use crate::{Error, Result, describe};
 
 /// A background process, killed and reaped on drop.
 #[derive(Debug)]

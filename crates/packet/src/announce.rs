@@ -7,8 +7,8 @@
 use core::net::IpAddr;
 
 use crate::arp::{ArpOp, ArpRepr};
-use crate::ethernet::{ethertype, EthernetRepr};
-use crate::ip::{protocol, Ipv6Repr};
+use crate::ethernet::{EthernetRepr, ethertype};
+use crate::ip::{Ipv6Repr, protocol};
 use crate::nd::NdRepr;
 use crate::{MacAddr, Result};
 
@@ -59,13 +59,7 @@ pub fn classify(frame: &[u8]) -> Result<Option<Announcement>> {
             } else {
                 return Ok(None);
             };
-            Ok(Some(Announcement {
-                kind,
-                ip: IpAddr::V4(arp.sender_ip),
-                mac: arp.sender_mac,
-                eth_src: eth.src,
-                vlan,
-            }))
+            Ok(Some(Announcement { kind, ip: IpAddr::V4(arp.sender_ip), mac: arp.sender_mac, eth_src: eth.src, vlan }))
         }
         ethertype::IPV6 => {
             let (ip, body) = Ipv6Repr::parse(payload)?;
@@ -73,12 +67,7 @@ pub fn classify(frame: &[u8]) -> Result<Option<Announcement>> {
                 return Ok(None);
             }
             match NdRepr::parse(body, ip.src, ip.dst, ip.hop_limit)? {
-                Some(NdRepr::Advert {
-                    solicited: false,
-                    target,
-                    target_lladdr,
-                    ..
-                }) => Ok(Some(Announcement {
+                Some(NdRepr::Advert { solicited: false, target, target_lladdr, .. }) => Ok(Some(Announcement {
                     kind: AnnounceKind::UnsolicitedNa,
                     ip: IpAddr::V6(target),
                     mac: target_lladdr.unwrap_or(eth.src),

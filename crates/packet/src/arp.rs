@@ -57,17 +57,16 @@ impl ArpRepr {
     /// Parses an ARP packet; anything but Ethernet/IPv4 ARP is `Unsupported`.
     /// Trailing bytes (Ethernet padding) are ignored.
     pub fn parse(buf: &[u8]) -> Result<ArpRepr> {
-        let pkt = ArpPacket::from_slice(buf)
-            .map_err(|_| Error::truncated(Layer::Arp, PACKET_LEN, buf.len()))?;
+        let pkt = ArpPacket::from_slice(buf).map_err(|_| Error::truncated(Layer::Arp, PACKET_LEN, buf.len()))?;
         if pkt.hw_addr_type.0 != 1 {
             return Err(Error::unsupported(Layer::Arp, "hardware type", pkt.hw_addr_type.0));
         }
         if pkt.proto_addr_type.0 != crate::ethernet::ethertype::IPV4 {
             return Err(Error::unsupported(Layer::Arp, "protocol type", pkt.proto_addr_type.0));
         }
-        let eth = pkt.try_eth_ipv4().map_err(|_| {
-            Error::unsupported(Layer::Arp, "address lengths", u64::from(pkt.hw_addr_size()))
-        })?;
+        let eth = pkt
+            .try_eth_ipv4()
+            .map_err(|_| Error::unsupported(Layer::Arp, "address lengths", u64::from(pkt.hw_addr_size())))?;
         Ok(ArpRepr {
             op: ArpOp::from(eth.operation.0),
             sender_mac: MacAddr(eth.sender_mac),
@@ -127,11 +126,7 @@ mod tests {
         assert!(reply.is_gratuitous());
         let normal = ArpRepr { target_ip: Ipv4Addr::new(10, 0, 0, 1), ..sample() };
         assert!(!normal.is_gratuitous());
-        let probe = ArpRepr {
-            sender_ip: Ipv4Addr::UNSPECIFIED,
-            target_ip: Ipv4Addr::UNSPECIFIED,
-            ..sample()
-        };
+        let probe = ArpRepr { sender_ip: Ipv4Addr::UNSPECIFIED, target_ip: Ipv4Addr::UNSPECIFIED, ..sample() };
         assert!(!probe.is_gratuitous());
         let rarp = ArpRepr { op: ArpOp::Other(3), ..sample() };
         assert!(!rarp.is_gratuitous());

@@ -5,9 +5,9 @@
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::arp::{ArpOp, ArpRepr};
-use crate::ethernet::{ethertype, EthernetRepr, VlanTag};
+use crate::ethernet::{EthernetRepr, VlanTag, ethertype};
 use crate::gre::GreRepr;
-use crate::ip::{protocol, IpRepr};
+use crate::ip::{IpRepr, protocol};
 use crate::nd::NdRepr;
 use crate::udp::{self, UdpRepr};
 use crate::vrrp::{self, VrrpRepr};
@@ -73,7 +73,13 @@ pub fn unsolicited_na(mac: MacAddr, target: Ipv6Addr, src: Ipv6Addr) -> Result<V
 /// A VRRP advertisement as a router sends it: from `src_mac` (the virtual MAC
 /// or the interface's), `src` -> `dst` with TTL 255, to the group's multicast
 /// MAC or, for unicast, `dst_mac`.
-pub fn vrrp_frame(src_mac: MacAddr, dst_mac: Option<MacAddr>, src: IpAddr, dst: IpAddr, repr: &VrrpRepr) -> Result<Vec<u8>> {
+pub fn vrrp_frame(
+    src_mac: MacAddr,
+    dst_mac: Option<MacAddr>,
+    src: IpAddr,
+    dst: IpAddr,
+    repr: &VrrpRepr,
+) -> Result<Vec<u8>> {
     let mut body = Vec::with_capacity(repr.buffer_len());
     repr.emit(&mut body, src, dst)?;
     let mut ip = IpRepr::new(src, dst, vrrp::PROTOCOL, vrrp::TTL, body.len())?;

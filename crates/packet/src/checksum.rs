@@ -37,9 +37,7 @@ pub fn pseudo_header(src: IpAddr, dst: IpAddr, protocol: u8, length: u32) -> u32
             IpAddr::V6(v6) => sum(&v6.octets()),
         });
     }
-    acc.wrapping_add(u32::from(protocol))
-        .wrapping_add(length >> 16)
-        .wrapping_add(length & 0xffff)
+    acc.wrapping_add(u32::from(protocol)).wrapping_add(length >> 16).wrapping_add(length & 0xffff)
 }
 
 /// Checksum of `data` preceded by a pseudo-header.
@@ -92,7 +90,8 @@ mod tests {
 
     #[test]
     fn valid_buffer_sums_to_zero() {
-        let mut data = vec![0x45, 0x00, 0x00, 0x1c, 0x12, 0x34, 0x00, 0x00, 0xff, 0x70, 0, 0, 10, 0, 0, 1, 224, 0, 0, 18];
+        let mut data =
+            vec![0x45, 0x00, 0x00, 0x1c, 0x12, 0x34, 0x00, 0x00, 0xff, 0x70, 0, 0, 10, 0, 0, 1, 224, 0, 0, 18];
         let c = of(&data);
         data[10..12].copy_from_slice(&c.to_be_bytes());
         assert_eq!(of(&data), 0);

@@ -42,32 +42,16 @@ impl fmt::Display for Layer {
 pub enum Error {
     /// The buffer is shorter than the header (or the length a field claims).
     #[error("{layer}: truncated: needs {needed} bytes, has {available}")]
-    Truncated {
-        layer: Layer,
-        needed: usize,
-        available: usize,
-    },
+    Truncated { layer: Layer, needed: usize, available: usize },
     /// A field holds a value the protocol forbids.
     #[error("{layer}: invalid {field} {value}")]
-    Invalid {
-        layer: Layer,
-        field: &'static str,
-        value: u64,
-    },
+    Invalid { layer: Layer, field: &'static str, value: u64 },
     /// A field holds a value this crate does not handle (but the protocol may).
     #[error("{layer}: unsupported {field} {value}")]
-    Unsupported {
-        layer: Layer,
-        field: &'static str,
-        value: u64,
-    },
+    Unsupported { layer: Layer, field: &'static str, value: u64 },
     /// The checksum does not match the contents.
     #[error("{layer}: bad checksum {received:#06x}, computed {computed:#06x}")]
-    Checksum {
-        layer: Layer,
-        received: u16,
-        computed: u16,
-    },
+    Checksum { layer: Layer, received: u16, computed: u16 },
 }
 
 impl Error {
@@ -82,36 +66,20 @@ impl Error {
     }
 
     pub(crate) fn truncated(layer: Layer, needed: usize, available: usize) -> Self {
-        Error::Truncated {
-            layer,
-            needed,
-            available,
-        }
+        Error::Truncated { layer, needed, available }
     }
 
     pub(crate) fn invalid(layer: Layer, field: &'static str, value: impl Into<u64>) -> Self {
-        Error::Invalid {
-            layer,
-            field,
-            value: value.into(),
-        }
+        Error::Invalid { layer, field, value: value.into() }
     }
 
     pub(crate) fn unsupported(layer: Layer, field: &'static str, value: impl Into<u64>) -> Self {
-        Error::Unsupported {
-            layer,
-            field,
-            value: value.into(),
-        }
+        Error::Unsupported { layer, field, value: value.into() }
     }
 
     /// Checks that an input buffer holds `needed` bytes.
     pub(crate) fn check_len(layer: Layer, needed: usize, available: usize) -> Result<()> {
-        if available < needed {
-            Err(Error::truncated(layer, needed, available))
-        } else {
-            Ok(())
-        }
+        if available < needed { Err(Error::truncated(layer, needed, available)) } else { Ok(()) }
     }
 }
 

@@ -62,14 +62,9 @@ impl EthernetRepr {
         if repr.ethertype != ethertype::VLAN {
             return Ok((repr, rest));
         }
-        let (tag, rest) = SingleVlanHeader::from_slice(rest).map_err(|_| {
-            Error::truncated(Layer::Vlan, HEADER_LEN + VLAN_TAG_LEN, frame.len())
-        })?;
-        repr.vlan = Some(VlanTag {
-            pcp: tag.pcp.value(),
-            dei: tag.drop_eligible_indicator,
-            vid: tag.vlan_id.value(),
-        });
+        let (tag, rest) = SingleVlanHeader::from_slice(rest)
+            .map_err(|_| Error::truncated(Layer::Vlan, HEADER_LEN + VLAN_TAG_LEN, frame.len()))?;
+        repr.vlan = Some(VlanTag { pcp: tag.pcp.value(), dei: tag.drop_eligible_indicator, vid: tag.vlan_id.value() });
         repr.ethertype = tag.ether_type.0;
         Ok((repr, rest))
     }
@@ -81,22 +76,12 @@ impl EthernetRepr {
 
     /// Appends the header to `out`.
     pub fn emit(&self, out: &mut Vec<u8>) -> Result<()> {
-        let outer_type = if self.vlan.is_some() {
-            ethertype::VLAN
-        } else {
-            self.ethertype
-        };
-        let eth = Ethernet2Header {
-            destination: self.dst.0,
-            source: self.src.0,
-            ether_type: EtherType(outer_type),
-        };
+        let outer_type = if self.vlan.is_some() { ethertype::VLAN } else { self.ethertype };
+        let eth = Ethernet2Header { destination: self.dst.0, source: self.src.0, ether_type: EtherType(outer_type) };
         out.extend_from_slice(&eth.to_bytes());
         if let Some(tag) = self.vlan {
-            let pcp = VlanPcp::try_new(tag.pcp)
-                .map_err(|_| Error::invalid(Layer::Vlan, "pcp", tag.pcp))?;
-            let vid = VlanId::try_new(tag.vid)
-                .map_err(|_| Error::invalid(Layer::Vlan, "vid", tag.vid))?;
+            let pcp = VlanPcp::try_new(tag.pcp).map_err(|_| Error::invalid(Layer::Vlan, "pcp", tag.pcp))?;
+            let vid = VlanId::try_new(tag.vid).map_err(|_| Error::invalid(Layer::Vlan, "vid", tag.vid))?;
             let hdr = SingleVlanHeader {
                 pcp,
                 drop_eligible_indicator: tag.dei,
@@ -129,10 +114,7 @@ mod tests {
         assert_eq!(back, repr);
         assert_eq!(payload, &[0xaa]);
 
-        let tagged = EthernetRepr {
-            vlan: Some(VlanTag { pcp: 5, dei: true, vid: 42 }),
-            ..repr
-        };
+        let tagged = EthernetRepr { vlan: Some(VlanTag { pcp: 5, dei: true, vid: 42 }), ..repr };
         out.clear();
         tagged.emit(&mut out).unwrap();
         assert_eq!(&out[12..14], &[0x81, 0x00]);
@@ -144,10 +126,7 @@ mod tests {
         assert!(EthernetRepr::parse(&[0; 13]).is_err());
         let mut f = vec![0u8; 14];
         f[12] = 0x81;
-        assert_eq!(
-            EthernetRepr::parse(&f).unwrap_err().layer(),
-            Layer::Vlan
-        );
+        assert_eq!(EthernetRepr::parse(&f).unwrap_err().layer(), Layer::Vlan);
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //! a version other than 0. The checksum, when present, covers the GRE header
 //! and payload.
 
-use crate::{checksum, Error, Layer, Result};
+use crate::{Error, Layer, Result, checksum};
 
 /// Length of the base header.
 pub const BASE_LEN: usize = 4;
@@ -141,19 +141,10 @@ impl GreRepr {
         if let Some(received) = p.checksum() {
             let computed = checksum::compute(None, p.buffer.as_ref(), BASE_LEN);
             if computed != received {
-                return Err(Error::Checksum {
-                    layer: Layer::Gre,
-                    received,
-                    computed,
-                });
+                return Err(Error::Checksum { layer: Layer::Gre, received, computed });
             }
         }
-        Ok(GreRepr {
-            protocol: p.protocol(),
-            checksum: p.has_checksum(),
-            key: p.key(),
-            sequence: p.sequence(),
-        })
+        Ok(GreRepr { protocol: p.protocol(), checksum: p.has_checksum(), key: p.key(), sequence: p.sequence() })
     }
 
     /// Parses a buffer; returns the header and the payload.
@@ -165,7 +156,8 @@ impl GreRepr {
 
     /// Length of the header.
     pub fn header_len(&self) -> usize {
-        BASE_LEN + 4 * (usize::from(self.checksum) + usize::from(self.key.is_some()) + usize::from(self.sequence.is_some()))
+        BASE_LEN
+            + 4 * (usize::from(self.checksum) + usize::from(self.key.is_some()) + usize::from(self.sequence.is_some()))
     }
 
     /// Appends header and payload to `out` (the checksum covers both).

@@ -82,20 +82,14 @@ impl Ipv4Repr {
         })?;
         let computed = hdr.calc_header_checksum();
         if computed != hdr.header_checksum {
-            return Err(Error::Checksum {
-                layer: Layer::Ipv4,
-                received: hdr.header_checksum,
-                computed,
-            });
+            return Err(Error::Checksum { layer: Layer::Ipv4, received: hdr.header_checksum, computed });
         }
         let header_len = hdr.header_len();
         let total = usize::from(hdr.total_len);
         if total < header_len {
             return Err(Error::invalid(Layer::Ipv4, "total length", hdr.total_len));
         }
-        let payload = buf
-            .get(header_len..total)
-            .ok_or(Error::truncated(Layer::Ipv4, total, buf.len()))?;
+        let payload = buf.get(header_len..total).ok_or(Error::truncated(Layer::Ipv4, total, buf.len()))?;
         let repr = Ipv4Repr {
             src: Ipv4Addr::from(hdr.source),
             dst: Ipv4Addr::from(hdr.destination),
@@ -119,16 +113,11 @@ impl Ipv4Repr {
             .ok()
             .filter(|&l| usize::from(l) <= usize::from(u16::MAX) - IPV4_HEADER_LEN)
             .ok_or(Error::invalid(Layer::Ipv4, "payload length", self.payload_len as u64))?;
-        let mut hdr = Ipv4Header::new(
-            payload_len,
-            self.ttl,
-            IpNumber(self.protocol),
-            self.src.octets(),
-            self.dst.octets(),
-        )
-        .map_err(|_| Error::invalid(Layer::Ipv4, "payload length", payload_len))?;
-        hdr.dscp = etherparse::IpDscp::try_new(self.dscp)
-            .map_err(|_| Error::invalid(Layer::Ipv4, "dscp", self.dscp))?;
+        let mut hdr =
+            Ipv4Header::new(payload_len, self.ttl, IpNumber(self.protocol), self.src.octets(), self.dst.octets())
+                .map_err(|_| Error::invalid(Layer::Ipv4, "payload length", payload_len))?;
+        hdr.dscp =
+            etherparse::IpDscp::try_new(self.dscp).map_err(|_| Error::invalid(Layer::Ipv4, "dscp", self.dscp))?;
         hdr.identification = self.ident;
         hdr.dont_fragment = self.dont_fragment;
         hdr.header_checksum = hdr.calc_header_checksum();
@@ -151,9 +140,7 @@ impl Ipv6Repr {
             }
         })?;
         let end = IPV6_HEADER_LEN + usize::from(hdr.payload_length);
-        let payload = buf
-            .get(IPV6_HEADER_LEN..end)
-            .ok_or(Error::truncated(Layer::Ipv6, end, buf.len()))?;
+        let payload = buf.get(IPV6_HEADER_LEN..end).ok_or(Error::truncated(Layer::Ipv6, end, buf.len()))?;
         let repr = Ipv6Repr {
             src: hdr.source_addr(),
             dst: hdr.destination_addr(),
@@ -289,7 +276,8 @@ mod tests {
 
     #[test]
     fn v4_round_trip_and_padding_cut() {
-        let r = IpRepr::new("10.0.0.1".parse().unwrap(), "224.0.0.18".parse().unwrap(), protocol::VRRP, 255, 4).unwrap();
+        let r =
+            IpRepr::new("10.0.0.1".parse().unwrap(), "224.0.0.18".parse().unwrap(), protocol::VRRP, 255, 4).unwrap();
         let mut b = Vec::new();
         r.emit(&mut b).unwrap();
         b.extend_from_slice(&[1, 2, 3, 4, 0, 0, 0]);

@@ -65,11 +65,7 @@ impl MacAddr {
     /// A VRRP virtual router MAC (IPv4 or IPv6), and its VRID.
     pub const fn vrrp_vrid(&self) -> Option<u8> {
         let o = self.0;
-        if o[0] == 0 && o[1] == 0 && o[2] == 0x5e && o[3] == 0 && (o[4] == 1 || o[4] == 2) {
-            Some(o[5])
-        } else {
-            None
-        }
+        if o[0] == 0 && o[1] == 0 && o[2] == 0x5e && o[3] == 0 && (o[4] == 1 || o[4] == 2) { Some(o[5]) } else { None }
     }
 }
 
@@ -103,9 +99,7 @@ impl FromStr for MacAddr {
     type Err = ParseMacError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseMacError {
-            input: s.chars().take(64).collect(),
-        };
+        let err = || ParseMacError { input: s.chars().take(64).collect() };
         let sep = if s.contains('-') { '-' } else { ':' };
         let mut out = [0u8; 6];
         let mut parts = s.split(sep);

@@ -13,7 +13,7 @@
 
 use core::net::{IpAddr, Ipv6Addr};
 
-use crate::{checksum, ip::protocol, Error, Layer, MacAddr, Result};
+use crate::{Error, Layer, MacAddr, Result, checksum, ip::protocol};
 
 /// ICMPv6 type: neighbour solicitation.
 pub const TYPE_NS: u8 = 135;
@@ -29,17 +29,8 @@ pub const OPT_TARGET_LLADDR: u8 = 2;
 /// A neighbour solicitation or advertisement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NdRepr {
-    Solicit {
-        target: Ipv6Addr,
-        source_lladdr: Option<MacAddr>,
-    },
-    Advert {
-        router: bool,
-        solicited: bool,
-        override_: bool,
-        target: Ipv6Addr,
-        target_lladdr: Option<MacAddr>,
-    },
+    Solicit { target: Ipv6Addr, source_lladdr: Option<MacAddr> },
+    Advert { router: bool, solicited: bool, override_: bool, target: Ipv6Addr, target_lladdr: Option<MacAddr> },
 }
 
 impl NdRepr {
@@ -66,11 +57,7 @@ impl NdRepr {
         let received = read_u16(icmp, 2);
         let computed = checksum::compute(Some((IpAddr::V6(src), IpAddr::V6(dst), protocol::ICMPV6)), icmp, 2);
         if received != computed {
-            return Err(Error::Checksum {
-                layer: Layer::Icmpv6,
-                received,
-                computed,
-            });
+            return Err(Error::Checksum { layer: Layer::Icmpv6, received, computed });
         }
         let flags = icmp.get(4).copied().unwrap_or(0);
         let mut t = [0u8; 16];
@@ -82,10 +69,7 @@ impl NdRepr {
         let want = if kind == TYPE_NS { OPT_SOURCE_LLADDR } else { OPT_TARGET_LLADDR };
         let lladdr = find_lladdr(icmp.get(BODY_LEN..).unwrap_or_default(), want)?;
         Ok(Some(if kind == TYPE_NS {
-            NdRepr::Solicit {
-                target,
-                source_lladdr: lladdr,
-            }
+            NdRepr::Solicit { target, source_lladdr: lladdr }
         } else {
             let solicited = flags & 0x40 != 0;
             if solicited && dst.is_multicast() {
@@ -121,7 +105,9 @@ impl NdRepr {
     pub fn emit(&self, out: &mut Vec<u8>, src: Ipv6Addr, dst: Ipv6Addr) {
         let start = out.len();
         let (kind, flags, target, opt) = match *self {
-            NdRepr::Solicit { target, source_lladdr } => (TYPE_NS, 0u8, target, source_lladdr.map(|m| (OPT_SOURCE_LLADDR, m))),
+            NdRepr::Solicit { target, source_lladdr } => {
+                (TYPE_NS, 0u8, target, source_lladdr.map(|m| (OPT_SOURCE_LLADDR, m)))
+            }
             NdRepr::Advert { router, solicited, override_, target, target_lladdr } => (
                 TYPE_NA,
                 (u8::from(router) << 7) | (u8::from(solicited) << 6) | (u8::from(override_) << 5),

@@ -4,7 +4,7 @@ use core::net::IpAddr;
 
 use etherparse::UdpHeader;
 
-use crate::{checksum, ip::protocol, Error, Layer, Result};
+use crate::{Error, Layer, Result, checksum, ip::protocol};
 
 /// Length of the UDP header.
 pub const HEADER_LEN: usize = 8;
@@ -30,8 +30,7 @@ impl UdpRepr {
     /// verified (a zero checksum over IPv4 means "none", RFC 768; over IPv6 it
     /// is invalid, RFC 8200 §8.1).
     pub fn parse(buf: &[u8], addrs: Option<(IpAddr, IpAddr)>) -> Result<(UdpRepr, &[u8])> {
-        let (hdr, _) = UdpHeader::from_slice(buf)
-            .map_err(|_| Error::truncated(Layer::Udp, HEADER_LEN, buf.len()))?;
+        let (hdr, _) = UdpHeader::from_slice(buf).map_err(|_| Error::truncated(Layer::Udp, HEADER_LEN, buf.len()))?;
         let len = usize::from(hdr.length);
         if len < HEADER_LEN {
             return Err(Error::invalid(Layer::Udp, "length", hdr.length));
@@ -46,22 +45,12 @@ impl UdpRepr {
                 let computed = checksum::compute(Some((src, dst, protocol::UDP)), datagram, 6);
                 // A computed 0 is sent as 0xffff (RFC 768).
                 if computed != hdr.checksum && !(computed == 0 && hdr.checksum == 0xffff) {
-                    return Err(Error::Checksum {
-                        layer: Layer::Udp,
-                        received: hdr.checksum,
-                        computed,
-                    });
+                    return Err(Error::Checksum { layer: Layer::Udp, received: hdr.checksum, computed });
                 }
             }
         }
         let payload = datagram.get(HEADER_LEN..).unwrap_or_default();
-        Ok((
-            UdpRepr {
-                src_port: hdr.source_port,
-                dst_port: hdr.destination_port,
-            },
-            payload,
-        ))
+        Ok((UdpRepr { src_port: hdr.source_port, dst_port: hdr.destination_port }, payload))
     }
 
     /// Appends header and payload to `out`, with the checksum over the

@@ -35,8 +35,8 @@
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::ethernet::EthernetRepr;
-use crate::ip::{protocol, IpRepr};
-use crate::{checksum, Error, Layer, Result};
+use crate::ip::{IpRepr, protocol};
+use crate::{Error, Layer, Result, checksum};
 
 /// IP protocol number of VRRP.
 pub const PROTOCOL: u8 = protocol::VRRP;
@@ -270,11 +270,7 @@ impl VrrpRepr {
                 && version == Version::V3
                 && p.compute_checksum(src, group) == received;
             if !legacy_ok {
-                return Err(Error::Checksum {
-                    layer: Layer::Vrrp,
-                    received,
-                    computed,
-                });
+                return Err(Error::Checksum { layer: Layer::Vrrp, received, computed });
             }
         }
         let addresses = (0..usize::from(p.count())).filter_map(|i| p.address(i)).collect();
@@ -329,7 +325,7 @@ impl VrrpRepr {
                 }
                 let secs = u8::try_from(self.interval_cs / 100)
                     .ok()
-                    .filter(|_| self.interval_cs % 100 == 0)
+                    .filter(|_| self.interval_cs.is_multiple_of(100))
                     .ok_or(Error::invalid(Layer::Vrrp, "v2 interval (centiseconds)", self.interval_cs))?;
                 (self.auth_type, secs)
             }
@@ -452,7 +448,9 @@ mod tests {
         let p = VrrpPacket::new_checked(&b[..], Family::V4).unwrap();
         // No pseudo-header: any source verifies.
         assert_eq!(VrrpRepr::parse(&p, ip("10.9.9.9"), ip("10.0.0.2"), ChecksumPolicy::Strict).unwrap(), r);
-        assert!(VrrpRepr { interval_cs: 10, ..r.clone() }.emit(&mut Vec::new(), ip("10.0.0.1"), ip("224.0.0.18")).is_err());
+        assert!(
+            VrrpRepr { interval_cs: 10, ..r.clone() }.emit(&mut Vec::new(), ip("10.0.0.1"), ip("224.0.0.18")).is_err()
+        );
         assert!(r.emit(&mut Vec::new(), ip("fe80::1"), ip("ff02::12")).is_err());
     }
 
@@ -463,10 +461,7 @@ mod tests {
         r.emit(&mut b, ip("10.0.0.1"), ip("224.0.0.18")).unwrap();
         let p = VrrpPacket::new_checked(&b[..], Family::V4).unwrap();
         assert!(VrrpRepr::parse(&p, ip("10.0.0.1"), ip("10.0.0.2"), ChecksumPolicy::Strict).is_err());
-        assert_eq!(
-            VrrpRepr::parse(&p, ip("10.0.0.1"), ip("10.0.0.2"), ChecksumPolicy::AllowLegacyUnicast).unwrap(),
-            r
-        );
+        assert_eq!(VrrpRepr::parse(&p, ip("10.0.0.1"), ip("10.0.0.2"), ChecksumPolicy::AllowLegacyUnicast).unwrap(), r);
     }
 
     #[test]
@@ -483,21 +478,18 @@ mod tests {
             bad[byte] = val;
             let p = VrrpPacket::new_checked(&bad[..], Family::V4).unwrap();
             let e = VrrpRepr::parse(&p, ip("10.0.0.1"), ip("224.0.0.18"), ChecksumPolicy::Strict).unwrap_err();
-            assert!(matches!(e, Error::Invalid { field: f, .. } | Error::Unsupported { field: f, .. } if f == field), "{e}");
+            assert!(
+                matches!(e, Error::Invalid { field: f, .. } | Error::Unsupported { field: f, .. } if f == field),
+                "{e}"
+            );
         }
     }
 
     #[test]
     fn ip_level_checks() {
         let r = v3(&["10.0.0.100"]);
-        let frame = crate::build::vrrp_frame(
-            crate::MacAddr::vrrp_v4(51),
-            None,
-            ip("10.0.0.1"),
-            ip("224.0.0.18"),
-            &r,
-        )
-        .unwrap();
+        let frame =
+            crate::build::vrrp_frame(crate::MacAddr::vrrp_v4(51), None, ip("10.0.0.1"), ip("224.0.0.18"), &r).unwrap();
         let (_, ipr, back) = parse_frame(&frame, ChecksumPolicy::Strict).unwrap();
         assert_eq!((ipr.hop_limit(), back), (255, r.clone()));
         let mut ttl64 = frame.clone();

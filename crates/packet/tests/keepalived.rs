@@ -25,12 +25,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vipcast_lab::{unique_id, Child, Netns, Veth};
+use vipcast_lab::{Child, Netns, Veth, unique_id};
 use vipcast_packet::announce::{self, AnnounceKind};
 use vipcast_packet::ethernet::EthernetRepr;
-use vipcast_packet::ip::{protocol, IpRepr};
+use vipcast_packet::ip::{IpRepr, protocol};
 use vipcast_packet::vrrp::{self, ChecksumPolicy, Version};
-use vipcast_packet::{pcap, Error, MacAddr};
+use vipcast_packet::{Error, MacAddr, pcap};
 
 const MAC_A: MacAddr = MacAddr([0x02, 0, 0, 0x99, 0, 0x01]);
 const MAC_B: MacAddr = MacAddr([0x02, 0, 0, 0x99, 0, 0x02]);
@@ -50,7 +50,13 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: "v3-multicast", version: Version::V3, unicast: false, ipv6: false, legacy_checksum: false },
     Scenario { name: "v3-unicast", version: Version::V3, unicast: true, ipv6: false, legacy_checksum: false },
     Scenario { name: "v3-ipv6-multicast", version: Version::V3, unicast: false, ipv6: true, legacy_checksum: false },
-    Scenario { name: "v3-unicast-old-checksum", version: Version::V3, unicast: true, ipv6: false, legacy_checksum: true },
+    Scenario {
+        name: "v3-unicast-old-checksum",
+        version: Version::V3,
+        unicast: true,
+        ipv6: false,
+        legacy_checksum: true,
+    },
 ];
 
 impl Scenario {
@@ -70,7 +76,8 @@ impl Scenario {
     }
 
     fn config(&self, node: char, dev: &str) -> String {
-        let (prio, src, peer) = if node == 'a' { (150, "10.99.0.1", "10.99.0.2") } else { (100, "10.99.0.2", "10.99.0.1") };
+        let (prio, src, peer) =
+            if node == 'a' { (150, "10.99.0.1", "10.99.0.2") } else { (100, "10.99.0.2", "10.99.0.1") };
         let advert_int = match self.version {
             Version::V2 => "1",
             Version::V3 => "0.1",
@@ -218,7 +225,8 @@ fn capture(s: Scenario, dir: &Path) -> Result<Vec<u8>, String> {
     // the backup takes over after its skew time ((256 - 100) / 256 x interval:
     // 0.61 s for v2, 0.06 s for v3), announcing the VIP.
     let _ = Command::new("kill").args(["-TERM", &daemons[0].id().to_string()]).status();
-    let vip_on_b = wait_for(Duration::from_secs(3), || b.ip(&["addr", "show", "dev", &db]).is_ok_and(|o| o.contains(&vip)));
+    let vip_on_b =
+        wait_for(Duration::from_secs(3), || b.ip(&["addr", "show", "dev", &db]).is_ok_and(|o| o.contains(&vip)));
     std::thread::sleep(Duration::from_millis(200));
     if vip_on_b.is_err() {
         return Err(format!("{}: node b did not take over (see {})", s.name, dir.display()));
@@ -245,10 +253,18 @@ fn live_keepalived_capture() {
     std::fs::create_dir_all(&dir).unwrap();
     let regen = std::env::var_os("VIPCAST_REGEN_FIXTURES").is_some();
     let results: Vec<_> = std::thread::scope(|scope| {
-        let handles: Vec<_> = SCENARIOS.iter().map(|&s| (s, scope.spawn({
-            let dir = &dir;
-            move || capture(s, dir)
-        }))).collect();
+        let handles: Vec<_> = SCENARIOS
+            .iter()
+            .map(|&s| {
+                (
+                    s,
+                    scope.spawn({
+                        let dir = &dir;
+                        move || capture(s, dir)
+                    }),
+                )
+            })
+            .collect();
         handles.into_iter().map(|(s, h)| (s, h.join().unwrap())).collect()
     });
     let mut failures = Vec::new();

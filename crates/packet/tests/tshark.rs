@@ -14,7 +14,7 @@ use vipcast_packet::arp::{ArpOp, ArpRepr};
 use vipcast_packet::build::{self, Outer};
 use vipcast_packet::ethernet::VlanTag;
 use vipcast_packet::vrrp::{Version, VrrpRepr};
-use vipcast_packet::{pcap, MacAddr};
+use vipcast_packet::{MacAddr, pcap};
 
 const FIELDS: &[&str] = &[
     "frame.number",
@@ -123,9 +123,27 @@ fn arp_expect(arp: &ArpRepr) -> Vec<(&'static str, String)> {
 
 fn cases() -> Vec<Case> {
     let mut cases = vec![
-        vrrp_case("vrrp v2 multicast", vrrp_repr(Version::V2, 51, 150, 100, &["10.99.0.100"]), "10.99.0.1", "224.0.0.18", None),
-        vrrp_case("vrrp v2 three addresses", vrrp_repr(Version::V2, 52, 100, 300, &["10.99.1.100", "10.99.1.101", "10.99.1.102"]), "10.99.1.1", "224.0.0.18", None),
-        vrrp_case("vrrp v3 ipv4 multicast", vrrp_repr(Version::V3, 53, 200, 10, &["10.99.2.100"]), "10.99.2.1", "224.0.0.18", None),
+        vrrp_case(
+            "vrrp v2 multicast",
+            vrrp_repr(Version::V2, 51, 150, 100, &["10.99.0.100"]),
+            "10.99.0.1",
+            "224.0.0.18",
+            None,
+        ),
+        vrrp_case(
+            "vrrp v2 three addresses",
+            vrrp_repr(Version::V2, 52, 100, 300, &["10.99.1.100", "10.99.1.101", "10.99.1.102"]),
+            "10.99.1.1",
+            "224.0.0.18",
+            None,
+        ),
+        vrrp_case(
+            "vrrp v3 ipv4 multicast",
+            vrrp_repr(Version::V3, 53, 200, 10, &["10.99.2.100"]),
+            "10.99.2.1",
+            "224.0.0.18",
+            None,
+        ),
         vrrp_case(
             "vrrp v3 ipv4 unicast",
             vrrp_repr(Version::V3, 54, 0, 4095, &["10.99.3.100", "10.99.3.101"]),
@@ -133,13 +151,26 @@ fn cases() -> Vec<Case> {
             "10.99.3.2",
             Some(MacAddr([2, 0, 0, 0, 3, 2])),
         ),
-        vrrp_case("vrrp v3 ipv6 multicast", vrrp_repr(Version::V3, 55, 255, 100, &["fd00:99::100", "fd00:99::101"]), "fe80::1", "ff02::12", None),
-        vrrp_case("vrrp v3 ipv6 unicast", vrrp_repr(Version::V3, 56, 1, 1, &["fd00:98::100"]), "fe80::1", "fe80::2", Some(MacAddr([2, 0, 0, 0, 6, 2]))),
+        vrrp_case(
+            "vrrp v3 ipv6 multicast",
+            vrrp_repr(Version::V3, 55, 255, 100, &["fd00:99::100", "fd00:99::101"]),
+            "fe80::1",
+            "ff02::12",
+            None,
+        ),
+        vrrp_case(
+            "vrrp v3 ipv6 unicast",
+            vrrp_repr(Version::V3, 56, 1, 1, &["fd00:98::100"]),
+            "fe80::1",
+            "fe80::2",
+            Some(MacAddr([2, 0, 0, 0, 6, 2])),
+        ),
     ];
 
     let mac = MacAddr([0x02, 0x42, 0x0a, 0x63, 0x00, 0x0b]);
     let vip = Ipv4Addr::new(10, 99, 4, 100);
-    let garp_req = ArpRepr { op: ArpOp::Request, sender_mac: mac, sender_ip: vip, target_mac: MacAddr::ZERO, target_ip: vip };
+    let garp_req =
+        ArpRepr { op: ArpOp::Request, sender_mac: mac, sender_ip: vip, target_mac: MacAddr::ZERO, target_ip: vip };
     let mut expect = arp_expect(&garp_req);
     expect.push(("arp.isgratuitous", "1".into()));
     cases.push(Case { name: "gratuitous arp request", frame: build::garp(mac, vip, ArpOp::Request), expect });
@@ -161,7 +192,8 @@ fn cases() -> Vec<Case> {
     expect.push(("vlan.id", "42".into()));
     cases.push(Case {
         name: "802.1Q tagged arp request",
-        frame: build::arp_frame(MacAddr::BROADCAST, mac, Some(VlanTag { pcp: 0, dei: false, vid: 42 }), &tagged).unwrap(),
+        frame: build::arp_frame(MacAddr::BROADCAST, mac, Some(VlanTag { pcp: 0, dei: false, vid: 42 }), &tagged)
+            .unwrap(),
         expect,
     });
 
@@ -187,7 +219,13 @@ fn cases() -> Vec<Case> {
     };
     let inner_vip = Ipv4Addr::new(10, 99, 7, 100);
     let inner_mac = MacAddr([2, 0, 0, 0, 7, 1]);
-    let inner = ArpRepr { op: ArpOp::Request, sender_mac: inner_mac, sender_ip: inner_vip, target_mac: MacAddr::ZERO, target_ip: inner_vip };
+    let inner = ArpRepr {
+        op: ArpOp::Request,
+        sender_mac: inner_mac,
+        sender_ip: inner_vip,
+        target_mac: MacAddr::ZERO,
+        target_ip: inner_vip,
+    };
     let mut expect = arp_expect(&inner);
     expect.extend([
         ("vxlan.vni", "4096".to_string()),
@@ -202,7 +240,8 @@ fn cases() -> Vec<Case> {
     });
 
     let vr = vrrp_repr(Version::V3, 57, 120, 10, &["10.99.8.100"]);
-    let vrrp_inner = build::vrrp_frame(MacAddr([2, 0, 0, 0, 8, 1]), None, ip("10.99.8.1"), ip("224.0.0.18"), &vr).unwrap();
+    let vrrp_inner =
+        build::vrrp_frame(MacAddr([2, 0, 0, 0, 8, 1]), None, ip("10.99.8.1"), ip("224.0.0.18"), &vr).unwrap();
     cases.push(Case {
         name: "vrrp v3 in vxlan",
         frame: build::vxlan_frame(&outer, 50000, 16_777_215, &vrrp_inner).unwrap(),
@@ -215,18 +254,35 @@ fn cases() -> Vec<Case> {
     });
 
     let inner_vip = Ipv4Addr::new(10, 99, 9, 100);
-    let inner = ArpRepr { op: ArpOp::Reply, sender_mac: inner_mac, sender_ip: inner_vip, target_mac: inner_mac, target_ip: inner_vip };
+    let inner = ArpRepr {
+        op: ArpOp::Reply,
+        sender_mac: inner_mac,
+        sender_ip: inner_vip,
+        target_mac: inner_mac,
+        target_ip: inner_vip,
+    };
     let mut expect = arp_expect(&inner);
     expect.extend([("gre.key", "100".to_string()), ("gre.proto", "0x6558".into())]);
-    cases.push(Case { name: "garp in gre with key", frame: build::gre_frame(&outer, Some(100), &build::garp(inner_mac, inner_vip, ArpOp::Reply)).unwrap(), expect });
+    cases.push(Case {
+        name: "garp in gre with key",
+        frame: build::gre_frame(&outer, Some(100), &build::garp(inner_mac, inner_vip, ArpOp::Reply)).unwrap(),
+        expect,
+    });
 
     let inner_vip = Ipv4Addr::new(10, 99, 10, 100);
-    let inner = ArpRepr { op: ArpOp::Request, sender_mac: inner_mac, sender_ip: inner_vip, target_mac: MacAddr::ZERO, target_ip: inner_vip };
+    let inner = ArpRepr {
+        op: ArpOp::Request,
+        sender_mac: inner_mac,
+        sender_ip: inner_vip,
+        target_mac: MacAddr::ZERO,
+        target_ip: inner_vip,
+    };
     let mut expect = arp_expect(&inner);
     expect.extend([("gre.key", "7".to_string()), ("gre.proto", "0x6558".into()), ("udp.checksum.status", GOOD.into())]);
     cases.push(Case {
         name: "garp in gre-in-udp",
-        frame: build::gre_in_udp_frame(&outer, 51000, Some(7), &build::garp(inner_mac, inner_vip, ArpOp::Request)).unwrap(),
+        frame: build::gre_in_udp_frame(&outer, 51000, Some(7), &build::garp(inner_mac, inner_vip, ArpOp::Request))
+            .unwrap(),
         expect,
     });
     cases

@@ -4,17 +4,17 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use vipcast_packet::announce;
 use vipcast_packet::arp::ArpRepr;
-use vipcast_packet::ethernet::{ethertype, EthernetRepr};
+use vipcast_packet::ethernet::{EthernetRepr, ethertype};
 use vipcast_packet::gre::GreRepr;
-use vipcast_packet::ip::{protocol, IpRepr};
+use vipcast_packet::ip::{IpRepr, protocol};
 use vipcast_packet::nd::NdRepr;
-use vipcast_packet::udp::{port, UdpRepr};
+use vipcast_packet::udp::{UdpRepr, port};
 use vipcast_packet::vrrp::{self, ChecksumPolicy, VrrpRepr};
 use vipcast_packet::vxlan::VxlanRepr;
-use vipcast_packet::{pcap, Result};
+use vipcast_packet::{Result, pcap};
 
 pub fn run(file: &Path, legacy: bool) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
