@@ -1,0 +1,19 @@
+//! vipcast's state model, with no I/O and no clock.
+//!
+//! * [`objects`]: what operators create (VPCs, subnets, chassis, ports, VIPs,
+//!   replicators) and what the control plane records (VIP owners, history);
+//! * [`State`]: all objects of a region, with the validation every write goes
+//!   through ([`State::check`]) and the store key of each object;
+//! * [`claim`]: VIP ownership arbitration from sniffed GARP / NA claims;
+//! * [`view`]: the pure functions computing what one chassis must program
+//!   and what the replicators need.
+//!
+//! Time enters only as arguments (`now_ms`, milliseconds since the Unix epoch).
+
+pub mod claim;
+pub mod objects;
+mod state;
+pub mod view;
+
+pub use objects::*;
+pub use state::{Invalid, InvalidKind, Object, ObjectKey, State};

@@ -1,0 +1,180 @@
+//! The objects of a region. JSON conventions: MACs lowercase colon-separated,
+//! IPs and CIDRs as strings, names as given, times in milliseconds since the
+//! Unix epoch.
+
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use vipcast_packet::MacAddr;
+
+/// How a VPC's broadcast, unknown-unicast and multicast frames are carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BumMode {
+    /// Each chassis copies BUM frames to every other chassis of the VPC.
+    Headend,
+    /// Chassis send BUM frames to a replicator, which copies them.
+    #[default]
+    Replicator,
+}
+
+/// What a chassis is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Hosts VM ports.
+    #[default]
+    Hypervisor,
+    /// Routes between VPC subnets and an external network.
+    Gateway,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A virtual private cloud: one VXLAN segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vpc {
+    pub name: String,
+    /// VXLAN network identifier, 1..=16777215, unique in the region.
+    pub vni: u32,
+    /// BUM handling; default `replicator`.
+    #[serde(default)]
+    pub bum: BumMode,
+    /// Answer ARP / ND on each chassis from the control plane (VXLAN `proxy`);
+    /// default true.
+    #[serde(default = "default_true")]
+    pub arp_suppression: bool,
+}
+
+/// An IP subnet of a VPC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subnet {
+    pub vpc: String,
+    /// Unique within the VPC.
+    pub name: String,
+    pub cidr: IpNet,
+    /// Default gateway of the subnet (inside the CIDR), if routed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<IpAddr>,
+}
+
+/// A hypervisor or gateway: one VXLAN tunnel endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chassis {
+    pub name: String,
+    /// Tunnel endpoint address on the underlay.
+    pub underlay_ip: IpAddr,
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// A VM's interface in a VPC subnet, on a chassis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    /// Unique in the region.
+    pub name: String,
+    pub vpc: String,
+    pub subnet: String,
+    pub chassis: String,
+    pub mac: MacAddr,
+    pub ip: IpAddr,
+}
+
+/// What an operator asks for when creating a VIP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipSpec {
+    /// Unique in the region.
+    pub name: String,
+    pub vpc: String,
+    pub subnet: String,
+    pub ip: IpAddr,
+    /// Names of the ports that may hold the VIP.
+    pub members: Vec<String>,
+}
+
+/// Who holds a VIP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Owner {
+    pub port: String,
+    /// The MAC the VIP answers from (the port's, or the VRRP virtual MAC).
+    pub mac: MacAddr,
+    pub chassis: String,
+    /// Increases by one with every change of owner.
+    pub generation: u64,
+    /// When this owner was accepted (ms since the Unix epoch).
+    pub since: u64,
+}
+
+/// A VIP as stored: the spec plus the control plane's view of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vip {
+    #[serde(flatten)]
+    pub spec: VipSpec,
+    pub owner: Option<Owner>,
+    /// Owner changes accepted recently (ms), for split-brain detection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_moves: Vec<u64>,
+    /// Split-brain is reported until this time (ms), 0 for never.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub split_brain_until: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl Vip {
+    /// A new VIP with no owner.
+    pub fn new(spec: VipSpec) -> Vip {
+        Vip { spec, owner: None, recent_moves: Vec::new(), split_brain_until: 0 }
+    }
+
+    /// Whether members have been alternating as owner recently.
+    pub fn split_brain(&self, now_ms: u64) -> bool {
+        now_ms < self.split_brain_until
+    }
+}
+
+/// A BUM replicator node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replicator {
+    pub name: String,
+    /// Where it receives VXLAN (ip:port).
+    pub address: SocketAddr,
+}
+
+/// Who reported a GARP / NA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClaimSource {
+    Agent,
+    Replicator,
+}
+
+/// One change of a VIP's owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnershipChange {
+    pub vip: String,
+    pub generation: u64,
+    /// The new owner.
+    pub owner: Owner,
+    /// The previous owner's port, if any.
+    pub previous_port: Option<String>,
+    pub source: ClaimSource,
+    /// When the sniffer saw the announcement (ms, its clock).
+    pub observed_at: u64,
+    /// When the controller accepted the claim (ms).
+    pub accepted_at: u64,
+}

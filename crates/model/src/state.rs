@@ -1,0 +1,670 @@
+//! The state of a region, how it maps to store keys, and the validation every
+//! write goes through. A write is checked against the state it will apply to,
+//! so a refused write changes nothing.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::objects::*;
+
+/// Prefix of every key vipcast stores.
+pub const PREFIX: &str = "/vipcast/";
+
+/// The identity of an object, and its store key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKey {
+    Vpc(String),
+    /// (vpc, name)
+    Subnet(String, String),
+    Chassis(String),
+    Port(String),
+    Vip(String),
+    Replicator(String),
+    /// (vip, generation)
+    History(String, u64),
+}
+
+impl ObjectKey {
+    /// The store key: `/vipcast/<kind>/<name>[/<name>]`.
+    pub fn store_key(&self) -> String {
+        match self {
+            ObjectKey::Vpc(n) => format!("{PREFIX}vpcs/{n}"),
+            ObjectKey::Subnet(v, n) => format!("{PREFIX}subnets/{v}/{n}"),
+            ObjectKey::Chassis(n) => format!("{PREFIX}chassis/{n}"),
+            ObjectKey::Port(n) => format!("{PREFIX}ports/{n}"),
+            ObjectKey::Vip(n) => format!("{PREFIX}vips/{n}"),
+            ObjectKey::Replicator(n) => format!("{PREFIX}replicators/{n}"),
+            ObjectKey::History(v, g) => format!("{PREFIX}history/{v}/{g:020}"),
+        }
+    }
+
+    /// Parses a store key; `None` for keys that are not objects.
+    pub fn parse(key: &str) -> Option<ObjectKey> {
+        let rest = key.strip_prefix(PREFIX)?;
+        let mut parts = rest.split('/');
+        let kind = parts.next()?;
+        let a = parts.next()?.to_string();
+        let b = parts.next();
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(match (kind, b) {
+            ("vpcs", None) => ObjectKey::Vpc(a),
+            ("subnets", Some(b)) => ObjectKey::Subnet(a, b.to_string()),
+            ("chassis", None) => ObjectKey::Chassis(a),
+            ("ports", None) => ObjectKey::Port(a),
+            ("vips", None) => ObjectKey::Vip(a),
+            ("replicators", None) => ObjectKey::Replicator(a),
+            ("history", Some(g)) => ObjectKey::History(a, g.parse().ok()?),
+            _ => return None,
+        })
+    }
+}
+
+/// Any object.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Object {
+    Vpc(Vpc),
+    Subnet(Subnet),
+    Chassis(Chassis),
+    Port(Port),
+    Vip(Vip),
+    Replicator(Replicator),
+    History(OwnershipChange),
+}
+
+impl Object {
+    /// Its key.
+    pub fn key(&self) -> ObjectKey {
+        match self {
+            Object::Vpc(o) => ObjectKey::Vpc(o.name.clone()),
+            Object::Subnet(o) => ObjectKey::Subnet(o.vpc.clone(), o.name.clone()),
+            Object::Chassis(o) => ObjectKey::Chassis(o.name.clone()),
+            Object::Port(o) => ObjectKey::Port(o.name.clone()),
+            Object::Vip(o) => ObjectKey::Vip(o.spec.name.clone()),
+            Object::Replicator(o) => ObjectKey::Replicator(o.name.clone()),
+            Object::History(o) => ObjectKey::History(o.vip.clone(), o.generation),
+        }
+    }
+
+    /// The stored bytes (JSON of the object without the kind tag).
+    pub fn to_value(&self) -> Vec<u8> {
+        let r = match self {
+            Object::Vpc(o) => serde_json::to_vec(o),
+            Object::Subnet(o) => serde_json::to_vec(o),
+            Object::Chassis(o) => serde_json::to_vec(o),
+            Object::Port(o) => serde_json::to_vec(o),
+            Object::Vip(o) => serde_json::to_vec(o),
+            Object::Replicator(o) => serde_json::to_vec(o),
+            Object::History(o) => serde_json::to_vec(o),
+        };
+        // Serializing these plain structs to a Vec cannot fail.
+        r.unwrap_or_default()
+    }
+
+    /// Decodes stored bytes for `key`.
+    pub fn from_value(key: &ObjectKey, value: &[u8]) -> Result<Object, serde_json::Error> {
+        Ok(match key {
+            ObjectKey::Vpc(_) => Object::Vpc(serde_json::from_slice(value)?),
+            ObjectKey::Subnet(..) => Object::Subnet(serde_json::from_slice(value)?),
+            ObjectKey::Chassis(_) => Object::Chassis(serde_json::from_slice(value)?),
+            ObjectKey::Port(_) => Object::Port(serde_json::from_slice(value)?),
+            ObjectKey::Vip(_) => Object::Vip(serde_json::from_slice(value)?),
+            ObjectKey::Replicator(_) => Object::Replicator(serde_json::from_slice(value)?),
+            ObjectKey::History(..) => Object::History(serde_json::from_slice(value)?),
+        })
+    }
+}
+
+/// The class of a refused write (the REST layer maps it to a status code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidKind {
+    /// Malformed or out-of-range input (400).
+    BadRequest,
+    /// The object addressed does not exist (404).
+    NotFound,
+    /// Clashes with existing state: duplicates, still-referenced (409).
+    Conflict,
+    /// Not allowed, e.g. a claim from a MAC that is not a member's (403).
+    Forbidden,
+}
+
+/// Why a write is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Invalid {
+    pub kind: InvalidKind,
+    /// Machine-readable code, e.g. `duplicate_vni`.
+    pub code: &'static str,
+    /// The request field at fault, if one is.
+    pub field: Option<&'static str>,
+    pub message: String,
+}
+
+impl Invalid {
+    fn new(kind: InvalidKind, code: &'static str, field: Option<&'static str>, message: String) -> Invalid {
+        Invalid { kind, code, field, message }
+    }
+    pub fn bad(code: &'static str, field: &'static str, message: impl Into<String>) -> Invalid {
+        Invalid::new(InvalidKind::BadRequest, code, Some(field), message.into())
+    }
+    pub fn conflict(code: &'static str, field: Option<&'static str>, message: impl Into<String>) -> Invalid {
+        Invalid::new(InvalidKind::Conflict, code, field, message.into())
+    }
+    pub fn not_found(what: &str, name: &str) -> Invalid {
+        Invalid::new(InvalidKind::NotFound, "not_found", None, format!("{what} {name:?} does not exist"))
+    }
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Invalid {
+        Invalid::new(InvalidKind::Forbidden, code, None, message.into())
+    }
+}
+
+/// Every object of a region.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    pub vpcs: BTreeMap<String, Vpc>,
+    pub subnets: BTreeMap<(String, String), Subnet>,
+    pub chassis: BTreeMap<String, Chassis>,
+    pub ports: BTreeMap<String, Port>,
+    pub vips: BTreeMap<String, Vip>,
+    pub replicators: BTreeMap<String, Replicator>,
+}
+
+/// Largest VNI.
+pub const MAX_VNI: u32 = 0x00ff_ffff;
+
+/// Names: 1 to 63 of `[A-Za-z0-9._-]`, starting with a letter or digit.
+pub fn check_name(field: &'static str, name: &str) -> Result<(), Invalid> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::bad(
+            "invalid_name",
+            field,
+            format!("{field} {name:?} must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"),
+        ))
+    }
+}
+
+fn same_family(a: IpAddr, net: &IpNet) -> bool {
+    a.is_ipv4() == matches!(net, IpNet::V4(_))
+}
+
+/// An address a host may hold in `net`: inside, not the network address and,
+/// for IPv4 prefixes shorter than /31, not the broadcast address.
+fn host_in(net: &IpNet, ip: IpAddr) -> bool {
+    if !same_family(ip, net) || !net.contains(&ip) {
+        return false;
+    }
+    match net {
+        IpNet::V4(n) if n.prefix_len() < 31 => ip != IpAddr::V4(n.network()) && ip != IpAddr::V4(n.broadcast()),
+        IpNet::V6(n) if n.prefix_len() < 127 => ip != IpAddr::V6(n.network()),
+        _ => true,
+    }
+}
+
+impl State {
+    /// Applies a stored object.
+    pub fn put(&mut self, obj: Object) {
+        match obj {
+            Object::Vpc(o) => {
+                self.vpcs.insert(o.name.clone(), o);
+            }
+            Object::Subnet(o) => {
+                self.subnets.insert((o.vpc.clone(), o.name.clone()), o);
+            }
+            Object::Chassis(o) => {
+                self.chassis.insert(o.name.clone(), o);
+            }
+            Object::Port(o) => {
+                self.ports.insert(o.name.clone(), o);
+            }
+            Object::Vip(o) => {
+                self.vips.insert(o.spec.name.clone(), o);
+            }
+            Object::Replicator(o) => {
+                self.replicators.insert(o.name.clone(), o);
+            }
+            Object::History(_) => {}
+        }
+    }
+
+    /// Removes an object; returns it if it existed.
+    pub fn delete(&mut self, key: &ObjectKey) -> Option<Object> {
+        match key {
+            ObjectKey::Vpc(n) => self.vpcs.remove(n).map(Object::Vpc),
+            ObjectKey::Subnet(v, n) => self.subnets.remove(&(v.clone(), n.clone())).map(Object::Subnet),
+            ObjectKey::Chassis(n) => self.chassis.remove(n).map(Object::Chassis),
+            ObjectKey::Port(n) => self.ports.remove(n).map(Object::Port),
+            ObjectKey::Vip(n) => self.vips.remove(n).map(Object::Vip),
+            ObjectKey::Replicator(n) => self.replicators.remove(n).map(Object::Replicator),
+            ObjectKey::History(..) => None,
+        }
+    }
+
+    /// The object stored under `key`, if any.
+    pub fn get(&self, key: &ObjectKey) -> Option<Object> {
+        match key {
+            ObjectKey::Vpc(n) => self.vpcs.get(n).cloned().map(Object::Vpc),
+            ObjectKey::Subnet(v, n) => self.subnets.get(&(v.clone(), n.clone())).cloned().map(Object::Subnet),
+            ObjectKey::Chassis(n) => self.chassis.get(n).cloned().map(Object::Chassis),
+            ObjectKey::Port(n) => self.ports.get(n).cloned().map(Object::Port),
+            ObjectKey::Vip(n) => self.vips.get(n).cloned().map(Object::Vip),
+            ObjectKey::Replicator(n) => self.replicators.get(n).cloned().map(Object::Replicator),
+            ObjectKey::History(..) => None,
+        }
+    }
+
+    fn subnet(&self, vpc: &str, name: &str) -> Option<&Subnet> {
+        self.subnets.get(&(vpc.to_string(), name.to_string()))
+    }
+
+    fn need_vpc(&self, vpc: &str) -> Result<&Vpc, Invalid> {
+        self.vpcs.get(vpc).ok_or_else(|| Invalid::bad("unknown_vpc", "vpc", format!("VPC {vpc:?} does not exist")))
+    }
+
+    fn need_subnet(&self, vpc: &str, name: &str) -> Result<&Subnet, Invalid> {
+        self.subnet(vpc, name).ok_or_else(|| {
+            Invalid::bad("unknown_subnet", "subnet", format!("subnet {name:?} does not exist in VPC {vpc:?}"))
+        })
+    }
+
+    /// Who already uses `ip` in `vpc` (a port or a VIP), other than `except`.
+    fn ip_user(&self, vpc: &str, ip: IpAddr, except: Option<&str>) -> Option<String> {
+        let port = self.ports.values().find(|p| p.vpc == vpc && p.ip == ip && Some(p.name.as_str()) != except);
+        if let Some(p) = port {
+            return Some(format!("port {:?}", p.name));
+        }
+        let vip =
+            self.vips.values().find(|v| v.spec.vpc == vpc && v.spec.ip == ip && Some(v.spec.name.as_str()) != except);
+        vip.map(|v| format!("VIP {:?}", v.spec.name))
+    }
+
+    /// Checks a new VPC.
+    pub fn check_vpc(&self, v: &Vpc) -> Result<(), Invalid> {
+        check_name("name", &v.name)?;
+        if v.vni == 0 || v.vni > MAX_VNI {
+            return Err(Invalid::bad("invalid_vni", "vni", format!("vni {} is outside 1..=16777215", v.vni)));
+        }
+        if self.vpcs.contains_key(&v.name) {
+            return Err(Invalid::conflict("exists", Some("name"), format!("VPC {:?} already exists", v.name)));
+        }
+        if let Some(o) = self.vpcs.values().find(|o| o.vni == v.vni) {
+            return Err(Invalid::conflict(
+                "duplicate_vni",
+                Some("vni"),
+                format!("vni {} is used by VPC {:?}", v.vni, o.name),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a new subnet.
+    pub fn check_subnet(&self, s: &Subnet) -> Result<(), Invalid> {
+        check_name("name", &s.name)?;
+        self.need_vpc(&s.vpc)?;
+        if s.cidr.trunc() != s.cidr {
+            return Err(Invalid::bad(
+                "invalid_cidr",
+                "cidr",
+                format!("cidr {} has host bits set (did you mean {}?)", s.cidr, s.cidr.trunc()),
+            ));
+        }
+        if let Some(g) = s.gateway
+            && !host_in(&s.cidr, g)
+        {
+            return Err(Invalid::bad(
+                "gateway_outside_subnet",
+                "gateway",
+                format!("gateway {g} is not a host address of {}", s.cidr),
+            ));
+        }
+        if self.subnet(&s.vpc, &s.name).is_some() {
+            return Err(Invalid::conflict(
+                "exists",
+                Some("name"),
+                format!("subnet {:?} already exists in VPC {:?}", s.name, s.vpc),
+            ));
+        }
+        let overlap =
+            self.subnets.values().find(|o| o.vpc == s.vpc && (o.cidr.contains(&s.cidr) || s.cidr.contains(&o.cidr)));
+        if let Some(o) = overlap {
+            return Err(Invalid::conflict(
+                "overlapping_cidr",
+                Some("cidr"),
+                format!("cidr {} overlaps subnet {:?} ({}) of VPC {:?}", s.cidr, o.name, o.cidr, s.vpc),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a chassis registration (creating or updating it).
+    pub fn check_chassis(&self, c: &Chassis) -> Result<(), Invalid> {
+        check_name("name", &c.name)?;
+        let ip = c.underlay_ip;
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err(Invalid::bad(
+                "invalid_underlay_ip",
+                "underlay_ip",
+                format!("{ip} cannot be a tunnel endpoint"),
+            ));
+        }
+        if let Some(o) = self.chassis.values().find(|o| o.underlay_ip == ip && o.name != c.name) {
+            return Err(Invalid::conflict(
+                "duplicate_underlay_ip",
+                Some("underlay_ip"),
+                format!("underlay ip {ip} is used by chassis {:?}", o.name),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a new port.
+    pub fn check_port(&self, p: &Port) -> Result<(), Invalid> {
+        check_name("name", &p.name)?;
+        if self.ports.contains_key(&p.name) {
+            return Err(Invalid::conflict("exists", Some("name"), format!("port {:?} already exists", p.name)));
+        }
+        self.need_vpc(&p.vpc)?;
+        let subnet = self.need_subnet(&p.vpc, &p.subnet)?;
+        if !self.chassis.contains_key(&p.chassis) {
+            return Err(Invalid::bad("unknown_chassis", "chassis", format!("chassis {:?} does not exist", p.chassis)));
+        }
+        if !p.mac.is_unicast() {
+            return Err(Invalid::bad("invalid_mac", "mac", format!("mac {} is multicast or zero", p.mac)));
+        }
+        if !host_in(&subnet.cidr, p.ip) {
+            return Err(Invalid::bad(
+                "ip_outside_subnet",
+                "ip",
+                format!("ip {} is not a host address of subnet {:?} ({})", p.ip, subnet.name, subnet.cidr),
+            ));
+        }
+        if subnet.gateway == Some(p.ip) {
+            return Err(Invalid::conflict("duplicate_ip", Some("ip"), format!("ip {} is the subnet's gateway", p.ip)));
+        }
+        if let Some(user) = self.ip_user(&p.vpc, p.ip, None) {
+            return Err(Invalid::conflict(
+                "duplicate_ip",
+                Some("ip"),
+                format!("ip {} is used by {user} in VPC {:?}", p.ip, p.vpc),
+            ));
+        }
+        if let Some(o) = self.ports.values().find(|o| o.vpc == p.vpc && o.mac == p.mac) {
+            return Err(Invalid::conflict(
+                "duplicate_mac",
+                Some("mac"),
+                format!("mac {} is used by port {:?} in VPC {:?}", p.mac, o.name, p.vpc),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a new VIP.
+    pub fn check_vip(&self, v: &VipSpec) -> Result<(), Invalid> {
+        check_name("name", &v.name)?;
+        if self.vips.contains_key(&v.name) {
+            return Err(Invalid::conflict("exists", Some("name"), format!("VIP {:?} already exists", v.name)));
+        }
+        self.need_vpc(&v.vpc)?;
+        let subnet = self.need_subnet(&v.vpc, &v.subnet)?;
+        if !host_in(&subnet.cidr, v.ip) {
+            return Err(Invalid::bad(
+                "ip_outside_subnet",
+                "ip",
+                format!("ip {} is not a host address of subnet {:?} ({})", v.ip, subnet.name, subnet.cidr),
+            ));
+        }
+        if subnet.gateway == Some(v.ip) {
+            return Err(Invalid::conflict("duplicate_ip", Some("ip"), format!("ip {} is the subnet's gateway", v.ip)));
+        }
+        if let Some(user) = self.ip_user(&v.vpc, v.ip, None) {
+            return Err(Invalid::conflict(
+                "duplicate_ip",
+                Some("ip"),
+                format!("ip {} is used by {user} in VPC {:?}", v.ip, v.vpc),
+            ));
+        }
+        self.check_members(v)
+    }
+
+    /// Checks a VIP's member list (on creation, or when it is replaced).
+    pub fn check_members(&self, v: &VipSpec) -> Result<(), Invalid> {
+        if v.members.is_empty() {
+            return Err(Invalid::bad("no_members", "members", "a VIP needs at least one member port"));
+        }
+        for (i, m) in v.members.iter().enumerate() {
+            if v.members.get(..i).is_some_and(|before| before.contains(m)) {
+                return Err(Invalid::bad("duplicate_member", "members", format!("port {m:?} is listed twice")));
+            }
+            let port = self
+                .ports
+                .get(m)
+                .ok_or_else(|| Invalid::bad("unknown_port", "members", format!("port {m:?} does not exist")))?;
+            if port.vpc != v.vpc || port.subnet != v.subnet {
+                return Err(Invalid::bad(
+                    "member_outside_subnet",
+                    "members",
+                    format!(
+                        "port {m:?} is in {}/{}, not in the VIP's subnet {}/{}",
+                        port.vpc, port.subnet, v.vpc, v.subnet
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a replicator registration.
+    pub fn check_replicator(&self, r: &Replicator) -> Result<(), Invalid> {
+        check_name("name", &r.name)?;
+        let ip = r.address.ip();
+        if ip.is_unspecified() || ip.is_multicast() || r.address.port() == 0 {
+            return Err(Invalid::bad("invalid_address", "address", format!("{} cannot receive VXLAN", r.address)));
+        }
+        if let Some(o) = self.replicators.values().find(|o| o.address == r.address && o.name != r.name) {
+            return Err(Invalid::conflict(
+                "duplicate_address",
+                Some("address"),
+                format!("address {} is used by replicator {:?}", r.address, o.name),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the deletion of `key`: it must exist and nothing may refer to it.
+    pub fn check_delete(&self, key: &ObjectKey) -> Result<(), Invalid> {
+        let in_use = |what: String| Err(Invalid::conflict("in_use", None, what));
+        match key {
+            ObjectKey::Vpc(n) => {
+                if !self.vpcs.contains_key(n) {
+                    return Err(Invalid::not_found("VPC", n));
+                }
+                if let Some(s) = self.subnets.values().find(|s| &s.vpc == n) {
+                    return in_use(format!("VPC {n:?} still has subnet {:?}", s.name));
+                }
+            }
+            ObjectKey::Subnet(v, n) => {
+                if self.subnet(v, n).is_none() {
+                    return Err(Invalid::not_found("subnet", &format!("{v}/{n}")));
+                }
+                if let Some(p) = self.ports.values().find(|p| &p.vpc == v && &p.subnet == n) {
+                    return in_use(format!("subnet {v}/{n} still has port {:?}", p.name));
+                }
+                if let Some(x) = self.vips.values().find(|x| &x.spec.vpc == v && &x.spec.subnet == n) {
+                    return in_use(format!("subnet {v}/{n} still has VIP {:?}", x.spec.name));
+                }
+            }
+            ObjectKey::Chassis(n) => {
+                if !self.chassis.contains_key(n) {
+                    return Err(Invalid::not_found("chassis", n));
+                }
+                if let Some(p) = self.ports.values().find(|p| &p.chassis == n) {
+                    return in_use(format!("chassis {n:?} still hosts port {:?}", p.name));
+                }
+            }
+            ObjectKey::Port(n) => {
+                if !self.ports.contains_key(n) {
+                    return Err(Invalid::not_found("port", n));
+                }
+                if let Some(x) = self.vips.values().find(|x| x.spec.members.contains(n)) {
+                    return in_use(format!("port {n:?} is a member of VIP {:?}", x.spec.name));
+                }
+            }
+            ObjectKey::Vip(n) => {
+                if !self.vips.contains_key(n) {
+                    return Err(Invalid::not_found("VIP", n));
+                }
+            }
+            ObjectKey::Replicator(n) => {
+                if !self.replicators.contains_key(n) {
+                    return Err(Invalid::not_found("replicator", n));
+                }
+            }
+            ObjectKey::History(v, _) => return Err(Invalid::not_found("history of", v)),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> State {
+        let mut s = State::default();
+        s.put(Object::Vpc(Vpc { name: "prod".into(), vni: 100, bum: BumMode::Replicator, arp_suppression: true }));
+        s.put(Object::Subnet(Subnet {
+            vpc: "prod".into(),
+            name: "web".into(),
+            cidr: "192.168.10.0/24".parse().unwrap(),
+            gateway: Some("192.168.10.1".parse().unwrap()),
+        }));
+        for (i, name) in ["hv1", "hv2", "hv3"].iter().enumerate() {
+            s.put(Object::Chassis(Chassis {
+                name: name.to_string(),
+                underlay_ip: format!("172.31.0.{}", i + 1).parse().unwrap(),
+                role: Role::Hypervisor,
+            }));
+        }
+        for (i, (name, ch)) in [("pay1", "hv1"), ("pay2", "hv2"), ("client", "hv3")].iter().enumerate() {
+            s.put(Object::Port(Port {
+                name: name.to_string(),
+                vpc: "prod".into(),
+                subnet: "web".into(),
+                chassis: ch.to_string(),
+                mac: format!("02:00:00:00:00:{:02x}", i + 1).parse().unwrap(),
+                ip: format!("192.168.10.{}", 11 + i).parse().unwrap(),
+            }));
+        }
+        s.put(Object::Vip(Vip::new(VipSpec {
+            name: "pay-vip".into(),
+            vpc: "prod".into(),
+            subnet: "web".into(),
+            ip: "192.168.10.100".parse().unwrap(),
+            members: vec!["pay1".into(), "pay2".into()],
+        })));
+        s
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        for k in [
+            ObjectKey::Vpc("a".into()),
+            ObjectKey::Subnet("a".into(), "b".into()),
+            ObjectKey::History("v".into(), 7),
+            ObjectKey::Replicator("r".into()),
+        ] {
+            assert_eq!(ObjectKey::parse(&k.store_key()), Some(k));
+        }
+        assert_eq!(ObjectKey::parse("/vipcast/vpcs/a/b"), None);
+        assert_eq!(ObjectKey::parse("/other/vpcs/a"), None);
+    }
+
+    #[test]
+    fn vpc_rules() {
+        let s = sample();
+        let v = |name: &str, vni| Vpc { name: name.into(), vni, bum: BumMode::Headend, arp_suppression: false };
+        assert!(s.check_vpc(&v("dev", 200)).is_ok());
+        assert_eq!(s.check_vpc(&v("dev", 0)).unwrap_err().code, "invalid_vni");
+        assert_eq!(s.check_vpc(&v("dev", 1 << 24)).unwrap_err().code, "invalid_vni");
+        assert_eq!(s.check_vpc(&v("dev", 100)).unwrap_err().code, "duplicate_vni");
+        assert_eq!(s.check_vpc(&v("prod", 200)).unwrap_err().kind, InvalidKind::Conflict);
+        assert_eq!(s.check_vpc(&v("a/b", 200)).unwrap_err().code, "invalid_name");
+    }
+
+    #[test]
+    fn subnet_rules() {
+        let s = sample();
+        let sn = |cidr: &str, gw: Option<&str>| Subnet {
+            vpc: "prod".into(),
+            name: "db".into(),
+            cidr: cidr.parse().unwrap(),
+            gateway: gw.map(|g| g.parse().unwrap()),
+        };
+        assert!(s.check_subnet(&sn("192.168.20.0/24", Some("192.168.20.1"))).is_ok());
+        assert_eq!(s.check_subnet(&sn("192.168.20.5/24", None)).unwrap_err().code, "invalid_cidr");
+        assert_eq!(
+            s.check_subnet(&sn("192.168.20.0/24", Some("192.168.21.1"))).unwrap_err().code,
+            "gateway_outside_subnet"
+        );
+        assert_eq!(
+            s.check_subnet(&sn("192.168.20.0/24", Some("192.168.20.255"))).unwrap_err().code,
+            "gateway_outside_subnet"
+        );
+        assert_eq!(s.check_subnet(&sn("192.168.0.0/16", None)).unwrap_err().code, "overlapping_cidr");
+        let other_vpc = Subnet { vpc: "nope".into(), ..sn("192.168.20.0/24", None) };
+        assert_eq!(s.check_subnet(&other_vpc).unwrap_err().code, "unknown_vpc");
+    }
+
+    #[test]
+    fn port_rules() {
+        let s = sample();
+        let p = |ip: &str, mac: &str| Port {
+            name: "new".into(),
+            vpc: "prod".into(),
+            subnet: "web".into(),
+            chassis: "hv1".into(),
+            mac: mac.parse().unwrap(),
+            ip: ip.parse().unwrap(),
+        };
+        assert!(s.check_port(&p("192.168.10.50", "02:00:00:00:01:01")).is_ok());
+        assert_eq!(s.check_port(&p("192.168.11.50", "02:00:00:00:01:01")).unwrap_err().code, "ip_outside_subnet");
+        assert_eq!(s.check_port(&p("192.168.10.11", "02:00:00:00:01:01")).unwrap_err().code, "duplicate_ip");
+        assert_eq!(s.check_port(&p("192.168.10.100", "02:00:00:00:01:01")).unwrap_err().code, "duplicate_ip");
+        assert_eq!(s.check_port(&p("192.168.10.1", "02:00:00:00:01:01")).unwrap_err().code, "duplicate_ip");
+        assert_eq!(s.check_port(&p("192.168.10.50", "02:00:00:00:00:01")).unwrap_err().code, "duplicate_mac");
+        assert_eq!(s.check_port(&p("192.168.10.50", "01:00:5e:00:00:01")).unwrap_err().code, "invalid_mac");
+        assert_eq!(s.check_port(&p("192.168.10.50", "00:00:00:00:00:00")).unwrap_err().code, "invalid_mac");
+        assert_eq!(s.check_port(&p("fd00::5", "02:00:00:00:01:01")).unwrap_err().code, "ip_outside_subnet");
+    }
+
+    #[test]
+    fn vip_rules_and_deletes() {
+        let s = sample();
+        let v = |ip: &str, members: &[&str]| VipSpec {
+            name: "v2".into(),
+            vpc: "prod".into(),
+            subnet: "web".into(),
+            ip: ip.parse().unwrap(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+        };
+        assert!(s.check_vip(&v("192.168.10.101", &["pay1"])).is_ok());
+        assert_eq!(s.check_vip(&v("192.168.10.12", &["pay1"])).unwrap_err().code, "duplicate_ip");
+        assert_eq!(s.check_vip(&v("192.168.10.101", &["ghost"])).unwrap_err().code, "unknown_port");
+        assert_eq!(s.check_vip(&v("192.168.10.101", &["pay1", "pay1"])).unwrap_err().code, "duplicate_member");
+        assert_eq!(s.check_vip(&v("192.168.10.101", &[])).unwrap_err().code, "no_members");
+        assert_eq!(s.check_delete(&ObjectKey::Port("pay1".into())).unwrap_err().code, "in_use");
+        assert_eq!(s.check_delete(&ObjectKey::Vpc("prod".into())).unwrap_err().code, "in_use");
+        assert_eq!(s.check_delete(&ObjectKey::Chassis("hv1".into())).unwrap_err().code, "in_use");
+        assert_eq!(s.check_delete(&ObjectKey::Vpc("ghost".into())).unwrap_err().kind, InvalidKind::NotFound);
+        assert!(s.check_delete(&ObjectKey::Port("client".into())).is_ok());
+    }
+}

@@ -1,0 +1,328 @@
+//! Views: pure functions of the state computing what one chassis must program
+//! and what the replicators need, and which objects each subscriber is sent.
+//!
+//! A chassis takes part in a VPC when it hosts one of the VPC's ports, or when
+//! it is a gateway (gateways route for every VPC).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+use vipcast_packet::MacAddr;
+
+use crate::objects::*;
+use crate::state::{ObjectKey, State};
+
+/// Where a VPC's broadcast, unknown-unicast and multicast frames go from a chassis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "mode", content = "targets")]
+pub enum Flood {
+    /// To every other chassis of the VPC (their underlay IPs).
+    Headend(Vec<IpAddr>),
+    /// To one of these replicators (the agent picks per VNI among the healthy).
+    Replicator(Vec<(String, SocketAddr)>),
+}
+
+/// A VIP as a chassis programs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipEntry {
+    pub name: String,
+    pub ip: IpAddr,
+    /// Current owner: (MAC, chassis, generation), if any.
+    pub owner: Option<(MacAddr, String, u64)>,
+    /// Local member ports (where the agent sniffs and re-announces).
+    pub local_members: Vec<String>,
+}
+
+/// What a chassis programs for one VPC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VpcView {
+    pub name: String,
+    pub vni: u32,
+    pub arp_suppression: bool,
+    pub subnets: Vec<Subnet>,
+    /// Ports on this chassis.
+    pub local_ports: Vec<Port>,
+    /// Remote MAC -> underlay IP of the chassis it is behind (static FDB).
+    pub fdb: BTreeMap<MacAddr, IpAddr>,
+    /// IP -> MAC for every port and VIP owner of the VPC (neighbour entries,
+    /// answered locally under ARP suppression).
+    pub neighbours: BTreeMap<IpAddr, MacAddr>,
+    pub flood: Flood,
+    pub vips: Vec<VipEntry>,
+}
+
+/// What one chassis programs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChassisView {
+    pub chassis: String,
+    pub underlay_ip: IpAddr,
+    pub role: Role,
+    pub vpcs: BTreeMap<String, VpcView>,
+}
+
+/// Chassis taking part in `vpc`.
+pub fn participants(state: &State, vpc: &str) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = state.ports.values().filter(|p| p.vpc == vpc).map(|p| p.chassis.clone()).collect();
+    out.extend(state.chassis.values().filter(|c| c.role == Role::Gateway).map(|c| c.name.clone()));
+    out.retain(|c| state.chassis.contains_key(c));
+    out
+}
+
+/// VPCs `chassis` takes part in.
+pub fn participation(state: &State, chassis: &str) -> BTreeSet<String> {
+    match state.chassis.get(chassis) {
+        Some(c) if c.role == Role::Gateway => state.vpcs.keys().cloned().collect(),
+        Some(_) => state.ports.values().filter(|p| p.chassis == chassis).map(|p| p.vpc.clone()).collect(),
+        None => BTreeSet::new(),
+    }
+}
+
+/// What `chassis` must program; `None` if it is not registered.
+pub fn chassis_view(state: &State, chassis: &str) -> Option<ChassisView> {
+    let me = state.chassis.get(chassis)?;
+    let mut vpcs = BTreeMap::new();
+    for name in participation(state, chassis) {
+        let Some(vpc) = state.vpcs.get(&name) else { continue };
+        let underlay = |c: &str| state.chassis.get(c).map(|c| c.underlay_ip);
+        let ports: Vec<&Port> = state.ports.values().filter(|p| p.vpc == name).collect();
+        let mut fdb = BTreeMap::new();
+        let mut neighbours = BTreeMap::new();
+        for p in &ports {
+            neighbours.insert(p.ip, p.mac);
+            if p.chassis != chassis
+                && let Some(ip) = underlay(&p.chassis)
+            {
+                fdb.insert(p.mac, ip);
+            }
+        }
+        let mut vips = Vec::new();
+        for v in state.vips.values().filter(|v| v.spec.vpc == name) {
+            if let Some(o) = &v.owner {
+                neighbours.insert(v.spec.ip, o.mac);
+                if o.chassis != chassis
+                    && let Some(ip) = underlay(&o.chassis)
+                {
+                    fdb.insert(o.mac, ip);
+                }
+            }
+            let local_members = v
+                .spec
+                .members
+                .iter()
+                .filter(|m| state.ports.get(*m).is_some_and(|p| p.chassis == chassis))
+                .cloned()
+                .collect();
+            vips.push(VipEntry {
+                name: v.spec.name.clone(),
+                ip: v.spec.ip,
+                owner: v.owner.as_ref().map(|o| (o.mac, o.chassis.clone(), o.generation)),
+                local_members,
+            });
+        }
+        let flood = match vpc.bum {
+            BumMode::Headend => Flood::Headend(
+                participants(state, &name)
+                    .iter()
+                    .filter(|c| c.as_str() != chassis)
+                    .filter_map(|c| underlay(c))
+                    .collect(),
+            ),
+            BumMode::Replicator => {
+                Flood::Replicator(state.replicators.values().map(|r| (r.name.clone(), r.address)).collect())
+            }
+        };
+        vpcs.insert(
+            name.clone(),
+            VpcView {
+                name: name.clone(),
+                vni: vpc.vni,
+                arp_suppression: vpc.arp_suppression,
+                subnets: state.subnets.values().filter(|s| s.vpc == name).cloned().collect(),
+                local_ports: ports.iter().filter(|p| p.chassis == chassis).map(|p| (*p).clone()).collect(),
+                fdb,
+                neighbours,
+                flood,
+                vips,
+            },
+        );
+    }
+    Some(ChassisView { chassis: chassis.to_string(), underlay_ip: me.underlay_ip, role: me.role, vpcs })
+}
+
+/// One VNI as the replicators see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VniEntry {
+    pub vpc: String,
+    /// Underlay IPs of the chassis taking part.
+    pub members: Vec<IpAddr>,
+    /// The VPC's VIPs (the replicator sniffs announcements of these).
+    pub vips: Vec<IpAddr>,
+}
+
+/// What the replicators need: VNI -> members and VIPs, for VPCs in replicator mode.
+pub fn replicator_view(state: &State) -> BTreeMap<u32, VniEntry> {
+    state
+        .vpcs
+        .values()
+        .filter(|v| v.bum == BumMode::Replicator)
+        .map(|v| {
+            let members = participants(state, &v.name)
+                .iter()
+                .filter_map(|c| state.chassis.get(c).map(|c| c.underlay_ip))
+                .collect();
+            let vips = state.vips.values().filter(|x| x.spec.vpc == v.name).map(|x| x.spec.ip).collect();
+            (v.vni, VniEntry { vpc: v.name.clone(), members, vips })
+        })
+        .collect()
+}
+
+/// Who a watch stream is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subscriber {
+    Chassis(String),
+    Replicator,
+}
+
+/// The objects `sub` is sent: for a chassis, its own record, every
+/// replicator, and for each VPC it takes part in the VPC, its subnets, ports
+/// and VIPs and the chassis taking part; for replicators, everything but
+/// subnets and history.
+pub fn objects_for(state: &State, sub: &Subscriber) -> BTreeSet<ObjectKey> {
+    let mut out = BTreeSet::new();
+    out.extend(state.replicators.keys().map(|n| ObjectKey::Replicator(n.clone())));
+    match sub {
+        Subscriber::Replicator => {
+            out.extend(state.vpcs.keys().map(|n| ObjectKey::Vpc(n.clone())));
+            out.extend(state.chassis.keys().map(|n| ObjectKey::Chassis(n.clone())));
+            out.extend(state.ports.keys().map(|n| ObjectKey::Port(n.clone())));
+            out.extend(state.vips.keys().map(|n| ObjectKey::Vip(n.clone())));
+        }
+        Subscriber::Chassis(me) => {
+            if state.chassis.contains_key(me) {
+                out.insert(ObjectKey::Chassis(me.clone()));
+            }
+            for vpc in participation(state, me) {
+                out.insert(ObjectKey::Vpc(vpc.clone()));
+                out.extend(
+                    state
+                        .subnets
+                        .values()
+                        .filter(|s| s.vpc == vpc)
+                        .map(|s| ObjectKey::Subnet(vpc.clone(), s.name.clone())),
+                );
+                out.extend(state.ports.values().filter(|p| p.vpc == vpc).map(|p| ObjectKey::Port(p.name.clone())));
+                out.extend(
+                    state.vips.values().filter(|v| v.spec.vpc == vpc).map(|v| ObjectKey::Vip(v.spec.name.clone())),
+                );
+                out.extend(participants(state, &vpc).into_iter().map(ObjectKey::Chassis));
+            }
+        }
+    }
+    out
+}
+
+/// Whether `key` is sent to `sub`, given the VPCs `sub` takes part in (as
+/// computed by [`participation`]). Cheaper than [`objects_for`] when the
+/// participation did not change.
+pub fn concerns(state: &State, sub: &Subscriber, vpcs: &BTreeSet<String>, key: &ObjectKey) -> bool {
+    match (sub, key) {
+        (_, ObjectKey::History(..)) => false,
+        (_, ObjectKey::Replicator(_)) => true,
+        (Subscriber::Replicator, ObjectKey::Subnet(..)) => false,
+        (Subscriber::Replicator, _) => true,
+        (Subscriber::Chassis(_), ObjectKey::Vpc(v) | ObjectKey::Subnet(v, _)) => vpcs.contains(v),
+        (Subscriber::Chassis(_), ObjectKey::Port(p)) => state.ports.get(p).is_some_and(|p| vpcs.contains(&p.vpc)),
+        (Subscriber::Chassis(_), ObjectKey::Vip(v)) => state.vips.get(v).is_some_and(|v| vpcs.contains(&v.spec.vpc)),
+        (Subscriber::Chassis(me), ObjectKey::Chassis(c)) => {
+            c == me || vpcs.iter().any(|v| participants(state, v).contains(c))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Object;
+
+    fn state() -> State {
+        let mut s = crate::state::tests::sample();
+        s.put(Object::Replicator(Replicator { name: "rep1".into(), address: "172.31.1.1:4789".parse().unwrap() }));
+        s.put(Object::Vpc(Vpc { name: "dev".into(), vni: 200, bum: BumMode::Headend, arp_suppression: false }));
+        s
+    }
+
+    #[test]
+    fn chassis_view_of_a_member() {
+        let mut s = state();
+        let v = chassis_view(&s, "hv1").unwrap();
+        assert_eq!(v.vpcs.keys().collect::<Vec<_>>(), ["prod"]);
+        let prod = &v.vpcs["prod"];
+        assert_eq!(prod.local_ports.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["pay1"]);
+        assert_eq!(prod.fdb.len(), 2); // pay2 on hv2, client on hv3
+        assert_eq!(prod.neighbours.len(), 3); // no VIP owner yet
+        assert!(matches!(&prod.flood, Flood::Replicator(r) if r.len() == 1));
+        assert_eq!(prod.vips[0].local_members, ["pay1"]);
+
+        // The VIP moves to pay2 on hv2: hv1 answers the VIP with pay2's MAC.
+        let mut vip = s.vips["pay-vip"].clone();
+        vip.owner = Some(Owner {
+            port: "pay2".into(),
+            mac: s.ports["pay2"].mac,
+            chassis: "hv2".into(),
+            generation: 1,
+            since: 0,
+        });
+        s.put(Object::Vip(vip));
+        let prod = chassis_view(&s, "hv1").unwrap().vpcs.remove("prod").unwrap();
+        assert_eq!(prod.neighbours[&"192.168.10.100".parse::<IpAddr>().unwrap()], s.ports["pay2"].mac);
+
+        // Head-end: the flood list is every other participant.
+        let mut vpc = s.vpcs["prod"].clone();
+        vpc.bum = BumMode::Headend;
+        s.put(Object::Vpc(vpc));
+        let prod = chassis_view(&s, "hv1").unwrap().vpcs.remove("prod").unwrap();
+        assert_eq!(prod.flood, Flood::Headend(vec!["172.31.0.2".parse().unwrap(), "172.31.0.3".parse().unwrap()]));
+        assert!(chassis_view(&s, "ghost").is_none());
+    }
+
+    #[test]
+    fn gateways_take_part_everywhere() {
+        let mut s = state();
+        s.put(Object::Chassis(Chassis {
+            name: "gw1".into(),
+            underlay_ip: "172.31.0.9".parse().unwrap(),
+            role: Role::Gateway,
+        }));
+        assert_eq!(participation(&s, "gw1").len(), 2);
+        assert!(participants(&s, "prod").contains("gw1"));
+        let rv = replicator_view(&s);
+        assert_eq!(rv[&100].members.len(), 4);
+        assert_eq!(rv[&100].vips, ["192.168.10.100".parse::<IpAddr>().unwrap()]);
+        assert!(!rv.contains_key(&200)); // head-end VPCs need no replicator
+    }
+
+    #[test]
+    fn concerns_agrees_with_objects_for() {
+        let s = state();
+        for sub in [Subscriber::Chassis("hv1".into()), Subscriber::Chassis("hv3".into()), Subscriber::Replicator] {
+            let all = objects_for(&s, &sub);
+            let vpcs = match &sub {
+                Subscriber::Chassis(c) => participation(&s, c),
+                Subscriber::Replicator => BTreeSet::new(),
+            };
+            let keys = s
+                .vpcs
+                .keys()
+                .map(|n| ObjectKey::Vpc(n.clone()))
+                .chain(s.subnets.keys().map(|(v, n)| ObjectKey::Subnet(v.clone(), n.clone())))
+                .chain(s.chassis.keys().map(|n| ObjectKey::Chassis(n.clone())))
+                .chain(s.ports.keys().map(|n| ObjectKey::Port(n.clone())))
+                .chain(s.vips.keys().map(|n| ObjectKey::Vip(n.clone())))
+                .chain(s.replicators.keys().map(|n| ObjectKey::Replicator(n.clone())));
+            for k in keys {
+                assert_eq!(concerns(&s, &sub, &vpcs, &k), all.contains(&k), "{sub:?} {k:?}");
+            }
+        }
+    }
+}
