@@ -1,0 +1,823 @@
+//! The embedded backend: one redb file with etcd semantics.
+//!
+//! ```text
+//!  txn, lease grant/revoke, ──► spawn_blocking ──► writer lock ──► redb write txn
+//!  lease expiry task                                               (kv, lease_keys, log, meta)
+//!                                                                  commit, fsynced
+//!                                                                  broadcast Batch(rev)
+//!                                                   writer lock released
+//!
+//!  watch(prefix, from) ──► subscribe to the broadcast, then replay the log from `from`,
+//!                          then live batches; a batch at or below the last revision
+//!                          delivered is a repeat and dropped; a lagged receiver or a
+//!                          gap ──► replay from the log again
+//! ```
+//!
+//! Tables:
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `meta` | `"format"`, `"revision"`, `"oldest"` (oldest revision in `log`), `"next_lease"` | `i64` |
+//! | `kv` | key | create revision, mod revision, lease, value |
+//! | `log` | revision | the events of that revision |
+//! | `leases` | lease id | ttl in milliseconds |
+//! | `lease_keys` | (lease id, key) | `()` |
+//!
+//! Lease deadlines live in memory only: on open every lease restarts with its
+//! full ttl, as etcd does after a restart.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use tokio::sync::{Notify, broadcast, oneshot};
+use tokio::time::Instant;
+
+use crate::{
+    Compare, Error, Event, KeyValue, LeaseId, Op, Result, Revision, Store, TxnResult, WatchBatch, WatchStream,
+};
+
+const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const LOG: TableDefinition<i64, &[u8]> = TableDefinition::new("log");
+const LEASES: TableDefinition<i64, u64> = TableDefinition::new("leases");
+const LEASE_KEYS: TableDefinition<(i64, &str), ()> = TableDefinition::new("lease_keys");
+
+const META_FORMAT: &str = "format";
+const META_REVISION: &str = "revision";
+const META_OLDEST: &str = "oldest";
+const META_NEXT_LEASE: &str = "next_lease";
+
+/// Version of the on-disk layout, stored in `meta`.
+const FORMAT: i64 = 1;
+/// Version byte in front of every encoded record.
+const RECORD_VERSION: u8 = 1;
+/// Revisions read from the log per replay step of a watcher.
+const REPLAY_CHUNK: usize = 256;
+
+/// Options of a [`FileStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileOptions {
+    /// How many of the latest revisions the log keeps for watchers resuming
+    /// from the past; older ones are [`Error::Compacted`]. Default 100,000;
+    /// at least 1.
+    pub history: u64,
+    /// Revisions buffered per live watcher before it falls back to reading
+    /// the log (it never loses events either way). Default 1,024; at least 1.
+    pub watch_buffer: usize,
+}
+
+impl Default for FileOptions {
+    fn default() -> Self {
+        FileOptions { history: 100_000, watch_buffer: 1024 }
+    }
+}
+
+/// The embedded store: a redb file (`DIR/store.redb`) owned by one process.
+///
+/// Every write is one redb write transaction, committed with immediate
+/// durability (fsync) before the call returns. Cloning gives another handle to
+/// the same store; the file is closed when the last handle (and any operation
+/// still running) is gone, and watch streams then end.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    history: i64,
+    /// Serialises writers so that batches are broadcast in revision order.
+    writer: Mutex<()>,
+    /// Every committed revision, for live watchers.
+    events: broadcast::Sender<Arc<WatchBatch>>,
+    /// Deadlines of the live leases (shared with the expiry task, which
+    /// holds the store itself only while it ends a lease).
+    leases: Timers,
+    /// Wakes the expiry task when a deadline moves.
+    lease_changed: Arc<Notify>,
+    /// Dropped with the store: stops the expiry task.
+    _stop_expiry: oneshot::Sender<()>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStore").field("path", &self.path).field("history", &self.history).finish_non_exhaustive()
+    }
+}
+
+type Timers = Arc<Mutex<HashMap<LeaseId, LeaseTimer>>>;
+
+fn lock_timers(timers: &Timers) -> Result<MutexGuard<'_, HashMap<LeaseId, LeaseTimer>>> {
+    timers.lock().map_err(|_| Error::Unavailable("lease table lock poisoned".into()))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LeaseTimer {
+    ttl: Duration,
+    deadline: Instant,
+}
+
+impl FileStore {
+    /// Opens (creating if needed) the store in `dir/store.redb`, with default
+    /// [`FileOptions`].
+    ///
+    /// Must be called within a tokio runtime (it starts the lease expiry
+    /// task). Opening reads the file on the calling thread: call it at start
+    /// up, or from `spawn_blocking`. Fails with [`Error::File`] if another
+    /// process (or another `FileStore` in this one) has the file open.
+    pub fn open(dir: impl AsRef<Path>) -> Result<FileStore> {
+        FileStore::open_with(dir, FileOptions::default())
+    }
+
+    /// Like [`FileStore::open`], with options.
+    pub fn open_with(dir: impl AsRef<Path>, options: FileOptions) -> Result<FileStore> {
+        let dir = dir.as_ref();
+        let path = dir.join("store.redb");
+        let file_err = |message: String| Error::File { path: path.display().to_string(), message };
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Unavailable("FileStore::open must be called within a tokio runtime".into()))?;
+        std::fs::create_dir_all(dir).map_err(|e| file_err(format!("cannot create directory: {e}")))?;
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                file_err("already open by another process (or another FileStore in this one)".into())
+            }
+            other => file_err(other.to_string()),
+        })?;
+        let (events, _) = broadcast::channel(options.watch_buffer.max(1));
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let inner = Arc::new(Inner {
+            db,
+            path: path.clone(),
+            history: i64::try_from(options.history.max(1)).unwrap_or(i64::MAX),
+            writer: Mutex::new(()),
+            events,
+            leases: Arc::new(Mutex::new(HashMap::new())),
+            lease_changed: Arc::new(Notify::new()),
+            _stop_expiry: stop_tx,
+        });
+        let restored = inner.init()?;
+        tracing::info!(path = %path.display(), revision = inner.revision()?, leases = restored.len(), "store: opened");
+        {
+            let now = Instant::now();
+            let mut timers = inner.timers()?;
+            for (id, ttl) in restored {
+                timers.insert(id, LeaseTimer { ttl, deadline: now + ttl });
+            }
+        }
+        runtime.spawn(expire_leases(
+            Arc::downgrade(&inner),
+            inner.leases.clone(),
+            inner.lease_changed.clone(),
+            stop_rx,
+        ));
+        Ok(FileStore { inner })
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on the blocking pool with the store.
+    async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| Error::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Store for FileStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let key = key.to_owned();
+        self.blocking(move |inner| inner.get(&key)).await
+    }
+
+    async fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
+        let prefix = prefix.to_owned();
+        self.blocking(move |inner| inner.range(&prefix)).await
+    }
+
+    async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnResult> {
+        self.blocking(move |inner| inner.txn(&compares, &ops)).await
+    }
+
+    async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
+        // Subscribe first: every revision committed from now on reaches `rx`,
+        // older ones are read from the log.
+        let rx = self.inner.events.subscribe();
+        let (next, first, replay) = if from > 0 {
+            let p = prefix.to_owned();
+            let (next, first) = self.blocking(move |inner| inner.read_log(&p, from)).await?;
+            (next, first, next - from >= REPLAY_CHUNK as i64)
+        } else {
+            let revision = self.blocking(|inner| inner.revision()).await?;
+            (revision + 1, Vec::new(), false)
+        };
+        let state = WatchState {
+            inner: Arc::downgrade(&self.inner),
+            rx,
+            prefix: prefix.to_owned(),
+            next,
+            pending: first.into(),
+            replay,
+            done: false,
+        };
+        Ok(Box::pin(futures::stream::unfold(state, WatchState::step)))
+    }
+
+    async fn revision(&self) -> Result<Revision> {
+        self.blocking(|inner| inner.revision()).await
+    }
+
+    async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId> {
+        let ttl = ttl.max(Duration::from_millis(1));
+        let id = self.blocking(move |inner| inner.lease_grant(ttl)).await?;
+        self.inner.lease_changed.notify_one();
+        Ok(id)
+    }
+
+    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<()> {
+        let mut timers = self.inner.timers()?;
+        let timer = timers.get_mut(&lease).ok_or(Error::LeaseNotFound(lease))?;
+        timer.deadline = Instant::now() + timer.ttl;
+        drop(timers);
+        self.inner.lease_changed.notify_one();
+        Ok(())
+    }
+
+    async fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
+        self.blocking(move |inner| inner.lease_end(lease, false).map(|_| ())).await
+    }
+}
+
+/// What a write transaction decided.
+enum Outcome<T> {
+    /// Commit, then broadcast the batch if there is one.
+    Commit(T, Option<WatchBatch>),
+    /// Roll back; nothing changed.
+    Abort(T),
+}
+
+impl Inner {
+    fn file_err(&self, e: impl std::fmt::Display) -> Error {
+        Error::File { path: self.path.display().to_string(), message: e.to_string() }
+    }
+
+    fn corrupt(&self, what: &str) -> Error {
+        self.file_err(format!("corrupt record: {what}"))
+    }
+
+    fn timers(&self) -> Result<MutexGuard<'_, HashMap<LeaseId, LeaseTimer>>> {
+        lock_timers(&self.leases)
+    }
+
+    /// Creates the tables on first open, checks the format, and returns the
+    /// leases to restore.
+    fn init(&self) -> Result<Vec<(LeaseId, Duration)>> {
+        let outcome = self.write(|wtx| {
+            let mut meta = wtx.open_table(META).map_err(|e| self.file_err(e))?;
+            let format = meta.get(META_FORMAT).map_err(|e| self.file_err(e))?.map(|g| g.value());
+            match format {
+                None => {
+                    meta.insert(META_FORMAT, FORMAT).map_err(|e| self.file_err(e))?;
+                    meta.insert(META_REVISION, 0).map_err(|e| self.file_err(e))?;
+                    meta.insert(META_OLDEST, 1).map_err(|e| self.file_err(e))?;
+                    meta.insert(META_NEXT_LEASE, 1).map_err(|e| self.file_err(e))?;
+                }
+                Some(FORMAT) => {}
+                Some(other) => return Err(self.file_err(format!("unknown format {other} (this build reads {FORMAT})"))),
+            }
+            wtx.open_table(KV).map_err(|e| self.file_err(e))?;
+            wtx.open_table(LOG).map_err(|e| self.file_err(e))?;
+            wtx.open_table(LEASE_KEYS).map_err(|e| self.file_err(e))?;
+            let leases = wtx.open_table(LEASES).map_err(|e| self.file_err(e))?;
+            let mut restored = Vec::new();
+            for entry in leases.iter().map_err(|e| self.file_err(e))? {
+                let (id, ttl) = entry.map_err(|e| self.file_err(e))?;
+                restored.push((id.value(), Duration::from_millis(ttl.value())));
+            }
+            Ok(Outcome::Commit(restored, None))
+        })?;
+        Ok(outcome)
+    }
+
+    /// Runs `f` in a write transaction under the writer lock; commits
+    /// (fsynced) or aborts as it decides, and broadcasts its batch after the
+    /// commit, still under the lock so batches go out in revision order.
+    fn write<T>(&self, f: impl FnOnce(&WriteTransaction) -> Result<Outcome<T>>) -> Result<T> {
+        let _writer = self.writer.lock().map_err(|_| Error::Unavailable("store writer lock poisoned".into()))?;
+        let mut wtx = self.db.begin_write().map_err(|e| self.file_err(e))?;
+        wtx.set_durability(Durability::Immediate).map_err(|e| self.file_err(e))?;
+        match f(&wtx) {
+            Ok(Outcome::Commit(value, batch)) => {
+                wtx.commit().map_err(|e| self.file_err(e))?;
+                if let Some(batch) = batch {
+                    // No receiver is fine: nobody is watching.
+                    let _ = self.events.send(Arc::new(batch));
+                }
+                Ok(value)
+            }
+            Ok(Outcome::Abort(value)) => {
+                wtx.abort().map_err(|e| self.file_err(e))?;
+                Ok(value)
+            }
+            Err(e) => {
+                if let Err(abort) = wtx.abort() {
+                    tracing::warn!(error = %abort, "store: aborting a failed write transaction failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn read_meta(&self, meta: &impl ReadableTable<&'static str, i64>, key: &str) -> Result<i64> {
+        meta.get(key).map_err(|e| self.file_err(e))?.map(|g| g.value()).ok_or_else(|| self.corrupt("missing meta"))
+    }
+
+    fn revision(&self) -> Result<Revision> {
+        let rtx = self.db.begin_read().map_err(|e| self.file_err(e))?;
+        let meta = rtx.open_table(META).map_err(|e| self.file_err(e))?;
+        self.read_meta(&meta, META_REVISION)
+    }
+
+    fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let rtx = self.db.begin_read().map_err(|e| self.file_err(e))?;
+        let kv = rtx.open_table(KV).map_err(|e| self.file_err(e))?;
+        let record = kv.get(key).map_err(|e| self.file_err(e))?;
+        record.map(|r| self.decode_kv(key, r.value())).transpose()
+    }
+
+    fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
+        let rtx = self.db.begin_read().map_err(|e| self.file_err(e))?;
+        let meta = rtx.open_table(META).map_err(|e| self.file_err(e))?;
+        let revision = self.read_meta(&meta, META_REVISION)?;
+        let kv = rtx.open_table(KV).map_err(|e| self.file_err(e))?;
+        let mut out = Vec::new();
+        for entry in kv.range::<&str>(prefix..).map_err(|e| self.file_err(e))? {
+            let (key, record) = entry.map_err(|e| self.file_err(e))?;
+            let key = key.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push(self.decode_kv(key, record.value())?);
+        }
+        Ok((out, revision))
+    }
+
+    fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<TxnResult> {
+        validate_ops(ops)?;
+        self.write(|wtx| {
+            let mut meta = wtx.open_table(META).map_err(|e| self.file_err(e))?;
+            let mut kv = wtx.open_table(KV).map_err(|e| self.file_err(e))?;
+            let mut lease_keys = wtx.open_table(LEASE_KEYS).map_err(|e| self.file_err(e))?;
+            let leases = wtx.open_table(LEASES).map_err(|e| self.file_err(e))?;
+            let revision = self.read_meta(&meta, META_REVISION)?;
+            for Compare::ModRevision { key, revision: expected } in compares {
+                let actual = match kv.get(key.as_str()).map_err(|e| self.file_err(e))? {
+                    Some(record) => self.decode_kv(key, record.value())?.mod_revision,
+                    None => 0,
+                };
+                if actual != *expected {
+                    return Ok(Outcome::Abort(TxnResult { succeeded: false, revision }));
+                }
+            }
+            let new = revision + 1;
+            let mut events = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Put { key, value, lease } => {
+                        if *lease != 0 && leases.get(*lease).map_err(|e| self.file_err(e))?.is_none() {
+                            return Err(Error::LeaseNotFound(*lease));
+                        }
+                        let old = match kv.get(key.as_str()).map_err(|e| self.file_err(e))? {
+                            Some(record) => Some(self.decode_kv(key, record.value())?),
+                            None => None,
+                        };
+                        let create_revision = old.as_ref().map_or(new, |o| o.create_revision);
+                        if let Some(old) = old.filter(|o| o.lease != 0 && o.lease != *lease) {
+                            lease_keys.remove((old.lease, key.as_str())).map_err(|e| self.file_err(e))?;
+                        }
+                        if *lease != 0 {
+                            lease_keys.insert((*lease, key.as_str()), ()).map_err(|e| self.file_err(e))?;
+                        }
+                        let record = encode_kv(create_revision, new, *lease, value);
+                        kv.insert(key.as_str(), record.as_slice()).map_err(|e| self.file_err(e))?;
+                        events.push(Event::Put(KeyValue {
+                            key: key.clone(),
+                            value: value.clone(),
+                            create_revision,
+                            mod_revision: new,
+                            lease: *lease,
+                        }));
+                    }
+                    Op::Delete { key } => {
+                        if self.delete_key(&mut kv, &mut lease_keys, key)? {
+                            events.push(Event::Delete { key: key.clone(), revision: new });
+                        }
+                    }
+                }
+            }
+            if events.is_empty() {
+                // Only deletes of absent keys: nothing changed, no revision.
+                return Ok(Outcome::Abort(TxnResult { succeeded: true, revision }));
+            }
+            let batch = self.log_revision(wtx, &mut meta, new, events)?;
+            Ok(Outcome::Commit(TxnResult { succeeded: true, revision: new }, Some(batch)))
+        })
+    }
+
+    /// Removes `key` and its lease attachment; whether it existed.
+    fn delete_key(
+        &self,
+        kv: &mut redb::Table<'_, &'static str, &'static [u8]>,
+        lease_keys: &mut redb::Table<'_, (i64, &'static str), ()>,
+        key: &str,
+    ) -> Result<bool> {
+        let Some(old) = kv.remove(key).map_err(|e| self.file_err(e))? else {
+            return Ok(false);
+        };
+        let old = self.decode_kv(key, old.value())?;
+        if old.lease != 0 {
+            lease_keys.remove((old.lease, key)).map_err(|e| self.file_err(e))?;
+        }
+        Ok(true)
+    }
+
+    /// Records revision `new` with its events: log entry, revision counter,
+    /// log pruned to the configured history.
+    fn log_revision(
+        &self,
+        wtx: &WriteTransaction,
+        meta: &mut redb::Table<'_, &'static str, i64>,
+        new: Revision,
+        events: Vec<Event>,
+    ) -> Result<WatchBatch> {
+        let mut log = wtx.open_table(LOG).map_err(|e| self.file_err(e))?;
+        log.insert(new, encode_events(&events).as_slice()).map_err(|e| self.file_err(e))?;
+        meta.insert(META_REVISION, new).map_err(|e| self.file_err(e))?;
+        let oldest = self.read_meta(meta, META_OLDEST)?;
+        let keep_from = new - self.history + 1;
+        if keep_from > oldest {
+            log.retain_in(oldest..keep_from, |_, _| false).map_err(|e| self.file_err(e))?;
+            meta.insert(META_OLDEST, keep_from).map_err(|e| self.file_err(e))?;
+        }
+        Ok(WatchBatch { revision: new, events })
+    }
+
+    fn lease_grant(&self, ttl: Duration) -> Result<LeaseId> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let id = self.write(|wtx| {
+            let mut meta = wtx.open_table(META).map_err(|e| self.file_err(e))?;
+            let mut leases = wtx.open_table(LEASES).map_err(|e| self.file_err(e))?;
+            let id = self.read_meta(&meta, META_NEXT_LEASE)?;
+            leases.insert(id, ttl_ms).map_err(|e| self.file_err(e))?;
+            meta.insert(META_NEXT_LEASE, id + 1).map_err(|e| self.file_err(e))?;
+            Ok(Outcome::Commit(id, None))
+        })?;
+        let ttl = Duration::from_millis(ttl_ms);
+        self.timers()?.insert(id, LeaseTimer { ttl, deadline: Instant::now() + ttl });
+        Ok(id)
+    }
+
+    /// Ends a lease and deletes its keys in one revision. With `if_expired`,
+    /// only if its deadline has passed (a keep-alive may have come in since
+    /// the expiry task looked); returns whether it ended.
+    fn lease_end(&self, lease: LeaseId, if_expired: bool) -> Result<bool> {
+        // Taken out of the timers first, so that a keep-alive from now on
+        // finds no lease; put back if the transaction fails.
+        let timer = {
+            let mut timers = self.timers()?;
+            match timers.get(&lease).map(|t| t.deadline) {
+                Some(deadline) if if_expired && deadline > Instant::now() => return Ok(false),
+                Some(_) => timers.remove(&lease),
+                None if if_expired => return Ok(false),
+                None => None,
+            }
+        };
+        let result = self.write(|wtx| {
+            let mut leases = wtx.open_table(LEASES).map_err(|e| self.file_err(e))?;
+            if leases.remove(lease).map_err(|e| self.file_err(e))?.is_none() {
+                return Err(Error::LeaseNotFound(lease));
+            }
+            let mut lease_keys = wtx.open_table(LEASE_KEYS).map_err(|e| self.file_err(e))?;
+            let mut keys = Vec::new();
+            for entry in lease_keys.range::<(i64, &str)>((lease, "")..).map_err(|e| self.file_err(e))? {
+                let (k, _) = entry.map_err(|e| self.file_err(e))?;
+                let (id, key) = k.value();
+                if id != lease {
+                    break;
+                }
+                keys.push(key.to_owned());
+            }
+            if keys.is_empty() {
+                return Ok(Outcome::Commit((), None));
+            }
+            let mut meta = wtx.open_table(META).map_err(|e| self.file_err(e))?;
+            let mut kv = wtx.open_table(KV).map_err(|e| self.file_err(e))?;
+            let new = self.read_meta(&meta, META_REVISION)? + 1;
+            let mut events = Vec::with_capacity(keys.len());
+            for key in keys {
+                if self.delete_key(&mut kv, &mut lease_keys, &key)? {
+                    events.push(Event::Delete { key, revision: new });
+                }
+            }
+            let batch = self.log_revision(wtx, &mut meta, new, events)?;
+            Ok(Outcome::Commit((), Some(batch)))
+        });
+        match result {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                if let (Some(timer), false) = (timer, matches!(e, Error::LeaseNotFound(_))) {
+                    self.timers()?.insert(lease, timer);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads the log from `from` (at most [`REPLAY_CHUNK`] revisions) and
+    /// returns the revision to continue from and the batches under `prefix`.
+    fn read_log(&self, prefix: &str, from: Revision) -> Result<(Revision, Vec<WatchBatch>)> {
+        let rtx = self.db.begin_read().map_err(|e| self.file_err(e))?;
+        let meta = rtx.open_table(META).map_err(|e| self.file_err(e))?;
+        let oldest = self.read_meta(&meta, META_OLDEST)?;
+        if from < oldest {
+            return Err(Error::Compacted { requested: from, oldest });
+        }
+        let log = rtx.open_table(LOG).map_err(|e| self.file_err(e))?;
+        let mut next = from;
+        let mut out = Vec::new();
+        for entry in log.range::<i64>(from..).map_err(|e| self.file_err(e))?.take(REPLAY_CHUNK) {
+            let (revision, events) = entry.map_err(|e| self.file_err(e))?;
+            let revision = revision.value();
+            if revision != next {
+                return Err(self.corrupt("gap in the revision log"));
+            }
+            let events = self.decode_events(revision, events.value())?;
+            let events: Vec<Event> = events.into_iter().filter(|e| event_key(e).starts_with(prefix)).collect();
+            if !events.is_empty() {
+                out.push(WatchBatch { revision, events });
+            }
+            next = revision + 1;
+        }
+        Ok((next, out))
+    }
+
+    fn decode_kv(&self, key: &str, bytes: &[u8]) -> Result<KeyValue> {
+        let mut r = Reader { bytes, corrupt: || self.corrupt("key value") };
+        if r.u8()? != RECORD_VERSION {
+            return Err(self.corrupt("unknown key value version"));
+        }
+        let create_revision = r.i64()?;
+        let mod_revision = r.i64()?;
+        let lease = r.i64()?;
+        Ok(KeyValue { key: key.to_owned(), value: r.rest().to_vec(), create_revision, mod_revision, lease })
+    }
+
+    fn decode_events(&self, revision: Revision, bytes: &[u8]) -> Result<Vec<Event>> {
+        let mut r = Reader { bytes, corrupt: || self.corrupt("log entry") };
+        if r.u8()? != RECORD_VERSION {
+            return Err(self.corrupt("unknown log entry version"));
+        }
+        let count = r.u32()?;
+        let mut events = Vec::new();
+        for _ in 0..count {
+            let kind = r.u8()?;
+            let key =
+                String::from_utf8(r.bytes_u32()?.to_vec()).map_err(|_| self.corrupt("log entry key is not UTF-8"))?;
+            match kind {
+                0 => {
+                    let create_revision = r.i64()?;
+                    let lease = r.i64()?;
+                    let value = r.bytes_u32()?.to_vec();
+                    events.push(Event::Put(KeyValue { key, value, create_revision, mod_revision: revision, lease }));
+                }
+                1 => events.push(Event::Delete { key, revision }),
+                _ => return Err(self.corrupt("unknown event kind")),
+            }
+        }
+        Ok(events)
+    }
+}
+
+fn validate_ops(ops: &[Op]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for op in ops {
+        let key = match op {
+            Op::Put { key, .. } | Op::Delete { key } => key,
+        };
+        if key.is_empty() {
+            return Err(Error::InvalidArgument("empty key".into()));
+        }
+        if !seen.insert(key.as_str()) {
+            return Err(Error::InvalidArgument(format!("key {key:?} written twice in one transaction")));
+        }
+    }
+    Ok(())
+}
+
+fn event_key(event: &Event) -> &str {
+    match event {
+        Event::Put(kv) => &kv.key,
+        Event::Delete { key, .. } => key,
+    }
+}
+
+/// `version, create, mod, lease` (little-endian) then the value.
+fn encode_kv(create: Revision, modified: Revision, lease: LeaseId, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(25 + value.len());
+    out.push(RECORD_VERSION);
+    out.extend_from_slice(&create.to_le_bytes());
+    out.extend_from_slice(&modified.to_le_bytes());
+    out.extend_from_slice(&lease.to_le_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+/// `version, count: u32`, then per event `kind: u8 (0 put, 1 delete), key
+/// (u32 length + bytes)` and for a put `create, lease, value (u32 length +
+/// bytes)`; the mod revision is the log entry's revision.
+fn encode_events(events: &[Event]) -> Vec<u8> {
+    fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+        // Keys and values far beyond 4 GiB cannot reach here: redb refuses them.
+        out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+    let mut out = vec![RECORD_VERSION];
+    out.extend_from_slice(&u32::try_from(events.len()).unwrap_or(u32::MAX).to_le_bytes());
+    for event in events {
+        match event {
+            Event::Put(kv) => {
+                out.push(0);
+                put_bytes(&mut out, kv.key.as_bytes());
+                out.extend_from_slice(&kv.create_revision.to_le_bytes());
+                out.extend_from_slice(&kv.lease.to_le_bytes());
+                put_bytes(&mut out, &kv.value);
+            }
+            Event::Delete { key, .. } => {
+                out.push(1);
+                put_bytes(&mut out, key.as_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// Bounds-checked reading of an encoded record.
+struct Reader<'a, C: Fn() -> Error> {
+    bytes: &'a [u8],
+    corrupt: C,
+}
+
+impl<'a, C: Fn() -> Error> Reader<'a, C> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.bytes.len() < n {
+            return Err((self.corrupt)());
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        self.take(N)?.try_into().map_err(|_| (self.corrupt)())
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        Ok(u8::from_le_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn i64(&mut self) -> Result<i64> {
+        Ok(i64::from_le_bytes(self.array()?))
+    }
+
+    fn bytes_u32(&mut self) -> Result<&'a [u8]> {
+        let n = usize::try_from(self.u32()?).map_err(|_| (self.corrupt)())?;
+        self.take(n)
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.bytes)
+    }
+}
+
+/// One watcher's position: the next revision it has not seen, batches read
+/// from the log and not yet delivered, and whether it must read the log
+/// before taking live batches again.
+struct WatchState {
+    inner: Weak<Inner>,
+    rx: broadcast::Receiver<Arc<WatchBatch>>,
+    prefix: String,
+    next: Revision,
+    pending: VecDeque<WatchBatch>,
+    replay: bool,
+    done: bool,
+}
+
+impl WatchState {
+    async fn step(mut self) -> Option<(Result<WatchBatch>, WatchState)> {
+        loop {
+            if let Some(batch) = self.pending.pop_front() {
+                return Some((Ok(batch), self));
+            }
+            if self.done {
+                return None;
+            }
+            if self.replay {
+                let inner = self.inner.upgrade()?;
+                let (prefix, from) = (self.prefix.clone(), self.next);
+                let read = tokio::task::spawn_blocking(move || inner.read_log(&prefix, from)).await;
+                match read {
+                    Ok(Ok((next, batches))) => {
+                        // A short read means the log is exhausted: go live.
+                        self.replay = next - from >= REPLAY_CHUNK as i64;
+                        self.next = next;
+                        self.pending.extend(batches);
+                    }
+                    Ok(Err(e)) => {
+                        self.done = true;
+                        return Some((Err(e), self));
+                    }
+                    Err(e) => {
+                        self.done = true;
+                        return Some((Err(Error::Unavailable(format!("store task failed: {e}"))), self));
+                    }
+                }
+                continue;
+            }
+            match self.rx.recv().await {
+                Ok(batch) if batch.revision < self.next => {} // already delivered from the log
+                Ok(batch) if batch.revision == self.next => {
+                    self.next += 1;
+                    let events: Vec<Event> =
+                        batch.events.iter().filter(|e| event_key(e).starts_with(&self.prefix)).cloned().collect();
+                    if !events.is_empty() {
+                        return Some((Ok(WatchBatch { revision: batch.revision, events }), self));
+                    }
+                }
+                // A gap (cannot happen while subscribed, but never skip) or
+                // a lagged receiver: the log has everything.
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.replay = true,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+/// Ends leases whose deadline passed; sleeps until the next deadline or a
+/// change. Stops when the store is dropped.
+async fn expire_leases(inner: Weak<Inner>, timers: Timers, changed: Arc<Notify>, mut stop: oneshot::Receiver<()>) {
+    loop {
+        let next_deadline = match lock_timers(&timers) {
+            Ok(timers) => timers.values().map(|t| t.deadline).min(),
+            Err(_) => return,
+        };
+        let sleep = async {
+            match next_deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = changed.notified() => continue,
+            _ = sleep => {}
+        }
+        let now = Instant::now();
+        let expired: Vec<LeaseId> = match lock_timers(&timers) {
+            Ok(timers) => timers.iter().filter(|(_, t)| t.deadline <= now).map(|(id, _)| *id).collect(),
+            Err(_) => return,
+        };
+        if expired.is_empty() {
+            continue;
+        }
+        let Some(store) = inner.upgrade() else { return };
+        for lease in expired {
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.lease_end(lease, true)).await {
+                Ok(Ok(true)) => tracing::debug!(lease, "store: lease expired"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(lease, error = %e, "store: cannot expire lease, retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => tracing::warn!(lease, error = %e, "store: lease expiry task failed"),
+            }
+        }
+    }
+}
