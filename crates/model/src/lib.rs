@@ -16,4 +16,4 @@ mod state;
 pub mod view;
 
 pub use objects::*;
-pub use state::{Invalid, InvalidKind, Object, ObjectKey, State};
+pub use state::{Invalid, InvalidKind, Object, ObjectKey, State, history_prefix, objects_prefix};

@@ -115,8 +115,8 @@ pub struct Owner {
 }
 
 /// A VIP as stored: the spec plus the control plane's view of it.
+/// (Stored data, so no `deny_unknown_fields`: serde does not support it with `flatten`.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Vip {
     #[serde(flatten)]
     pub spec: VipSpec,

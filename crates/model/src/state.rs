@@ -2,8 +2,9 @@
 //! write goes through. A write is checked against the state it will apply to,
 //! so a refused write changes nothing.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
+
+use imbl::OrdMap;
 
 use ipnet::IpNet;
 
@@ -11,6 +12,16 @@ use crate::objects::*;
 
 /// Prefix of every key vipcast stores.
 pub const PREFIX: &str = "/vipcast/";
+
+/// The prefix of all object keys (what the controller loads and watches).
+pub fn objects_prefix() -> &'static str {
+    PREFIX
+}
+
+/// The store key prefix of a VIP's ownership history.
+pub fn history_prefix(vip: &str) -> String {
+    format!("{PREFIX}history/{vip}/")
+}
 
 /// The identity of an object, and its store key.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -163,14 +174,18 @@ impl Invalid {
 }
 
 /// Every object of a region.
+///
+/// The maps are persistent (structure-sharing): cloning a `State` is O(1) and
+/// a changed copy shares everything it did not change, so the controller can
+/// keep one version per store revision cheaply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
-    pub vpcs: BTreeMap<String, Vpc>,
-    pub subnets: BTreeMap<(String, String), Subnet>,
-    pub chassis: BTreeMap<String, Chassis>,
-    pub ports: BTreeMap<String, Port>,
-    pub vips: BTreeMap<String, Vip>,
-    pub replicators: BTreeMap<String, Replicator>,
+    pub vpcs: OrdMap<String, Vpc>,
+    pub subnets: OrdMap<(String, String), Subnet>,
+    pub chassis: OrdMap<String, Chassis>,
+    pub ports: OrdMap<String, Port>,
+    pub vips: OrdMap<String, Vip>,
+    pub replicators: OrdMap<String, Replicator>,
 }
 
 /// Largest VNI.

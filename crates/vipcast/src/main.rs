@@ -1,11 +1,21 @@
 //! `vipcast`: one binary, a subcommand per role. This file only parses flags
 //! and hands over to the crates that do the work.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc returns freed memory to the system far better than glibc's
+/// allocator under many connections (measured with `vipcast bench
+/// control-plane`: see ARCHITECTURE.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod bench;
+mod controller;
+mod ctl;
 mod dissect;
 
 /// Highly available virtual IPs for VXLAN overlays.
@@ -18,6 +28,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the controller: REST API, watch streams, VIP ownership.
+    Controller {
+        /// Address to serve the API on.
+        #[arg(long, default_value = "127.0.0.1:7600")]
+        listen: SocketAddr,
+        /// file:DIR (embedded, one controller) or etcd://HOST:PORT[,HOST:PORT...]
+        #[arg(long, default_value = "file:./vipcast-data")]
+        store: controller::StoreSpec,
+    },
+    /// Benchmarks of the real components.
+    Bench(bench::Bench),
+    /// Talk to a controller: create, list, show and delete objects.
+    Ctl(ctl::Ctl),
     /// Decode a pcap file (tcpdump -w) with vipcast's codecs: VRRP v2/v3,
     /// ARP and gratuitous ARP, neighbour discovery, VXLAN, GRE, GRE-in-UDP.
     Dissect {
@@ -32,8 +55,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VIPCAST_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let result = match cli.command {
         Command::Dissect { file, legacy_unicast_checksum } => dissect::run(&file, legacy_unicast_checksum),
+        Command::Controller { listen, store } => runtime().and_then(|rt| rt.block_on(controller::run(listen, store))),
+        Command::Bench(b) => runtime().and_then(|rt| rt.block_on(bench::run(b))),
+        Command::Ctl(c) => runtime().and_then(|rt| rt.block_on(ctl::run(c))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -42,4 +72,8 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }

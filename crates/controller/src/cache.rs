@@ -1,0 +1,197 @@
+//! The controller's in-memory copy of the state, kept in step with the store.
+//!
+//! ```text
+//!  store ──range(PREFIX)──► initial State at revision R
+//!  store ──watch(PREFIX, R+1)──► batch ──► new Arc<State> ──┬─► `current` (watch channel)
+//!                                                           └─► `applied` (broadcast to subscribers)
+//! ```
+//! Every controller sharing a store sees every write through this path, its
+//! own included, so all of them serve the same reads and watch streams.
+//! Writers wait until the cache has reached their write's revision before
+//! answering (read-your-writes).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{broadcast, watch};
+use vipcast_model::{Object, ObjectKey, State};
+use vipcast_store::{Event, Revision, Store};
+
+/// Key every write transaction bumps, so that a transaction validated against
+/// the state at one revision fails if anything was written since.
+pub const GUARD_KEY: &str = "/vipcast/meta/guard";
+
+/// The state at one revision.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub revision: Revision,
+    pub state: Arc<State>,
+    /// Mod revision of [`GUARD_KEY`] (0: never written).
+    pub guard: Revision,
+}
+
+/// What one store revision changed.
+#[derive(Debug)]
+pub struct Applied {
+    pub revision: Revision,
+    /// Objects written (`Some`) or deleted (`None`) at this revision.
+    pub changes: Vec<(ObjectKey, Option<Object>)>,
+    /// The state before it (cheap: states share structure).
+    pub before: Arc<State>,
+    /// The state after it.
+    pub state: Arc<State>,
+    /// The cache was reloaded from scratch: subscribers must resynchronise.
+    pub reload: bool,
+}
+
+/// The cache handle.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    current: watch::Receiver<Arc<Snapshot>>,
+    applied: broadcast::Sender<Arc<Applied>>,
+}
+
+/// Capacity of the per-subscriber backlog before it must resynchronise.
+const BACKLOG: usize = 256;
+
+impl Cache {
+    /// Loads the state and starts following the store.
+    pub async fn start(store: Arc<dyn Store>) -> vipcast_store::Result<Cache> {
+        let first = load(store.as_ref()).await?;
+        let (tx, rx) = watch::channel(Arc::new(first));
+        let (applied, _) = broadcast::channel(BACKLOG);
+        let cache = Cache { current: rx, applied: applied.clone() };
+        tokio::spawn(follow(store, tx, applied));
+        Ok(cache)
+    }
+
+    /// The latest state.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current.borrow().clone()
+    }
+
+    /// Waits until the cache holds revision `rev` (or later).
+    pub async fn wait_for(&self, rev: Revision) -> Arc<Snapshot> {
+        let mut rx = self.current.clone();
+        match rx.wait_for(|s| s.revision >= rev).await {
+            Ok(s) => s.clone(),
+            Err(_) => self.current(),
+        }
+    }
+
+    /// Subscribes to applied revisions.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Applied>> {
+        self.applied.subscribe()
+    }
+}
+
+async fn load(store: &dyn Store) -> vipcast_store::Result<Snapshot> {
+    let (kvs, revision) = store.range(vipcast_model::objects_prefix()).await?;
+    let mut state = State::default();
+    let mut guard = 0;
+    for kv in kvs {
+        if kv.key == GUARD_KEY {
+            guard = kv.mod_revision;
+            continue;
+        }
+        if let Some(key) = ObjectKey::parse(&kv.key) {
+            match Object::from_value(&key, &kv.value) {
+                Ok(obj) => state.put(obj),
+                Err(e) => tracing::warn!(key = kv.key, error = %e, "skipping undecodable object"),
+            }
+        }
+    }
+    Ok(Snapshot { revision, state: Arc::new(state), guard })
+}
+
+async fn follow(store: Arc<dyn Store>, tx: watch::Sender<Arc<Snapshot>>, applied: broadcast::Sender<Arc<Applied>>) {
+    loop {
+        let from = tx.borrow().revision + 1;
+        let mut stream = match store.watch(vipcast_model::objects_prefix(), from).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "store watch failed; reloading");
+                reload(store.as_ref(), &tx, &applied).await;
+                continue;
+            }
+        };
+        while let Some(item) = stream.next().await {
+            let batch = match item {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "store watch broke; reloading");
+                    reload(store.as_ref(), &tx, &applied).await;
+                    break;
+                }
+            };
+            let prev = tx.borrow().clone();
+            if batch.revision <= prev.revision {
+                continue;
+            }
+            let mut state = (*prev.state).clone();
+            let mut guard = prev.guard;
+            let mut changes = Vec::with_capacity(batch.events.len());
+            for ev in batch.events {
+                let (key, value) = match ev {
+                    Event::Put(kv) => (kv.key, Some(kv.value)),
+                    Event::Delete { key, .. } => (key, None),
+                };
+                if key == GUARD_KEY {
+                    guard = batch.revision;
+                    continue;
+                }
+                let Some(okey) = ObjectKey::parse(&key) else { continue };
+                match value {
+                    Some(v) => match Object::from_value(&okey, &v) {
+                        Ok(obj) => {
+                            state.put(obj.clone());
+                            changes.push((okey, Some(obj)));
+                        }
+                        Err(e) => tracing::warn!(key, error = %e, "skipping undecodable object"),
+                    },
+                    None => {
+                        state.delete(&okey);
+                        changes.push((okey, None));
+                    }
+                }
+            }
+            let state = Arc::new(state);
+            let _ = applied.send(Arc::new(Applied {
+                revision: batch.revision,
+                changes,
+                before: prev.state.clone(),
+                state: state.clone(),
+                reload: false,
+            }));
+            tx.send_replace(Arc::new(Snapshot { revision: batch.revision, state, guard }));
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn reload(store: &dyn Store, tx: &watch::Sender<Arc<Snapshot>>, applied: &broadcast::Sender<Arc<Applied>>) {
+    loop {
+        match load(store).await {
+            Ok(s) => {
+                let s = Arc::new(s);
+                let _ = applied.send(Arc::new(Applied {
+                    revision: s.revision,
+                    changes: Vec::new(),
+                    before: s.state.clone(),
+                    state: s.state.clone(),
+                    reload: true,
+                }));
+                tx.send_replace(s);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "store unavailable; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! vipcast's controller: the northbound REST API, the southbound watch
+//! streams, and VIP ownership arbitration, over a [`vipcast_store::Store`].
+//!
+//! ```text
+//!  REST (axum) ──parse/validate──► Controller::write(|state| ops) ──txn──► store
+//!                                                                            │
+//!  watch streams ◄── per-subscriber filter ◄── Cache (applied batches) ◄─watch┘
+//! ```
+//! [`serve`] takes a bound listener and a shutdown future, so tests bind
+//! `127.0.0.1:0`. Several controllers may share one etcd: every write is a
+//! transaction conditional on the revision of a guard key the writer's state
+//! was read at, so two controllers can never both apply writes validated
+//! against the same state (one retries on the newer state).
+
+mod api;
+mod cache;
+mod error;
+mod metrics;
+mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use vipcast_model::{Invalid, State};
+use vipcast_store::{Compare, Op, Revision, Store};
+
+pub use cache::{Applied, Cache, GUARD_KEY, Snapshot};
+pub use error::ApiError;
+pub use watch::{Message, WireKey};
+
+/// Settings of a controller.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Split-brain detection for VIP claims.
+    pub damping: vipcast_model::claim::Damping,
+    /// Interval of keep-alive lines on idle watch streams.
+    pub watch_ping: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { damping: Default::default(), watch_ping: Duration::from_secs(5) }
+    }
+}
+
+/// A running controller's shared state.
+pub struct Controller {
+    store: Arc<dyn Store>,
+    cache: Cache,
+    config: Config,
+    write_lock: tokio::sync::Mutex<()>,
+    metrics: metrics::Metrics,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller").field("revision", &self.cache.current().revision).finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Controller {
+    /// Loads the state from `store` and starts following it.
+    pub async fn new(store: Arc<dyn Store>, config: Config) -> vipcast_store::Result<Arc<Controller>> {
+        let cache = Cache::start(store.clone()).await?;
+        Ok(Arc::new(Controller {
+            store,
+            cache,
+            config,
+            write_lock: tokio::sync::Mutex::new(()),
+            metrics: metrics::Metrics::default(),
+        }))
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// Validates and applies a write. `plan` turns the current state into the
+    /// store operations of the write, or refuses it; it may be called again
+    /// (on a newer state) if another controller wrote in between. Returns the
+    /// revision the write was applied at (or the current one if `plan` asked
+    /// for nothing), once this controller's cache has reached it.
+    pub async fn write<F>(&self, plan: F) -> Result<Revision, ApiError>
+    where
+        F: Fn(&State) -> Result<Vec<Op>, Invalid>,
+    {
+        let _one_at_a_time = self.write_lock.lock().await;
+        for _ in 0..50 {
+            let snap = self.cache.current();
+            let mut ops = plan(&snap.state)?;
+            if ops.is_empty() {
+                return Ok(snap.revision);
+            }
+            ops.push(Op::Put { key: GUARD_KEY.to_string(), value: Vec::new(), lease: 0 });
+            let started = std::time::Instant::now();
+            let res = self
+                .store
+                .txn(vec![Compare::ModRevision { key: GUARD_KEY.to_string(), revision: snap.guard }], ops)
+                .await?;
+            self.metrics.store_txn_seconds.observe(started.elapsed().as_secs_f64());
+            self.cache.wait_for(res.revision).await;
+            if res.succeeded {
+                return Ok(res.revision);
+            }
+            self.metrics.write_conflicts.inc();
+        }
+        Err(ApiError::unavailable("too many conflicting writes; try again"))
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    controller: Arc<Controller>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = api::router(controller);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,58 @@
+//! Counters the controller keeps, exported at `/metrics` in Prometheus text.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClaimLabels {
+    /// accepted, unchanged, refused
+    pub result: &'static str,
+}
+
+/// The controller's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub claims: Family<ClaimLabels, Counter>,
+    pub watchers: Gauge,
+    pub store_txn_seconds: Histogram,
+    pub write_conflicts: Counter,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let requests = Family::<RequestLabels, Counter>::default();
+        let claims = Family::<ClaimLabels, Counter>::default();
+        let watchers = Gauge::default();
+        let store_txn_seconds =
+            Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]);
+        let write_conflicts = Counter::default();
+        let mut registry = Registry::with_prefix("vipcast_controller");
+        registry.register("http_requests", "HTTP requests by method and status", requests.clone());
+        registry.register("claims", "VIP claims by result", claims.clone());
+        registry.register("watchers", "Open watch streams", watchers.clone());
+        registry.register("store_txn_seconds", "Latency of store write transactions", store_txn_seconds.clone());
+        registry.register("write_conflicts", "Writes retried because another writer won", write_conflicts.clone());
+        Metrics { requests, claims, watchers, store_txn_seconds, write_conflicts, registry }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,492 @@
+//! The controller's REST API and watch streams, served for real on loopback
+//! over the embedded store (and over a real etcd for the two-controller race).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use vipcast_controller::{Config, Controller, Message, serve};
+use vipcast_model::Object;
+use vipcast_store::{EtcdStore, FileStore, Store};
+
+/// A controller serving on 127.0.0.1:<random>, stopped on drop.
+struct Server {
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn start(store: Arc<dyn Store>, dir: Option<tempfile::TempDir>) -> Server {
+    let c =
+        Controller::new(store, Config { watch_ping: Duration::from_millis(200), ..Default::default() }).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(serve(listener, c, async {
+        let _ = rx.await;
+    }));
+    Server { url, stop: Some(tx), _dir: dir }
+}
+
+async fn file_server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FileStore::open(dir.path()).unwrap());
+    start(store, Some(dir)).await
+}
+
+struct Api {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Api {
+    fn new(s: &Server) -> Api {
+        Api { http: reqwest::Client::new(), url: s.url.clone() }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut r = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    async fn raw_post(&self, path: &str, body: &'static str) -> (StatusCode, Value) {
+        let resp = self.http.post(format!("{}{path}", self.url)).body(body).send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A VPC "prod" with subnet "web", chassis hv1..hv3, ports pay1 (hv1),
+    /// pay2 (hv2), client (hv3), and VIP "pay-vip" on pay1/pay2.
+    async fn populate(&self) {
+        let ok = |(s, v): (StatusCode, Value)| assert!(s.is_success(), "{s} {v}");
+        ok(self.post("/v1/vpcs", json!({"name": "prod", "vni": 100})).await);
+        ok(self
+            .post(
+                "/v1/subnets",
+                json!({"vpc": "prod", "name": "web", "cidr": "192.168.10.0/24", "gateway": "192.168.10.1"}),
+            )
+            .await);
+        for i in 1..=3 {
+            ok(self.put(&format!("/v1/chassis/hv{i}"), json!({"underlay_ip": format!("172.31.0.{i}")})).await);
+        }
+        for (i, (name, ch)) in [("pay1", "hv1"), ("pay2", "hv2"), ("client", "hv3")].iter().enumerate() {
+            ok(self
+                .post(
+                    "/v1/ports",
+                    json!({"name": name, "vpc": "prod", "subnet": "web", "chassis": ch,
+                           "mac": format!("02:00:00:00:00:0{}", i + 1), "ip": format!("192.168.10.{}", 11 + i)}),
+                )
+                .await);
+        }
+        ok(self
+            .post(
+                "/v1/vips",
+                json!({"name": "pay-vip", "vpc": "prod", "subnet": "web", "ip": "192.168.10.100", "members": ["pay1", "pay2"]}),
+            )
+            .await);
+    }
+
+    async fn claim(&self, mac: &str, chassis: &str) -> (StatusCode, Value) {
+        self.post(
+            "/v1/vips/pay-vip/claims",
+            json!({"mac": mac, "chassis": chassis, "source": "agent", "observed_at": 1}),
+        )
+        .await
+    }
+
+    /// Every object, to check that refused writes change nothing.
+    async fn everything(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        for kind in ["vpcs", "subnets", "chassis", "ports", "vips", "replicators"] {
+            out.push(self.get(&format!("/v1/{kind}")).await.1);
+        }
+        out
+    }
+}
+
+#[tokio::test]
+async fn validation_errors_name_the_field_and_change_nothing() {
+    let s = file_server().await;
+    let api = Api::new(&s);
+    api.populate().await;
+    let before = api.everything().await;
+
+    let cases: Vec<(&str, Value, StatusCode, &str, Option<&str>)> = vec![
+        ("/v1/vpcs", json!({"name": "dev", "vni": 0}), StatusCode::BAD_REQUEST, "invalid_vni", Some("vni")),
+        ("/v1/vpcs", json!({"name": "dev", "vni": 16777216}), StatusCode::BAD_REQUEST, "invalid_vni", Some("vni")),
+        ("/v1/vpcs", json!({"name": "dev", "vni": 100}), StatusCode::CONFLICT, "duplicate_vni", Some("vni")),
+        ("/v1/vpcs", json!({"name": "prod", "vni": 5}), StatusCode::CONFLICT, "exists", Some("name")),
+        (
+            "/v1/vpcs",
+            json!({"name": "dev", "vni": 5, "colour": "red"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            Some("colour"),
+        ),
+        ("/v1/vpcs", json!({"name": "dev", "vni": "five"}), StatusCode::BAD_REQUEST, "invalid_body", Some("vni")),
+        (
+            "/v1/vpcs",
+            json!({"name": "dev", "vni": 5, "bum": "flood"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            Some("bum"),
+        ),
+        (
+            "/v1/subnets",
+            json!({"vpc": "prod", "name": "db", "cidr": "10.0.0.0/33"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            Some("cidr"),
+        ),
+        (
+            "/v1/subnets",
+            json!({"vpc": "prod", "name": "db", "cidr": "10.0.0.0/8", "gateway": "11.0.0.1"}),
+            StatusCode::BAD_REQUEST,
+            "gateway_outside_subnet",
+            Some("gateway"),
+        ),
+        (
+            "/v1/subnets",
+            json!({"vpc": "nope", "name": "db", "cidr": "10.0.0.0/8"}),
+            StatusCode::BAD_REQUEST,
+            "unknown_vpc",
+            Some("vpc"),
+        ),
+        (
+            "/v1/subnets",
+            json!({"vpc": "prod", "name": "web2", "cidr": "192.168.10.128/25"}),
+            StatusCode::CONFLICT,
+            "overlapping_cidr",
+            Some("cidr"),
+        ),
+        (
+            "/v1/ports",
+            json!({"name": "p", "vpc": "prod", "subnet": "web", "chassis": "hv1", "mac": "01:00:5e:00:00:01", "ip": "192.168.10.50"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_mac",
+            Some("mac"),
+        ),
+        (
+            "/v1/ports",
+            json!({"name": "p", "vpc": "prod", "subnet": "web", "chassis": "hv1", "mac": "00:00:00:00:00:00", "ip": "192.168.10.50"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_mac",
+            Some("mac"),
+        ),
+        (
+            "/v1/ports",
+            json!({"name": "p", "vpc": "prod", "subnet": "web", "chassis": "hv1", "mac": "nonsense", "ip": "192.168.10.50"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            Some("mac"),
+        ),
+        (
+            "/v1/ports",
+            json!({"name": "p", "vpc": "prod", "subnet": "web", "chassis": "hv1", "mac": "02:00:00:00:01:01", "ip": "192.168.99.50"}),
+            StatusCode::BAD_REQUEST,
+            "ip_outside_subnet",
+            Some("ip"),
+        ),
+        (
+            "/v1/ports",
+            json!({"name": "p", "vpc": "prod", "subnet": "web", "chassis": "hv1", "mac": "02:00:00:00:01:01", "ip": "192.168.10.11"}),
+            StatusCode::CONFLICT,
+            "duplicate_ip",
+            Some("ip"),
+        ),
+        (
+            "/v1/ports",
+            json!({"name": "p", "vpc": "prod", "subnet": "web", "chassis": "hv1", "mac": "02:00:00:00:00:01", "ip": "192.168.10.50"}),
+            StatusCode::CONFLICT,
+            "duplicate_mac",
+            Some("mac"),
+        ),
+        (
+            "/v1/ports",
+            json!({"name": "p", "vpc": "prod", "subnet": "web", "chassis": "hv9", "mac": "02:00:00:00:01:01", "ip": "192.168.10.50"}),
+            StatusCode::BAD_REQUEST,
+            "unknown_chassis",
+            Some("chassis"),
+        ),
+        (
+            "/v1/ports",
+            json!({"name": "p", "vpc": "prod", "subnet": "web", "chassis": "hv1", "mac": "02:00:00:00:01:01", "ip": "192.168.10.100"}),
+            StatusCode::CONFLICT,
+            "duplicate_ip",
+            Some("ip"),
+        ),
+        (
+            "/v1/vips",
+            json!({"name": "v", "vpc": "prod", "subnet": "web", "ip": "192.168.10.12", "members": ["pay1"]}),
+            StatusCode::CONFLICT,
+            "duplicate_ip",
+            Some("ip"),
+        ),
+        (
+            "/v1/vips",
+            json!({"name": "v", "vpc": "prod", "subnet": "web", "ip": "192.168.10.101", "members": ["ghost"]}),
+            StatusCode::BAD_REQUEST,
+            "unknown_port",
+            Some("members"),
+        ),
+        (
+            "/v1/vips",
+            json!({"name": "v", "vpc": "prod", "subnet": "web", "ip": "192.168.10.101"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            None,
+        ),
+    ];
+    for (path, body, status, code, field) in cases {
+        let (s, v) = api.post(path, body.clone()).await;
+        assert_eq!(s, status, "{path} {body}: {v}");
+        assert_eq!(v["error"]["code"], code, "{path} {body}: {v}");
+        if let Some(f) = field {
+            assert_eq!(v["error"]["field"], f, "{path} {body}: {v}");
+        }
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let (s, v) = api.raw_post("/v1/vpcs", "{\"name\": ").await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("malformed_json")));
+    let (s, v) = api.put("/v1/chassis/hv4", json!({"underlay_ip": "172.31.0.1"})).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("duplicate_underlay_ip")));
+    // Deleting what is referenced is a conflict; unknown names are 404.
+    for (path, status) in [
+        ("/v1/vpcs/prod", StatusCode::CONFLICT),
+        ("/v1/subnets/prod/web", StatusCode::CONFLICT),
+        ("/v1/chassis/hv1", StatusCode::CONFLICT),
+        ("/v1/ports/pay1", StatusCode::CONFLICT),
+        ("/v1/ports/ghost", StatusCode::NOT_FOUND),
+    ] {
+        assert_eq!(api.delete(path).await.0, status, "{path}");
+    }
+    let (s, v) = api.put("/v1/vips/pay-vip/members", json!({"members": ["pay1", "client-typo"]})).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("unknown_port")));
+    assert_eq!(api.everything().await, before, "a refused write changed the state");
+
+    // Valid deletes work once nothing refers to the object.
+    assert_eq!(api.delete("/v1/ports/client").await.0, StatusCode::NO_CONTENT);
+    assert_eq!(api.get("/v1/ports/client").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn claims_move_the_vip_and_refuse_spoofing() {
+    let s = file_server().await;
+    let api = Api::new(&s);
+    api.populate().await;
+    let (st, v) = api.claim("02:00:00:00:00:01", "hv1").await;
+    assert_eq!(
+        (st, v["result"].as_str(), v["owner"]["generation"].as_u64()),
+        (StatusCode::OK, Some("accepted"), Some(1))
+    );
+    // keepalived's burst of five: one change.
+    for _ in 0..4 {
+        assert_eq!(api.claim("02:00:00:00:00:01", "hv1").await.1["result"], "unchanged");
+    }
+    assert_eq!(api.claim("02:00:00:00:00:02", "hv2").await.1["owner"]["generation"], 2);
+    let (st, v) = api.claim("02:00:00:00:00:03", "hv3").await;
+    assert_eq!((st, v["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("not_member")));
+    let (st, _) = api.claim("02:00:00:00:00:01", "hv2").await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (_, vip) = api.get("/v1/vips/pay-vip").await;
+    assert_eq!((vip["owner"]["port"].as_str(), vip["owner"]["chassis"].as_str()), (Some("pay2"), Some("hv2")));
+    assert_eq!(vip["split_brain"], false);
+    let (_, hist) = api.get("/v1/vips/pay-vip/history").await;
+    let gens: Vec<u64> = hist.as_array().unwrap().iter().map(|h| h["generation"].as_u64().unwrap()).collect();
+    assert_eq!(gens, [1, 2]);
+    assert_eq!(hist[1]["previous_port"], "pay1");
+    // Rapid alternation flags split-brain.
+    api.claim("02:00:00:00:00:01", "hv1").await;
+    api.claim("02:00:00:00:00:02", "hv2").await;
+    assert_eq!(api.get("/v1/vips/pay-vip").await.1["split_brain"], true);
+    let metrics = reqwest::get(format!("{}/metrics", s.url)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("vipcast_controller_claims_total{result=\"refused\"} 2"), "{metrics}");
+    assert!(metrics.contains("vipcast_controller_claims_total{result=\"unchanged\"} 4"), "{metrics}");
+}
+
+/// Reads NDJSON messages from a watch stream.
+struct Watch {
+    lines: std::pin::Pin<Box<dyn futures::Stream<Item = Message> + Send>>,
+}
+
+impl Watch {
+    async fn open(url: &str) -> Watch {
+        let resp = reqwest::get(url).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let bytes = resp.bytes_stream();
+        let lines = futures::stream::unfold((bytes, Vec::<u8>::new()), |(mut bytes, mut buf)| async move {
+            loop {
+                if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=i).collect();
+                    let m: Message = serde_json::from_slice(&line).unwrap();
+                    return Some((m, (bytes, buf)));
+                }
+                match bytes.next().await {
+                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                    _ => return None,
+                }
+            }
+        });
+        Watch { lines: Box::pin(lines) }
+    }
+
+    /// The next message that is not a ping.
+    async fn next(&mut self) -> Message {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(5), self.lines.next()).await.unwrap().unwrap();
+            if !matches!(m, Message::Ping { .. }) {
+                return m;
+            }
+        }
+    }
+}
+
+fn revision(m: &Message) -> i64 {
+    match m {
+        Message::Snapshot { revision, .. } | Message::Delta { revision, .. } | Message::Ping { revision } => *revision,
+    }
+}
+
+#[tokio::test]
+async fn watch_streams_snapshot_then_one_vip_per_move_and_resume() {
+    let s = file_server().await;
+    let api = Api::new(&s);
+    api.populate().await;
+    let mut w = Watch::open(&format!("{}/v1/watch/chassis/hv3", s.url)).await;
+    let first = w.next().await;
+    let Message::Snapshot { objects, .. } = &first else { panic!("{first:?}") };
+    // hv3 hosts "client" in prod: it gets prod, its subnet, all 3 ports, the VIP and the 3 chassis.
+    assert_eq!(objects.len(), 1 + 1 + 3 + 1 + 3, "{objects:?}");
+
+    api.claim("02:00:00:00:00:01", "hv1").await;
+    let m = w.next().await;
+    let Message::Delta { upserts, deletes, .. } = &m else { panic!("{m:?}") };
+    assert!(deletes.is_empty());
+    assert_eq!(upserts.len(), 1, "a VIP move must be a delta of one VIP: {upserts:?}");
+    let Object::Vip(v) = &upserts[0] else { panic!("{upserts:?}") };
+    assert_eq!(v.owner.as_ref().map(|o| o.port.as_str()), Some("pay1"));
+    let seen = revision(&m);
+    drop(w);
+
+    // While the subscriber is away the VIP moves twice; it resumes with one delta.
+    api.claim("02:00:00:00:00:02", "hv2").await;
+    api.claim("02:00:00:00:00:01", "hv1").await;
+    let mut w = Watch::open(&format!("{}/v1/watch/chassis/hv3?from={seen}", s.url)).await;
+    let m = w.next().await;
+    let Message::Delta { upserts, .. } = &m else { panic!("resume should be a delta: {m:?}") };
+    assert_eq!(upserts.len(), 1);
+    let Object::Vip(v) = &upserts[0] else { panic!() };
+    assert_eq!(v.owner.as_ref().map(|o| o.generation), Some(3));
+
+    // A chassis that does not take part in a VPC hears nothing of it.
+    let mut other = Watch::open(&format!("{}/v1/watch/chassis/hv9", s.url)).await;
+    assert!(matches!(other.next().await, Message::Snapshot { objects, .. } if objects.is_empty()));
+    api.put("/v1/chassis/hv9", json!({"underlay_ip": "172.31.0.9"})).await;
+    let m = other.next().await;
+    assert!(matches!(&m, Message::Delta { upserts, .. } if upserts.len() == 1), "{m:?}");
+    api.claim("02:00:00:00:00:02", "hv2").await;
+    // hv3 gets the move; hv9 only its ping.
+    assert!(matches!(w.next().await, Message::Delta { .. }));
+    let idle = tokio::time::timeout(Duration::from_millis(600), other.next()).await;
+    assert!(idle.is_err(), "hv9 was sent {idle:?}");
+
+    // A port created on hv9 in prod makes it take part: it gets the whole VPC.
+    api.post(
+        "/v1/ports",
+        json!({"name": "p9", "vpc": "prod", "subnet": "web", "chassis": "hv9", "mac": "02:00:00:00:00:09", "ip": "192.168.10.19"}),
+    )
+    .await;
+    let m = other.next().await;
+    let Message::Delta { upserts, .. } = &m else { panic!("{m:?}") };
+    assert_eq!(upserts.len(), 1 + 1 + 4 + 1 + 3, "{upserts:?}"); // vpc, subnet, 4 ports, vip, hv1..3 (hv9 it has)
+    // ...and hv3 learns the new port and the chassis it is behind.
+    let m = w.next().await;
+    let Message::Delta { upserts, deletes, .. } = &m else { panic!("{m:?}") };
+    let mut kinds: Vec<String> = upserts.iter().map(|o| format!("{:?}", o.key())).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["Chassis(\"hv9\")", "Port(\"p9\")"], "{m:?}");
+    assert!(deletes.is_empty());
+    // Removing it takes both away again.
+    assert_eq!(api.delete("/v1/ports/p9").await.0, StatusCode::NO_CONTENT);
+    let m = w.next().await;
+    let Message::Delta { upserts, deletes, .. } = &m else { panic!("{m:?}") };
+    let mut deletes = deletes.clone();
+    deletes.sort();
+    assert!(upserts.is_empty(), "{m:?}");
+    assert_eq!(deletes, ["/vipcast/chassis/hv9", "/vipcast/ports/p9"]);
+}
+
+#[tokio::test]
+async fn two_controllers_on_one_etcd_never_lose_or_duplicate_a_generation() {
+    let etcd = vipcast_store::testing::Etcd::start();
+    let a = start(Arc::new(EtcdStore::connect(&etcd.endpoints()).await.unwrap()), None).await;
+    let b = start(Arc::new(EtcdStore::connect(&etcd.endpoints()).await.unwrap()), None).await;
+    let (api_a, api_b) = (Api::new(&a), Api::new(&b));
+    api_a.populate().await;
+    // Both controllers serve the same state.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(api_b.get("/v1/vips/pay-vip").await.0, StatusCode::OK);
+
+    // Racing claims, alternating members, through both controllers at once.
+    let rounds = 30;
+    let run = |api: Api, mac: &'static str, chassis: &'static str| async move {
+        let mut accepted = 0;
+        for _ in 0..rounds {
+            let (s, v) = api.claim(mac, chassis).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            if v["result"] == "accepted" {
+                accepted += 1;
+            }
+        }
+        accepted
+    };
+    let (x, y) =
+        tokio::join!(run(Api::new(&a), "02:00:00:00:00:01", "hv1"), run(Api::new(&b), "02:00:00:00:00:02", "hv2"));
+    let (_, hist) = api_a.get("/v1/vips/pay-vip/history").await;
+    let gens: Vec<u64> = hist.as_array().unwrap().iter().map(|h| h["generation"].as_u64().unwrap()).collect();
+    let expected: Vec<u64> = (1..=(x + y) as u64).collect();
+    assert_eq!(gens, expected, "generations must be 1..=accepted, each once");
+    let owner_gen = api_b.get("/v1/vips/pay-vip").await.1["owner"]["generation"].as_u64().unwrap();
+    assert_eq!(owner_gen, (x + y) as u64);
+
+    // Conflicting creations on both controllers: exactly one wins.
+    let (ra, rb) = tokio::join!(
+        api_a.post("/v1/vpcs", json!({"name": "dev-a", "vni": 300})),
+        api_b.post("/v1/vpcs", json!({"name": "dev-b", "vni": 300}))
+    );
+    let wins = [ra.0, rb.0].iter().filter(|s| **s == StatusCode::CREATED).count();
+    assert_eq!(wins, 1, "{ra:?} {rb:?}");
+    assert!([ra.0, rb.0].contains(&StatusCode::CONFLICT));
+}

@@ -1,0 +1,73 @@
+//! `vipcast controller`: flags -> store -> controller -> serve.
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use vipcast_store::{EtcdStore, FileStore, Store};
+
+/// Where the controller keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// An embedded redb file under this directory.
+    File(std::path::PathBuf),
+    /// etcd endpoints (`http://host:port`).
+    Etcd(Vec<String>),
+}
+
+impl std::str::FromStr for StoreSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(dir) = s.strip_prefix("file:") {
+            if dir.is_empty() {
+                return Err("file: needs a directory, e.g. file:./vipcast-data".into());
+            }
+            return Ok(StoreSpec::File(dir.into()));
+        }
+        if let Some(list) = s.strip_prefix("etcd://") {
+            let endpoints: Vec<String> = list
+                .split(',')
+                .map(|hp| {
+                    let hp = hp.trim();
+                    if hp.is_empty() || !hp.contains(':') {
+                        Err(format!("etcd endpoint {hp:?} must be HOST:PORT"))
+                    } else {
+                        Ok(format!("http://{hp}"))
+                    }
+                })
+                .collect::<Result<_, _>>()?;
+            return Ok(StoreSpec::Etcd(endpoints));
+        }
+        Err(format!("store {s:?} must be file:DIR or etcd://HOST:PORT[,HOST:PORT...]"))
+    }
+}
+
+pub async fn open_store(spec: &StoreSpec) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match spec {
+        StoreSpec::File(dir) => {
+            Arc::new(FileStore::open(dir).with_context(|| format!("opening store in {}", dir.display()))?)
+        }
+        StoreSpec::Etcd(eps) => {
+            Arc::new(EtcdStore::connect(eps).await.with_context(|| format!("connecting to etcd at {}", eps.join(",")))?)
+        }
+    })
+}
+
+pub async fn run(listen: std::net::SocketAddr, store: StoreSpec) -> anyhow::Result<()> {
+    let store = open_store(&store).await?;
+    let controller = vipcast_controller::Controller::new(store, Default::default()).await.context("loading state")?;
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => bail!("cannot listen on {listen}: {e}"),
+    };
+    tracing::info!(%listen, revision = controller.cache().current().revision, "controller serving");
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    };
+    vipcast_controller::serve(listener, controller, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,372 @@
+//! `vipcast ctl`: a client of the controller's REST API. Tables by default,
+//! `--json` for scripts. Errors show the controller's message.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+#[derive(Debug, Args)]
+pub struct Ctl {
+    /// Controller URL.
+    #[arg(long, env = "VIPCAST_CONTROLLER", default_value = "http://127.0.0.1:7600", global = true)]
+    controller: String,
+    /// Print the controller's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Debug, Subcommand)]
+enum What {
+    /// VPCs: VXLAN segments.
+    Vpc {
+        #[command(subcommand)]
+        verb: VpcVerb,
+    },
+    /// Subnets of VPCs.
+    Subnet {
+        #[command(subcommand)]
+        verb: SubnetVerb,
+    },
+    /// Hypervisors and gateways.
+    Chassis {
+        #[command(subcommand)]
+        verb: ChassisVerb,
+    },
+    /// VM ports.
+    Port {
+        #[command(subcommand)]
+        verb: PortVerb,
+    },
+    /// Virtual IPs.
+    Vip {
+        #[command(subcommand)]
+        verb: VipVerb,
+    },
+    /// BUM replicators.
+    Replicator {
+        #[command(subcommand)]
+        verb: ReplicatorVerb,
+    },
+    /// What a chassis programs, as the controller computes it.
+    View {
+        /// Chassis name.
+        chassis: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VpcVerb {
+    Create {
+        name: String,
+        #[arg(long)]
+        vni: u32,
+        /// headend or replicator.
+        #[arg(long, default_value = "replicator")]
+        bum: String,
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        arp_suppression: bool,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SubnetVerb {
+    Create {
+        #[arg(long)]
+        vpc: String,
+        name: String,
+        #[arg(long)]
+        cidr: String,
+        #[arg(long)]
+        gateway: Option<IpAddr>,
+    },
+    List,
+    Show {
+        vpc: String,
+        name: String,
+    },
+    Delete {
+        vpc: String,
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ChassisVerb {
+    /// Registers (or updates) a chassis.
+    Register {
+        name: String,
+        #[arg(long)]
+        underlay_ip: IpAddr,
+        /// hypervisor or gateway.
+        #[arg(long, default_value = "hypervisor")]
+        role: String,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PortVerb {
+    Create {
+        name: String,
+        #[arg(long)]
+        vpc: String,
+        #[arg(long)]
+        subnet: String,
+        #[arg(long)]
+        chassis: String,
+        #[arg(long)]
+        mac: String,
+        #[arg(long)]
+        ip: IpAddr,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VipVerb {
+    Create {
+        name: String,
+        #[arg(long)]
+        vpc: String,
+        #[arg(long)]
+        subnet: String,
+        #[arg(long)]
+        ip: IpAddr,
+        /// Member ports, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        members: Vec<String>,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+    /// Ownership changes, oldest first.
+    History {
+        name: String,
+    },
+    /// Replaces the member list.
+    Members {
+        name: String,
+        #[arg(value_delimiter = ',', required = true)]
+        members: Vec<String>,
+    },
+    /// Reports a GARP / NA as a sniffer would.
+    Claim {
+        name: String,
+        #[arg(long)]
+        mac: String,
+        #[arg(long)]
+        chassis: String,
+        /// agent or replicator.
+        #[arg(long, default_value = "agent")]
+        source: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReplicatorVerb {
+    Register {
+        name: String,
+        #[arg(long)]
+        address: SocketAddr,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+/// A request: method, path, body.
+type Req = (Method, String, Option<Value>);
+
+fn crud(kind: &str, verb: &str, name: Option<&str>, body: Option<Value>) -> Req {
+    match (verb, name) {
+        ("list", _) => (Method::GET, format!("/v1/{kind}"), None),
+        ("show", Some(n)) => (Method::GET, format!("/v1/{kind}/{n}"), None),
+        ("delete", Some(n)) => (Method::DELETE, format!("/v1/{kind}/{n}"), None),
+        _ => (Method::POST, format!("/v1/{kind}"), body),
+    }
+}
+
+fn request(what: What) -> Req {
+    match what {
+        What::Vpc { verb } => match verb {
+            VpcVerb::Create { name, vni, bum, arp_suppression } => crud(
+                "vpcs",
+                "create",
+                None,
+                Some(json!({"name": name, "vni": vni, "bum": bum, "arp_suppression": arp_suppression})),
+            ),
+            VpcVerb::List => crud("vpcs", "list", None, None),
+            VpcVerb::Show { name } => crud("vpcs", "show", Some(&name), None),
+            VpcVerb::Delete { name } => crud("vpcs", "delete", Some(&name), None),
+        },
+        What::Subnet { verb } => match verb {
+            SubnetVerb::Create { vpc, name, cidr, gateway } => {
+                let mut b = json!({"vpc": vpc, "name": name, "cidr": cidr});
+                if let (Some(g), Some(o)) = (gateway, b.as_object_mut()) {
+                    o.insert("gateway".into(), json!(g));
+                }
+                crud("subnets", "create", None, Some(b))
+            }
+            SubnetVerb::List => crud("subnets", "list", None, None),
+            SubnetVerb::Show { vpc, name } => crud("subnets", "show", Some(&format!("{vpc}/{name}")), None),
+            SubnetVerb::Delete { vpc, name } => crud("subnets", "delete", Some(&format!("{vpc}/{name}")), None),
+        },
+        What::Chassis { verb } => match verb {
+            ChassisVerb::Register { name, underlay_ip, role } => {
+                (Method::PUT, format!("/v1/chassis/{name}"), Some(json!({"underlay_ip": underlay_ip, "role": role})))
+            }
+            ChassisVerb::List => crud("chassis", "list", None, None),
+            ChassisVerb::Show { name } => crud("chassis", "show", Some(&name), None),
+            ChassisVerb::Delete { name } => crud("chassis", "delete", Some(&name), None),
+        },
+        What::Port { verb } => match verb {
+            PortVerb::Create { name, vpc, subnet, chassis, mac, ip } => crud(
+                "ports",
+                "create",
+                None,
+                Some(json!({"name": name, "vpc": vpc, "subnet": subnet, "chassis": chassis, "mac": mac, "ip": ip})),
+            ),
+            PortVerb::List => crud("ports", "list", None, None),
+            PortVerb::Show { name } => crud("ports", "show", Some(&name), None),
+            PortVerb::Delete { name } => crud("ports", "delete", Some(&name), None),
+        },
+        What::Vip { verb } => match verb {
+            VipVerb::Create { name, vpc, subnet, ip, members } => crud(
+                "vips",
+                "create",
+                None,
+                Some(json!({"name": name, "vpc": vpc, "subnet": subnet, "ip": ip, "members": members})),
+            ),
+            VipVerb::List => crud("vips", "list", None, None),
+            VipVerb::Show { name } => crud("vips", "show", Some(&name), None),
+            VipVerb::Delete { name } => crud("vips", "delete", Some(&name), None),
+            VipVerb::History { name } => (Method::GET, format!("/v1/vips/{name}/history"), None),
+            VipVerb::Members { name, members } => {
+                (Method::PUT, format!("/v1/vips/{name}/members"), Some(json!({"members": members})))
+            }
+            VipVerb::Claim { name, mac, chassis, source } => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                (
+                    Method::POST,
+                    format!("/v1/vips/{name}/claims"),
+                    Some(json!({"mac": mac, "chassis": chassis, "source": source, "observed_at": now})),
+                )
+            }
+        },
+        What::Replicator { verb } => match verb {
+            ReplicatorVerb::Register { name, address } => {
+                (Method::PUT, format!("/v1/replicators/{name}"), Some(json!({"address": address})))
+            }
+            ReplicatorVerb::List => crud("replicators", "list", None, None),
+            ReplicatorVerb::Show { name } => crud("replicators", "show", Some(&name), None),
+            ReplicatorVerb::Delete { name } => crud("replicators", "delete", Some(&name), None),
+        },
+        What::View { chassis } => (Method::GET, format!("/v1/views/chassis/{chassis}"), None),
+    }
+}
+
+pub async fn run(ctl: Ctl) -> anyhow::Result<()> {
+    let (method, path, body) = request(ctl.what);
+    let base = ctl.controller.trim_end_matches('/');
+    let url = format!("{base}{path}");
+    let client = reqwest::Client::new();
+    let mut req = client.request(method.clone(), &url);
+    if let Some(b) = &body {
+        req = req.json(b);
+    }
+    let resp = req.send().await.with_context(|| format!("cannot reach the controller at {base}"))?;
+    let status = resp.status();
+    let text = resp.text().await.context("reading the controller's answer")?;
+    let value: Value =
+        if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    if !status.is_success() {
+        let msg =
+            value.pointer("/error/message").and_then(Value::as_str).map(str::to_string).unwrap_or(value.to_string());
+        let code = value.pointer("/error/code").and_then(Value::as_str).unwrap_or("error");
+        bail!("{method} {path}: {status}: {msg} ({code})");
+    }
+    if ctl.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print_table(&value);
+    }
+    Ok(())
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) if a.iter().all(Value::is_string) => {
+            a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")
+        }
+        Value::Object(o) if o.contains_key("port") && o.contains_key("generation") => format!(
+            "{} ({}, {}, gen {})",
+            o.get("port").map(cell).unwrap_or_default(),
+            o.get("mac").map(cell).unwrap_or_default(),
+            o.get("chassis").map(cell).unwrap_or_default(),
+            o.get("generation").map(cell).unwrap_or_default()
+        ),
+        other => other.to_string(),
+    }
+}
+
+fn print_table(v: &Value) {
+    let rows: Vec<&serde_json::Map<String, Value>> = match v {
+        Value::Array(a) => a.iter().filter_map(Value::as_object).collect(),
+        Value::Object(o) => vec![o],
+        Value::Null => return,
+        other => {
+            println!("{other}");
+            return;
+        }
+    };
+    let Some(first) = rows.first() else {
+        println!("(none)");
+        return;
+    };
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+    let cols: Vec<&String> = first.keys().collect();
+    t.set_header(cols.iter().map(|c| c.as_str()));
+    for r in &rows {
+        t.add_row(cols.iter().map(|c| r.get(*c).map(cell).unwrap_or_default()));
+    }
+    println!("{t}");
+}
