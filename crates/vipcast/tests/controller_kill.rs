@@ -102,3 +102,100 @@ fn acknowledged_writes_survive_kill_9() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("store"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Reads the first non-ping NDJSON message of a watch stream.
+fn first_message(port: u16, path: &str) -> serde_json::Value {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let t = line.trim();
+        // Skip the status line, headers and chunk-size lines of the chunked body.
+        if t.starts_with('{') {
+            let v: serde_json::Value = serde_json::from_str(t).unwrap();
+            if v["type"] != "ping" {
+                return v;
+            }
+        }
+    }
+}
+
+#[test]
+fn subscribers_resume_after_a_controller_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let c = start(dir.path(), port);
+    for w in [
+        vec!["vpc", "create", "prod", "--vni", "100"],
+        vec!["subnet", "create", "--vpc", "prod", "web", "--cidr", "192.168.10.0/24"],
+        vec!["chassis", "register", "hv1", "--underlay-ip", "172.31.0.1"],
+        vec!["chassis", "register", "hv2", "--underlay-ip", "172.31.0.2"],
+        vec![
+            "port",
+            "create",
+            "pay1",
+            "--vpc",
+            "prod",
+            "--subnet",
+            "web",
+            "--chassis",
+            "hv1",
+            "--mac",
+            "02:00:00:00:00:01",
+            "--ip",
+            "192.168.10.11",
+        ],
+        vec![
+            "port",
+            "create",
+            "pay2",
+            "--vpc",
+            "prod",
+            "--subnet",
+            "web",
+            "--chassis",
+            "hv2",
+            "--mac",
+            "02:00:00:00:00:02",
+            "--ip",
+            "192.168.10.12",
+        ],
+        vec![
+            "vip",
+            "create",
+            "pay-vip",
+            "--vpc",
+            "prod",
+            "--subnet",
+            "web",
+            "--ip",
+            "192.168.10.100",
+            "--members",
+            "pay1,pay2",
+        ],
+    ] {
+        let (ok, out) = ctl(port, &w);
+        assert!(ok, "{w:?}: {out}");
+    }
+    let snap = first_message(port, "/v1/watch/chassis/hv1");
+    assert_eq!(snap["type"], "snapshot");
+    let seen = snap["revision"].as_i64().unwrap();
+
+    let _ = Command::new("kill").args(["-9", &c.id().to_string()]).status();
+    drop(c);
+    let _c = start(dir.path(), port);
+    let (ok, out) = ctl(port, &["vip", "claim", "pay-vip", "--mac", "02:00:00:00:00:02", "--chassis", "hv2"]);
+    assert!(ok, "{out}");
+    // The subscriber comes back with the revision it holds and gets one small delta.
+    let m = first_message(port, &format!("/v1/watch/chassis/hv1?from={seen}"));
+    assert_eq!(m["type"], "delta", "{m}");
+    let upserts = m["upserts"].as_array().unwrap();
+    assert_eq!(upserts.len(), 1, "{m}");
+    assert_eq!((upserts[0]["kind"].as_str(), upserts[0]["owner"]["port"].as_str()), (Some("vip"), Some("pay2")));
+    assert!(m["revision"].as_i64().unwrap() > seen);
+}
