@@ -1,6 +1,12 @@
 //! The REST API. Handlers only parse and validate input into model types and
 //! call the controller; errors become statuses in `error.rs`.
+//!
+//! Every route is registered through utoipa-axum's `routes!`, which takes the
+//! path and methods from the handler's `#[utoipa::path]`: a route cannot be
+//! served without being in the OpenAPI document (`openapi.rs`), nor documented
+//! at a path other than the one it is served at.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
@@ -8,47 +14,56 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use vipcast_model::claim::{self, Claim, Outcome};
 use vipcast_model::{
     Chassis, Invalid, Object, ObjectKey, OwnershipChange, Port, Replicator, Role, Subnet, Vip, VipSpec, Vpc, view,
 };
 use vipcast_store::Op;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::metrics::{ClaimLabels, RequestLabels};
 use crate::{Controller, now_ms};
 
 type Ctl = State<Arc<Controller>>;
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Every route, with its OpenAPI description.
+pub fn routes() -> OpenApiRouter<Arc<Controller>> {
+    OpenApiRouter::with_openapi(crate::openapi::base())
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(crate::openapi::openapi_json))
+        .routes(routes!(list_vpcs, create_vpc))
+        .routes(routes!(get_vpc, delete_vpc))
+        .routes(routes!(list_subnets, create_subnet))
+        .routes(routes!(get_subnet, delete_subnet))
+        .routes(routes!(list_chassis))
+        .routes(routes!(put_chassis, get_chassis, delete_chassis))
+        .routes(routes!(list_ports, create_port))
+        .routes(routes!(get_port, delete_port))
+        .routes(routes!(list_vips, create_vip))
+        .routes(routes!(get_vip, delete_vip))
+        .routes(routes!(put_members))
+        .routes(routes!(vip_history))
+        .routes(routes!(post_claim))
+        .routes(routes!(list_replicators))
+        .routes(routes!(put_replicator, get_replicator, delete_replicator))
+        .routes(routes!(chassis_view))
+        .routes(routes!(replicator_view))
+        .routes(routes!(crate::watch::chassis))
+        .routes(routes!(crate::watch::replicators))
+}
+
 pub fn router(c: Arc<Controller>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/v1/vpcs", get(list_vpcs).post(create_vpc))
-        .route("/v1/vpcs/{name}", get(get_vpc).delete(delete_vpc))
-        .route("/v1/subnets", get(list_subnets).post(create_subnet))
-        .route("/v1/subnets/{vpc}/{name}", get(get_subnet).delete(delete_subnet))
-        .route("/v1/chassis", get(list_chassis))
-        .route("/v1/chassis/{name}", put(put_chassis).get(get_chassis).delete(delete_chassis))
-        .route("/v1/ports", get(list_ports).post(create_port))
-        .route("/v1/ports/{name}", get(get_port).delete(delete_port))
-        .route("/v1/vips", get(list_vips).post(create_vip))
-        .route("/v1/vips/{name}", get(get_vip).delete(delete_vip))
-        .route("/v1/vips/{name}/members", put(put_members))
-        .route("/v1/vips/{name}/history", get(vip_history))
-        .route("/v1/vips/{name}/claims", post(post_claim))
-        .route("/v1/replicators", get(list_replicators))
-        .route("/v1/replicators/{name}", put(put_replicator).get(get_replicator).delete(delete_replicator))
-        .route("/v1/views/chassis/{name}", get(chassis_view))
-        .route("/v1/views/replicators", get(replicator_view))
-        .route("/v1/watch/chassis/{name}", get(crate::watch::chassis))
-        .route("/v1/watch/replicators/{name}", get(crate::watch::replicators))
+    let (routes, _) = routes().split_for_parts();
+    routes
         .fallback(|| async {
             ApiError {
                 status: StatusCode::NOT_FOUND,
@@ -93,10 +108,27 @@ fn created<T: Serialize>(v: T) -> Response {
     (StatusCode::CREATED, Json(v)).into_response()
 }
 
-async fn healthz(State(c): Ctl) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok", "revision": c.cache.current().revision }))
+/// The answer of `/healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+struct Health {
+    /// Always `ok`.
+    #[schema(value_type = String, example = "ok")]
+    status: &'static str,
+    /// The store revision this controller's state is at.
+    revision: i64,
 }
 
+/// Liveness, and the revision the controller has reached.
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "Up", body = Health)))]
+async fn healthz(State(c): Ctl) -> Json<Health> {
+    Json(Health { status: "ok", revision: c.cache.current().revision })
+}
+
+/// The controller's counters, in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "meta", responses(
+    (status = 200, description = "Prometheus text exposition", body = String,
+     content_type = "text/plain; version=0.0.4; charset=utf-8"),
+))]
 async fn metrics(State(c): Ctl) -> Response {
     let mut body = c.metrics.encode();
     if body.is_empty() {
@@ -107,14 +139,31 @@ async fn metrics(State(c): Ctl) -> Response {
 
 // ---- VPCs ----
 
+/// Lists the VPCs.
+#[utoipa::path(get, path = "/v1/vpcs", tag = "vpcs",
+    responses((status = 200, description = "All of them, by name", body = Vec<Vpc>)))]
 async fn list_vpcs(State(c): Ctl) -> Json<Vec<Vpc>> {
     Json(c.cache.current().state.vpcs.values().cloned().collect())
 }
 
+/// One VPC, by name.
+#[utoipa::path(get, path = "/v1/vpcs/{name}", tag = "vpcs",
+    params(("name" = String, Path, description = "The VPC's name")),
+    responses(
+        (status = 200, description = "Found", body = Vpc),
+        (status = 404, description = "`not_found`: no such VPC", body = ErrorBody),
+))]
 async fn get_vpc(State(c): Ctl, Path(name): Path<String>) -> ApiResult<Json<Vpc>> {
     c.cache.current().state.vpcs.get(&name).cloned().map(Json).ok_or_else(|| ApiError::not_found("VPC", &name))
 }
 
+/// Creates a VPC.
+#[utoipa::path(post, path = "/v1/vpcs", tag = "vpcs", request_body = Vpc, responses(
+    (status = 201, description = "Created", body = Vpc),
+    (status = 400, description = "`malformed_json`, `invalid_body` (with `field` naming the JSON path at fault), `invalid_name`, `invalid_vni`", body = ErrorBody),
+    (status = 409, description = "`exists` (name), `duplicate_vni`", body = ErrorBody),
+    (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
+))]
 async fn create_vpc(State(c): Ctl, body: Bytes) -> ApiResult<Response> {
     let v: Vpc = parse(&body)?;
     let obj = Object::Vpc(v.clone());
@@ -122,6 +171,15 @@ async fn create_vpc(State(c): Ctl, body: Bytes) -> ApiResult<Response> {
     Ok(created(v))
 }
 
+/// Deletes a VPC (once it has no subnets).
+#[utoipa::path(delete, path = "/v1/vpcs/{name}", tag = "vpcs",
+    params(("name" = String, Path, description = "The VPC's name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`not_found`: no such VPC", body = ErrorBody),
+        (status = 409, description = "`in_use`: the VPC still has subnets", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
+))]
 async fn delete_vpc(State(c): Ctl, Path(name): Path<String>) -> ApiResult<StatusCode> {
     delete(&c, ObjectKey::Vpc(name)).await
 }
@@ -133,10 +191,20 @@ async fn delete(c: &Controller, key: ObjectKey) -> ApiResult<StatusCode> {
 
 // ---- subnets ----
 
+/// Lists the subnets.
+#[utoipa::path(get, path = "/v1/subnets", tag = "subnets",
+    responses((status = 200, description = "All of them, by name", body = Vec<Subnet>)))]
 async fn list_subnets(State(c): Ctl) -> Json<Vec<Subnet>> {
     Json(c.cache.current().state.subnets.values().cloned().collect())
 }
 
+/// One subnet, by VPC and name.
+#[utoipa::path(get, path = "/v1/subnets/{vpc}/{name}", tag = "subnets",
+    params(("vpc" = String, Path, description = "The VPC's name"), ("name" = String, Path, description = "The subnet's name within the VPC")),
+    responses(
+        (status = 200, description = "Found", body = Subnet),
+        (status = 404, description = "`not_found`: no such subnet", body = ErrorBody),
+))]
 async fn get_subnet(State(c): Ctl, Path((vpc, name)): Path<(String, String)>) -> ApiResult<Json<Subnet>> {
     let snap = c.cache.current();
     snap.state
@@ -147,6 +215,13 @@ async fn get_subnet(State(c): Ctl, Path((vpc, name)): Path<(String, String)>) ->
         .ok_or_else(|| ApiError::not_found("subnet", &format!("{vpc}/{name}")))
 }
 
+/// Creates a subnet in a VPC.
+#[utoipa::path(post, path = "/v1/subnets", tag = "subnets", request_body = Subnet, responses(
+    (status = 201, description = "Created", body = Subnet),
+    (status = 400, description = "`malformed_json`, `invalid_body` (with `field` naming the JSON path at fault), `invalid_name`, `unknown_vpc`, `invalid_cidr`, `gateway_outside_subnet`", body = ErrorBody),
+    (status = 409, description = "`exists` (name in the VPC), `overlapping_cidr`", body = ErrorBody),
+    (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
+))]
 async fn create_subnet(State(c): Ctl, body: Bytes) -> ApiResult<Response> {
     let v: Subnet = parse(&body)?;
     let obj = Object::Subnet(v.clone());
@@ -154,15 +229,27 @@ async fn create_subnet(State(c): Ctl, body: Bytes) -> ApiResult<Response> {
     Ok(created(v))
 }
 
+/// Deletes a subnet (once it has no ports or VIPs).
+#[utoipa::path(delete, path = "/v1/subnets/{vpc}/{name}", tag = "subnets",
+    params(("vpc" = String, Path, description = "The VPC's name"), ("name" = String, Path, description = "The subnet's name within the VPC")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`not_found`: no such subnet", body = ErrorBody),
+        (status = 409, description = "`in_use`: the subnet still has ports or VIPs", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
+))]
 async fn delete_subnet(State(c): Ctl, Path((vpc, name)): Path<(String, String)>) -> ApiResult<StatusCode> {
     delete(&c, ObjectKey::Subnet(vpc, name)).await
 }
 
 // ---- chassis ----
 
-#[derive(Debug, Deserialize)]
+/// A chassis registration (the name is the path's).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ChassisBody {
+    /// Tunnel endpoint address on the underlay.
+    #[schema(value_type = String, format = "ip", example = "172.31.0.1")]
     underlay_ip: IpAddr,
     #[serde(default)]
     role: Role,
@@ -170,14 +257,34 @@ struct ChassisBody {
     name: Option<String>,
 }
 
+/// Lists the chassis.
+#[utoipa::path(get, path = "/v1/chassis", tag = "chassis",
+    responses((status = 200, description = "All of them, by name", body = Vec<Chassis>)))]
 async fn list_chassis(State(c): Ctl) -> Json<Vec<Chassis>> {
     Json(c.cache.current().state.chassis.values().cloned().collect())
 }
 
+/// One chassis, by name.
+#[utoipa::path(get, path = "/v1/chassis/{name}", tag = "chassis",
+    params(("name" = String, Path, description = "The chassis's name")),
+    responses(
+        (status = 200, description = "Found", body = Chassis),
+        (status = 404, description = "`not_found`: no such chassis", body = ErrorBody),
+))]
 async fn get_chassis(State(c): Ctl, Path(name): Path<String>) -> ApiResult<Json<Chassis>> {
     c.cache.current().state.chassis.get(&name).cloned().map(Json).ok_or_else(|| ApiError::not_found("chassis", &name))
 }
 
+/// Registers a chassis, or updates its registration (idempotent).
+#[utoipa::path(put, path = "/v1/chassis/{name}", tag = "chassis",
+    params(("name" = String, Path, description = "The chassis's name")),
+    request_body = ChassisBody,
+    responses(
+        (status = 200, description = "Registered", body = Chassis),
+        (status = 400, description = "`malformed_json`, `invalid_body` (with `field` naming the JSON path at fault), `name_mismatch`, `invalid_name`, `invalid_underlay_ip`", body = ErrorBody),
+        (status = 409, description = "`duplicate_underlay_ip`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
+))]
 async fn put_chassis(State(c): Ctl, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<Chassis>> {
     let b: ChassisBody = parse(&body)?;
     if b.name.as_ref().is_some_and(|n| n != &name) {
@@ -198,20 +305,46 @@ async fn put_chassis(State(c): Ctl, Path(name): Path<String>, body: Bytes) -> Ap
     Ok(Json(ch))
 }
 
+/// Deletes a chassis (once it hosts no ports).
+#[utoipa::path(delete, path = "/v1/chassis/{name}", tag = "chassis",
+    params(("name" = String, Path, description = "The chassis's name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`not_found`: no such chassis", body = ErrorBody),
+        (status = 409, description = "`in_use`: the chassis still hosts ports", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
+))]
 async fn delete_chassis(State(c): Ctl, Path(name): Path<String>) -> ApiResult<StatusCode> {
     delete(&c, ObjectKey::Chassis(name)).await
 }
 
 // ---- ports ----
 
+/// Lists the ports.
+#[utoipa::path(get, path = "/v1/ports", tag = "ports",
+    responses((status = 200, description = "All of them, by name", body = Vec<Port>)))]
 async fn list_ports(State(c): Ctl) -> Json<Vec<Port>> {
     Json(c.cache.current().state.ports.values().cloned().collect())
 }
 
+/// One port, by name.
+#[utoipa::path(get, path = "/v1/ports/{name}", tag = "ports",
+    params(("name" = String, Path, description = "The port's name")),
+    responses(
+        (status = 200, description = "Found", body = Port),
+        (status = 404, description = "`not_found`: no such port", body = ErrorBody),
+))]
 async fn get_port(State(c): Ctl, Path(name): Path<String>) -> ApiResult<Json<Port>> {
     c.cache.current().state.ports.get(&name).cloned().map(Json).ok_or_else(|| ApiError::not_found("port", &name))
 }
 
+/// Creates a port.
+#[utoipa::path(post, path = "/v1/ports", tag = "ports", request_body = Port, responses(
+    (status = 201, description = "Created", body = Port),
+    (status = 400, description = "`malformed_json`, `invalid_body` (with `field` naming the JSON path at fault), `invalid_name`, `unknown_vpc`, `unknown_subnet`, `unknown_chassis`, `invalid_mac`, `ip_outside_subnet`", body = ErrorBody),
+    (status = 409, description = "`exists` (name), `duplicate_ip`, `duplicate_mac`", body = ErrorBody),
+    (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
+))]
 async fn create_port(State(c): Ctl, body: Bytes) -> ApiResult<Response> {
     let p: Port = parse(&body)?;
     let obj = Object::Port(p.clone());
@@ -219,18 +352,30 @@ async fn create_port(State(c): Ctl, body: Bytes) -> ApiResult<Response> {
     Ok(created(p))
 }
 
+/// Deletes a port (once it is no VIP's member).
+#[utoipa::path(delete, path = "/v1/ports/{name}", tag = "ports",
+    params(("name" = String, Path, description = "The port's name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`not_found`: no such port", body = ErrorBody),
+        (status = 409, description = "`in_use`: the port is a member of a VIP", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
+))]
 async fn delete_port(State(c): Ctl, Path(name): Path<String>) -> ApiResult<StatusCode> {
     delete(&c, ObjectKey::Port(name)).await
 }
 
 // ---- VIPs ----
 
-/// A VIP as the API shows it.
-#[derive(Debug, Serialize)]
+/// A VIP as the API shows it: its spec, its owner, and whether it is flapping.
+#[derive(Debug, Serialize, ToSchema)]
 struct VipView {
     #[serde(flatten)]
+    #[schema(schema_with = vipcast_model::openapi::vip_spec_flattened)]
     spec: VipSpec,
+    /// Who holds it; `null` until a member claims it.
     owner: Option<vipcast_model::Owner>,
+    /// Members have been alternating as owner recently.
     split_brain: bool,
 }
 
@@ -238,14 +383,31 @@ fn vip_view(v: &Vip) -> VipView {
     VipView { spec: v.spec.clone(), owner: v.owner.clone(), split_brain: v.split_brain(now_ms()) }
 }
 
+/// Lists the VIPs.
+#[utoipa::path(get, path = "/v1/vips", tag = "vips",
+    responses((status = 200, description = "All of them, by name", body = Vec<VipView>)))]
 async fn list_vips(State(c): Ctl) -> Json<Vec<VipView>> {
     Json(c.cache.current().state.vips.values().map(vip_view).collect())
 }
 
+/// One VIP, by name.
+#[utoipa::path(get, path = "/v1/vips/{name}", tag = "vips",
+    params(("name" = String, Path, description = "The VIP's name")),
+    responses(
+        (status = 200, description = "Found", body = VipView),
+        (status = 404, description = "`not_found`: no such VIP", body = ErrorBody),
+))]
 async fn get_vip(State(c): Ctl, Path(name): Path<String>) -> ApiResult<Json<VipView>> {
     c.cache.current().state.vips.get(&name).map(vip_view).map(Json).ok_or_else(|| ApiError::not_found("VIP", &name))
 }
 
+/// Creates a VIP (with no owner until a member claims it).
+#[utoipa::path(post, path = "/v1/vips", tag = "vips", request_body = VipSpec, responses(
+    (status = 201, description = "Created", body = VipView),
+    (status = 400, description = "`malformed_json`, `invalid_body` (with `field` naming the JSON path at fault), `invalid_name`, `unknown_vpc`, `unknown_subnet`, `ip_outside_subnet`, `no_members`, `duplicate_member`, `unknown_port`, `member_outside_subnet`", body = ErrorBody),
+    (status = 409, description = "`exists` (name), `duplicate_ip`", body = ErrorBody),
+    (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
+))]
 async fn create_vip(State(c): Ctl, body: Bytes) -> ApiResult<Response> {
     let spec: VipSpec = parse(&body)?;
     let obj = Object::Vip(Vip::new(spec.clone()));
@@ -254,6 +416,14 @@ async fn create_vip(State(c): Ctl, body: Bytes) -> ApiResult<Response> {
     Ok(created(snap.state.vips.get(&spec.name).map(vip_view)))
 }
 
+/// Deletes a VIP, and its history.
+#[utoipa::path(delete, path = "/v1/vips/{name}", tag = "vips",
+    params(("name" = String, Path, description = "The VIP's name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`not_found`: no such VIP", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
+))]
 async fn delete_vip(State(c): Ctl, Path(name): Path<String>) -> ApiResult<StatusCode> {
     // The history goes with the VIP (a new VIP of the same name starts over).
     let (history, _) = c.store.range(&vipcast_model::history_prefix(&name)).await?;
@@ -268,12 +438,24 @@ async fn delete_vip(State(c): Ctl, Path(name): Path<String>) -> ApiResult<Status
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+/// A VIP's new member list.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MembersBody {
+    /// Names of the ports that may hold the VIP (at least one).
     members: Vec<String>,
 }
 
+/// Replaces a VIP's member list; an owner that is no longer a member loses the VIP.
+#[utoipa::path(put, path = "/v1/vips/{name}/members", tag = "vips",
+    params(("name" = String, Path, description = "The VIP's name")),
+    request_body = MembersBody,
+    responses(
+        (status = 200, description = "The VIP after the change", body = VipView),
+        (status = 400, description = "`malformed_json`, `invalid_body` (with `field` naming the JSON path at fault), `no_members`, `duplicate_member`, `unknown_port`, `member_outside_subnet`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such VIP", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
+))]
 async fn put_members(State(c): Ctl, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<VipView>> {
     let b: MembersBody = parse(&body)?;
     c.write(|s| {
@@ -291,6 +473,14 @@ async fn put_members(State(c): Ctl, Path(name): Path<String>, body: Bytes) -> Ap
     get_vip(State(c), Path(name)).await
 }
 
+/// The VIP's changes of owner, oldest first.
+#[utoipa::path(get, path = "/v1/vips/{name}/history", tag = "vips",
+    params(("name" = String, Path, description = "The VIP's name")),
+    responses(
+        (status = 200, description = "Changes of owner, oldest first", body = Vec<OwnershipChange>),
+        (status = 404, description = "`not_found`: no such VIP", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
+))]
 async fn vip_history(State(c): Ctl, Path(name): Path<String>) -> ApiResult<Json<Vec<OwnershipChange>>> {
     if !c.cache.current().state.vips.contains_key(&name) {
         return Err(ApiError::not_found("VIP", &name));
@@ -301,14 +491,36 @@ async fn vip_history(State(c): Ctl, Path(name): Path<String>) -> ApiResult<Json<
 }
 
 /// The answer to a claim.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct ClaimAnswer {
-    /// `accepted` (the owner changed) or `unchanged` (already the owner).
-    result: &'static str,
+    result: ClaimResult,
+    /// The VIP's owner after the claim.
     owner: Option<vipcast_model::Owner>,
+    /// Store revision the answer reflects.
     revision: i64,
 }
 
+/// What a claim did.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum ClaimResult {
+    /// The owner changed.
+    Accepted,
+    /// The claimant already was the owner.
+    Unchanged,
+}
+
+/// Reports a sniffed GARP / unsolicited NA for the VIP: the last valid claim wins.
+#[utoipa::path(post, path = "/v1/vips/{name}/claims", tag = "vips",
+    params(("name" = String, Path, description = "The VIP's name")),
+    request_body = Claim,
+    responses(
+        (status = 200, description = "Accepted or unchanged", body = ClaimAnswer),
+        (status = 400, description = "`malformed_json`, `invalid_body` (with `field` naming the JSON path at fault)", body = ErrorBody),
+        (status = 403, description = "`not_member`: the MAC / chassis is not a member port of the VIP (spoofing)", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such VIP", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
+))]
 async fn post_claim(State(c): Ctl, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<ClaimAnswer>> {
     let claim: Claim = parse(&body)?;
     let count = |result| {
@@ -320,7 +532,7 @@ async fn post_claim(State(c): Ctl, Path(name): Path<String>, body: Bytes) -> Api
         Ok(Outcome::Unchanged) => {
             count("unchanged");
             let owner = snap.state.vips.get(&name).and_then(|v| v.owner.clone());
-            return Ok(Json(ClaimAnswer { result: "unchanged", owner, revision: snap.revision }));
+            return Ok(Json(ClaimAnswer { result: ClaimResult::Unchanged, owner, revision: snap.revision }));
         }
         Err(e) => {
             count("refused");
@@ -352,22 +564,37 @@ async fn post_claim(State(c): Ctl, Path(name): Path<String>, body: Bytes) -> Api
     if moved && let Some(o) = &owner {
         tracing::info!(vip = name, port = o.port, mac = %o.mac, chassis = o.chassis, generation = o.generation, "VIP moved");
     }
-    Ok(Json(ClaimAnswer { result: if moved { "accepted" } else { "unchanged" }, owner, revision }))
+    let result = if moved { ClaimResult::Accepted } else { ClaimResult::Unchanged };
+    Ok(Json(ClaimAnswer { result, owner, revision }))
 }
 
 // ---- replicators ----
 
-#[derive(Debug, Deserialize)]
+/// A replicator registration (the name is the path's).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReplicatorBody {
+    /// Where it receives VXLAN (ip:port).
+    #[schema(value_type = String, example = "172.31.1.1:4789")]
     address: SocketAddr,
+    /// Optional; must equal the name in the path.
     name: Option<String>,
 }
 
+/// Lists the replicators.
+#[utoipa::path(get, path = "/v1/replicators", tag = "replicators",
+    responses((status = 200, description = "All of them, by name", body = Vec<Replicator>)))]
 async fn list_replicators(State(c): Ctl) -> Json<Vec<Replicator>> {
     Json(c.cache.current().state.replicators.values().cloned().collect())
 }
 
+/// One replicator, by name.
+#[utoipa::path(get, path = "/v1/replicators/{name}", tag = "replicators",
+    params(("name" = String, Path, description = "The replicator's name")),
+    responses(
+        (status = 200, description = "Found", body = Replicator),
+        (status = 404, description = "`not_found`: no such replicator", body = ErrorBody),
+))]
 async fn get_replicator(State(c): Ctl, Path(name): Path<String>) -> ApiResult<Json<Replicator>> {
     c.cache
         .current()
@@ -379,6 +606,16 @@ async fn get_replicator(State(c): Ctl, Path(name): Path<String>) -> ApiResult<Js
         .ok_or_else(|| ApiError::not_found("replicator", &name))
 }
 
+/// Registers a replicator, or updates its registration (idempotent).
+#[utoipa::path(put, path = "/v1/replicators/{name}", tag = "replicators",
+    params(("name" = String, Path, description = "The replicator's name")),
+    request_body = ReplicatorBody,
+    responses(
+        (status = 200, description = "Registered", body = Replicator),
+        (status = 400, description = "`malformed_json`, `invalid_body` (with `field` naming the JSON path at fault), `name_mismatch`, `invalid_name`, `invalid_address`", body = ErrorBody),
+        (status = 409, description = "`duplicate_address`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
+))]
 async fn put_replicator(State(c): Ctl, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<Replicator>> {
     let b: ReplicatorBody = parse(&body)?;
     if b.name.as_ref().is_some_and(|n| n != &name) {
@@ -398,22 +635,63 @@ async fn put_replicator(State(c): Ctl, Path(name): Path<String>, body: Bytes) ->
     Ok(Json(r))
 }
 
+/// Deletes a replicator.
+#[utoipa::path(delete, path = "/v1/replicators/{name}", tag = "replicators",
+    params(("name" = String, Path, description = "The replicator's name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`not_found`: no such replicator", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
+))]
 async fn delete_replicator(State(c): Ctl, Path(name): Path<String>) -> ApiResult<StatusCode> {
     delete(&c, ObjectKey::Replicator(name)).await
 }
 
 // ---- views ----
 
+/// What a chassis must program.
+///
+/// Per VPC the chassis takes part in: its subnets, local ports, FDB, neighbours, flood list and VIPs.
+#[utoipa::path(get, path = "/v1/views/chassis/{name}", tag = "views",
+    params(("name" = String, Path, description = "The chassis's name")),
+    responses(
+        (status = 200, description = "The chassis' view", body = view::ChassisView),
+        (status = 404, description = "`not_found`: no such chassis registered", body = ErrorBody),
+))]
 async fn chassis_view(State(c): Ctl, Path(name): Path<String>) -> ApiResult<Json<view::ChassisView>> {
     view::chassis_view(&c.cache.current().state, &name).map(Json).ok_or_else(|| ApiError::not_found("chassis", &name))
 }
 
-#[derive(Debug, Deserialize)]
+/// `?from=REV`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FromQuery {
+    /// Revision the subscriber already holds: the stream then starts with a
+    /// delta of what changed after it instead of a snapshot, when it can.
     pub from: Option<i64>,
 }
 
-async fn replicator_view(State(c): Ctl, Query(_q): Query<FromQuery>) -> Json<serde_json::Value> {
+/// What the replicators need.
+#[derive(Debug, Serialize, ToSchema)]
+struct ReplicatorView {
+    /// The store revision of the state this view was computed from.
+    revision: i64,
+    /// VNI (in decimal) -> the VPC's members and VIPs, for VPCs in `replicator` BUM mode.
+    #[schema(value_type = BTreeMap<String, view::VniEntry>)]
+    vnis: BTreeMap<u32, view::VniEntry>,
+}
+
+/// What the replicators need.
+///
+/// VNI -> underlay IPs of the chassis taking part and the VPC's VIPs, for VPCs in `replicator` BUM mode.
+#[utoipa::path(get, path = "/v1/views/replicators", tag = "views",
+    params(("from" = Option<i64>, Query, description = "Accepted and ignored: the view is always complete")),
+    responses(
+        (status = 200, description = "The replicators' view", body = ReplicatorView),
+        (status = 400, description = "The query string is not understood (`from` must be an integer); plain text, not the JSON error body",
+         body = String, content_type = "text/plain"),
+))]
+async fn replicator_view(State(c): Ctl, Query(_q): Query<FromQuery>) -> Json<ReplicatorView> {
     let snap = c.cache.current();
-    Json(serde_json::json!({ "revision": snap.revision, "vnis": view::replicator_view(&snap.state) }))
+    Json(ReplicatorView { revision: snap.revision, vnis: view::replicator_view(&snap.state) })
 }

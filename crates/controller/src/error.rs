@@ -2,6 +2,8 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
 use vipcast_model::{Invalid, InvalidKind};
 
 /// An error answered to an API client.
@@ -51,12 +53,31 @@ impl From<vipcast_store::Error> for ApiError {
     }
 }
 
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "duplicate_vni", "message": "vni 100 is used by VPC \"prod\"", "field": "vni"}}))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable code, e.g. `not_found`, `invalid_body`, `duplicate_vni`.
+    #[schema(example = "duplicate_vni")]
+    pub code: String,
+    /// For people.
+    pub message: String,
+    /// The request field at fault, if one is (a JSON path such as `members` or `mac`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false, example = "vni")]
+    pub field: Option<String>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut err = serde_json::json!({ "code": self.code, "message": self.message });
-        if let (Some(f), Some(obj)) = (&self.field, err.as_object_mut()) {
-            obj.insert("field".into(), serde_json::Value::String(f.clone()));
-        }
-        (self.status, axum::Json(serde_json::json!({ "error": err }))).into_response()
+        let body =
+            ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message, field: self.field } };
+        (self.status, axum::Json(body)).into_response()
     }
 }

@@ -16,6 +16,7 @@ mod api;
 mod cache;
 mod error;
 mod metrics;
+mod openapi;
 mod watch;
 
 use std::future::Future;
@@ -27,7 +28,8 @@ use vipcast_model::{Invalid, State};
 use vipcast_store::{Compare, Op, Revision, Store};
 
 pub use cache::{Applied, Cache, GUARD_KEY, Snapshot};
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use openapi::document as openapi_document;
 pub use watch::{Message, WireKey};
 
 /// Settings of a controller.

@@ -35,8 +35,7 @@ impl Default for Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let claims = Family::<ClaimLabels, Counter>::default();
         let watchers = Gauge::default();
-        let store_txn_seconds =
-            Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]);
+        let store_txn_seconds = Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]);
         let write_conflicts = Counter::default();
         let mut registry = Registry::with_prefix("vipcast_controller");
         registry.register("http_requests", "HTTP requests by method and status", requests.clone());

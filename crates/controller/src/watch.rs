@@ -25,6 +25,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
+use utoipa::ToSchema;
 use vipcast_model::view::{self, Subscriber};
 use vipcast_model::{Object, ObjectKey, State as ModelState};
 use vipcast_store::Revision;
@@ -35,21 +36,56 @@ use crate::api::FromQuery;
 /// Size of the pieces a snapshot is sent in.
 const SNAPSHOT_CHUNK: usize = 16 * 1024;
 
+/// [`Object`] under a name the `ToSchema` derive does not take for its
+/// free-form `Object` virtual type.
+type AnyObject = Object;
+
 /// A store key, as it appears in `deletes`.
 pub type WireKey = String;
 
 /// One line of a watch stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Message {
     /// Everything the subscriber should hold, replacing what it had.
-    Snapshot { revision: Revision, objects: Vec<Object> },
+    Snapshot {
+        #[schema(value_type = i64)]
+        revision: Revision,
+        #[schema(value_type = Vec<AnyObject>)]
+        objects: Vec<Object>,
+    },
     /// Changes since the previous message.
-    Delta { revision: Revision, upserts: Vec<Object>, deletes: Vec<WireKey> },
+    Delta {
+        #[schema(value_type = i64)]
+        revision: Revision,
+        #[schema(value_type = Vec<AnyObject>)]
+        upserts: Vec<Object>,
+        /// Store keys of objects to drop, e.g. `/vipcast/ports/pay1`.
+        #[schema(value_type = Vec<String>)]
+        deletes: Vec<WireKey>,
+    },
     /// Keep-alive on an idle stream.
-    Ping { revision: Revision },
+    Ping {
+        #[schema(value_type = i64)]
+        revision: Revision,
+    },
 }
 
+/// The watch stream of one chassis' agent.
+///
+/// NDJSON, one `Message` per line, until the client disconnects: a snapshot
+/// of the objects the chassis needs (or, with `from`, a delta since that
+/// revision), then a delta per change that concerns it, and pings when idle.
+/// An unregistered chassis gets an empty snapshot and receives its objects
+/// once it registers.
+#[utoipa::path(get, path = "/v1/watch/chassis/{name}", tag = "watch", operation_id = "watch_chassis",
+    params(("name" = String, Path, description = "The chassis' name"), FromQuery),
+    responses(
+        (status = 200, description = "NDJSON stream, one Message per line", body = Message,
+         content_type = "application/x-ndjson"),
+        (status = 400, description = "The query string is not understood (`from` must be an integer); plain text, not the JSON error body",
+         body = String, content_type = "text/plain"),
+))]
 pub async fn chassis(
     State(c): State<Arc<Controller>>,
     Path(name): Path<String>,
@@ -58,6 +94,20 @@ pub async fn chassis(
     open(c, Subscriber::Chassis(name), q.from)
 }
 
+/// The watch stream of a replicator.
+///
+/// NDJSON, one `Message` per line: every object but subnets and history, as
+/// a snapshot (or, with `from`, a delta) and then deltas, and pings when
+/// idle. The name identifies the replicator but does not change what it is
+/// sent.
+#[utoipa::path(get, path = "/v1/watch/replicators/{name}", tag = "watch", operation_id = "watch_replicators",
+    params(("name" = String, Path, description = "The replicator's name"), FromQuery),
+    responses(
+        (status = 200, description = "NDJSON stream, one Message per line", body = Message,
+         content_type = "application/x-ndjson"),
+        (status = 400, description = "The query string is not understood (`from` must be an integer); plain text, not the JSON error body",
+         body = String, content_type = "text/plain"),
+))]
 pub async fn replicators(
     State(c): State<Arc<Controller>>,
     Path(_name): Path<String>,

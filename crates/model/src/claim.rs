@@ -19,9 +19,11 @@ use crate::state::{Invalid, State};
 
 /// A report that a GARP / unsolicited NA for a VIP was seen.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Claim {
     /// The MAC the VIP was announced at.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "mac", example = "02:00:00:00:00:01"))]
     pub mac: MacAddr,
     /// The chassis whose port (or whose BUM stream) carried the announcement.
     pub chassis: String,

@@ -12,6 +12,8 @@
 
 pub mod claim;
 pub mod objects;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 mod state;
 pub mod view;
 

@@ -10,6 +10,7 @@ use vipcast_packet::MacAddr;
 
 /// How a VPC's broadcast, unknown-unicast and multicast frames are carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum BumMode {
     /// Each chassis copies BUM frames to every other chassis of the VPC.
@@ -21,6 +22,7 @@ pub enum BumMode {
 
 /// What a chassis is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Hosts VM ports.
@@ -36,39 +38,47 @@ fn default_true() -> bool {
 
 /// A virtual private cloud: one VXLAN segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Vpc {
     pub name: String,
     /// VXLAN network identifier, 1..=16777215, unique in the region.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 16777215, example = 100))]
     pub vni: u32,
     /// BUM handling; default `replicator`.
     #[serde(default)]
     pub bum: BumMode,
     /// Answer ARP / ND on each chassis from the control plane (VXLAN `proxy`);
     /// default true.
+    #[cfg_attr(feature = "openapi", schema(default = true))]
     #[serde(default = "default_true")]
     pub arp_suppression: bool,
 }
 
 /// An IP subnet of a VPC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Subnet {
     pub vpc: String,
     /// Unique within the VPC.
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "cidr", example = "192.168.10.0/24"))]
     pub cidr: IpNet,
     /// Default gateway of the subnet (inside the CIDR), if routed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = "ip", example = "192.168.10.1"))]
     pub gateway: Option<IpAddr>,
 }
 
 /// A hypervisor or gateway: one VXLAN tunnel endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Chassis {
     pub name: String,
     /// Tunnel endpoint address on the underlay.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "ip", example = "172.31.0.1"))]
     pub underlay_ip: IpAddr,
     #[serde(default)]
     pub role: Role,
@@ -76,6 +86,7 @@ pub struct Chassis {
 
 /// A VM's interface in a VPC subnet, on a chassis.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Port {
     /// Unique in the region.
@@ -83,18 +94,22 @@ pub struct Port {
     pub vpc: String,
     pub subnet: String,
     pub chassis: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "mac", example = "02:00:00:00:00:01"))]
     pub mac: MacAddr,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "ip", example = "192.168.10.11"))]
     pub ip: IpAddr,
 }
 
 /// What an operator asks for when creating a VIP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VipSpec {
     /// Unique in the region.
     pub name: String,
     pub vpc: String,
     pub subnet: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "ip", example = "192.168.10.100"))]
     pub ip: IpAddr,
     /// Names of the ports that may hold the VIP.
     pub members: Vec<String>,
@@ -102,10 +117,12 @@ pub struct VipSpec {
 
 /// Who holds a VIP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Owner {
     pub port: String,
     /// The MAC the VIP answers from (the port's, or the VRRP virtual MAC).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "mac", example = "02:00:00:00:00:01"))]
     pub mac: MacAddr,
     pub chassis: String,
     /// Increases by one with every change of owner.
@@ -117,8 +134,10 @@ pub struct Owner {
 /// A VIP as stored: the spec plus the control plane's view of it.
 /// (Stored data, so no `deny_unknown_fields`: serde does not support it with `flatten`.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Vip {
     #[serde(flatten)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::vip_spec_flattened))]
     pub spec: VipSpec,
     pub owner: Option<Owner>,
     /// Owner changes accepted recently (ms), for split-brain detection.
@@ -147,15 +166,18 @@ impl Vip {
 
 /// A BUM replicator node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Replicator {
     pub name: String,
     /// Where it receives VXLAN (ip:port).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "172.31.1.1:4789"))]
     pub address: SocketAddr,
 }
 
 /// Who reported a GARP / NA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ClaimSource {
     Agent,
@@ -164,6 +186,7 @@ pub enum ClaimSource {
 
 /// One change of a VIP's owner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OwnershipChange {
     pub vip: String,

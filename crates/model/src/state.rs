@@ -74,7 +74,8 @@ impl ObjectKey {
     }
 }
 
-/// Any object.
+/// Any object. Its OpenAPI schema (`AnyObject`) is written out in `openapi.rs`:
+/// a new variant goes there too.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Object {

@@ -15,20 +15,26 @@ use crate::state::{ObjectKey, State};
 
 /// Where a VPC's broadcast, unknown-unicast and multicast frames go from a chassis.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase", tag = "mode", content = "targets")]
 pub enum Flood {
     /// To every other chassis of the VPC (their underlay IPs).
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     Headend(Vec<IpAddr>),
     /// To one of these replicators (the agent picks per VNI among the healthy).
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<(String, String)>))]
     Replicator(Vec<(String, SocketAddr)>),
 }
 
 /// A VIP as a chassis programs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VipEntry {
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "ip", example = "192.168.10.100"))]
     pub ip: IpAddr,
     /// Current owner: (MAC, chassis, generation), if any.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<(String, String, u64)>))]
     pub owner: Option<(MacAddr, String, u64)>,
     /// Local member ports (where the agent sniffs and re-announces).
     pub local_members: Vec<String>,
@@ -36,6 +42,7 @@ pub struct VipEntry {
 
 /// What a chassis programs for one VPC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VpcView {
     pub name: String,
     pub vni: u32,
@@ -44,9 +51,11 @@ pub struct VpcView {
     /// Ports on this chassis.
     pub local_ports: Vec<Port>,
     /// Remote MAC -> underlay IP of the chassis it is behind (static FDB).
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, String>))]
     pub fdb: BTreeMap<MacAddr, IpAddr>,
     /// IP -> MAC for every port and VIP owner of the VPC (neighbour entries,
     /// answered locally under ARP suppression).
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, String>))]
     pub neighbours: BTreeMap<IpAddr, MacAddr>,
     pub flood: Flood,
     pub vips: Vec<VipEntry>,
@@ -54,8 +63,10 @@ pub struct VpcView {
 
 /// What one chassis programs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChassisView {
     pub chassis: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "ip", example = "172.31.0.1"))]
     pub underlay_ip: IpAddr,
     pub role: Role,
     pub vpcs: BTreeMap<String, VpcView>,
@@ -152,11 +163,14 @@ pub fn chassis_view(state: &State, chassis: &str) -> Option<ChassisView> {
 
 /// One VNI as the replicators see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VniEntry {
     pub vpc: String,
     /// Underlay IPs of the chassis taking part.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub members: Vec<IpAddr>,
     /// The VPC's VIPs (the replicator sniffs announcements of these).
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub vips: Vec<IpAddr>,
 }
 
