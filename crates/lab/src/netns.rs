@@ -97,6 +97,10 @@ impl Drop for Netns {
 pub struct Veth {
     a: String,
     b: String,
+    /// The namespace each end is in (`None`: the host), so that `Drop`
+    /// deletes the end where it is and never a host interface of the same name.
+    a_ns: Option<String>,
+    b_ns: Option<String>,
 }
 
 impl Veth {
@@ -109,11 +113,16 @@ impl Veth {
             }
         }
         ip(&["link", "add", a, "type", "veth", "peer", "name", b])?;
-        let veth = Veth { a: a.to_string(), b: b.to_string() };
-        for (dev, ns) in [(a, a_ns), (b, b_ns)] {
+        let mut veth = Veth { a: a.to_string(), b: b.to_string(), a_ns: None, b_ns: None };
+        for (first, dev, ns) in [(true, a, a_ns), (false, b, b_ns)] {
             match ns {
                 Some(ns) => {
                     ip(&["link", "set", dev, "netns", ns.name()])?;
+                    if first {
+                        veth.a_ns = Some(ns.name().to_string());
+                    } else {
+                        veth.b_ns = Some(ns.name().to_string());
+                    }
                     ns.ip(&["link", "set", dev, "up"])?;
                 }
                 None => {
@@ -132,9 +141,13 @@ impl Veth {
 
 impl Drop for Veth {
     fn drop(&mut self) {
-        // Whichever end is still on the host; errors mean it is already gone.
-        let _ = ip(&["link", "del", &self.a]);
-        let _ = ip(&["link", "del", &self.b]);
+        // Each end where it lives; errors mean it is already gone (with its namespace).
+        for (dev, ns) in [(&self.a, &self.a_ns), (&self.b, &self.b_ns)] {
+            let _ = match ns {
+                Some(ns) => ip(&["-n", ns, "link", "del", dev]),
+                None => ip(&["link", "del", dev]),
+            };
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod agent;
 mod bench;
 mod controller;
 mod ctl;
@@ -37,6 +38,9 @@ enum Command {
         #[arg(long, default_value = "file:./vipcast-data")]
         store: controller::StoreSpec,
     },
+    /// Run a chassis agent: program this chassis' kernel data plane from the
+    /// controller, sniff VIP announcements on VM ports.
+    Agent(agent::AgentArgs),
     /// Benchmarks of the real components.
     Bench(bench::Bench),
     /// Talk to a controller: create, list, show and delete objects.
@@ -62,6 +66,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Dissect { file, legacy_unicast_checksum } => dissect::run(&file, legacy_unicast_checksum),
         Command::Controller { listen, store } => runtime().and_then(|rt| rt.block_on(controller::run(listen, store))),
+        Command::Agent(a) => match a.netns().map(vipcast_sys::enter_netns) {
+            Some(Err(e)) => Err(anyhow::anyhow!("entering network namespace {:?}: {e}", a.netns().unwrap_or_default())),
+            _ => runtime().and_then(|rt| rt.block_on(agent::run(a))),
+        },
         Command::Bench(b) => runtime().and_then(|rt| rt.block_on(bench::run(b))),
         Command::Ctl(c) => runtime().and_then(|rt| rt.block_on(ctl::run(c))),
     };

@@ -1,0 +1,260 @@
+//! vipcast's chassis agent.
+//!
+//! ```text
+//!  controller ──watch──► sync (local copy of this chassis' objects)
+//!                          │ every revision
+//!                          v
+//!              chassis_view ─► plan ─► kernel.reconcile (rtnetlink: bridges,
+//!                          │            VXLAN devices, FDB, neighbours)
+//!                          └─► VIP owner changed? ─► GARP / NA into local ports
+//!  VM ports ──AF_PACKET──► announcements ─► VIP of that VPC? ─► POST claim
+//! ```
+//! Everything the agent does is driven by the watch stream and by frames;
+//! a 5 s tick only repairs drift and picks up VM ports that appeared.
+
+pub mod kernel;
+pub mod plan;
+pub mod ports;
+pub mod sync;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use vipcast_model::view::{self, ChassisView};
+use vipcast_model::{ClaimSource, Role, State};
+use vipcast_packet::MacAddr;
+use vipcast_packet::arp::ArpOp;
+
+use crate::kernel::Kernel;
+use crate::ports::{PortIo, Seen};
+use crate::sync::{Identity, Synced};
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Controller base URL, e.g. `http://10.255.0.254:7600`.
+    pub controller: String,
+    pub chassis: String,
+    pub underlay_ip: IpAddr,
+    pub role: Role,
+    /// Sniff GARP / NA on VM ports and claim VIPs (default on).
+    pub sniff: bool,
+    /// Announcements sent into each local port when a VIP moves (default 3).
+    pub announce_burst: u32,
+}
+
+/// Runs the agent until the process ends.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let kernel = Kernel::open()?;
+    let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).build()?;
+    let id = Identity {
+        controller: cfg.controller.trim_end_matches('/').to_string(),
+        chassis: cfg.chassis.clone(),
+        underlay_ip: cfg.underlay_ip,
+        role: cfg.role,
+    };
+    sync::register(&http, &id).await?;
+    tracing::info!(chassis = cfg.chassis, "registered");
+    let (tx, mut rx) = watch::channel(Synced::default());
+    tokio::spawn(sync::follow(http.clone(), id.clone(), tx));
+    let (seen_tx, mut seen_rx) = mpsc::channel::<Seen>(1024);
+    let mut agent = Agent {
+        cfg,
+        kernel,
+        http,
+        ports: BTreeMap::new(),
+        seen_tx,
+        synced: Synced::default(),
+        owners: HashMap::new(),
+        recent_claims: HashMap::new(),
+        first: true,
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            r = rx.changed() => {
+                if r.is_err() {
+                    anyhow::bail!("watch task ended");
+                }
+                let synced = rx.borrow_and_update().clone();
+                agent.on_revision(synced).await;
+            }
+            Some(seen) = seen_rx.recv() => agent.on_seen(seen),
+            _ = tick.tick() => agent.reconcile("periodic").await,
+        }
+    }
+}
+
+struct Agent {
+    cfg: Config,
+    kernel: Kernel,
+    http: reqwest::Client,
+    ports: BTreeMap<String, PortIo>,
+    seen_tx: mpsc::Sender<Seen>,
+    synced: Synced,
+    /// VIP -> (generation, owner MAC) as last programmed.
+    owners: HashMap<String, (u64, MacAddr)>,
+    /// (VIP, MAC) -> when we last claimed it.
+    recent_claims: HashMap<(String, MacAddr), Instant>,
+    first: bool,
+}
+
+impl Agent {
+    fn view(&self) -> Option<ChassisView> {
+        view::chassis_view(&self.synced.state, &self.cfg.chassis)
+    }
+
+    async fn on_revision(&mut self, synced: Synced) {
+        let started = Instant::now();
+        self.synced = synced;
+        self.reconcile("watch").await;
+        let Some(view) = self.view() else { return };
+        // VIPs whose owner changed since the last revision we programmed.
+        let mut moved = Vec::new();
+        for vpc in view.vpcs.values() {
+            for vip in &vpc.vips {
+                let Some((mac, chassis, generation)) = &vip.owner else { continue };
+                let prev = self.owners.insert(vip.name.clone(), (*generation, *mac));
+                if prev.map(|p| p.0) != Some(*generation) && !self.first {
+                    moved.push((vpc.name.clone(), vip.ip, *mac, chassis.clone(), *generation, vip.name.clone()));
+                }
+            }
+        }
+        self.first = false;
+        for (vpc, ip, mac, owner_chassis, generation, name) in moved {
+            let n = self.reannounce(&view, &vpc, ip, mac, &owner_chassis);
+            tracing::info!(
+                vip = name,
+                %ip,
+                %mac,
+                owner_chassis,
+                generation,
+                ports = n,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "VIP re-pointed and re-announced"
+            );
+        }
+    }
+
+    async fn reconcile(&mut self, why: &str) {
+        let Some(view) = self.view() else { return };
+        let plan = plan::plan(&view, &|_| true);
+        match self.kernel.reconcile(&plan).await {
+            Ok(ch) if ch.total() > 0 => tracing::info!(why, ?ch, revision = self.synced.revision, "data plane updated"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(why, error = %e, "reconciling the data plane"),
+        }
+        if self.cfg.sniff || self.cfg.announce_burst > 0 {
+            self.sync_ports(&view).await;
+        }
+    }
+
+    /// Opens sockets on local ports that appeared, closes those that went.
+    async fn sync_ports(&mut self, view: &ChassisView) {
+        let wanted: BTreeMap<&str, ()> =
+            view.vpcs.values().flat_map(|v| v.local_ports.iter().map(|p| (p.name.as_str(), ()))).collect();
+        let present = match self.kernel.ports().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing ports");
+                return;
+            }
+        };
+        self.ports.retain(|name, io| {
+            wanted.contains_key(name.as_str()) && present.get(name).map(|p| p.0) == Some(io.ifindex)
+        });
+        for name in wanted.keys() {
+            if self.ports.contains_key(*name) {
+                continue;
+            }
+            let Some((ifindex, ifname)) = present.get(*name) else { continue };
+            match PortIo::open(name, *ifindex, self.seen_tx.clone()) {
+                Ok(io) => {
+                    tracing::info!(port = name, ifname, "port sockets open");
+                    self.ports.insert(name.to_string(), io);
+                }
+                Err(e) => tracing::warn!(port = name, error = %e, "opening port sockets"),
+            }
+        }
+    }
+
+    /// Sends the new owner's announcement into every local port of `vpc`
+    /// except the owner's own; returns how many ports got it.
+    fn reannounce(&self, view: &ChassisView, vpc: &str, ip: IpAddr, mac: MacAddr, owner_chassis: &str) -> usize {
+        let Some(v) = view.vpcs.get(vpc) else { return 0 };
+        let frame = match ip {
+            IpAddr::V4(v4) => vipcast_packet::build::garp(mac, v4, ArpOp::Request),
+            IpAddr::V6(v6) => match vipcast_packet::build::unsolicited_na(mac, v6, v6) {
+                Ok(f) => f,
+                Err(_) => return 0,
+            },
+        };
+        let mut n = 0;
+        for p in &v.local_ports {
+            if owner_chassis == self.cfg.chassis && p.mac == mac {
+                continue;
+            }
+            let Some(io) = self.ports.get(&p.name) else { continue };
+            for _ in 0..self.cfg.announce_burst {
+                if let Err(e) = io.send(&frame) {
+                    tracing::warn!(port = p.name, error = %e, "re-announcing");
+                    break;
+                }
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// An announcement from a local VM: claim the VIP if it is one.
+    fn on_seen(&mut self, seen: Seen) {
+        if !self.cfg.sniff {
+            return;
+        }
+        let state: &State = &self.synced.state;
+        let Some(port) = state.ports.get(&seen.port) else { return };
+        let a = seen.announcement;
+        let Some(vip) = state.vips.values().find(|v| v.spec.vpc == port.vpc && v.spec.ip == a.ip) else { return };
+        if vip.owner.as_ref().is_some_and(|o| o.mac == a.mac && o.chassis == self.cfg.chassis) {
+            return;
+        }
+        let key = (vip.spec.name.clone(), a.mac);
+        if self.recent_claims.get(&key).is_some_and(|t| t.elapsed() < Duration::from_millis(500)) {
+            return;
+        }
+        self.recent_claims.insert(key, Instant::now());
+        if self.recent_claims.len() > 4096 {
+            self.recent_claims.retain(|_, t| t.elapsed() < Duration::from_secs(5));
+        }
+        let url = format!("{}/v1/vips/{}/claims", self.cfg.controller.trim_end_matches('/'), vip.spec.name);
+        let body = serde_json::json!({
+            "mac": a.mac,
+            "chassis": self.cfg.chassis,
+            "source": ClaimSource::Agent,
+            "observed_at": seen.at_ms,
+        });
+        let http = self.http.clone();
+        let name = vip.spec.name.clone();
+        tracing::info!(vip = name, mac = %a.mac, port = seen.port, kind = ?a.kind, "announcement sniffed; claiming");
+        tokio::spawn(async move {
+            for attempt in 0..3 {
+                match http.post(&url).json(&body).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let v: serde_json::Value = r.json().await.unwrap_or_default();
+                        tracing::info!(vip = name, result = %v["result"], generation = %v["owner"]["generation"], "claim answered");
+                        return;
+                    }
+                    Ok(r) => {
+                        tracing::warn!(vip = name, status = %r.status(), "claim refused");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(vip = name, attempt, error = %e, "claim failed; retrying"),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+}

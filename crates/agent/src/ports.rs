@@ -1,0 +1,89 @@
+//! The agent's raw sockets on each local VM port: sniffing what the VM sends
+//! (gratuitous ARP, unsolicited NA) and sending re-announcements into it.
+//!
+//! One `ETH_P_ALL` socket per port (a bridge port's frames never reach
+//! protocol-bound sockets), filtered in the kernel by
+//! [`vipcast_sys::ANNOUNCEMENT_FILTER`]: only ARP and neighbour advertisements
+//! the port *receives* from its VM are queued — never the frames the bridge
+//! forwards to the VM, nor our own re-announcements.
+
+use std::io;
+use std::sync::Arc;
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use vipcast_packet::announce::{self, Announcement};
+use vipcast_sys::{ANNOUNCEMENT_FILTER, ETH_P_ALL, PacketSocket};
+
+/// An announcement seen on a port.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub port: String,
+    pub announcement: Announcement,
+    /// Milliseconds since the Unix epoch when it was read.
+    pub at_ms: u64,
+}
+
+/// The sockets of one port and the tasks reading them.
+#[derive(Debug)]
+pub struct PortIo {
+    pub ifindex: u32,
+    sock: Arc<AsyncFd<PacketSocket>>,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for PortIo {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl PortIo {
+    /// Opens the sockets of `port` (interface `ifindex`) and starts reading.
+    pub fn open(port: &str, ifindex: u32, out: mpsc::Sender<Seen>) -> io::Result<PortIo> {
+        let raw = PacketSocket::bind(ifindex, ETH_P_ALL)?;
+        raw.attach_filter(&ANNOUNCEMENT_FILTER)?;
+        let sock = Arc::new(raw.into_async()?);
+        let reader = tokio::spawn(read_loop(port.to_string(), sock.clone(), out));
+        Ok(PortIo { ifindex, sock, reader })
+    }
+
+    /// Sends a frame into the port (towards its VM).
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        self.sock.get_ref().send(frame).map(|_| ())
+    }
+}
+
+async fn read_loop(port: String, sock: Arc<AsyncFd<PacketSocket>>, out: mpsc::Sender<Seen>) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let mut guard = match sock.readable().await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(port, error = %e, "port socket failed");
+                return;
+            }
+        };
+        loop {
+            match guard.try_io(|s| s.get_ref().recv(&mut buf)) {
+                Ok(Ok((n, _))) => {
+                    let Some(frame) = buf.get(..n) else { continue };
+                    // Malformed ARP / ND from a VM is dropped here; counting it
+                    // is the agent metrics' job (not built yet).
+                    if let Ok(Some(a)) = announce::classify(frame) {
+                        let seen = Seen { port: port.clone(), announcement: a, at_ms: vipcast_controller::now_ms() };
+                        if out.send(seen).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(port, error = %e, "reading port socket");
+                    break;
+                }
+                Err(_would_block) => break,
+            }
+        }
+    }
+}

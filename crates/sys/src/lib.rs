@@ -1,0 +1,265 @@
+//! The only crate of vipcast allowed `unsafe`: thin, safe wrappers over the
+//! Linux calls the standard library and the crates we use do not offer.
+//!
+//! * [`PacketSocket`], an `AF_PACKET` raw socket bound to one interface, to see
+//!   the frames a VM transmits (gratuitous ARPs, unsolicited NAs) and to send
+//!   whole Ethernet frames into it (re-announcements);
+//! * [`ifindex()`], for `if_nametoindex(3)`;
+//! * [`enter_netns`], for `setns(2)` into a named network namespace, for a process
+//!   that has not started other threads yet.
+//!
+//! Every `unsafe` block is a single libc call whose pointer arguments point at
+//! live Rust values of the length passed alongside.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// EtherType ETH_P_ALL: every protocol.
+pub const ETH_P_ALL: u16 = 0x0003;
+/// EtherType of ARP.
+pub const ETH_P_ARP: u16 = 0x0806;
+/// EtherType of IPv6.
+pub const ETH_P_IPV6: u16 = 0x86dd;
+
+/// Where a received frame came from, relative to the interface (`sll_pkttype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Received by the interface (from its link).
+    Incoming,
+    /// Sent out of the interface (by this host, or forwarded by a bridge).
+    Outgoing,
+}
+
+/// An `AF_PACKET`/`SOCK_RAW` socket bound to one interface, non-blocking.
+///
+/// Bound to one protocol (e.g. [`ETH_P_ARP`]) it sees only frames the
+/// interface *receives* (the kernel hands outgoing frames to [`ETH_P_ALL`]
+/// sockets only) — and nothing at all on a bridge port, whose frames the
+/// bridge consumes before protocol handlers run. A socket never sees frames
+/// it sent itself. On bridge ports use [`ETH_P_ALL`] with a filter such as
+/// [`ANNOUNCEMENT_FILTER`].
+#[derive(Debug)]
+pub struct PacketSocket {
+    fd: OwnedFd,
+    ifindex: u32,
+}
+
+impl PacketSocket {
+    /// Opens a socket seeing frames of EtherType `protocol` (host order) on
+    /// interface `ifindex`.
+    pub fn bind(ifindex: u32, protocol: u16) -> io::Result<PacketSocket> {
+        let proto_be = protocol.to_be();
+        // SAFETY: plain syscall with integer arguments.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                i32::from(proto_be),
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut sll = sockaddr_ll(ifindex, proto_be)?;
+        // SAFETY: `sll` is a live sockaddr_ll and its size is passed.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&mut sll as *mut libc::sockaddr_ll).cast::<libc::sockaddr>(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(PacketSocket { fd, ifindex })
+    }
+
+    /// The interface it is bound to.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Receives one frame into `buf`: its length (truncated to `buf`) and direction.
+    /// `WouldBlock` when none is queued.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, Direction)> {
+        // SAFETY: zeroed sockaddr_ll is a valid value of a plain C struct.
+        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: `buf` and `from` are live and their sizes are passed.
+        let n = unsafe {
+            libc::recvfrom(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&mut from as *mut libc::sockaddr_ll).cast::<libc::sockaddr>(),
+                &mut len,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let dir = if from.sll_pkttype == libc::PACKET_OUTGOING { Direction::Outgoing } else { Direction::Incoming };
+        Ok((n as usize, dir))
+    }
+
+    /// Sends a whole Ethernet frame out of the interface. The frame's own
+    /// EtherType is what the kernel sees as its protocol.
+    pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
+        let ethertype = match (frame.get(12), frame.get(13)) {
+            (Some(&h), Some(&l)) => u16::from_be_bytes([h, l]),
+            _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "frame shorter than an Ethernet header")),
+        };
+        let mut to = sockaddr_ll(self.ifindex, ethertype.to_be())?;
+        to.sll_halen = 6;
+        if let Some(dst) = frame.get(..6) {
+            to.sll_addr[..6].copy_from_slice(dst);
+        }
+        // SAFETY: `frame` and `to` are live and their sizes are passed.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&to as *const libc::sockaddr_ll).cast::<libc::sockaddr>(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    }
+}
+
+impl AsRawFd for PacketSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl AsFd for PacketSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+fn sockaddr_ll(ifindex: u32, proto_be: u16) -> io::Result<libc::sockaddr_ll> {
+    let ifindex =
+        i32::try_from(ifindex).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
+    // SAFETY: zeroed sockaddr_ll is a valid value of a plain C struct.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto_be;
+    sll.sll_ifindex = ifindex;
+    Ok(sll)
+}
+
+/// One classic BPF instruction (`struct sock_filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BpfInsn {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
+}
+
+const fn insn(code: u16, jt: u8, jf: u8, k: u32) -> BpfInsn {
+    BpfInsn { code, jt, jf, k }
+}
+
+/// Passes only frames an interface *received* that are ARP, or IPv6 whose
+/// next header is ICMPv6 (58) with type 136 (neighbour advertisement), so a
+/// sniffer on a busy VM port wakes up for announcements only.
+///
+/// ```text
+///  0  ld  [pkttype]          ; ancillary: SKF_AD_OFF + SKF_AD_PKTTYPE
+///  1  jeq #OUTGOING   -> 10
+///  2  ldh [12]               ; EtherType
+///  3  jeq #0x0806     -> 9
+///  4  jeq #0x86dd     -> 5 else 10
+///  5  ldb [20]               ; IPv6 next header
+///  6  jeq #58         -> 7 else 10
+///  7  ldb [54]               ; ICMPv6 type
+///  8  jeq #136        -> 9 else 10
+///  9  ret #262144            ; accept
+/// 10  ret #0                 ; drop
+/// ```
+pub const ANNOUNCEMENT_FILTER: [BpfInsn; 11] = [
+    insn(0x20, 0, 0, 0xffff_f004),
+    insn(0x15, 8, 0, libc::PACKET_OUTGOING as u32),
+    insn(0x28, 0, 0, 12),
+    insn(0x15, 5, 0, 0x0806),
+    insn(0x15, 0, 5, 0x86dd),
+    insn(0x30, 0, 0, 20),
+    insn(0x15, 0, 3, 58),
+    insn(0x30, 0, 0, 54),
+    insn(0x15, 0, 1, 136),
+    insn(0x06, 0, 0, 0x0004_0000),
+    insn(0x06, 0, 0, 0),
+];
+
+impl PacketSocket {
+    /// Attaches a classic BPF filter: only frames it accepts are queued.
+    pub fn attach_filter(&self, program: &[BpfInsn]) -> io::Result<()> {
+        let mut code: Vec<libc::sock_filter> =
+            program.iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect();
+        let len =
+            u16::try_from(code.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "filter too long"))?;
+        let prog = libc::sock_fprog { len, filter: code.as_mut_ptr() };
+        // SAFETY: `prog` points at `code`, which outlives the call; the kernel copies it.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                (&prog as *const libc::sock_fprog).cast(),
+                std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    /// Registers the socket with the tokio reactor of the current runtime.
+    pub fn into_async(self) -> io::Result<tokio::io::unix::AsyncFd<PacketSocket>> {
+        // SAFETY: the descriptor is owned by the `PacketSocket` (an `OwnedFd`),
+        // which the `AsyncFd` owns in turn, so it stays open for as long as it
+        // is registered and is closed only after deregistration on drop.
+        unsafe { tokio::io::unix::AsyncFd::register(self) }.map_err(|e| e.into())
+    }
+}
+
+/// The index of interface `name`.
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    let c = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL"))?;
+    // SAFETY: `c` is a live NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 { Err(io::Error::last_os_error()) } else { Ok(idx) }
+}
+
+/// Moves the calling thread into network namespace `name` (as created by
+/// `ip netns add`, i.e. `/run/netns/<name>`). Call it before starting other
+/// threads (e.g. before building a tokio runtime): namespaces are per thread.
+pub fn enter_netns(name: &str) -> io::Result<()> {
+    if name.is_empty() || name.contains('/') {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad namespace name {name:?}")));
+    }
+    let f = std::fs::File::open(format!("/run/netns/{name}"))?;
+    // SAFETY: plain syscall on a descriptor we hold open.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_interface_is_an_error() {
+        assert!(ifindex("no-such-if0").is_err());
+        assert!(ifindex("bad\0name").is_err());
+        assert!(enter_netns("../etc").is_err());
+    }
+}

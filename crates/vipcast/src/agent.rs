@@ -1,0 +1,58 @@
+//! `vipcast agent`: flags -> agent config -> run.
+
+use std::net::IpAddr;
+
+use clap::Args;
+use vipcast_model::Role;
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// This chassis' name.
+    #[arg(long)]
+    chassis: String,
+    /// This chassis' tunnel endpoint address.
+    #[arg(long)]
+    underlay_ip: IpAddr,
+    /// Controller URL.
+    #[arg(long, env = "VIPCAST_CONTROLLER")]
+    controller: String,
+    /// hypervisor or gateway.
+    #[arg(long, default_value = "hypervisor", value_parser = parse_role)]
+    role: Role,
+    /// Run inside this network namespace (as made by `ip netns add`).
+    #[arg(long)]
+    netns: Option<String>,
+    /// Sniff gratuitous ARP / unsolicited NA on VM ports and claim VIPs.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    sniff: bool,
+    /// Announcements sent into each local VM port when a VIP moves (0: none).
+    #[arg(long, default_value_t = 3)]
+    announce_burst: u32,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    match s {
+        "hypervisor" => Ok(Role::Hypervisor),
+        "gateway" => Ok(Role::Gateway),
+        other => Err(format!("role {other:?} must be hypervisor or gateway")),
+    }
+}
+
+impl AgentArgs {
+    /// The namespace to enter before any thread starts.
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+}
+
+pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
+    vipcast_agent::run(vipcast_agent::Config {
+        controller: a.controller,
+        chassis: a.chassis,
+        underlay_ip: a.underlay_ip,
+        role: a.role,
+        sniff: a.sniff,
+        announce_burst: a.announce_burst,
+    })
+    .await
+}
