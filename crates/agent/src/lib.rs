@@ -15,6 +15,7 @@
 pub mod kernel;
 pub mod plan;
 pub mod ports;
+pub mod probe;
 pub mod sync;
 
 use std::collections::{BTreeMap, HashMap};
@@ -56,6 +57,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         underlay_ip: cfg.underlay_ip,
         role: cfg.role,
     };
+    let prober = probe::Prober::start(cfg.underlay_ip).await?;
+    let mut health = prober.changed.clone();
     sync::register(&http, &id).await?;
     tracing::info!(chassis = cfg.chassis, "registered");
     let (tx, mut rx) = watch::channel(Synced::default());
@@ -71,6 +74,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         owners: HashMap::new(),
         recent_claims: HashMap::new(),
         first: true,
+        prober,
+        replicator_choice: BTreeMap::new(),
     };
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -83,6 +88,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 agent.on_revision(synced).await;
             }
             Some(seen) = seen_rx.recv() => agent.on_seen(seen),
+            Ok(()) = health.changed() => agent.reconcile("replicator health").await,
             _ = tick.tick() => agent.reconcile("periodic").await,
         }
     }
@@ -100,6 +106,9 @@ struct Agent {
     /// (VIP, MAC) -> when we last claimed it.
     recent_claims: HashMap<(String, MacAddr), Instant>,
     first: bool,
+    prober: probe::Prober,
+    /// VNI -> replicator in use, as last reported.
+    replicator_choice: BTreeMap<u32, String>,
 }
 
 impl Agent {
@@ -141,7 +150,25 @@ impl Agent {
 
     async fn reconcile(&mut self, why: &str) {
         let Some(view) = self.view() else { return };
-        let plan = plan::plan(&view, &|_| true);
+        let replicators: BTreeMap<String, std::net::SocketAddr> = view
+            .vpcs
+            .values()
+            .flat_map(|v| match &v.flood {
+                view::Flood::Replicator(r) => r.clone(),
+                view::Flood::Headend(_) => Vec::new(),
+            })
+            .collect();
+        self.prober.set_targets(replicators.clone());
+        let prober = self.prober.clone();
+        let plan = plan::plan(&view, &|n| prober.healthy(n));
+        for v in view.vpcs.values() {
+            if let view::Flood::Replicator(r) = &v.flood
+                && let Some((name, addr)) = plan::choose_replicator(v.vni, r, &|n| prober.healthy(n))
+                && self.replicator_choice.insert(v.vni, name.clone()).as_ref() != Some(&name)
+            {
+                tracing::info!(vni = v.vni, replicator = name, %addr, "BUM via replicator");
+            }
+        }
         match self.kernel.reconcile(&plan).await {
             Ok(ch) if ch.total() > 0 => tracing::info!(why, ?ch, revision = self.synced.revision, "data plane updated"),
             Ok(_) => {}

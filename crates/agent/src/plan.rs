@@ -92,6 +92,18 @@ pub fn rendezvous(vni: u32, candidates: &[(String, SocketAddr)]) -> Option<&(Str
     })
 }
 
+/// The replicator carrying `vni`'s BUM traffic: rendezvous among the healthy
+/// ones, or among all of them when none answers (better a guess than no path).
+pub fn choose_replicator(
+    vni: u32,
+    replicators: &[(String, SocketAddr)],
+    healthy: &dyn Fn(&str) -> bool,
+) -> Option<(String, SocketAddr)> {
+    let up: Vec<_> = replicators.iter().filter(|(n, _)| healthy(n)).cloned().collect();
+    let pool = if up.is_empty() { replicators } else { &up[..] };
+    rendezvous(vni, pool).cloned()
+}
+
 /// The plan for a chassis view. `healthy` filters replicator candidates
 /// (all of them count as healthy when it returns true for none).
 pub fn plan(view: &ChassisView, healthy: &dyn Fn(&str) -> bool) -> Plan {
@@ -103,9 +115,7 @@ pub fn plan(view: &ChassisView, healthy: &dyn Fn(&str) -> bool) -> Plan {
                 fdb.extend(targets.iter().map(|dst| Fdb { mac: MacAddr::ZERO, dst: *dst, port: None }));
             }
             Flood::Replicator(reps) => {
-                let up: Vec<_> = reps.iter().filter(|(n, _)| healthy(n)).cloned().collect();
-                let pool = if up.is_empty() { reps.clone() } else { up };
-                if let Some((_, addr)) = rendezvous(v.vni, &pool) {
+                if let Some((_, addr)) = choose_replicator(v.vni, reps, healthy) {
                     let port = (addr.port() != VXLAN_PORT).then_some(addr.port());
                     fdb.insert(Fdb { mac: MacAddr::ZERO, dst: addr.ip(), port });
                 }
