@@ -76,6 +76,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         first: true,
         prober,
         replicator_choice: BTreeMap::new(),
+        unrouted: Vec::new(),
     };
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -109,6 +110,8 @@ struct Agent {
     prober: probe::Prober,
     /// VNI -> replicator in use, as last reported.
     replicator_choice: BTreeMap<u32, String>,
+    /// Subnets this gateway cannot route, as last reported.
+    unrouted: Vec<(String, String, ipnet::IpNet)>,
 }
 
 impl Agent {
@@ -168,6 +171,12 @@ impl Agent {
             {
                 tracing::info!(vni = v.vni, replicator = name, %addr, "BUM via replicator");
             }
+        }
+        if plan.unrouted != self.unrouted {
+            for (vpc, subnet, cidr) in &plan.unrouted {
+                tracing::warn!(vpc, subnet, %cidr, "not routed here: overlaps a subnet of another VPC (no VRFs)");
+            }
+            self.unrouted = plan.unrouted.clone();
         }
         match self.kernel.reconcile(&plan).await {
             Ok(ch) if ch.total() > 0 => tracing::info!(why, ?ch, revision = self.synced.revision, "data plane updated"),

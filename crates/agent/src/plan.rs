@@ -73,6 +73,9 @@ pub struct Plan {
     pub vpcs: BTreeMap<u32, VpcPlan>,
     /// Route between subnets (gateways).
     pub forwarding: bool,
+    /// Subnets a gateway cannot route because they overlap a routed one of
+    /// another VPC: (vpc, subnet, cidr).
+    pub unrouted: Vec<(String, String, IpNet)>,
 }
 
 /// Rendezvous (highest random weight) choice of a replicator for `vni`
@@ -106,8 +109,15 @@ pub fn choose_replicator(
 
 /// The plan for a chassis view. `healthy` filters replicator candidates
 /// (all of them count as healthy when it returns true for none).
+///
+/// A gateway routes between the external network and every VPC subnet that
+/// has a gateway address; without VRFs (this kernel has none) one routing
+/// table cannot hold two VPCs' overlapping subnets, so where they overlap the
+/// VPC with the lower VNI is routed and the other is not (see [`Plan::unrouted`]).
 pub fn plan(view: &ChassisView, healthy: &dyn Fn(&str) -> bool) -> Plan {
     let mut vpcs = BTreeMap::new();
+    let mut routed: Vec<IpNet> = Vec::new();
+    let mut unrouted = Vec::new();
     for v in view.vpcs.values() {
         let mut fdb: BTreeSet<Fdb> = v.fdb.iter().map(|(mac, dst)| Fdb { mac: *mac, dst: *dst, port: None }).collect();
         match &v.flood {
@@ -128,6 +138,11 @@ pub fn plan(view: &ChassisView, healthy: &dyn Fn(&str) -> bool) -> Plan {
                 if let Some(g) = s.gateway
                     && let Ok(net) = IpNet::new(g, s.cidr.prefix_len())
                 {
+                    if routed.iter().any(|r| r.contains(&s.cidr) || s.cidr.contains(r)) {
+                        unrouted.push((v.name.clone(), s.name.clone(), s.cidr));
+                        continue;
+                    }
+                    routed.push(s.cidr);
                     bridge_addrs.insert(net);
                 }
             }
@@ -151,7 +166,7 @@ pub fn plan(view: &ChassisView, healthy: &dyn Fn(&str) -> bool) -> Plan {
             },
         );
     }
-    Plan { local_ip: Some(view.underlay_ip), vpcs, forwarding: view.role == Role::Gateway }
+    Plan { local_ip: Some(view.underlay_ip), vpcs, forwarding: view.role == Role::Gateway, unrouted }
 }
 
 #[cfg(test)]

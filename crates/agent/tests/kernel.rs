@@ -53,7 +53,7 @@ fn base_plan() -> Plan {
             bridge_neigh: BTreeMap::new(),
         },
     );
-    Plan { local_ip: Some(ip("10.255.0.11")), vpcs, forwarding: false }
+    Plan { local_ip: Some(ip("10.255.0.11")), vpcs, forwarding: false, unrouted: vec![] }
 }
 
 #[test]
