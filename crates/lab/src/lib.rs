@@ -9,9 +9,21 @@
 //! Namespaces and links are made with iproute2 (`ip`), the tool an operator
 //! would use to inspect them too; the agent's data plane is programmed over
 //! netlink elsewhere.
+//!
+//! On top of the guards, `vipcast lab` builds a whole overlay from a TOML
+//! file ([`config`]): [`plan`] derives every name and address, [`topology`]
+//! builds it (tearing down what it built if a step fails), [`teardown`]
+//! removes a lab (also after a crash, from namespace names alone) and
+//! [`state`] records what is up in `/run/vipcast/labs`.
 
+pub mod config;
 mod netns;
+pub mod plan;
 mod process;
+pub mod register;
+pub mod state;
+pub mod teardown;
+pub mod topology;
 
 pub use netns::{Netns, Veth, unique_id};
 pub use process::Child;
@@ -32,6 +44,21 @@ pub enum Error {
     /// A name does not fit the kernel's limits.
     #[error("interface name {0:?} is longer than 15 bytes")]
     NameTooLong(String),
+    /// A lab file that cannot be used.
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    /// `lab up` of a lab that is up (or left over).
+    #[error("{0}")]
+    AlreadyUp(String),
+    /// `lab status` / `lab exec` of a lab that is not up.
+    #[error("{0}")]
+    NotUp(String),
+    /// Interrupted (Ctrl-C) while building.
+    #[error("interrupted")]
+    Cancelled,
+    /// A step of building or tearing down failed.
+    #[error("{0}")]
+    Lab(String),
 }
 
 /// Result of lab operations.

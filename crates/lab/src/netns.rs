@@ -44,6 +44,12 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Keeps the namespace after this guard is gone (a lab that is up);
+    /// returns its name.
+    pub fn release(mut self) -> String {
+        std::mem::take(&mut self.name)
+    }
+
     /// The namespace's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -86,6 +92,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
         self.kill_all();
         let _ = ip(&["netns", "del", &self.name]);
     }

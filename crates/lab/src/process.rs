@@ -7,6 +7,7 @@ use crate::{Error, Result, describe};
 pub struct Child {
     child: std::process::Child,
     desc: String,
+    released: bool,
 }
 
 impl Child {
@@ -21,12 +22,17 @@ impl Child {
             .stderr(Stdio::from(err))
             .spawn()
             .map_err(|source| Error::Spawn { cmd: desc.clone(), source })?;
-        Ok(Child { child, desc })
+        Ok(Child { child, desc, released: false })
     }
 
     /// The process id.
     pub fn id(&self) -> u32 {
         self.child.id()
+    }
+
+    /// How it ended, if it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Whether it is still running.
@@ -57,10 +63,20 @@ impl Child {
     pub fn description(&self) -> &str {
         &self.desc
     }
+
+    /// Lets the process outlive this guard (a lab that is up keeps its
+    /// daemons); returns its id.
+    pub fn release(mut self) -> u32 {
+        self.released = true;
+        self.child.id()
+    }
 }
 
 impl Drop for Child {
     fn drop(&mut self) {
+        if self.released {
+            return;
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

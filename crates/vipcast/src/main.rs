@@ -18,6 +18,7 @@ mod bench;
 mod controller;
 mod ctl;
 mod dissect;
+mod lab;
 
 /// Highly available virtual IPs for VXLAN overlays.
 #[derive(Debug, Parser)]
@@ -55,6 +56,9 @@ enum Command {
         #[arg(long)]
         legacy_unicast_checksum: bool,
     },
+    /// Network-namespace labs: `up FILE.toml`, `down NAME`, `status NAME`,
+    /// `exec NAME NODE -- CMD...` (as root).
+    Lab(lab::Lab),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         },
         Command::Bench(b) => runtime().and_then(|rt| rt.block_on(bench::run(b))),
         Command::Ctl(c) => runtime().and_then(|rt| rt.block_on(ctl::run(c))),
+        Command::Lab(l) => lab::run(l),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

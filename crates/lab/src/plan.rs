@@ -1,0 +1,329 @@
+//! What a lab file becomes: every namespace, interface, address and MAC, and
+//! the keepalived configurations, computed before anything is built (pure).
+//!
+//! The conventions here are what the agent and the drills rely on:
+//! - namespaces `<lab>-<node>` for every chassis, replicator, VM and external
+//!   client, and `<lab>-net` for the underlay;
+//! - in `<lab>-net`: bridge `ul0` with 10.255.0.254/24, one port per chassis
+//!   and replicator named after the node, and `mgmt0` (the host's way in);
+//! - chassis `i` (its index in the file): `ul0` with 10.255.0.(10+i)/24;
+//!   replicator `i`: `ul0` with 10.255.0.(100+i)/24;
+//! - VM `i`: `eth0`, MTU 1450, MAC [`vm_mac`], its `ip` with the subnet's
+//!   prefix length; its peer in the chassis namespace is [`vm_port_name`],
+//!   with the alias `vipcast-port:<vm>`;
+//! - external client `i`: `eth0` with 172.30.i.2/30, default route via
+//!   172.30.i.1 on `ext<i>` in the gateway chassis' namespace.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::{IpNet, Ipv4Net};
+
+use crate::config::{LabConfig, Role, StoreKind, Vrrp};
+
+/// The underlay bridge in `<lab>-net`, and the chassis' underlay interface.
+pub const UNDERLAY_IF: &str = "ul0";
+/// The underlay bridge's address: where the controller (and etcd) listen.
+pub const UNDERLAY_GW: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 254);
+/// Prefix length of the underlay.
+pub const UNDERLAY_PREFIX: u8 = 24;
+/// The controller's port.
+pub const CONTROLLER_PORT: u16 = 7600;
+/// The interface in `<lab>-net` that the host's veth ends in.
+pub const MGMT_IF: &str = "mgmt0";
+/// The VMs' interface and the external clients'.
+pub const VM_IF: &str = "eth0";
+/// MTU inside VMs (VXLAN overhead on a 1500-byte underlay).
+pub const VM_MTU: u32 = 1450;
+/// MTU of the underlay.
+pub const UNDERLAY_MTU: u32 = 1500;
+/// Alias prefix by which the agent finds a VM's port: `vipcast-port:<vm>`.
+pub const PORT_ALIAS_PREFIX: &str = "vipcast-port:";
+/// Alias of the host end of the management veth: `vipcast-lab:<lab>`.
+pub const HOST_ALIAS_PREFIX: &str = "vipcast-lab:";
+
+/// The name of the underlay namespace of lab `lab`.
+pub fn net_namespace(lab: &str) -> String {
+    format!("{lab}-net")
+}
+
+/// The namespace of node `node` of lab `lab`.
+pub fn namespace(lab: &str, node: &str) -> String {
+    format!("{lab}-{node}")
+}
+
+/// The controller's URL as agents (inside the lab) use it.
+pub fn inner_controller_url() -> String {
+    format!("http://{UNDERLAY_GW}:{CONTROLLER_PORT}")
+}
+
+/// Underlay address of chassis number `index`.
+pub fn chassis_underlay_ip(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 255, 0, u8::try_from(10 + index).unwrap_or(u8::MAX))
+}
+
+/// Underlay address of replicator number `index`.
+pub fn replicator_underlay_ip(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 255, 0, u8::try_from(100 + index).unwrap_or(u8::MAX))
+}
+
+/// The deterministic MAC of VM number `index` of lab `lab`: locally
+/// administered unicast `02:` + 3 bytes of a hash of the lab name + the index.
+pub fn vm_mac(lab: &str, index: usize) -> String {
+    // FNV-1a, 32 bits.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in lab.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let [_, a, b, c] = h.to_be_bytes();
+    let i = u16::try_from(index).unwrap_or(u16::MAX).to_be_bytes();
+    format!("02:{a:02x}:{b:02x}:{c:02x}:{:02x}:{:02x}", i[0], i[1])
+}
+
+/// The name of VM number `index`'s port in its chassis namespace:
+/// `vp<index>-<vm>`, cut to 15 bytes (`vp<index>` alone is already unique).
+pub fn vm_port_name(index: usize, vm: &str) -> String {
+    let mut s = format!("vp{index}-{vm}");
+    s.truncate(15);
+    s.trim_end_matches('-').to_string()
+}
+
+/// The /30 of external client number `index`: (gateway side, client side).
+pub fn external_addrs(index: usize) -> (Ipv4Net, Ipv4Net) {
+    let x = u8::try_from(index).unwrap_or(u8::MAX);
+    let net = |host| Ipv4Net::new(Ipv4Addr::new(172, 30, x, host), 30).unwrap_or_default();
+    (net(1), net(2))
+}
+
+/// A whole lab, planned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub lab: String,
+    pub net_ns: String,
+    pub store: StoreKind,
+    pub chassis: Vec<ChassisPlan>,
+    pub replicators: Vec<ReplicatorPlan>,
+    pub vms: Vec<VmPlan>,
+    pub externals: Vec<ExternalPlan>,
+    pub keepalived: Vec<KeepalivedPlan>,
+}
+
+/// A hypervisor or gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChassisPlan {
+    pub name: String,
+    pub ns: String,
+    pub role: Role,
+    pub underlay_ip: Ipv4Addr,
+}
+
+/// A replicator node (namespace and underlay address only, for now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicatorPlan {
+    pub name: String,
+    pub ns: String,
+    pub underlay_ip: Ipv4Addr,
+}
+
+/// A VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmPlan {
+    pub name: String,
+    pub index: usize,
+    pub ns: String,
+    pub chassis: String,
+    pub chassis_ns: String,
+    /// Its port (veth peer) in the chassis namespace.
+    pub port: String,
+    pub mac: String,
+    pub vpc: String,
+    pub subnet: String,
+    /// The VM's address with the subnet's prefix length.
+    pub addr: IpNet,
+    pub gateway: Option<IpAddr>,
+}
+
+/// An external client behind a gateway chassis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalPlan {
+    pub name: String,
+    pub index: usize,
+    pub ns: String,
+    pub gateway: String,
+    pub gateway_ns: String,
+    /// `ext<index>` in the gateway namespace.
+    pub gateway_if: String,
+    pub gateway_addr: Ipv4Net,
+    pub addr: Ipv4Net,
+}
+
+/// One keepalived instance: one VIP in one member VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeepalivedPlan {
+    pub vip: String,
+    pub vm: String,
+    pub ns: String,
+    /// The keepalived.conf text.
+    pub config: String,
+}
+
+impl KeepalivedPlan {
+    /// A file-name stem unique in the lab: `keepalived-<vip>-<vm>`.
+    pub fn stem(&self) -> String {
+        format!("keepalived-{}-{}", self.vip, self.vm)
+    }
+}
+
+impl Plan {
+    /// Plans a validated configuration.
+    pub fn new(c: &LabConfig) -> Plan {
+        let lab = c.name.clone();
+        let chassis = c
+            .chassis
+            .iter()
+            .enumerate()
+            .map(|(i, ch)| ChassisPlan {
+                name: ch.name.clone(),
+                ns: namespace(&lab, &ch.name),
+                role: ch.role,
+                underlay_ip: chassis_underlay_ip(i),
+            })
+            .collect();
+        let replicators = c
+            .replicator
+            .iter()
+            .enumerate()
+            .map(|(i, r)| ReplicatorPlan {
+                name: r.name.clone(),
+                ns: namespace(&lab, &r.name),
+                underlay_ip: replicator_underlay_ip(i),
+            })
+            .collect();
+        let vms =
+            c.vm.iter()
+                .enumerate()
+                .map(|(i, vm)| {
+                    let subnet = c.subnet(&vm.vpc, &vm.subnet);
+                    let prefix = subnet.map(|s| s.cidr.prefix_len()).unwrap_or(if vm.ip.is_ipv4() { 32 } else { 128 });
+                    VmPlan {
+                        name: vm.name.clone(),
+                        index: i,
+                        ns: namespace(&lab, &vm.name),
+                        chassis: vm.chassis.clone(),
+                        chassis_ns: namespace(&lab, &vm.chassis),
+                        port: vm_port_name(i, &vm.name),
+                        mac: vm_mac(&lab, i),
+                        vpc: vm.vpc.clone(),
+                        subnet: vm.subnet.clone(),
+                        addr: IpNet::new(vm.ip, prefix).unwrap_or_else(|_| IpNet::from(vm.ip)),
+                        gateway: subnet.and_then(|s| s.gateway),
+                    }
+                })
+                .collect();
+        let externals = c
+            .external
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let (gateway_addr, addr) = external_addrs(i);
+                ExternalPlan {
+                    name: e.name.clone(),
+                    index: i,
+                    ns: namespace(&lab, &e.name),
+                    gateway: e.gateway.clone(),
+                    gateway_ns: namespace(&lab, &e.gateway),
+                    gateway_if: format!("ext{i}"),
+                    gateway_addr,
+                    addr,
+                }
+            })
+            .collect();
+        let mut keepalived = Vec::new();
+        for (i, vip) in c.vip.iter().enumerate() {
+            if vip.vrrp != Vrrp::Keepalived {
+                continue;
+            }
+            let prefix = c.subnet(&vip.vpc, &vip.subnet).map(|s| s.cidr.prefix_len()).unwrap_or(32);
+            let member_ips: Vec<IpAddr> = vip.members.iter().filter_map(|m| c.vm(m).map(|(_, vm)| vm.ip)).collect();
+            for (k, member) in vip.members.iter().enumerate() {
+                let Some((_, vm)) = c.vm(member) else { continue };
+                let instance = KeepalivedInstance {
+                    router_id: member,
+                    instance: &vip.name,
+                    vrid: c.vrid(i).unwrap_or(1),
+                    priority: if k == 0 { 150 } else { 100 },
+                    advert_int: vip.advert_int,
+                    version: vip.vrrp_version.unwrap_or(3),
+                    unicast: vip
+                        .unicast
+                        .then(|| (vm.ip, member_ips.iter().copied().filter(|ip| *ip != vm.ip).collect::<Vec<_>>())),
+                    vip: format!("{}/{prefix}", vip.ip),
+                };
+                keepalived.push(KeepalivedPlan {
+                    vip: vip.name.clone(),
+                    vm: member.clone(),
+                    ns: namespace(&lab, member),
+                    config: instance.render(),
+                });
+            }
+        }
+        Plan {
+            net_ns: net_namespace(&lab),
+            lab,
+            store: c.controller.store,
+            chassis,
+            replicators,
+            vms,
+            externals,
+            keepalived,
+        }
+    }
+
+    /// Every namespace of the lab, the underlay's first.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut v = vec![self.net_ns.clone()];
+        v.extend(self.chassis.iter().map(|c| c.ns.clone()));
+        v.extend(self.replicators.iter().map(|r| r.ns.clone()));
+        v.extend(self.vms.iter().map(|m| m.ns.clone()));
+        v.extend(self.externals.iter().map(|e| e.ns.clone()));
+        v
+    }
+}
+
+/// The parameters of one keepalived vrrp_instance.
+#[derive(Debug)]
+struct KeepalivedInstance<'a> {
+    router_id: &'a str,
+    instance: &'a str,
+    vrid: u8,
+    priority: u8,
+    advert_int: f64,
+    version: u8,
+    /// (unicast_src_ip, unicast_peer list)
+    unicast: Option<(IpAddr, Vec<IpAddr>)>,
+    /// VIP/prefix
+    vip: String,
+}
+
+impl KeepalivedInstance<'_> {
+    fn render(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!("global_defs {{\n    router_id {}\n}}\n", self.router_id));
+        s.push_str(&format!("vrrp_instance {} {{\n", self.instance));
+        s.push_str("    state BACKUP\n");
+        s.push_str(&format!("    interface {VM_IF}\n"));
+        s.push_str(&format!("    virtual_router_id {}\n", self.vrid));
+        s.push_str(&format!("    priority {}\n", self.priority));
+        s.push_str(&format!("    advert_int {}\n", self.advert_int));
+        s.push_str(&format!("    version {}\n", self.version));
+        if let Some((src, peers)) = &self.unicast {
+            s.push_str(&format!("    unicast_src_ip {src}\n    unicast_peer {{\n"));
+            for p in peers {
+                s.push_str(&format!("        {p}\n"));
+            }
+            s.push_str("    }\n");
+        }
+        s.push_str(&format!("    virtual_ipaddress {{\n        {} dev {VM_IF}\n    }}\n}}\n", self.vip));
+        s
+    }
+}

@@ -1,0 +1,843 @@
+//! `vipcast lab up`: builds a planned lab step by step. Every step's result
+//! is held by a guard ([`Netns`], [`Child`], the host link, the state
+//! directory) until [`Builder::commit`]; if a step fails, or the builder is
+//! dropped before that, everything built so far is torn down.
+
+use std::ffi::OsString;
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+
+use crate::config::{Bum, LabConfig, Role, StoreKind, Vrrp};
+use crate::plan::{
+    self, CONTROLLER_PORT, HOST_ALIAS_PREFIX, MGMT_IF, PORT_ALIAS_PREFIX, Plan, UNDERLAY_GW, UNDERLAY_IF, UNDERLAY_MTU,
+    UNDERLAY_PREFIX, VM_IF, VM_MTU,
+};
+use crate::state::{HostLinkState, LabState, NodeState, ProcessState, Root, http_get, log_tail};
+use crate::{Child, Error, Netns, Result, ip, unique_id};
+
+/// How long a daemon must stay up after it is started to count as started.
+pub const START_CHECK: Duration = Duration::from_millis(300);
+/// How long the controller (and etcd) may take to answer.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The host's management addresses are /30s out of this.
+pub const MGMT_NET: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(10, 254, 0, 0), 16) {
+    Ok(n) => n,
+    Err(_) => panic!("constant"),
+};
+
+/// What `up` needs besides the lab file.
+#[derive(Clone, Copy)]
+pub struct UpOptions<'a> {
+    /// Where state files and directories go.
+    pub root: &'a Root,
+    /// The vipcast binary (controller and agents are its subcommands).
+    pub exe: &'a Path,
+    /// The lab file, recorded in the state.
+    pub file: Option<&'a Path>,
+    /// One line per step.
+    pub progress: &'a dyn Fn(&str),
+    /// Set (e.g. by Ctrl-C) to stop building and tear down.
+    pub cancel: Option<&'a AtomicBool>,
+}
+
+impl std::fmt::Debug for UpOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpOptions").field("root", &self.root).field("exe", &self.exe).field("file", &self.file).finish()
+    }
+}
+
+/// Builds the whole lab: namespaces, underlay, host link, VMs, external
+/// clients, the controller, registration, agents, VRRP. On error nothing is
+/// left behind.
+pub fn up(cfg: &LabConfig, opts: UpOptions<'_>) -> Result<LabState> {
+    let mut b = Builder::new(cfg, opts)?;
+    b.underlay()?;
+    b.host_link()?;
+    b.chassis()?;
+    b.replicators()?;
+    b.vms()?;
+    b.externals()?;
+    b.controller()?;
+    b.register()?;
+    b.agents()?;
+    b.vrrp()?;
+    b.commit()
+}
+
+/// A daemon started by the builder.
+#[derive(Debug)]
+struct Started {
+    state: ProcessState,
+    child: Child,
+}
+
+/// The host end of the management veth (deleted on drop unless released).
+#[derive(Debug)]
+struct HostLink {
+    name: String,
+    addr: Ipv4Net,
+    peer_addr: Ipv4Net,
+    keep: bool,
+}
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = ip(&["link", "del", &self.name]);
+        }
+    }
+}
+
+/// A lab under construction.
+pub struct Builder<'a> {
+    cfg: LabConfig,
+    plan: Plan,
+    opts: UpOptions<'a>,
+    state_dir: PathBuf,
+    /// Whether the state directory is ours to remove on failure.
+    owns_dir: bool,
+    committed: bool,
+    // Guards, torn down in this order on failure.
+    children: Vec<Started>,
+    host: Option<HostLink>,
+    namespaces: Vec<Netns>,
+    nodes: Vec<NodeState>,
+    store: String,
+}
+
+impl std::fmt::Debug for Builder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder").field("lab", &self.plan.lab).field("state_dir", &self.state_dir).finish()
+    }
+}
+
+impl<'a> Builder<'a> {
+    /// Validates `cfg`, checks that the lab is not up (no namespace named
+    /// `<name>-…`, no state) and claims its state directory. Creates nothing
+    /// else.
+    pub fn new(cfg: &LabConfig, opts: UpOptions<'a>) -> Result<Builder<'a>> {
+        cfg.validate()?;
+        let name = &cfg.name;
+        let hint = format!("run `vipcast lab down {name}` first");
+        if opts.root.state_file(name).exists() {
+            return Err(Error::AlreadyUp(format!("lab {name:?} is already up ({hint})")));
+        }
+        let existing = crate::teardown::lab_namespaces(name)?;
+        if !existing.is_empty() {
+            return Err(Error::AlreadyUp(format!(
+                "lab {name:?} is already up or left over: namespaces {} exist ({hint})",
+                existing.join(", ")
+            )));
+        }
+        std::fs::create_dir_all(&opts.root.0)
+            .map_err(|e| Error::Lab(format!("cannot create {}: {e}", opts.root.0.display())))?;
+        let state_dir = opts.root.state_dir(name);
+        // create_dir (not _all) is the lock against a concurrent `lab up` of the same name.
+        if let Err(e) = std::fs::create_dir(&state_dir) {
+            return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::AlreadyUp(format!(
+                    "lab {name:?} is being built or left over: {} exists ({hint})",
+                    state_dir.display()
+                ))
+            } else {
+                Error::Lab(format!("cannot create {}: {e}", state_dir.display()))
+            });
+        }
+        let store = match cfg.controller.store {
+            StoreKind::File => format!("file:{}", state_dir.join("store").display()),
+            StoreKind::Etcd => format!("etcd://{UNDERLAY_GW}:2379"),
+        };
+        Ok(Builder {
+            cfg: cfg.clone(),
+            plan: Plan::new(cfg),
+            opts,
+            state_dir,
+            owns_dir: true,
+            committed: false,
+            children: Vec::new(),
+            host: None,
+            namespaces: Vec::new(),
+            nodes: Vec::new(),
+            store,
+        })
+    }
+
+    /// The plan being built.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The lab's state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The controller's URL from the host, once the host link exists.
+    pub fn controller_url(&self) -> Option<String> {
+        self.host.as_ref().map(|h| format!("http://{}:{CONTROLLER_PORT}", h.peer_addr.addr()))
+    }
+
+    fn say(&self, line: &str) {
+        (self.opts.progress)(&format!("lab {}: {line}", self.plan.lab));
+    }
+
+    fn check_cancel(&self) -> Result<()> {
+        match self.opts.cancel {
+            Some(c) if c.load(Ordering::Relaxed) => Err(Error::Cancelled),
+            _ => Ok(()),
+        }
+    }
+
+    fn new_netns(&mut self, name: &str) -> Result<()> {
+        let ns = Netns::new(name)?;
+        self.namespaces.push(ns);
+        Ok(())
+    }
+
+    fn node(&mut self, name: &str, kind: &str, namespace: &str, addresses: Vec<String>, detail: String) {
+        self.nodes.push(NodeState {
+            name: name.to_string(),
+            kind: kind.to_string(),
+            namespace: namespace.to_string(),
+            addresses,
+            detail,
+        });
+    }
+
+    /// `<lab>-net` with the underlay bridge `ul0` (10.255.0.254/24).
+    pub fn underlay(&mut self) -> Result<()> {
+        self.check_cancel()?;
+        let ns = self.plan.net_ns.clone();
+        self.new_netns(&ns)?;
+        let gw = format!("{UNDERLAY_GW}/{UNDERLAY_PREFIX}");
+        ip(&["-n", &ns, "link", "add", UNDERLAY_IF, "mtu", &UNDERLAY_MTU.to_string(), "type", "bridge"])?;
+        ip(&["-n", &ns, "addr", "add", &gw, "dev", UNDERLAY_IF])?;
+        ip(&["-n", &ns, "link", "set", UNDERLAY_IF, "up"])?;
+        self.node("net", "underlay", &ns, vec![format!("{UNDERLAY_IF} {gw}")], "controller".into());
+        self.say(&format!("namespace {ns}: underlay bridge {UNDERLAY_IF} {gw}"));
+        Ok(())
+    }
+
+    /// The host veth `vc<id>h` <-> `<lab>-net` `mgmt0`, on a /30 of
+    /// 10.254.0.0/16 that no host address or route overlaps.
+    pub fn host_link(&mut self) -> Result<()> {
+        self.check_cancel()?;
+        // One lab at a time picks and takes its /30.
+        let lock_path = self.opts.root.0.join(".host-link.lock");
+        let lock = std::fs::File::create(&lock_path)
+            .map_err(|e| Error::Lab(format!("cannot open {}: {e}", lock_path.display())))?;
+        lock.lock().map_err(|e| Error::Lab(format!("cannot lock {}: {e}", lock_path.display())))?;
+        let taken = host_prefixes()?;
+        let Some(block) = (0..=255u8)
+            .map(|x| Ipv4Net::new(Ipv4Addr::new(10, 254, x, 0), 30).unwrap_or_default())
+            .find(|b| !taken.iter().any(|t| t.contains(&b.network()) || b.contains(&t.network())))
+        else {
+            return Err(Error::Lab(
+                "no free /30 in 10.254.0.0/16 for the host link: every 10.254.x.0/30 overlaps a host address or route"
+                    .into(),
+            ));
+        };
+        let mut name = format!("vc{}h", unique_id());
+        while ip(&["link", "show", "dev", &name]).is_ok() {
+            name = format!("vc{}h", unique_id());
+        }
+        let octets = block.network().octets();
+        let host_addr = Ipv4Net::new(Ipv4Addr::new(octets[0], octets[1], octets[2], 1), 30).unwrap_or_default();
+        let peer_addr = Ipv4Net::new(Ipv4Addr::new(octets[0], octets[1], octets[2], 2), 30).unwrap_or_default();
+        let ns = self.plan.net_ns.clone();
+        ip(&["link", "add", &name, "type", "veth", "peer", "name", MGMT_IF, "netns", &ns])?;
+        self.host = Some(HostLink { name: name.clone(), addr: host_addr, peer_addr, keep: false });
+        ip(&["link", "set", "dev", &name, "alias", &format!("{HOST_ALIAS_PREFIX}{}", self.plan.lab)])?;
+        ip(&["addr", "add", &host_addr.to_string(), "dev", &name])?;
+        ip(&["link", "set", &name, "up"])?;
+        ip(&["-n", &ns, "addr", "add", &peer_addr.to_string(), "dev", MGMT_IF])?;
+        ip(&["-n", &ns, "link", "set", MGMT_IF, "up"])?;
+        drop(lock);
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.kind == "underlay") {
+            n.addresses.push(format!("{MGMT_IF} {peer_addr}"));
+        }
+        self.say(&format!("host link {name} {host_addr} <-> {ns} {MGMT_IF} {peer_addr}"));
+        Ok(())
+    }
+
+    /// A namespace per chassis, its `ul0` on the underlay bridge with
+    /// 10.255.0.(10+i)/24; gateways forward IPv4.
+    pub fn chassis(&mut self) -> Result<()> {
+        let net = self.plan.net_ns.clone();
+        for ch in self.plan.chassis.clone() {
+            self.check_cancel()?;
+            self.new_netns(&ch.ns)?;
+            let addr = format!("{}/{UNDERLAY_PREFIX}", ch.underlay_ip);
+            underlay_port(&net, &ch.ns, &ch.name, &addr)?;
+            if ch.role == Role::Gateway {
+                sysctl(&ch.ns, "net.ipv4.ip_forward=1")?;
+            }
+            self.node(&ch.name, "chassis", &ch.ns, vec![format!("{UNDERLAY_IF} {addr}")], ch.role.as_str().into());
+            self.say(&format!("chassis {} ({}): namespace {}, {UNDERLAY_IF} {addr}", ch.name, ch.role.as_str(), ch.ns));
+        }
+        Ok(())
+    }
+
+    /// A namespace per replicator with its underlay address; nothing runs
+    /// there yet.
+    pub fn replicators(&mut self) -> Result<()> {
+        let net = self.plan.net_ns.clone();
+        for r in self.plan.replicators.clone() {
+            self.check_cancel()?;
+            self.new_netns(&r.ns)?;
+            let addr = format!("{}/{UNDERLAY_PREFIX}", r.underlay_ip);
+            underlay_port(&net, &r.ns, &r.name, &addr)?;
+            self.node(&r.name, "replicator", &r.ns, vec![format!("{UNDERLAY_IF} {addr}")], "not started".into());
+            self.say(&format!(
+                "replicator {}: namespace {}, {UNDERLAY_IF} {addr} (replicators are not started yet: there is no \
+                 replicator binary)",
+                r.name, r.ns
+            ));
+        }
+        Ok(())
+    }
+
+    /// A namespace per VM: `eth0` (MTU 1450, its MAC, its address, default
+    /// route via the subnet gateway, no DAD); the peer in the chassis
+    /// namespace is up, unattached, with the alias `vipcast-port:<vm>`.
+    pub fn vms(&mut self) -> Result<()> {
+        for vm in self.plan.vms.clone() {
+            self.check_cancel()?;
+            self.new_netns(&vm.ns)?;
+            let mtu = VM_MTU.to_string();
+            ip(&[
+                "link",
+                "add",
+                VM_IF,
+                "netns",
+                &vm.ns,
+                "mtu",
+                &mtu,
+                "address",
+                &vm.mac,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &vm.port,
+                "netns",
+                &vm.chassis_ns,
+                "mtu",
+                &mtu,
+            ])?;
+            sysctl(&vm.ns, &format!("net.ipv6.conf.{VM_IF}.accept_dad=0"))?;
+            let addr = vm.addr.to_string();
+            let mut add = vec!["-n", vm.ns.as_str(), "addr", "add", addr.as_str(), "dev", VM_IF];
+            if vm.addr.addr().is_ipv6() {
+                add.push("nodad");
+            }
+            ip(&add)?;
+            ip(&["-n", &vm.ns, "link", "set", VM_IF, "up"])?;
+            if let Some(gw) = vm.gateway {
+                let family = if gw.is_ipv6() { "-6" } else { "-4" };
+                ip(&["-n", &vm.ns, family, "route", "add", "default", "via", &gw.to_string(), "dev", VM_IF])?;
+            }
+            let alias = format!("{PORT_ALIAS_PREFIX}{}", vm.name);
+            ip(&["-n", &vm.chassis_ns, "link", "set", "dev", &vm.port, "alias", &alias])?;
+            ip(&["-n", &vm.chassis_ns, "link", "set", &vm.port, "up"])?;
+            let detail = format!("on {} port {}, {} {}/{}", vm.chassis, vm.port, vm.mac, vm.vpc, vm.subnet);
+            self.node(&vm.name, "vm", &vm.ns, vec![format!("{VM_IF} {addr}")], detail);
+            self.say(&format!(
+                "vm {}: namespace {}, {VM_IF} {addr} {}{}; port {} in {}",
+                vm.name,
+                vm.ns,
+                vm.mac,
+                vm.gateway.map(|g| format!(" via {g}")).unwrap_or_default(),
+                vm.port,
+                vm.chassis_ns
+            ));
+        }
+        Ok(())
+    }
+
+    /// A namespace per external client: `eth0` 172.30.i.2/30 to `ext<i>`
+    /// 172.30.i.1/30 on its gateway chassis, default route via the gateway.
+    pub fn externals(&mut self) -> Result<()> {
+        for e in self.plan.externals.clone() {
+            self.check_cancel()?;
+            self.new_netns(&e.ns)?;
+            ip(&[
+                "link",
+                "add",
+                VM_IF,
+                "netns",
+                &e.ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &e.gateway_if,
+                "netns",
+                &e.gateway_ns,
+            ])?;
+            ip(&["-n", &e.ns, "addr", "add", &e.addr.to_string(), "dev", VM_IF])?;
+            ip(&["-n", &e.ns, "link", "set", VM_IF, "up"])?;
+            ip(&["-n", &e.ns, "route", "add", "default", "via", &e.gateway_addr.addr().to_string()])?;
+            ip(&["-n", &e.gateway_ns, "addr", "add", &e.gateway_addr.to_string(), "dev", &e.gateway_if])?;
+            ip(&["-n", &e.gateway_ns, "link", "set", &e.gateway_if, "up"])?;
+            sysctl(&e.gateway_ns, "net.ipv4.ip_forward=1")?;
+            if let Some(n) = self.nodes.iter_mut().find(|n| n.kind == "chassis" && n.name == e.gateway) {
+                n.addresses.push(format!("{} {}", e.gateway_if, e.gateway_addr));
+            }
+            let detail = format!("behind {} {}", e.gateway, e.gateway_if);
+            self.node(&e.name, "external", &e.ns, vec![format!("{VM_IF} {}", e.addr)], detail);
+            self.say(&format!(
+                "external {}: namespace {}, {VM_IF} {} via {} on {} {}",
+                e.name,
+                e.ns,
+                e.addr,
+                e.gateway_addr.addr(),
+                e.gateway,
+                e.gateway_if
+            ));
+        }
+        Ok(())
+    }
+
+    /// Starts `program args` in namespace `ns` with its output in
+    /// `<state dir>/<log>`, in its own process group (so it outlives `lab
+    /// up` and a Ctrl-C there is handled by the builder).
+    fn spawn(&mut self, role: &str, node: &str, ns: &str, program: &Path, args: &[OsString], log: &str) -> Result<()> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(program).args(args).process_group(0);
+        if role == "etcd" {
+            for (key, _) in std::env::vars_os() {
+                if key.to_string_lossy().starts_with("ETCD") {
+                    cmd.env_remove(key);
+                }
+            }
+        }
+        let log = self.state_dir.join(log);
+        let child = Child::spawn(&mut cmd, &log)?;
+        let command = std::iter::once(program.as_os_str())
+            .chain(args.iter().map(OsString::as_os_str))
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let state = ProcessState {
+            role: role.to_string(),
+            node: node.to_string(),
+            namespace: ns.to_string(),
+            pid: child.id(),
+            program: program.to_string_lossy().into_owned(),
+            command,
+            log,
+        };
+        self.children.push(Started { state, child });
+        Ok(())
+    }
+
+    /// An error for a started daemon that exited, with the end of its log.
+    fn exited(started: &mut Started, hint: &str) -> Error {
+        let status = started.child.exit_status().map(|s| s.to_string()).unwrap_or_else(|| "still running".into());
+        let s = &started.state;
+        Error::Lab(format!(
+            "{} {} exited right after it started ({status}){hint}\ncommand: {}\nlog {}:\n{}",
+            s.role,
+            s.node,
+            s.command,
+            s.log.display(),
+            indent(&log_tail(&s.log, 20))
+        ))
+    }
+
+    /// Waits [`START_CHECK`], then fails if any daemon started since
+    /// `first` (an index into the started list) has exited.
+    fn check_started(&mut self, first: usize) -> Result<()> {
+        self.sleep(START_CHECK)?;
+        for s in self.children.iter_mut().skip(first) {
+            if !s.child.is_running() {
+                let hint =
+                    if s.state.role == "agent" { "; does this vipcast have the `agent` subcommand yet?" } else { "" };
+                return Err(Self::exited(s, hint));
+            }
+        }
+        Ok(())
+    }
+
+    fn sleep(&self, d: Duration) -> Result<()> {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            self.check_cancel()?;
+            std::thread::sleep(Duration::from_millis(20).min(end.saturating_duration_since(Instant::now())));
+        }
+        Ok(())
+    }
+
+    /// Waits until `ready` or the daemon `index` exits or [`READY_TIMEOUT`].
+    fn wait_ready(&mut self, index: usize, what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
+        let end = Instant::now() + READY_TIMEOUT;
+        loop {
+            self.check_cancel()?;
+            if ready() {
+                return Ok(());
+            }
+            let Some(s) = self.children.get_mut(index) else {
+                return Err(Error::Lab(format!("{what}: no such process")));
+            };
+            if !s.child.is_running() {
+                return Err(Self::exited(s, ""));
+            }
+            if Instant::now() >= end {
+                return Err(Error::Lab(format!(
+                    "{what} did not become ready within {} s; log {}:\n{}",
+                    READY_TIMEOUT.as_secs(),
+                    s.state.log.display(),
+                    indent(&log_tail(&s.state.log, 20))
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the controller in `<lab>-net` on 0.0.0.0:7600 (and first an
+    /// etcd on 10.255.0.254:2379/2380 when the store is etcd) and waits until
+    /// it answers `/healthz` through the host link.
+    pub fn controller(&mut self) -> Result<()> {
+        self.check_cancel()?;
+        let Some(url) = self.controller_url() else {
+            return Err(Error::Lab("the controller needs the host link first".into()));
+        };
+        let ns = self.plan.net_ns.clone();
+        if self.plan.store == StoreKind::Etcd {
+            let client = format!("http://{UNDERLAY_GW}:2379");
+            let peer = format!("http://{UNDERLAY_GW}:2380");
+            let name = format!("vipcast-{}", self.plan.lab);
+            let args: Vec<OsString> = [
+                "--name",
+                &name,
+                "--data-dir",
+                &self.state_dir.join("etcd").to_string_lossy(),
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &format!("{name}={peer}"),
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                &format!("{name}-{}", unique_id()),
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+            ]
+            .iter()
+            .map(OsString::from)
+            .collect();
+            self.spawn("etcd", "net", &ns, Path::new("etcd"), &args, "etcd.log")?;
+            let index = self.children.len() - 1;
+            self.wait_ready(index, "etcd", || etcd_healthy(&ns))?;
+            self.say(&format!("etcd in {ns} at {client}, data in {}", self.state_dir.join("etcd").display()));
+        }
+        let args: Vec<OsString> =
+            ["controller", "--listen", &format!("0.0.0.0:{CONTROLLER_PORT}"), "--store", &self.store]
+                .iter()
+                .map(OsString::from)
+                .collect();
+        let exe = self.opts.exe.to_path_buf();
+        self.spawn("controller", "net", &ns, &exe, &args, "controller.log")?;
+        let index = self.children.len() - 1;
+        let health = format!("{url}/healthz");
+        self.wait_ready(index, "the controller", || http_get(&health, Duration::from_secs(1)).is_ok())?;
+        self.say(&format!("controller in {ns} (store {}) answers at {url}", self.store));
+        Ok(())
+    }
+
+    /// Registers VPCs, subnets, chassis, ports and VIPs through the REST API.
+    pub fn register(&mut self) -> Result<()> {
+        self.check_cancel()?;
+        let Some(url) = self.controller_url() else {
+            return Err(Error::Lab("registration needs the controller first".into()));
+        };
+        let calls = crate::register::calls(&self.cfg, &self.plan);
+        crate::register::register(&url, &calls)?;
+        self.say(&format!(
+            "registered {} VPCs, {} subnets, {} chassis, {} ports, {} VIPs",
+            self.cfg.vpc.len(),
+            self.cfg.subnet.len(),
+            self.cfg.chassis.len(),
+            self.cfg.vm.len(),
+            self.cfg.vip.len()
+        ));
+        for vpc in &self.cfg.vpc {
+            if vpc.bum == Bum::Replicator {
+                self.say(&format!(
+                    "note: vpc {} has bum = \"replicator\", but the lab starts no replicators yet: broadcast and \
+                     multicast will not cross chassis",
+                    vpc.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts an agent per chassis, in its namespace, and checks that each
+    /// is still running [`START_CHECK`] later.
+    pub fn agents(&mut self) -> Result<()> {
+        self.check_cancel()?;
+        let first = self.children.len();
+        let exe = self.opts.exe.to_path_buf();
+        for ch in self.plan.chassis.clone() {
+            let args: Vec<OsString> = [
+                "agent",
+                "--chassis",
+                &ch.name,
+                "--underlay-ip",
+                &ch.underlay_ip.to_string(),
+                "--controller",
+                &plan::inner_controller_url(),
+                "--role",
+                ch.role.as_str(),
+            ]
+            .iter()
+            .map(OsString::from)
+            .collect();
+            self.spawn("agent", &ch.name, &ch.ns, &exe, &args, &format!("agent-{}.log", ch.name))?;
+        }
+        if self.plan.chassis.is_empty() {
+            return Ok(());
+        }
+        self.check_started(first)?;
+        self.say(&format!(
+            "agents started on {}",
+            self.plan.chassis.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+        self.wait_ports_attached(first)?;
+        Ok(())
+    }
+
+    /// Waits until every VM's port has been attached to a bridge by its
+    /// chassis' agent (so VRRP starts on a working overlay), failing if an
+    /// agent exits or [`READY_TIMEOUT`] passes.
+    fn wait_ports_attached(&mut self, first_agent: usize) -> Result<()> {
+        if self.plan.vms.is_empty() {
+            return Ok(());
+        }
+        let end = Instant::now() + READY_TIMEOUT;
+        loop {
+            self.check_cancel()?;
+            let waiting: Vec<_> =
+                self.plan.vms.iter().filter(|vm| port_master(&vm.chassis_ns, &vm.port).is_none()).collect();
+            if waiting.is_empty() {
+                self.say("every VM port is attached to its VPC bridge");
+                return Ok(());
+            }
+            for s in self.children.iter_mut().skip(first_agent) {
+                if !s.child.is_running() {
+                    return Err(Self::exited(s, ""));
+                }
+            }
+            if Instant::now() >= end {
+                let list: Vec<String> =
+                    waiting.iter().map(|vm| format!("{} ({} in {})", vm.name, vm.port, vm.chassis_ns)).collect();
+                let logs: Vec<String> = waiting
+                    .iter()
+                    .map(|vm| self.state_dir.join(format!("agent-{}.log", vm.chassis)).display().to_string())
+                    .collect();
+                return Err(Error::Lab(format!(
+                    "the agents did not attach these VM ports to a bridge within {} s: {}; see {}",
+                    READY_TIMEOUT.as_secs(),
+                    list.join(", "),
+                    logs.join(", ")
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts keepalived for each VIP with `vrrp = "keepalived"` in each
+    /// member VM (distinct pid files per instance).
+    pub fn vrrp(&mut self) -> Result<()> {
+        self.check_cancel()?;
+        for vip in &self.cfg.vip {
+            if vip.vrrp == Vrrp::None {
+                self.say(&format!("vip {}: vrrp = \"none\": nothing started", vip.name));
+            }
+        }
+        let first = self.children.len();
+        for k in self.plan.keepalived.clone() {
+            let stem = k.stem();
+            let conf = self.state_dir.join(format!("{stem}.conf"));
+            std::fs::write(&conf, &k.config)
+                .map_err(|e| Error::Lab(format!("cannot write {}: {e}", conf.display())))?;
+            let mut args: Vec<OsString> = ["-n", "-l", "-D", "-G", "-P", "-f"].iter().map(OsString::from).collect();
+            args.push(conf.into_os_string());
+            for (flag, what) in [("-p", "pid"), ("-r", "vrrp.pid"), ("-c", "check.pid"), ("-b", "bfd.pid")] {
+                args.push(flag.into());
+                args.push(self.state_dir.join(format!("{stem}.{what}")).into_os_string());
+            }
+            self.spawn("keepalived", &k.vm, &k.ns, Path::new("keepalived"), &args, &format!("{stem}.log"))?;
+            self.say(&format!("keepalived for vip {} in {} ({})", k.vip, k.vm, k.ns));
+        }
+        if self.children.len() > first {
+            self.check_started(first)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the state file and lets everything built outlive the builder.
+    pub fn commit(mut self) -> Result<LabState> {
+        self.check_cancel()?;
+        let Some(host) = self.host.as_ref() else {
+            return Err(Error::Lab("nothing to commit without the host link".into()));
+        };
+        let state = LabState {
+            name: self.plan.lab.clone(),
+            file: self.opts.file.map(Path::to_path_buf),
+            created_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
+            state_dir: self.state_dir.clone(),
+            controller_url: format!("http://{}:{CONTROLLER_PORT}", host.peer_addr.addr()),
+            inner_controller_url: plan::inner_controller_url(),
+            store: self.store.clone(),
+            host_link: HostLinkState {
+                name: host.name.clone(),
+                addr: host.addr.to_string(),
+                peer: MGMT_IF.into(),
+                peer_addr: host.peer_addr.to_string(),
+            },
+            namespaces: self.plan.namespaces(),
+            nodes: self.nodes.clone(),
+            processes: self.children.iter().map(|s| s.state.clone()).collect(),
+        };
+        self.opts.root.write(&state)?;
+        self.committed = true;
+        for s in self.children.drain(..) {
+            s.child.release();
+        }
+        for ns in self.namespaces.drain(..) {
+            ns.release();
+        }
+        if let Some(h) = self.host.as_mut() {
+            h.keep = true;
+        }
+        Ok(state)
+    }
+}
+
+impl Drop for Builder<'_> {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        if !self.namespaces.is_empty() || !self.children.is_empty() {
+            self.say("tearing down what was built");
+        }
+        // Daemons first (SIGKILL, reaped), then the host link, then the
+        // namespaces (with every link inside), then the state.
+        self.children.clear();
+        self.host = None;
+        self.namespaces.clear();
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.state_dir);
+            let _ = std::fs::remove_file(self.opts.root.state_file(&self.plan.lab));
+        }
+    }
+}
+
+/// A veth from `ul0` (MTU 1500, `addr`) in `ns` to the port `port` of the
+/// underlay bridge in `net`.
+fn underlay_port(net: &str, ns: &str, port: &str, addr: &str) -> Result<()> {
+    let mtu = UNDERLAY_MTU.to_string();
+    ip(&[
+        "link",
+        "add",
+        UNDERLAY_IF,
+        "netns",
+        ns,
+        "mtu",
+        &mtu,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        port,
+        "netns",
+        net,
+        "mtu",
+        &mtu,
+    ])?;
+    ip(&["-n", ns, "addr", "add", addr, "dev", UNDERLAY_IF])?;
+    ip(&["-n", ns, "link", "set", UNDERLAY_IF, "up"])?;
+    ip(&["-n", net, "link", "set", port, "master", UNDERLAY_IF, "up"])?;
+    Ok(())
+}
+
+/// The bridge that `port` in namespace `ns` is attached to, if any.
+fn port_master(ns: &str, port: &str) -> Option<String> {
+    let text = ip(&["-n", ns, "-j", "link", "show", "dev", port]).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get(0)?.get("master")?.as_str().map(str::to_string)
+}
+
+/// `sysctl -qw SETTING` inside namespace `ns`.
+fn sysctl(ns: &str, setting: &str) -> Result<()> {
+    crate::run(Command::new("ip").args(["netns", "exec", ns, "sysctl", "-qw", setting])).map(|_| ())
+}
+
+/// Whether etcd in `ns` answers `/health` (a bash /dev/tcp request inside the
+/// namespace: the host has no route to the underlay).
+fn etcd_healthy(ns: &str) -> bool {
+    let script = format!(
+        "exec 3<>/dev/tcp/{UNDERLAY_GW}/2379 && printf 'GET /health HTTP/1.0\\r\\n\\r\\n' >&3 && timeout 2 cat <&3"
+    );
+    crate::run(Command::new("ip").args(["netns", "exec", ns, "bash", "-c", &script]))
+        .is_ok_and(|out| out.contains("\"health\":\"true\""))
+}
+
+/// Every IPv4 prefix the host has an address in or a route to (all tables;
+/// the default route excluded).
+fn host_prefixes() -> Result<Vec<Ipv4Net>> {
+    let parse = |text: &str| -> Result<serde_json::Value> {
+        serde_json::from_str(text).map_err(|e| Error::Lab(format!("cannot parse ip -j output: {e}")))
+    };
+    let mut v = Vec::new();
+    let addrs = parse(&ip(&["-j", "-4", "addr", "show"])?)?;
+    for link in addrs.as_array().into_iter().flatten() {
+        for a in link.get("addr_info").and_then(|a| a.as_array()).into_iter().flatten() {
+            let local = a.get("local").and_then(|l| l.as_str()).and_then(|l| l.parse::<Ipv4Addr>().ok());
+            let len = a.get("prefixlen").and_then(|l| l.as_u64()).and_then(|l| u8::try_from(l).ok());
+            if let (Some(local), Some(len)) = (local, len) {
+                v.extend(Ipv4Net::new(local, len).ok().map(|n| n.trunc()));
+                v.extend(Ipv4Net::new(local, 32).ok());
+            }
+        }
+    }
+    let routes = parse(&ip(&["-j", "-4", "route", "show", "table", "all"])?)?;
+    for r in routes.as_array().into_iter().flatten() {
+        let Some(dst) = r.get("dst").and_then(|d| d.as_str()) else { continue };
+        if dst == "default" {
+            continue;
+        }
+        let net = match dst.split_once('/') {
+            Some(_) => dst.parse::<Ipv4Net>().ok(),
+            None => dst.parse::<Ipv4Addr>().ok().and_then(|a| Ipv4Net::new(a, 32).ok()),
+        };
+        v.extend(net.map(|n| n.trunc()));
+    }
+    Ok(v)
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}

@@ -1,0 +1,321 @@
+//! The lab file: parsing, validation (every problem names its table and key)
+//! and the plan derived from it. A file with errors creates nothing.
+
+use std::path::Path;
+
+use vipcast_lab::config::{LabConfig, StoreKind};
+use vipcast_lab::plan::{Plan, vm_mac, vm_port_name};
+use vipcast_lab::state::Root;
+use vipcast_lab::topology::{UpOptions, up};
+
+fn shop() -> LabConfig {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../labs/shop.toml");
+    LabConfig::load(&path).unwrap()
+}
+
+/// A small valid lab, as TOML, to break in tests.
+const SMALL: &str = r#"
+name = "small"
+[[vpc]]
+name = "prod"
+vni = 100
+[[subnet]]
+vpc = "prod"
+name = "web"
+cidr = "192.168.10.0/24"
+gateway = "192.168.10.1"
+[[chassis]]
+name = "hv1"
+[[chassis]]
+name = "gw1"
+role = "gateway"
+[[vm]]
+name = "a"
+chassis = "hv1"
+vpc = "prod"
+subnet = "web"
+ip = "192.168.10.11"
+[[vm]]
+name = "b"
+chassis = "hv1"
+vpc = "prod"
+subnet = "web"
+ip = "192.168.10.12"
+[[vip]]
+name = "v"
+vpc = "prod"
+subnet = "web"
+ip = "192.168.10.100"
+members = ["a", "b"]
+advert_int = 0.1
+"#;
+
+/// The problems of `text`, joined.
+fn problems(text: &str) -> String {
+    match LabConfig::parse(text) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn assert_problem(text: &str, needles: &[&str]) {
+    let p = problems(text);
+    for n in needles {
+        assert!(p.contains(n), "expected {n:?} in:\n{p}");
+    }
+}
+
+#[test]
+fn the_example_is_valid_and_planned_as_documented() {
+    let cfg = shop();
+    assert_eq!(cfg.name, "shop");
+    assert_eq!(cfg.controller.store, StoreKind::File);
+    let plan = Plan::new(&cfg);
+    assert_eq!(plan.net_ns, "shop-net");
+    let ch: Vec<(String, String)> = plan.chassis.iter().map(|c| (c.ns.clone(), c.underlay_ip.to_string())).collect();
+    assert_eq!(
+        ch,
+        [
+            ("shop-hv1", "10.255.0.10"),
+            ("shop-hv2", "10.255.0.11"),
+            ("shop-hv3", "10.255.0.12"),
+            ("shop-gw1", "10.255.0.13")
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    let pay1 = &plan.vms[0];
+    assert_eq!((pay1.ns.as_str(), pay1.chassis_ns.as_str(), pay1.port.as_str()), ("shop-pay1", "shop-hv1", "vp0-pay1"));
+    assert_eq!(pay1.addr.to_string(), "192.168.10.11/24");
+    assert_eq!(pay1.gateway.unwrap().to_string(), "192.168.10.1");
+    assert_eq!(pay1.mac, vm_mac("shop", 0));
+    let inet1 = &plan.externals[0];
+    assert_eq!(
+        (inet1.ns.as_str(), inet1.gateway_ns.as_str(), inet1.gateway_if.as_str()),
+        ("shop-inet1", "shop-gw1", "ext0")
+    );
+    assert_eq!(
+        (inet1.gateway_addr.to_string(), inet1.addr.to_string()),
+        ("172.30.0.1/30".into(), "172.30.0.2/30".into())
+    );
+    // keepalived in pay1 (first member, 150) and pay2 (100).
+    assert_eq!(plan.keepalived.len(), 2);
+    let (k1, k2) = (&plan.keepalived[0], &plan.keepalived[1]);
+    assert_eq!((k1.vm.as_str(), k1.ns.as_str(), k2.vm.as_str()), ("pay1", "shop-pay1", "pay2"));
+    for (k, prio) in [(k1, 150), (k2, 100)] {
+        for line in [
+            "interface eth0".to_string(),
+            "virtual_router_id 1".into(),
+            format!("priority {prio}"),
+            "advert_int 0.1".into(),
+            "version 3".into(),
+            "192.168.10.100/24 dev eth0".into(),
+        ] {
+            assert!(k.config.contains(&line), "{line:?} missing from\n{}", k.config);
+        }
+        assert!(!k.config.contains("unicast"), "{}", k.config);
+    }
+    assert_ne!(k1.stem(), k2.stem());
+    assert_eq!(
+        plan.namespaces(),
+        ["net", "hv1", "hv2", "hv3", "gw1", "pay1", "pay2", "client", "stage1", "inet1"].map(|n| format!("shop-{n}"))
+    );
+}
+
+#[test]
+fn macs_and_port_names_are_deterministic_unicast_and_short() {
+    let m = vm_mac("shop", 258);
+    assert_eq!(m, vm_mac("shop", 258));
+    assert!(m.starts_with("02:") && m.ends_with(":01:02"), "{m}");
+    assert_ne!(vm_mac("shop", 1), vm_mac("shop", 2));
+    assert_ne!(vm_mac("shop", 1), vm_mac("shoq", 1));
+    assert_eq!(vm_port_name(3, "pay1"), "vp3-pay1");
+    assert_eq!(vm_port_name(12345, "averyveryverylongname"), "vp12345-averyve");
+    assert!(vm_port_name(1, "fifteen-bytes-x").len() <= 15);
+}
+
+#[test]
+fn unknown_keys_are_refused_by_name() {
+    assert_problem(&format!("{SMALL}\ncolour = \"blue\""), &["unknown field `colour`"]);
+    let text = SMALL.replace("ip = \"192.168.10.11\"", "ip = \"192.168.10.11\"\nmtu = 9000");
+    assert_problem(&text, &["unknown field `mtu`"]);
+    assert_problem(
+        &SMALL.replace("name = \"small\"", "name = \"small\"\n[controller]\nstore = \"zookeeper\""),
+        &["zookeeper"],
+    );
+}
+
+#[test]
+fn the_small_lab_is_valid() {
+    let cfg = LabConfig::parse(SMALL).unwrap();
+    let plan = Plan::new(&cfg);
+    assert_eq!(plan.keepalived.len(), 2);
+    // Unicast: each instance names itself as source and the others as peers.
+    let cfg =
+        LabConfig::parse(&SMALL.replace("advert_int = 0.1", "advert_int = 0.1\nunicast = true\nvrid = 42")).unwrap();
+    let plan = Plan::new(&cfg);
+    let a = &plan.keepalived[0].config;
+    assert!(a.contains("unicast_src_ip 192.168.10.11") && a.contains("unicast_peer {\n        192.168.10.12\n"), "{a}");
+    assert!(a.contains("virtual_router_id 42"), "{a}");
+    // VRRPv2 with whole seconds.
+    let cfg = LabConfig::parse(&SMALL.replace("advert_int = 0.1", "advert_int = 1\nvrrp_version = 2")).unwrap();
+    assert!(Plan::new(&cfg).keepalived[0].config.contains("version 2\n"));
+}
+
+#[test]
+fn references_to_unknown_objects_name_the_key() {
+    assert_problem(
+        &SMALL.replace(
+            "chassis = \"hv1\"\nvpc = \"prod\"\nsubnet = \"web\"\nip = \"192.168.10.11\"",
+            "chassis = \"hv9\"\nvpc = \"prod\"\nsubnet = \"web\"\nip = \"192.168.10.11\"",
+        ),
+        &["vm[0] \"a\", key \"chassis\": no [[chassis]] named \"hv9\""],
+    );
+    assert_problem(
+        &SMALL.replacen("subnet = \"web\"\nip", "subnet = \"db\"\nip", 1),
+        &["vm[0] \"a\", key \"subnet\": vpc \"prod\" has no subnet \"db\""],
+    );
+    assert_problem(
+        &SMALL.replacen("vpc = \"prod\"\nsubnet = \"web\"\nip", "vpc = \"dev\"\nsubnet = \"web\"\nip", 1),
+        &["vm[0] \"a\", key \"vpc\": no [[vpc]] named \"dev\""],
+    );
+    assert_problem(
+        &SMALL.replace("members = [\"a\", \"b\"]", "members = [\"a\", \"c\"]"),
+        &["vip[0] \"v\", key \"members\": no [[vm]] named \"c\""],
+    );
+    assert_problem(
+        &format!("{SMALL}\n[[external]]\nname = \"inet\"\ngateway = \"hv1\""),
+        &["external[0] \"inet\", key \"gateway\": chassis \"hv1\" has role = \"hypervisor\""],
+    );
+    assert_problem(
+        &format!("{SMALL}\n[[subnet]]\nvpc = \"nope\"\nname = \"x\"\ncidr = \"10.1.0.0/24\""),
+        &["subnet[1] \"x\", key \"vpc\": no [[vpc]] named \"nope\""],
+    );
+}
+
+#[test]
+fn addresses_are_checked() {
+    assert_problem(
+        &SMALL.replace("192.168.10.11", "192.168.11.11"),
+        &["vm[0] \"a\", key \"ip\": 192.168.11.11 is not a host address of subnet \"web\" (192.168.10.0/24)"],
+    );
+    assert_problem(&SMALL.replace("192.168.10.11", "192.168.10.0"), &["vm[0] \"a\", key \"ip\""]);
+    assert_problem(
+        &SMALL.replace("192.168.10.12", "192.168.10.11"),
+        &["vm[1] \"b\", key \"ip\": 192.168.10.11 is also vm[0]"],
+    );
+    assert_problem(&SMALL.replace("192.168.10.12", "192.168.10.1"), &["is also the gateway of subnet[0]"]);
+    assert_problem(
+        &SMALL.replace("192.168.10.100", "192.168.10.11"),
+        &["vip[0] \"v\", key \"ip\": 192.168.10.11 is the address of vm[0]"],
+    );
+    assert_problem(
+        &SMALL.replace("gateway = \"192.168.10.1\"", "gateway = \"10.0.0.1\""),
+        &["subnet[0] \"web\", key \"gateway\""],
+    );
+    assert_problem(
+        &SMALL.replace("192.168.10.0/24", "192.168.10.5/24"),
+        &["key \"cidr\": 192.168.10.5/24 has host bits set"],
+    );
+    assert_problem(&SMALL.replace("vni = 100", "vni = 0"), &["vpc[0] \"prod\", key \"vni\": 0 is not in 1..=16777215"]);
+    // The lab's own networks.
+    let underlay = SMALL.replace("192.168.10.", "10.255.0.");
+    assert_problem(&underlay, &["overlaps the lab's underlay 10.255.0.0/24"]);
+}
+
+#[test]
+fn names_are_checked() {
+    assert_problem(&SMALL.replace("name = \"small\"", "name = \"sm-all\""), &["key \"name\": lab name \"sm-all\""]);
+    assert_problem(&SMALL.replace("name = \"small\"", "name = \"\""), &["key \"name\": lab name \"\""]);
+    assert_problem(
+        &SMALL.replace("name = \"hv1\"", "name = \"hypervisor-12345\""),
+        &["chassis[0] \"hypervisor-12345\", key \"name\": node names are 1..=15 bytes"],
+    );
+    assert_problem(
+        &SMALL.replace("name = \"b\"", "name = \"a\""),
+        &["vm[1] \"a\", key \"name\": duplicate node name (also vm[0] \"a\")"],
+    );
+    assert_problem(
+        &SMALL.replace("name = \"b\"", "name = \"hv1\""),
+        &["duplicate node name (also chassis[0] \"hv1\")"],
+    );
+    assert_problem(
+        &SMALL.replace("name = \"b\"", "name = \"net\""),
+        &["vm[1] \"net\", key \"name\": \"net\" is reserved"],
+    );
+    assert_problem(&SMALL.replace("name = \"gw1\"", "name = \"ul0\""), &["chassis[1] \"ul0\", key \"name\""]);
+    assert_problem(
+        &format!("{SMALL}\n[[vpc]]\nname = \"prod\"\nvni = 100"),
+        &[
+            "vpc[1] \"prod\", key \"name\": duplicate VPC name",
+            "vpc[1] \"prod\", key \"vni\": 100 is also the VNI of vpc \"prod\"",
+        ],
+    );
+}
+
+#[test]
+fn vrrp_settings_are_checked() {
+    assert_problem(
+        &SMALL.replace("advert_int = 0.1", "advert_int = 0.1\nvrrp_version = 2"),
+        &["vip[0] \"v\", key \"advert_int\": VRRP version 2 needs whole seconds"],
+    );
+    assert_problem(
+        &SMALL.replace("advert_int = 0.1", "advert_int = 0.1\nvrrp_version = 4"),
+        &["key \"vrrp_version\": 4"],
+    );
+    assert_problem(
+        &SMALL.replace("advert_int = 0.1", "advert_int = 0.1\nvrrp = \"vipcast\""),
+        &["vip[0] \"v\", key \"vrrp\": \"vipcast\" (vipcast's own vrrpd) is not built yet"],
+    );
+    assert_problem(&SMALL.replace("advert_int = 0.1", "advert_int = 0"), &["key \"advert_int\""]);
+    assert_problem(&SMALL.replace("advert_int = 0.1", "advert_int = 0.1\nvrid = 0"), &["key \"vrid\""]);
+    // vrrp = "none" needs no VRRP settings to be sensible.
+    LabConfig::parse(&SMALL.replace("advert_int = 0.1", "advert_int = 0.1\nvrrp = \"none\"")).unwrap();
+    // Several problems are reported at once.
+    let p = problems(&SMALL.replace("vni = 100", "vni = 0").replace("192.168.10.11", "192.168.99.1"));
+    assert!(p.lines().count() >= 2, "{p}");
+}
+
+#[test]
+fn a_file_with_errors_creates_nothing() {
+    let name = format!("lc{}", vipcast_lab::unique_id());
+    let root_dir = std::env::temp_dir().join(format!("vipcast-lab-config-{name}"));
+    let root = Root(root_dir.clone());
+    // Valid TOML, invalid lab: up must refuse before building anything.
+    let cfg: LabConfig = toml::from_str(
+        &SMALL
+            .replace("name = \"small\"", &format!("name = \"{name}\""))
+            .replace("members = [\"a\", \"b\"]", "members = [\"a\", \"zz\"]"),
+    )
+    .unwrap();
+    let err =
+        up(&cfg, UpOptions { root: &root, exe: Path::new("/bin/false"), file: None, progress: &|_| {}, cancel: None })
+            .unwrap_err();
+    assert!(err.to_string().contains("no [[vm]] named \"zz\""), "{err}");
+    assert!(vipcast_lab::teardown::lab_namespaces(&name).unwrap().is_empty());
+    assert!(!root.state_dir(&name).exists());
+    assert!(!root.state_file(&name).exists());
+    let _ = std::fs::remove_dir_all(root_dir);
+}
+
+#[test]
+fn registration_is_in_dependency_order() {
+    let cfg = shop();
+    let plan = Plan::new(&cfg);
+    let calls = vipcast_lab::register::calls(&cfg, &plan);
+    let order: Vec<String> = calls.iter().map(|c| format!("{} {}", c.method, c.path)).collect();
+    let pos = |p: &str| order.iter().position(|o| o.starts_with(p)).unwrap();
+    assert!(pos("POST /v1/vpcs") < pos("POST /v1/subnets"));
+    assert!(pos("POST /v1/subnets") < pos("PUT /v1/chassis/"));
+    assert!(pos("PUT /v1/chassis/") < pos("POST /v1/ports"));
+    assert!(pos("POST /v1/ports") < pos("POST /v1/vips"));
+    let gw = calls.iter().find(|c| c.path == "/v1/chassis/gw1").unwrap();
+    assert_eq!(gw.body, serde_json::json!({"underlay_ip": "10.255.0.13", "role": "gateway"}));
+    let pay1 = calls.iter().find(|c| c.path == "/v1/ports" && c.body["name"] == "pay1").unwrap();
+    assert_eq!(
+        pay1.body,
+        serde_json::json!({"name": "pay1", "vpc": "prod", "subnet": "web", "chassis": "hv1", "mac": vm_mac("shop", 0), "ip": "192.168.10.11"})
+    );
+    let vip = calls.iter().find(|c| c.path == "/v1/vips").unwrap();
+    assert_eq!(vip.body["members"], serde_json::json!(["pay1", "pay2"]));
+    assert_eq!(calls.len(), 2 + 2 + 4 + 4 + 1);
+}
