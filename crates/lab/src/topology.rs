@@ -32,6 +32,10 @@ pub const MGMT_NET: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(10, 254, 0, 0), 1
     Err(_) => panic!("constant"),
 };
 
+/// Held while a lab picks and takes its /30 of [`MGMT_NET`], so that labs
+/// built at the same time never take the same one.
+pub const HOST_LINK_LOCK: &str = "/run/vipcast/host-link.lock";
+
 /// What `up` needs besides the lab file.
 #[derive(Clone, Copy)]
 pub struct UpOptions<'a> {
@@ -230,8 +234,12 @@ impl<'a> Builder<'a> {
     pub fn host_link(&mut self) -> Result<()> {
         self.check_cancel()?;
         // One lab at a time picks and takes its /30.
-        let lock_path = self.opts.root.0.join(".host-link.lock");
-        let lock = std::fs::File::create(&lock_path)
+        // The lock is the host's, whatever state root a lab uses.
+        let lock_path = Path::new(HOST_LINK_LOCK);
+        if let Some(dir) = lock_path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::Lab(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let lock = std::fs::File::create(lock_path)
             .map_err(|e| Error::Lab(format!("cannot open {}: {e}", lock_path.display())))?;
         lock.lock().map_err(|e| Error::Lab(format!("cannot lock {}: {e}", lock_path.display())))?;
         let taken = host_prefixes()?;

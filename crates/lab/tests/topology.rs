@@ -336,3 +336,29 @@ fn keepalived_runs_in_each_member_with_its_own_pid_files() {
     assert!(pids.iter().all(|p| !pid_alive(*p)));
     lab.assert_gone();
 }
+
+#[test]
+fn labs_built_at_once_take_distinct_host_links() {
+    let labs: Vec<TestLab> = (0..3).map(|_| TestLab::new()).collect();
+    let urls: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = labs
+            .iter()
+            .map(|lab| {
+                s.spawn(move || {
+                    let cfg = lab.config("none");
+                    let mut b = Builder::new(&cfg, lab.opts(Path::new("/bin/false"))).unwrap();
+                    b.underlay().unwrap();
+                    b.host_link().unwrap();
+                    b.commit().unwrap().controller_url
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let distinct: std::collections::BTreeSet<&String> = urls.iter().collect();
+    assert_eq!(distinct.len(), 3, "{urls:?}");
+    for lab in &labs {
+        down(&lab.root, &lab.name, &|_| {}).unwrap();
+        lab.assert_gone();
+    }
+}
