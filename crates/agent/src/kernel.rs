@@ -60,6 +60,7 @@ struct Link {
     master: Option<u32>,
     alias: Option<String>,
     up: bool,
+    mac: Option<MacAddr>,
     vxlan: Vec<InfoVxlan>,
 }
 
@@ -72,6 +73,7 @@ impl Link {
             master: None,
             alias: None,
             up: m.header.flags.contains(LinkFlags::Up),
+            mac: None,
             vxlan: Vec::new(),
         };
         for a in &m.attributes {
@@ -79,6 +81,7 @@ impl Link {
                 LinkAttribute::IfName(n) => l.name = n.clone(),
                 LinkAttribute::Controller(i) => l.master = Some(*i),
                 LinkAttribute::IfAlias(s) => l.alias = Some(s.clone()),
+                LinkAttribute::Address(a) => l.mac = <[u8; 6]>::try_from(a.as_slice()).ok().map(MacAddr),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         match i {
@@ -154,7 +157,12 @@ impl Kernel {
         let mut wanted_ports: BTreeMap<String, u32> = BTreeMap::new(); // port name -> bridge index
         for v in plan.vpcs.values() {
             let br = self
-                .ensure_bridge(&plan::bridge_name(v.vni), by_name.get(plan::bridge_name(v.vni).as_str()), &mut ch)
+                .ensure_bridge(
+                    &plan::bridge_name(v.vni),
+                    by_name.get(plan::bridge_name(v.vni).as_str()),
+                    v.bridge_mac,
+                    &mut ch,
+                )
                 .await?;
             let vx_name = plan::vxlan_name(v.vni);
             let vx = match by_name.get(vx_name.as_str()) {
@@ -225,12 +233,22 @@ impl Kernel {
         Ok(ch)
     }
 
-    async fn ensure_bridge(&self, name: &str, existing: Option<&&Link>, ch: &mut Changes) -> Result<u32> {
+    async fn ensure_bridge(
+        &self,
+        name: &str,
+        existing: Option<&&Link>,
+        mac: Option<MacAddr>,
+        ch: &mut Changes,
+    ) -> Result<u32> {
         if let Some(l) = existing {
             if l.kind == Some(InfoKind::Bridge) {
-                if !l.up {
-                    let msg = LinkUnspec::new_with_index(l.index).up().build();
-                    self.handle.link().set(msg).execute().await.map_err(ctx(|| format!("bringing {name} up")))?;
+                let wrong_mac = mac.is_some_and(|m| l.mac != Some(m));
+                if !l.up || wrong_mac {
+                    let mut b = LinkUnspec::new_with_index(l.index).up();
+                    if let Some(m) = mac.filter(|_| wrong_mac) {
+                        b = b.address(m.0.to_vec());
+                    }
+                    self.handle.link().set(b.build()).execute().await.map_err(ctx(|| format!("setting up {name}")))?;
                     ch.links += 1;
                 }
                 return Ok(l.index);
@@ -238,12 +256,11 @@ impl Kernel {
             self.handle.link().del(l.index).execute().await.map_err(ctx(|| format!("deleting {name}")))?;
             ch.links += 1;
         }
-        self.handle
-            .link()
-            .add(LinkBridge::new(name).up().build())
-            .execute()
-            .await
-            .map_err(ctx(|| format!("creating {name}")))?;
+        let mut b = LinkBridge::new(name).up();
+        if let Some(m) = mac {
+            b = b.address(m.0.to_vec());
+        }
+        self.handle.link().add(b.build()).execute().await.map_err(ctx(|| format!("creating {name}")))?;
         ch.links += 1;
         let l = self.link_by_name(name).await?;
         // Switch off IPv6 on the bridge itself: it needs no address there, and

@@ -64,6 +64,8 @@ pub struct VpcPlan {
     pub bridge_addrs: BTreeSet<IpNet>,
     /// Neighbour entries on the bridge (gateways: VIP -> owner).
     pub bridge_neigh: BTreeMap<IpAddr, MacAddr>,
+    /// The bridge's MAC (gateways: the VPC's anycast router MAC).
+    pub bridge_mac: Option<MacAddr>,
 }
 
 /// What the chassis needs.
@@ -163,6 +165,7 @@ pub fn plan(view: &ChassisView, healthy: &dyn Fn(&str) -> bool) -> Plan {
                 neigh: v.neighbours.clone(),
                 bridge_addrs,
                 bridge_neigh,
+                bridge_mac: if view.role == Role::Gateway { v.gateway_mac } else { None },
             },
         );
     }

@@ -51,6 +51,7 @@ fn base_plan() -> Plan {
             ]),
             bridge_addrs: BTreeSet::new(),
             bridge_neigh: BTreeMap::new(),
+            bridge_mac: None,
         },
     );
     Plan { local_ip: Some(ip("10.255.0.11")), vpcs, forwarding: false, unrouted: vec![] }

@@ -59,6 +59,19 @@ pub struct VpcView {
     pub neighbours: BTreeMap<IpAddr, MacAddr>,
     pub flood: Flood,
     pub vips: Vec<VipEntry>,
+    /// The VPC's router MAC ([`gateway_mac`]) when a gateway chassis routes
+    /// it: what the subnets' gateway addresses resolve to.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub gateway_mac: Option<MacAddr>,
+}
+
+/// The router MAC of VPC `vni`: `06:76:63` ("vc", locally administered
+/// unicast) followed by the VNI. Every gateway chassis gives its bridge of the
+/// VPC this MAC (an anycast gateway), and every chassis resolves the subnets'
+/// gateway addresses to it, so ARP suppression answers for the gateway too.
+pub fn gateway_mac(vni: u32) -> MacAddr {
+    let [_, a, b, c] = vni.to_be_bytes();
+    MacAddr([0x06, 0x76, 0x63, a, b, c])
 }
 
 /// What one chassis programs.
@@ -131,6 +144,22 @@ pub fn chassis_view(state: &State, chassis: &str) -> Option<ChassisView> {
                 local_members,
             });
         }
+        // The anycast gateway: subnet gateway addresses resolve to the router
+        // MAC, which lives behind the first gateway chassis (for the others).
+        let gateways: Vec<&Chassis> = state.chassis.values().filter(|c| c.role == Role::Gateway).collect();
+        let gateway_mac = (!gateways.is_empty()).then(|| gateway_mac(vpc.vni));
+        if let Some(gmac) = gateway_mac {
+            for s in state.subnets.values().filter(|s| s.vpc == name) {
+                if let Some(g) = s.gateway {
+                    neighbours.insert(g, gmac);
+                }
+            }
+            if me.role != Role::Gateway
+                && let Some(first) = gateways.first()
+            {
+                fdb.insert(gmac, first.underlay_ip);
+            }
+        }
         let flood = match vpc.bum {
             BumMode::Headend => Flood::Headend(
                 participants(state, &name)
@@ -155,6 +184,7 @@ pub fn chassis_view(state: &State, chassis: &str) -> Option<ChassisView> {
                 neighbours,
                 flood,
                 vips,
+                gateway_mac,
             },
         );
     }
@@ -310,6 +340,14 @@ mod tests {
         }));
         assert_eq!(participation(&s, "gw1").len(), 2);
         assert!(participants(&s, "prod").contains("gw1"));
+        // Subnet gateways resolve to the anycast router MAC, behind gw1.
+        let prod = chassis_view(&s, "hv1").unwrap().vpcs.remove("prod").unwrap();
+        let gw_ip: IpAddr = "192.168.10.1".parse().unwrap();
+        assert_eq!(prod.neighbours[&gw_ip], gateway_mac(100));
+        assert_eq!(prod.fdb[&gateway_mac(100)], "172.31.0.9".parse::<IpAddr>().unwrap());
+        assert_eq!(gateway_mac(100).to_string(), "06:76:63:00:00:64");
+        let on_gw = chassis_view(&s, "gw1").unwrap().vpcs.remove("prod").unwrap();
+        assert!(!on_gw.fdb.contains_key(&gateway_mac(100)));
         let rv = replicator_view(&s);
         assert_eq!(rv[&100].members.len(), 4);
         assert_eq!(rv[&100].vips, ["192.168.10.100".parse::<IpAddr>().unwrap()]);
