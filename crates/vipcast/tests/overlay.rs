@@ -1,0 +1,342 @@
+//! The overlay end to end (root; real namespaces, real kernel VXLAN, real
+//! keepalived), through `vipcast lab`:
+//!
+//! ```text
+//!            net: controller, underlay bridge 10.255.0.0/24
+//!     ┌───────────┬───────────┬───────────┬───────────┐
+//!    hv1         hv2         hv3         gw1 ── ext0 ── inet1 (external)
+//!    pay1        pay2        client
+//!    (keepalived, VIP .100)  stage1 (other VPC, pay1's address)
+//! ```
+//! VMs reach each other in every BUM / ARP-suppression mode, overlapping VPCs
+//! stay isolated, a keepalived failover (master's port down) is answered by
+//! the backup within 1 s from inside the VPC and from outside through the
+//! gateway with the controller recording the new owner, and an agent restart
+//! loses no probe of an established flow. Every lab goes down on drop.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use vipcast_lab::unique_id;
+
+fn vipcast(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vipcast")).args(args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+/// A lab that is up; `lab down` on drop.
+struct Lab {
+    name: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// A lab of the shape in the module doc, with the given VPC settings.
+    fn up(bum: &str, arp_suppression: bool, unicast: bool) -> Lab {
+        let name = format!("ov{}", unique_id());
+        let file = format!(
+            r#"name = "{name}"
+[controller]
+store = "file"
+[[vpc]]
+name = "prod"
+vni = 100
+bum = "{bum}"
+arp_suppression = {arp_suppression}
+[[vpc]]
+name = "stage"
+vni = 200
+bum = "{bum}"
+arp_suppression = {arp_suppression}
+[[subnet]]
+vpc = "prod"
+name = "web"
+cidr = "192.168.10.0/24"
+gateway = "192.168.10.1"
+[[subnet]]
+vpc = "stage"
+name = "web"
+cidr = "192.168.10.0/24"
+[[chassis]]
+name = "hv1"
+[[chassis]]
+name = "hv2"
+[[chassis]]
+name = "hv3"
+[[chassis]]
+name = "gw1"
+role = "gateway"
+[[vm]]
+name = "pay1"
+chassis = "hv1"
+vpc = "prod"
+subnet = "web"
+ip = "192.168.10.11"
+[[vm]]
+name = "pay2"
+chassis = "hv2"
+vpc = "prod"
+subnet = "web"
+ip = "192.168.10.12"
+[[vm]]
+name = "client"
+chassis = "hv3"
+vpc = "prod"
+subnet = "web"
+ip = "192.168.10.50"
+[[vm]]
+name = "stage1"
+chassis = "hv3"
+vpc = "stage"
+subnet = "web"
+ip = "192.168.10.11"
+[[vip]]
+name = "pay-vip"
+vpc = "prod"
+subnet = "web"
+ip = "192.168.10.100"
+members = ["pay1", "pay2"]
+vrrp = "keepalived"
+advert_int = 0.1
+unicast = {unicast}
+[[external]]
+name = "inet1"
+gateway = "gw1"
+"#
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lab.toml");
+        std::fs::write(&path, file).unwrap();
+        let lab = Lab { name, _dir: dir };
+        let o = vipcast(&["lab", "up", path.to_str().unwrap()]);
+        assert!(o.status.success(), "lab up failed:\n{}", text(&o));
+        lab
+    }
+
+    fn exec(&self, node: &str, cmd: &[&str]) -> Output {
+        let mut args = vec!["lab", "exec", &self.name, node, "--"];
+        args.extend_from_slice(cmd);
+        vipcast(&args)
+    }
+
+    fn ping_ok(&self, from: &str, to: &str) -> bool {
+        self.exec(from, &["ping", "-c", "1", "-W", "1", to]).status.success()
+    }
+
+    /// Waits until `from` reaches `to` (keepalived needs ~0.4 s to elect).
+    fn wait_reachable(&self, from: &str, to: &str) {
+        let end = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < end {
+            if self.ping_ok(from, to) {
+                return;
+            }
+        }
+        panic!("{from} never reached {to} in lab {}", self.name);
+    }
+
+    fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let status = vipcast(&["lab", "status", &self.name, "--json"]);
+        let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        let url = st["controller_url"].as_str().unwrap().to_string();
+        let mut full = vec!["ctl", "--json", "--controller", &url];
+        full.extend_from_slice(args);
+        let o = vipcast(&full);
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    fn process(&self, role: &str, node: &str) -> serde_json::Value {
+        let status = vipcast(&["lab", "status", &self.name, "--json"]);
+        let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        st["processes"].as_array().unwrap().iter().find(|p| p["role"] == role && p["node"] == node).unwrap().clone()
+    }
+
+    /// Starts a prober: ICMP echo to `to` every 10 ms (100/s) for `secs`.
+    fn probe(&self, from: &str, to: &str, secs: u32) -> Prober {
+        let child = Command::new(env!("CARGO_BIN_EXE_vipcast"))
+            .args(["lab", "exec", &self.name, from, "--", "ping", "-D", "-n", "-i", "0.01", "-W", "1", "-w"])
+            .arg(secs.to_string())
+            .arg(to)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Prober { child: Some(child) }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let o = vipcast(&["lab", "down", &self.name]);
+        if !std::thread::panicking() {
+            assert!(o.status.success(), "{}", text(&o));
+            let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
+            let prefix = format!("{}-", self.name);
+            assert!(!String::from_utf8_lossy(&left.stdout).contains(&prefix), "namespaces left behind");
+        }
+    }
+}
+
+/// A running `ping -D`; [`Prober::finish`] gives the replies' timing.
+struct Prober {
+    child: Option<Child>,
+}
+
+/// What a prober saw.
+#[derive(Debug)]
+struct Probed {
+    sent: usize,
+    replies: usize,
+    /// The longest time without a reply, seconds.
+    longest_gap: f64,
+}
+
+impl Prober {
+    fn finish(mut self) -> Probed {
+        let out = self.child.take().unwrap().wait_with_output().unwrap();
+        let mut times = Vec::new();
+        let mut sent = 0;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(n) = line.split(" packets transmitted").next().filter(|_| line.contains("packets transmitted"))
+            {
+                sent = n.trim().parse().unwrap_or(0);
+            }
+            if line.contains("bytes from")
+                && let Some(ts) = line.strip_prefix('[').and_then(|l| l.split(']').next())
+            {
+                times.push(ts.parse::<f64>().unwrap());
+            }
+        }
+        let longest_gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+        Probed { sent, replies: times.len(), longest_gap }
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn reachability(bum: &str, arp: bool) {
+    let lab = Lab::up(bum, arp, false);
+    for (from, to) in
+        [("client", "192.168.10.11"), ("client", "192.168.10.12"), ("pay1", "192.168.10.12"), ("pay2", "192.168.10.50")]
+    {
+        lab.wait_reachable(from, to);
+    }
+    lab.wait_reachable("client", "192.168.10.100");
+    lab.wait_reachable("inet1", "192.168.10.100");
+}
+
+#[test]
+fn vms_reach_each_other_headend_with_arp_suppression() {
+    reachability("headend", true);
+}
+
+#[test]
+fn vms_reach_each_other_headend_without_arp_suppression() {
+    reachability("headend", false);
+}
+
+#[test]
+fn overlapping_vpcs_stay_isolated() {
+    let lab = Lab::up("headend", true, false);
+    lab.wait_reachable("client", "192.168.10.11");
+    // client reached prod's .11 (pay1), never stage1 which has the same address.
+    let neigh = text(&lab.exec("client", &["ip", "neigh", "show", "192.168.10.11"]));
+    let pay1_mac = text(&lab.exec("pay1", &["cat", "/sys/class/net/eth0/address"]));
+    assert!(neigh.contains(pay1_mac.trim()), "client resolved .11 to {neigh}, pay1 is {pay1_mac}");
+    // While prod pings .11, nothing of it reaches stage1's wire.
+    let capture = Command::new(env!("CARGO_BIN_EXE_vipcast"))
+        .args([
+            "lab", "exec", &lab.name, "stage1", "--", "timeout", "3", "tcpdump", "-i", "eth0", "-nn", "-c", "1", "icmp",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..5 {
+        assert!(lab.ping_ok("client", "192.168.10.11"));
+    }
+    let status = capture.wait_with_output().unwrap().status;
+    assert_eq!(status.code(), Some(124), "stage1 saw an ICMP packet from the other VPC");
+    // stage1 cannot reach prod at all.
+    assert!(!lab.ping_ok("stage1", "192.168.10.12"));
+}
+
+fn failover(bum: &str, arp: bool, unicast: bool) {
+    let lab = Lab::up(bum, arp, unicast);
+    lab.wait_reachable("client", "192.168.10.100");
+    lab.wait_reachable("inet1", "192.168.10.100");
+    let before = lab.ctl_json(&["vip", "show", "pay-vip"]);
+    assert_eq!(before["owner"]["port"], "pay1", "{before}");
+    let inside = lab.probe("client", "192.168.10.100", 5);
+    let outside = lab.probe("inet1", "192.168.10.100", 5);
+    std::thread::sleep(Duration::from_millis(1500));
+    // The master "dies": its port goes down.
+    let o = lab.exec("pay1", &["ip", "link", "set", "eth0", "down"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (inside, outside) = (inside.finish(), outside.finish());
+    eprintln!("{bum} arp_suppression={arp} unicast={unicast}: inside {inside:?}, outside {outside:?}");
+    assert!(inside.sent > 100 && inside.replies > 50, "the prober did not run: {inside:?}");
+    assert!(inside.longest_gap < 1.0, "outage inside the VPC {:.3} s", inside.longest_gap);
+    assert!(outside.longest_gap < 1.0, "outage through the gateway {:.3} s", outside.longest_gap);
+    let after = lab.ctl_json(&["vip", "show", "pay-vip"]);
+    assert_eq!(
+        (after["owner"]["port"].as_str(), after["owner"]["chassis"].as_str()),
+        (Some("pay2"), Some("hv2")),
+        "{after}"
+    );
+}
+
+#[test]
+fn keepalived_failover_headend_arp_suppression() {
+    failover("headend", true, false);
+}
+
+#[test]
+fn keepalived_failover_headend_plain_arp() {
+    failover("headend", false, false);
+}
+
+#[test]
+fn keepalived_failover_unicast_peers() {
+    failover("headend", true, true);
+}
+
+#[test]
+fn agent_restart_loses_no_probe() {
+    let lab = Lab::up("headend", true, false);
+    lab.wait_reachable("client", "192.168.10.12");
+    let probe = lab.probe("client", "192.168.10.12", 4);
+    std::thread::sleep(Duration::from_millis(800));
+    // Kill the agent of pay2's chassis and start it again with the same flags.
+    let agent = lab.process("agent", "hv2");
+    let pid = agent["pid"].as_i64().unwrap().to_string();
+    assert!(Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    let cmd: Vec<String> = agent["command"].as_str().unwrap().split_whitespace().map(String::from).collect();
+    let mut args = vec!["lab", "exec", &lab.name, "hv2", "--"];
+    args.extend(cmd.iter().map(String::as_str));
+    let mut restarted = Command::new(env!("CARGO_BIN_EXE_vipcast"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let p = probe.finish();
+    let still_up = restarted.try_wait().unwrap().is_none();
+    let _ = restarted.kill();
+    let _ = restarted.wait();
+    assert!(still_up, "the restarted agent exited");
+    assert!(p.sent > 100, "the prober did not run: {p:?}");
+    assert_eq!(p.replies, p.sent, "probes lost across an agent restart: {p:?}");
+    assert!(p.longest_gap < 0.1, "{p:?}");
+}
