@@ -38,48 +38,27 @@ fn ctl(port: u16, args: &[&str]) -> (bool, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
 
+/// `vipcast ctl` with the words of `line`.
+fn ctl_line(port: u16, line: &str) -> (bool, String) {
+    ctl(port, &line.split_whitespace().collect::<Vec<_>>())
+}
+
 #[test]
 fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut c = start(dir.path(), port);
     // Each write is acknowledged, then the controller is killed at once.
-    let writes: Vec<Vec<&str>> = vec![
-        vec!["vpc", "create", "prod", "--vni", "100"],
-        vec!["subnet", "create", "--vpc", "prod", "web", "--cidr", "192.168.10.0/24"],
-        vec!["chassis", "register", "hv1", "--underlay-ip", "172.31.0.1"],
-        vec![
-            "port",
-            "create",
-            "pay1",
-            "--vpc",
-            "prod",
-            "--subnet",
-            "web",
-            "--chassis",
-            "hv1",
-            "--mac",
-            "02:00:00:00:00:01",
-            "--ip",
-            "192.168.10.11",
-        ],
-        vec![
-            "vip",
-            "create",
-            "pay-vip",
-            "--vpc",
-            "prod",
-            "--subnet",
-            "web",
-            "--ip",
-            "192.168.10.100",
-            "--members",
-            "pay1",
-        ],
-        vec!["vip", "claim", "pay-vip", "--mac", "02:00:00:00:00:01", "--chassis", "hv1"],
+    let writes = [
+        "vpc create prod --vni 100",
+        "subnet create --vpc prod web --cidr 192.168.10.0/24",
+        "chassis register hv1 --underlay-ip 172.31.0.1",
+        "port create pay1 --vpc prod --subnet web --chassis hv1 --mac 02:00:00:00:00:01 --ip 192.168.10.11",
+        "vip create pay-vip --vpc prod --subnet web --ip 192.168.10.100 --members pay1",
+        "vip claim pay-vip --mac 02:00:00:00:00:01 --chassis hv1",
     ];
-    for w in &writes {
-        let (ok, out) = ctl(port, w);
+    for w in writes {
+        let (ok, out) = ctl_line(port, w);
         assert!(ok, "{w:?}: {out}");
         let _ = Command::new("kill").args(["-9", &c.id().to_string()]).status();
         drop(c);
@@ -131,55 +110,15 @@ fn subscribers_resume_after_a_controller_restart() {
     let port = free_port();
     let c = start(dir.path(), port);
     for w in [
-        vec!["vpc", "create", "prod", "--vni", "100"],
-        vec!["subnet", "create", "--vpc", "prod", "web", "--cidr", "192.168.10.0/24"],
-        vec!["chassis", "register", "hv1", "--underlay-ip", "172.31.0.1"],
-        vec!["chassis", "register", "hv2", "--underlay-ip", "172.31.0.2"],
-        vec![
-            "port",
-            "create",
-            "pay1",
-            "--vpc",
-            "prod",
-            "--subnet",
-            "web",
-            "--chassis",
-            "hv1",
-            "--mac",
-            "02:00:00:00:00:01",
-            "--ip",
-            "192.168.10.11",
-        ],
-        vec![
-            "port",
-            "create",
-            "pay2",
-            "--vpc",
-            "prod",
-            "--subnet",
-            "web",
-            "--chassis",
-            "hv2",
-            "--mac",
-            "02:00:00:00:00:02",
-            "--ip",
-            "192.168.10.12",
-        ],
-        vec![
-            "vip",
-            "create",
-            "pay-vip",
-            "--vpc",
-            "prod",
-            "--subnet",
-            "web",
-            "--ip",
-            "192.168.10.100",
-            "--members",
-            "pay1,pay2",
-        ],
+        "vpc create prod --vni 100",
+        "subnet create --vpc prod web --cidr 192.168.10.0/24",
+        "chassis register hv1 --underlay-ip 172.31.0.1",
+        "chassis register hv2 --underlay-ip 172.31.0.2",
+        "port create pay1 --vpc prod --subnet web --chassis hv1 --mac 02:00:00:00:00:01 --ip 192.168.10.11",
+        "port create pay2 --vpc prod --subnet web --chassis hv2 --mac 02:00:00:00:00:02 --ip 192.168.10.12",
+        "vip create pay-vip --vpc prod --subnet web --ip 192.168.10.100 --members pay1,pay2",
     ] {
-        let (ok, out) = ctl(port, &w);
+        let (ok, out) = ctl_line(port, w);
         assert!(ok, "{w:?}: {out}");
     }
     let snap = first_message(port, "/v1/watch/chassis/hv1");
