@@ -12,7 +12,9 @@
 //! Everything the agent does is driven by the watch stream and by frames;
 //! a 5 s tick only repairs drift and picks up VM ports that appeared.
 
+pub mod assist;
 pub mod kernel;
+pub mod links;
 pub mod plan;
 pub mod ports;
 pub mod probe;
@@ -45,6 +47,9 @@ pub struct Config {
     pub sniff: bool,
     /// Announcements sent into each local port when a VIP moves (default 3).
     pub announce_burst: u32,
+    /// Send the priority-0 advert of a VRRP master whose port went down
+    /// (platform-assisted handover; default on).
+    pub assist: bool,
 }
 
 /// Runs the agent until the process ends.
@@ -64,6 +69,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (tx, mut rx) = watch::channel(Synced::default());
     tokio::spawn(sync::follow(http.clone(), id.clone(), tx));
     let (seen_tx, mut seen_rx) = mpsc::channel::<Seen>(1024);
+    let mut link_rx = links::watch()?;
     let mut agent = Agent {
         cfg,
         kernel,
@@ -77,6 +83,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         prober,
         replicator_choice: BTreeMap::new(),
         unrouted: Vec::new(),
+        masters: assist::Masters::default(),
+        port_up: HashMap::new(),
     };
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -89,6 +97,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 agent.on_revision(synced).await;
             }
             Some(seen) = seen_rx.recv() => agent.on_seen(seen),
+            Some((ifindex, up)) = link_rx.recv() => agent.on_link(ifindex, up),
             Ok(()) = health.changed() => agent.reconcile("replicator health").await,
             _ = tick.tick() => agent.reconcile("periodic").await,
         }
@@ -112,6 +121,10 @@ struct Agent {
     replicator_choice: BTreeMap<u32, String>,
     /// Subnets this gateway cannot route, as last reported.
     unrouted: Vec<(String, String, ipnet::IpNet)>,
+    /// VRRP masters behind local ports, learned from their adverts.
+    masters: assist::Masters,
+    /// Last known carrier of local ports, by ifindex.
+    port_up: HashMap<u32, bool>,
 }
 
 impl Agent {
@@ -188,6 +201,65 @@ impl Agent {
         }
     }
 
+    /// A link changed. A local VM port losing its carrier is a certain fault:
+    /// speak for the VRRP masters behind it.
+    fn on_link(&mut self, ifindex: u32, up: bool) {
+        let Some((port, _)) = self.ports.iter().find(|(_, io)| io.ifindex == ifindex) else { return };
+        let port = port.clone();
+        let was = self.port_up.insert(ifindex, up);
+        if up || was == Some(false) {
+            return;
+        }
+        let started = Instant::now();
+        let (ok, refused) = self.masters.take_for_port(&port, started);
+        for m in refused {
+            tracing::info!(port, vrid = m.advert.vrid, "port down: no assistance (stale, or v2 authentication)");
+        }
+        if !self.cfg.assist {
+            return;
+        }
+        for m in ok {
+            match self.send_priority_zero(&m) {
+                Ok(n) => tracing::info!(
+                    port,
+                    vpc = m.vpc,
+                    vrid = m.advert.vrid,
+                    master = %m.src,
+                    frames = n,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "port down: assisted handover, priority-0 advert sent for the master"
+                ),
+                Err(e) => tracing::warn!(port, vrid = m.advert.vrid, error = %e, "assisted handover failed"),
+            }
+        }
+    }
+
+    /// Sends, three times, the master's priority-0 advert to each destination
+    /// it used, through the VPC's bridge (to local ports and the overlay).
+    fn send_priority_zero(&self, m: &assist::Master) -> anyhow::Result<usize> {
+        let state = &self.synced.state;
+        let vni = state.vpcs.get(&m.vpc).map(|v| v.vni).ok_or_else(|| anyhow::anyhow!("unknown VPC {}", m.vpc))?;
+        let bridge = vipcast_sys::ifindex(&plan::bridge_name(vni))?;
+        let sock = vipcast_sys::PacketSocket::bind(bridge, vipcast_sys::ETH_P_ALL)?;
+        let advert = m.priority_zero();
+        let mut frames = Vec::new();
+        for dst in &m.dsts {
+            let dst_mac = if dst.is_multicast() {
+                None
+            } else {
+                let by_port = state.ports.values().find(|p| p.vpc == m.vpc && p.ip == *dst).map(|p| p.mac);
+                Some(by_port.ok_or_else(|| anyhow::anyhow!("no MAC known for unicast peer {dst}"))?)
+            };
+            frames.push(vipcast_packet::build::vrrp_frame(m.eth_src, dst_mac, m.src, *dst, &advert)?);
+        }
+        for _ in 0..3 {
+            for f in &frames {
+                sock.send(f)?;
+            }
+        }
+        Ok(frames.len() * 3)
+    }
+
     /// Opens sockets on local ports that appeared, closes those that went.
     async fn sync_ports(&mut self, view: &ChassisView) {
         let wanted: BTreeMap<&str, ()> =
@@ -245,14 +317,23 @@ impl Agent {
         n
     }
 
-    /// An announcement from a local VM: claim the VIP if it is one.
+    /// A frame from a local VM: learn VRRP masters; claim announced VIPs.
     fn on_seen(&mut self, seen: Seen) {
+        let a = match seen.frame {
+            ports::Frame::Announcement(a) => a,
+            ports::Frame::Advert { eth_src, src, dst, advert } => {
+                if let Some(port) = self.synced.state.ports.get(&seen.port) {
+                    let origin = assist::Origin { vpc: port.vpc.clone(), port: seen.port.clone(), eth_src, src, dst };
+                    self.masters.observe(origin, &advert, Instant::now());
+                }
+                return;
+            }
+        };
         if !self.cfg.sniff {
             return;
         }
         let state: &State = &self.synced.state;
         let Some(port) = state.ports.get(&seen.port) else { return };
-        let a = seen.announcement;
         let Some(vip) = state.vips.values().find(|v| v.spec.vpc == port.vpc && v.spec.ip == a.ip) else { return };
         if vip.owner.as_ref().is_some_and(|o| o.mac == a.mac && o.chassis == self.cfg.chassis) {
             return;
@@ -275,6 +356,7 @@ impl Agent {
         let http = self.http.clone();
         let name = vip.spec.name.clone();
         tracing::info!(vip = name, mac = %a.mac, port = seen.port, kind = ?a.kind, "announcement sniffed; claiming");
+        let _ = port;
         tokio::spawn(async move {
             for attempt in 0..3 {
                 match http.post(&url).json(&body).send().await {

@@ -3,7 +3,7 @@
 //!
 //! One `ETH_P_ALL` socket per port (a bridge port's frames never reach
 //! protocol-bound sockets), filtered in the kernel by
-//! [`vipcast_sys::ANNOUNCEMENT_FILTER`]: only ARP and neighbour advertisements
+//! [`vipcast_sys::SNIFF_FILTER`]: only ARP and neighbour advertisements
 //! the port *receives* from its VM are queued — never the frames the bridge
 //! forwards to the VM, nor our own re-announcements.
 
@@ -14,13 +14,24 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use vipcast_packet::announce::{self, Announcement};
-use vipcast_sys::{ANNOUNCEMENT_FILTER, ETH_P_ALL, PacketSocket};
+use vipcast_packet::vrrp::{self, ChecksumPolicy, VrrpRepr};
+use vipcast_sys::{ETH_P_ALL, PacketSocket, SNIFF_FILTER};
 
-/// An announcement seen on a port.
+/// What a VM sent that the agent cares about.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// A gratuitous ARP / unsolicited NA.
+    Announcement(Announcement),
+    /// A VRRP advertisement, as sent (Ethernet source, IP source and
+    /// destination, the advert).
+    Advert { eth_src: vipcast_packet::MacAddr, src: std::net::IpAddr, dst: std::net::IpAddr, advert: VrrpRepr },
+}
+
+/// A frame seen on a port.
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub port: String,
-    pub announcement: Announcement,
+    pub frame: Frame,
     /// Milliseconds since the Unix epoch when it was read.
     pub at_ms: u64,
 }
@@ -43,7 +54,7 @@ impl PortIo {
     /// Opens the sockets of `port` (interface `ifindex`) and starts reading.
     pub fn open(port: &str, ifindex: u32, out: mpsc::Sender<Seen>) -> io::Result<PortIo> {
         let raw = PacketSocket::bind(ifindex, ETH_P_ALL)?;
-        raw.attach_filter(&ANNOUNCEMENT_FILTER)?;
+        raw.attach_filter(&SNIFF_FILTER)?;
         let sock = Arc::new(raw.into_async()?);
         let reader = tokio::spawn(read_loop(port.to_string(), sock.clone(), out));
         Ok(PortIo { ifindex, sock, reader })
@@ -69,10 +80,20 @@ async fn read_loop(port: String, sock: Arc<AsyncFd<PacketSocket>>, out: mpsc::Se
             match guard.try_io(|s| s.get_ref().recv(&mut buf)) {
                 Ok(Ok((n, _))) => {
                     let Some(frame) = buf.get(..n) else { continue };
-                    // Malformed ARP / ND from a VM is dropped here; counting it
-                    // is the agent metrics' job (not built yet).
-                    if let Ok(Some(a)) = announce::classify(frame) {
-                        let seen = Seen { port: port.clone(), announcement: a, at_ms: vipcast_controller::now_ms() };
+                    // Malformed frames from a VM are dropped here.
+                    let parsed = match announce::classify(frame) {
+                        Ok(Some(a)) => Some(Frame::Announcement(a)),
+                        _ => vrrp::parse_frame(frame, ChecksumPolicy::AllowLegacyUnicast).ok().map(
+                            |(eth, ip, advert)| Frame::Advert {
+                                eth_src: eth.src,
+                                src: ip.src(),
+                                dst: ip.dst(),
+                                advert,
+                            },
+                        ),
+                    };
+                    if let Some(frame) = parsed {
+                        let seen = Seen { port: port.clone(), frame, at_ms: vipcast_controller::now_ms() };
                         if out.send(seen).await.is_err() {
                             return;
                         }

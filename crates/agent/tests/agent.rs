@@ -81,6 +81,7 @@ fn agent_programs_ports_claims_and_reannounces() {
                 role: vipcast_model::Role::Hypervisor,
                 sniff: true,
                 announce_burst: 3,
+                assist: true,
             }));
             url_tx.send(url).unwrap();
             let _ = stop_rx.await;

@@ -38,7 +38,7 @@ pub enum Direction {
 /// sockets only) — and nothing at all on a bridge port, whose frames the
 /// bridge consumes before protocol handlers run. A socket never sees frames
 /// it sent itself. On bridge ports use [`ETH_P_ALL`] with a filter such as
-/// [`ANNOUNCEMENT_FILTER`].
+/// [`SNIFF_FILTER`].
 #[derive(Debug)]
 pub struct PacketSocket {
     fd: OwnedFd,
@@ -170,30 +170,40 @@ const fn insn(code: u16, jt: u8, jf: u8, k: u32) -> BpfInsn {
     BpfInsn { code, jt, jf, k }
 }
 
-/// Passes only frames an interface *received* that are ARP, or IPv6 whose
-/// next header is ICMPv6 (58) with type 136 (neighbour advertisement), so a
-/// sniffer on a busy VM port wakes up for announcements only.
+/// Passes only frames an interface *received* that a VM port's sniffer
+/// needs: ARP, VRRP (IPv4 protocol 112 or IPv6 next header 112), and IPv6
+/// ICMPv6 type 136 (neighbour advertisement); so a sniffer on a busy VM port
+/// wakes up for those only. (IPv6 extension headers are not walked: VRRP and
+/// ND are sent without them.)
 ///
 /// ```text
 ///  0  ld  [pkttype]          ; ancillary: SKF_AD_OFF + SKF_AD_PKTTYPE
-///  1  jeq #OUTGOING   -> 10
+///  1  jeq #OUTGOING   -> 14
 ///  2  ldh [12]               ; EtherType
-///  3  jeq #0x0806     -> 9
-///  4  jeq #0x86dd     -> 5 else 10
-///  5  ldb [20]               ; IPv6 next header
-///  6  jeq #58         -> 7 else 10
-///  7  ldb [54]               ; ICMPv6 type
-///  8  jeq #136        -> 9 else 10
-///  9  ret #262144            ; accept
-/// 10  ret #0                 ; drop
+///  3  jeq #0x0806     -> 13
+///  4  jeq #0x0800     -> 5 else 7
+///  5  ldb [23]               ; IPv4 protocol
+///  6  jeq #112        -> 13 else 14
+///  7  jeq #0x86dd     -> 8 else 14
+///  8  ldb [20]               ; IPv6 next header
+///  9  jeq #112        -> 13
+/// 10  jeq #58         -> 11 else 14
+/// 11  ldb [54]               ; ICMPv6 type
+/// 12  jeq #136        -> 13 else 14
+/// 13  ret #262144            ; accept
+/// 14  ret #0                 ; drop
 /// ```
-pub const ANNOUNCEMENT_FILTER: [BpfInsn; 11] = [
+pub const SNIFF_FILTER: [BpfInsn; 15] = [
     insn(0x20, 0, 0, 0xffff_f004),
-    insn(0x15, 8, 0, libc::PACKET_OUTGOING as u32),
+    insn(0x15, 12, 0, libc::PACKET_OUTGOING as u32),
     insn(0x28, 0, 0, 12),
-    insn(0x15, 5, 0, 0x0806),
-    insn(0x15, 0, 5, 0x86dd),
+    insn(0x15, 9, 0, 0x0806),
+    insn(0x15, 0, 2, 0x0800),
+    insn(0x30, 0, 0, 23),
+    insn(0x15, 6, 7, 112),
+    insn(0x15, 0, 6, 0x86dd),
     insn(0x30, 0, 0, 20),
+    insn(0x15, 3, 0, 112),
     insn(0x15, 0, 3, 58),
     insn(0x30, 0, 0, 54),
     insn(0x15, 0, 1, 136),

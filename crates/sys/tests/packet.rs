@@ -59,8 +59,8 @@ fn frames_cross_a_veth_with_their_direction() {
 }
 
 #[test]
-fn the_announcement_filter_passes_received_arp_and_na_only() {
-    use vipcast_sys::{ANNOUNCEMENT_FILTER, ETH_P_ALL};
+fn the_sniff_filter_passes_received_arp_na_and_vrrp_only() {
+    use vipcast_sys::{ETH_P_ALL, SNIFF_FILTER};
     let id = unique_id();
     let ns = Netns::new(format!("vcf-{id}")).unwrap();
     let (a, b) = (format!("vcf{id}a"), format!("vcf{id}b"));
@@ -71,13 +71,32 @@ fn the_announcement_filter_passes_received_arp_and_na_only() {
         let (ia, ib) = (vipcast_sys::ifindex(&a).unwrap(), vipcast_sys::ifindex(&b).unwrap());
         let tx = PacketSocket::bind(ia, ETH_P_ALL).unwrap();
         let sniff_b = PacketSocket::bind(ib, ETH_P_ALL).unwrap();
-        sniff_b.attach_filter(&ANNOUNCEMENT_FILTER).unwrap();
+        sniff_b.attach_filter(&SNIFF_FILTER).unwrap();
         let sniff_a = PacketSocket::bind(ia, ETH_P_ALL).unwrap();
-        sniff_a.attach_filter(&ANNOUNCEMENT_FILTER).unwrap();
+        sniff_a.attach_filter(&SNIFF_FILTER).unwrap();
         let mac = vipcast_packet::MacAddr([2, 0, 0, 0, 0, 1]);
         let garp = vipcast_packet::build::garp(mac, "10.0.0.1".parse().unwrap(), vipcast_packet::arp::ArpOp::Request);
         let na =
             vipcast_packet::build::unsolicited_na(mac, "fd00::1".parse().unwrap(), "fe80::1".parse().unwrap()).unwrap();
+        let vrrp = {
+            let repr = vipcast_packet::vrrp::VrrpRepr {
+                version: vipcast_packet::vrrp::Version::V3,
+                vrid: 7,
+                priority: 100,
+                interval_cs: 10,
+                auth_type: 0,
+                auth_data: [0; 8],
+                addresses: vec!["10.0.0.100".parse().unwrap()],
+            };
+            vipcast_packet::build::vrrp_frame(
+                mac,
+                None,
+                "10.0.0.1".parse().unwrap(),
+                "224.0.0.18".parse().unwrap(),
+                &repr,
+            )
+            .unwrap()
+        };
         let ipv4 = {
             let ip =
                 vipcast_packet::ip::IpRepr::new("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), 17, 64, 0)
@@ -87,8 +106,8 @@ fn the_announcement_filter_passes_received_arp_and_na_only() {
         let mut buf = [0u8; 2048];
         let mut got_b = Vec::new();
         let end = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < end && got_b.len() < 2 {
-            for f in [&ipv4, &garp, &na] {
+        while Instant::now() < end && got_b.len() < 3 {
+            for f in [&ipv4, &garp, &na, &vrrp] {
                 tx.send(f).unwrap();
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -97,11 +116,12 @@ fn the_announcement_filter_passes_received_arp_and_na_only() {
             }
         }
         assert!(sniff_a.recv(&mut buf).is_err(), "the filter let an outgoing frame through");
-        (got_b, garp, na, ipv4)
+        (got_b, garp, na, ipv4, vrrp)
     })
     .join()
     .unwrap();
-    let (got, garp, na, ipv4) = seen;
+    let (got, garp, na, ipv4, vrrp) = seen;
     assert!(got.contains(&garp) && got.contains(&na), "the filter dropped an announcement");
+    assert!(got.contains(&vrrp), "the filter dropped a VRRP advert");
     assert!(!got.contains(&ipv4), "the filter let plain IPv4 through");
 }

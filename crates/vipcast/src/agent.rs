@@ -28,6 +28,10 @@ pub struct AgentArgs {
     /// Announcements sent into each local VM port when a VIP moves (0: none).
     #[arg(long, default_value_t = 3)]
     announce_burst: u32,
+    /// Platform-assisted handover: when a VRRP master's port goes down, send
+    /// the priority-0 advert it can no longer send.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    assist: bool,
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -53,6 +57,7 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
         role: a.role,
         sniff: a.sniff,
         announce_burst: a.announce_burst,
+        assist: a.assist,
     })
     .await
 }

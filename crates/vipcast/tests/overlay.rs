@@ -12,7 +12,10 @@
 //! stay isolated, a keepalived failover (master's port down) is answered by
 //! the backup within 1 s from inside the VPC and from outside through the
 //! gateway with the controller recording the new owner, and an agent restart
-//! loses no probe of an established flow. Every lab goes down on drop.
+//! loses no probe of an established flow. With the master's port down the
+//! agent speaks for the dead master (priority-0 advert): the outage falls
+//! below VRRP's own Master_Down_Interval (0.36 s here); a frozen master gets
+//! no such help. Every lab goes down on drop.
 
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -272,7 +275,7 @@ fn overlapping_vpcs_stay_isolated() {
     assert!(!lab.ping_ok("stage1", "192.168.10.12"));
 }
 
-fn failover(bum: &str, arp: bool, unicast: bool) {
+fn failover(bum: &str, arp: bool, unicast: bool) -> (Probed, Probed) {
     let lab = Lab::up(bum, arp, unicast);
     lab.wait_reachable("client", "192.168.10.100");
     lab.wait_reachable("inet1", "192.168.10.100");
@@ -295,11 +298,25 @@ fn failover(bum: &str, arp: bool, unicast: bool) {
         (Some("pay2"), Some("hv2")),
         "{after}"
     );
+    // One master only: the old one no longer holds the VIP.
+    let old = text(&lab.exec("pay1", &["ip", "-4", "addr", "show"]));
+    assert!(!old.contains("192.168.10.100"), "pay1 still holds the VIP:\n{old}");
+    assert!(text(&lab.exec("pay2", &["ip", "-4", "addr", "show"])).contains("192.168.10.100"));
+    (inside, outside)
 }
+
+/// RFC 5798 Master_Down_Interval of the backup (priority 100, 0.1 s): what
+/// an unassisted failover must wait at least.
+const MASTER_DOWN_S: f64 = 0.3 + 0.1 * 156.0 / 256.0;
 
 #[test]
 fn keepalived_failover_headend_arp_suppression() {
-    failover("headend", true, false);
+    let (inside, outside) = failover("headend", true, false);
+    // Port down is a certain fault: the agent sends the master's priority-0
+    // advert and the backup takes over after its skew time, not after
+    // Master_Down_Interval.
+    assert!(inside.longest_gap < MASTER_DOWN_S, "assisted failover took {:.3} s", inside.longest_gap);
+    assert!(outside.longest_gap < MASTER_DOWN_S, "assisted failover took {:.3} s", outside.longest_gap);
 }
 
 #[test]
@@ -309,7 +326,47 @@ fn keepalived_failover_headend_plain_arp() {
 
 #[test]
 fn keepalived_failover_unicast_peers() {
-    failover("headend", true, true);
+    let (inside, _) = failover("headend", true, true);
+    assert!(inside.longest_gap < MASTER_DOWN_S, "assisted unicast failover took {:.3} s", inside.longest_gap);
+}
+
+#[test]
+fn a_frozen_master_gets_no_assistance() {
+    let lab = Lab::up("headend", true, false);
+    lab.wait_reachable("client", "192.168.10.100");
+    let wait_owner = |port: &str| {
+        let end = Instant::now() + Duration::from_secs(10);
+        while lab.ctl_json(&["vip", "show", "pay-vip"])["owner"]["port"] != port {
+            assert!(Instant::now() < end, "{port} never became the owner");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_owner("pay1");
+    // Freeze keepalived in pay1: its port stays up, so no fault is certain,
+    // and the backup takes over only when its Master_Down_Timer fires. (The
+    // VM's kernel still answers pings: the takeover is timed from the
+    // controller's record of the claim.)
+    let frozen_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    // (Namespaces do not separate process ids: signal pay1's own processes.)
+    let pids = Command::new("ip").args(["netns", "pids", &format!("{}-pay1", lab.name)]).output().unwrap();
+    let pids: Vec<String> = String::from_utf8_lossy(&pids.stdout).split_whitespace().map(String::from).collect();
+    assert!(!pids.is_empty());
+    for pid in &pids {
+        assert!(Command::new("kill").args(["-STOP", pid]).status().unwrap().success());
+    }
+    wait_owner("pay2");
+    let history = lab.ctl_json(&["vip", "history", "pay-vip"]);
+    let moved_at = history.as_array().unwrap().last().unwrap()["accepted_at"].as_u64().unwrap();
+    let took = (moved_at - frozen_at) as f64 / 1000.0;
+    eprintln!("frozen master: taken over after {took:.3} s");
+    // The backup's timer started at the last advert, up to one interval
+    // (0.1 s) before the freeze; an assisted takeover would take its skew
+    // time, 0.061 s.
+    assert!(took >= MASTER_DOWN_S - 0.1 - 0.02, "a frozen master was helped: taken over after {took:.3} s");
+    assert!(took < 1.0, "taken over after {took:.3} s");
+    for pid in &pids {
+        let _ = Command::new("kill").args(["-CONT", pid]).status();
+    }
 }
 
 #[test]
