@@ -215,10 +215,12 @@ impl Agent {
         for m in refused {
             tracing::info!(port, vrid = m.advert.vrid, "port down: no assistance (stale, or v2 authentication)");
         }
-        if !self.cfg.assist {
-            return;
-        }
         for m in ok {
+            let vpc_assist = self.synced.state.vpcs.get(&m.vpc).is_some_and(|v| v.assist);
+            if !self.cfg.assist || !vpc_assist {
+                tracing::info!(port, vpc = m.vpc, vrid = m.advert.vrid, "port down: assistance is off");
+                continue;
+            }
             match self.send_priority_zero(&m) {
                 Ok(n) => tracing::info!(
                     port,

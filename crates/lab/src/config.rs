@@ -85,6 +85,9 @@ pub struct VpcConfig {
     pub bum: Bum,
     #[serde(default = "yes")]
     pub arp_suppression: bool,
+    /// Platform-assisted VRRP handover (default true).
+    #[serde(default = "yes")]
+    pub assist: bool,
 }
 
 fn yes() -> bool {

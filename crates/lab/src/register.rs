@@ -29,7 +29,7 @@ pub fn calls(cfg: &LabConfig, plan: &Plan) -> Vec<ApiCall> {
         v.push(ApiCall {
             method: "POST",
             path: "/v1/vpcs".into(),
-            body: json!({"name": vpc.name, "vni": vpc.vni, "bum": vpc.bum.as_str(), "arp_suppression": vpc.arp_suppression}),
+            body: json!({"name": vpc.name, "vni": vpc.vni, "bum": vpc.bum.as_str(), "arp_suppression": vpc.arp_suppression, "assist": vpc.assist}),
             what: format!("vpc {:?}", vpc.name),
         });
     }

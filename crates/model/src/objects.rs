@@ -53,6 +53,12 @@ pub struct Vpc {
     #[cfg_attr(feature = "openapi", schema(default = true))]
     #[serde(default = "default_true")]
     pub arp_suppression: bool,
+    /// Platform-assisted VRRP handover: when a VRRP master's port goes down,
+    /// its chassis sends the priority-0 advert the master no longer can;
+    /// default true.
+    #[cfg_attr(feature = "openapi", schema(default = true))]
+    #[serde(default = "default_true")]
+    pub assist: bool,
 }
 
 /// An IP subnet of a VPC.

@@ -116,7 +116,7 @@ mod tests {
             members: vec![],
         };
         let objects = [
-            Object::Vpc(Vpc { name: "a".into(), vni: 1, bum: BumMode::Headend, arp_suppression: true }),
+            Object::Vpc(Vpc { name: "a".into(), vni: 1, bum: BumMode::Headend, arp_suppression: true, assist: true }),
             Object::Subnet(Subnet {
                 vpc: "a".into(),
                 name: "s".into(),

@@ -556,7 +556,13 @@ pub(crate) mod tests {
 
     pub(crate) fn sample() -> State {
         let mut s = State::default();
-        s.put(Object::Vpc(Vpc { name: "prod".into(), vni: 100, bum: BumMode::Replicator, arp_suppression: true }));
+        s.put(Object::Vpc(Vpc {
+            name: "prod".into(),
+            vni: 100,
+            bum: BumMode::Replicator,
+            arp_suppression: true,
+            assist: true,
+        }));
         s.put(Object::Subnet(Subnet {
             vpc: "prod".into(),
             name: "web".into(),
@@ -607,7 +613,13 @@ pub(crate) mod tests {
     #[test]
     fn vpc_rules() {
         let s = sample();
-        let v = |name: &str, vni| Vpc { name: name.into(), vni, bum: BumMode::Headend, arp_suppression: false };
+        let v = |name: &str, vni| Vpc {
+            name: name.into(),
+            vni,
+            bum: BumMode::Headend,
+            arp_suppression: false,
+            assist: true,
+        };
         assert!(s.check_vpc(&v("dev", 200)).is_ok());
         assert_eq!(s.check_vpc(&v("dev", 0)).unwrap_err().code, "invalid_vni");
         assert_eq!(s.check_vpc(&v("dev", 1 << 24)).unwrap_err().code, "invalid_vni");

@@ -292,7 +292,13 @@ mod tests {
     fn state() -> State {
         let mut s = crate::state::tests::sample();
         s.put(Object::Replicator(Replicator { name: "rep1".into(), address: "172.31.1.1:4789".parse().unwrap() }));
-        s.put(Object::Vpc(Vpc { name: "dev".into(), vni: 200, bum: BumMode::Headend, arp_suppression: false }));
+        s.put(Object::Vpc(Vpc {
+            name: "dev".into(),
+            vni: 200,
+            bum: BumMode::Headend,
+            arp_suppression: false,
+            assist: true,
+        }));
         s
     }
 

@@ -71,6 +71,9 @@ enum VpcVerb {
         bum: String,
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         arp_suppression: bool,
+        /// Platform-assisted VRRP handover.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        assist: bool,
     },
     List,
     Show {
@@ -222,11 +225,13 @@ fn crud(kind: &str, verb: &str, name: Option<&str>, body: Option<Value>) -> Req 
 fn request(what: What) -> Req {
     match what {
         What::Vpc { verb } => match verb {
-            VpcVerb::Create { name, vni, bum, arp_suppression } => crud(
+            VpcVerb::Create { name, vni, bum, arp_suppression, assist } => crud(
                 "vpcs",
                 "create",
                 None,
-                Some(json!({"name": name, "vni": vni, "bum": bum, "arp_suppression": arp_suppression})),
+                Some(
+                    json!({"name": name, "vni": vni, "bum": bum, "arp_suppression": arp_suppression, "assist": assist}),
+                ),
             ),
             VpcVerb::List => crud("vpcs", "list", None, None),
             VpcVerb::Show { name } => crud("vpcs", "show", Some(&name), None),

@@ -39,6 +39,11 @@ struct Lab {
 impl Lab {
     /// A lab of the shape in the module doc, with the given VPC settings.
     fn up(bum: &str, arp_suppression: bool, unicast: bool) -> Lab {
+        Lab::up_with(bum, arp_suppression, unicast, true)
+    }
+
+    /// The same, choosing whether the VPC has platform-assisted handover.
+    fn up_with(bum: &str, arp_suppression: bool, unicast: bool, assist: bool) -> Lab {
         let name = format!("ov{}", unique_id());
         let file = format!(
             r#"name = "{name}"
@@ -49,6 +54,7 @@ name = "prod"
 vni = 100
 bum = "{bum}"
 arp_suppression = {arp_suppression}
+assist = {assist}
 [[vpc]]
 name = "stage"
 vni = 200
@@ -276,7 +282,11 @@ fn overlapping_vpcs_stay_isolated() {
 }
 
 fn failover(bum: &str, arp: bool, unicast: bool) -> (Probed, Probed) {
-    let lab = Lab::up(bum, arp, unicast);
+    failover_with(bum, arp, unicast, true)
+}
+
+fn failover_with(bum: &str, arp: bool, unicast: bool, assist: bool) -> (Probed, Probed) {
+    let lab = Lab::up_with(bum, arp, unicast, assist);
     lab.wait_reachable("client", "192.168.10.100");
     lab.wait_reachable("inet1", "192.168.10.100");
     let before = lab.ctl_json(&["vip", "show", "pay-vip"]);
@@ -288,7 +298,7 @@ fn failover(bum: &str, arp: bool, unicast: bool) -> (Probed, Probed) {
     let o = lab.exec("pay1", &["ip", "link", "set", "eth0", "down"]);
     assert!(o.status.success(), "{}", text(&o));
     let (inside, outside) = (inside.finish(), outside.finish());
-    eprintln!("{bum} arp_suppression={arp} unicast={unicast}: inside {inside:?}, outside {outside:?}");
+    eprintln!("{bum} arp_suppression={arp} unicast={unicast} assist={assist}: inside {inside:?}, outside {outside:?}");
     assert!(inside.sent > 100 && inside.replies > 50, "the prober did not run: {inside:?}");
     assert!(inside.longest_gap < 1.0, "outage inside the VPC {:.3} s", inside.longest_gap);
     assert!(outside.longest_gap < 1.0, "outage through the gateway {:.3} s", outside.longest_gap);
@@ -317,6 +327,15 @@ fn keepalived_failover_headend_arp_suppression() {
     // Master_Down_Interval.
     assert!(inside.longest_gap < MASTER_DOWN_S, "assisted failover took {:.3} s", inside.longest_gap);
     assert!(outside.longest_gap < MASTER_DOWN_S, "assisted failover took {:.3} s", outside.longest_gap);
+}
+
+#[test]
+fn keepalived_failover_without_assistance_waits_for_vrrp() {
+    // The same fault with assistance switched off on the VPC: the backup
+    // waits for its Master_Down_Timer (up to one interval less, since it runs
+    // from the last advert).
+    let (inside, _) = failover_with("headend", true, false, false);
+    assert!(inside.longest_gap > MASTER_DOWN_S - 0.12, "unassisted failover took only {:.3} s", inside.longest_gap);
 }
 
 #[test]
