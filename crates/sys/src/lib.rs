@@ -6,7 +6,10 @@
 //!   whole Ethernet frames into it (re-announcements);
 //! * [`ifindex()`], for `if_nametoindex(3)`;
 //! * [`enter_netns`], for `setns(2)` into a named network namespace, for a process
-//!   that has not started other threads yet.
+//!   that has not started other threads yet;
+//! * [`udp`]: batched UDP I/O (`recvmmsg`, `sendmmsg`, UDP GSO trains),
+//!   `SO_REUSEPORT` sockets and per-socket drop counters, for the replicator;
+//! * [`thread_cpu_time`], the CPU time the calling thread has used.
 //!
 //! Every `unsafe` block is a single libc call whose pointer arguments point at
 //! live Rust values of the length passed alongside.
@@ -14,6 +17,8 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+pub mod udp;
 
 /// EtherType ETH_P_ALL: every protocol.
 pub const ETH_P_ALL: u16 = 0x0003;
@@ -262,6 +267,18 @@ pub fn enter_netns(name: &str) -> io::Result<()> {
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// CPU time (user and system, including softirq work done on its behalf)
+/// the calling thread has used: `clock_gettime(CLOCK_THREAD_CPUTIME_ID)`.
+pub fn thread_cpu_time() -> io::Result<std::time::Duration> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a live timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,5 +288,15 @@ mod tests {
         assert!(ifindex("no-such-if0").is_err());
         assert!(ifindex("bad\0name").is_err());
         assert!(enter_netns("../etc").is_err());
+    }
+
+    #[test]
+    fn thread_cpu_time_advances() {
+        let a = thread_cpu_time().unwrap();
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        assert!(thread_cpu_time().unwrap() > a, "{x}");
     }
 }

@@ -37,6 +37,8 @@ pub struct Bench {
 enum What {
     /// VIP move latency from claim to the last watch subscriber, and controller memory.
     ControlPlane(ControlPlane),
+    /// Replicator packets/s per core vs a plain sendmmsg sender, and latency at half load.
+    Replicate(vipcast_replicator::bench::Args),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -67,6 +69,7 @@ struct ControlPlane {
 pub async fn run(b: Bench) -> anyhow::Result<()> {
     match b.what {
         What::ControlPlane(c) => control_plane(c).await,
+        What::Replicate(r) => vipcast_replicator::bench::run(r).await,
     }
 }
 

@@ -46,6 +46,9 @@ enum Command {
     Bench(bench::Bench),
     /// Talk to a controller: create, list, show and delete objects.
     Ctl(ctl::Ctl),
+    /// Run a BUM replicator: copy VPC broadcast/multicast to member chassis,
+    /// sniff VIP announcements, answer health probes.
+    Replicator(vipcast_replicator::cli::Args),
     /// Decode a pcap file (tcpdump -w) with vipcast's codecs: VRRP v2/v3,
     /// ARP and gratuitous ARP, neighbour discovery, VXLAN, GRE, GRE-in-UDP.
     Dissect {
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Bench(b) => runtime().and_then(|rt| rt.block_on(bench::run(b))),
         Command::Ctl(c) => runtime().and_then(|rt| rt.block_on(ctl::run(c))),
         Command::Lab(l) => lab::run(l),
+        Command::Replicator(r) => vipcast_replicator::cli::main(r),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,268 @@
+//! Announcements sniffed in the BUM stream, turned into claims.
+//!
+//! ```text
+//!  workers ──try_send(Sniffed)──► sniff task ── VNI -> VPC -> VIP name,
+//!                                    │          chassis underlay IP -> chassis name
+//!                                    │ Dedup: not the same (MAC, chassis) as the last
+//!                                    │        claim for this VIP within `window`,
+//!                                    │        and not the owner the view already shows
+//!                                    v
+//!                     POST /v1/vips/{vip}/claims {mac, chassis, source: replicator, observed_at}
+//! ```
+//! keepalived sends its gratuitous ARPs in bursts of five; the first makes
+//! the claim, the other four are absorbed here. A claim that could not be
+//! delivered is forgotten, so the next announcement tries again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use vipcast_model::{ClaimSource, State};
+use vipcast_packet::MacAddr;
+
+use crate::engine::Sniffed;
+use crate::sync::Synced;
+
+/// Suppresses repeats of the last claim made for each VIP.
+#[derive(Debug)]
+pub struct Dedup {
+    window: Duration,
+    /// VIP -> (MAC, chassis) of the last claim made, and when.
+    last: HashMap<String, (MacAddr, String, Instant)>,
+}
+
+impl Dedup {
+    /// Repeats within `window` of the last claim for a VIP are suppressed.
+    pub fn new(window: Duration) -> Dedup {
+        Dedup { window, last: HashMap::new() }
+    }
+
+    /// Whether to claim `vip` for (`mac`, `chassis`) at `now`; if so it is
+    /// remembered as the VIP's last claim.
+    pub fn should_claim(&mut self, now: Instant, vip: &str, mac: MacAddr, chassis: &str) -> bool {
+        if let Some((m, c, t)) = self.last.get(vip)
+            && *m == mac
+            && c == chassis
+            && now.saturating_duration_since(*t) < self.window
+        {
+            return false;
+        }
+        if self.last.len() >= 65_536 {
+            let window = self.window;
+            self.last.retain(|_, (_, _, t)| now.saturating_duration_since(*t) < window);
+        }
+        self.last.insert(vip.to_string(), (mac, chassis.to_string(), now));
+        true
+    }
+
+    /// Forgets the last claim of `vip` if it is (`mac`, `chassis`) (it failed).
+    pub fn forget(&mut self, vip: &str, mac: MacAddr, chassis: &str) {
+        if self.last.get(vip).is_some_and(|(m, c, _)| *m == mac && c == chassis) {
+            self.last.remove(vip);
+        }
+    }
+}
+
+/// A claim to make: which VIP, for whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimFor {
+    pub vip: String,
+    pub mac: MacAddr,
+    pub chassis: String,
+}
+
+/// What `s` means in `state`: the VIP's name and the sending chassis' name,
+/// or `None` if the state does not know them (any more), or if the view
+/// already shows this owner.
+pub fn resolve(state: &State, s: &Sniffed) -> Option<ClaimFor> {
+    let vpc = state.vpcs.values().find(|v| v.vni == s.vni)?;
+    let vip = state.vips.values().find(|v| v.spec.vpc == vpc.name && v.spec.ip == s.vip)?;
+    let chassis = state.chassis.values().find(|c| c.underlay_ip.to_canonical() == s.chassis_ip)?;
+    if vip.owner.as_ref().is_some_and(|o| o.mac == s.mac && o.chassis == chassis.name) {
+        return None;
+    }
+    Some(ClaimFor { vip: vip.spec.name.clone(), mac: s.mac, chassis: chassis.name.clone() })
+}
+
+/// Claim counters.
+#[derive(Debug, Default)]
+pub struct ClaimStats {
+    /// Announcements of VIPs received from the workers.
+    pub sniffed: AtomicU64,
+    /// Suppressed as repeats (or as the current owner).
+    pub suppressed: AtomicU64,
+    /// Claims answered `accepted`.
+    pub accepted: AtomicU64,
+    /// Claims answered `unchanged`.
+    pub unchanged: AtomicU64,
+    /// Claims refused (4xx: not a member, unknown VIP).
+    pub refused: AtomicU64,
+    /// Claims that got no answer after retries.
+    pub failed: AtomicU64,
+}
+
+impl ClaimStats {
+    /// Claims sent (every answer or failure).
+    pub fn sent(&self) -> u64 {
+        [&self.accepted, &self.unchanged, &self.refused, &self.failed].iter().map(|a| a.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Runs until `rx` closes: resolves, deduplicates and posts claims.
+pub async fn run(
+    http: reqwest::Client,
+    controller: String,
+    mut rx: mpsc::Receiver<Sniffed>,
+    state: watch::Receiver<Synced>,
+    stats: Arc<ClaimStats>,
+    window: Duration,
+) {
+    let mut dedup = Dedup::new(window);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(ClaimFor, bool)>();
+    loop {
+        tokio::select! {
+            s = rx.recv() => {
+                let Some(s) = s else { return };
+                stats.sniffed.fetch_add(1, Ordering::Relaxed);
+                let observed_at = vipcast_controller::now_ms();
+                let claim = resolve(&state.borrow().state, &s);
+                let Some(claim) = claim else {
+                    stats.suppressed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                if !dedup.should_claim(Instant::now(), &claim.vip, claim.mac, &claim.chassis) {
+                    stats.suppressed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                tracing::info!(vip = claim.vip, mac = %claim.mac, chassis = claim.chassis, kind = ?s.kind,
+                    "announcement sniffed; claiming");
+                let (http, stats, done) = (http.clone(), stats.clone(), done_tx.clone());
+                let url = format!("{controller}/v1/vips/{}/claims", claim.vip);
+                tokio::spawn(async move {
+                    let ok = post(&http, &url, &claim, observed_at, &stats).await;
+                    let _ = done.send((claim, ok));
+                });
+            }
+            Some((claim, ok)) = done_rx.recv() => {
+                if !ok {
+                    dedup.forget(&claim.vip, claim.mac, &claim.chassis);
+                }
+            }
+        }
+    }
+}
+
+/// Posts one claim (3 attempts); whether it was answered.
+async fn post(http: &reqwest::Client, url: &str, c: &ClaimFor, observed_at: u64, stats: &ClaimStats) -> bool {
+    let body = serde_json::json!({
+        "mac": c.mac,
+        "chassis": c.chassis,
+        "source": ClaimSource::Replicator,
+        "observed_at": observed_at,
+    });
+    for attempt in 0..3 {
+        match http.post(url).json(&body).send().await {
+            Ok(r) if r.status().is_success() => {
+                let v: serde_json::Value = r.json().await.unwrap_or_default();
+                let counter = if v["result"] == "accepted" { &stats.accepted } else { &stats.unchanged };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(vip = c.vip, result = %v["result"], generation = %v["owner"]["generation"], "claim answered");
+                return true;
+            }
+            Ok(r) if r.status().is_client_error() => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(vip = c.vip, mac = %c.mac, chassis = c.chassis, status = %r.status(), "claim refused");
+                return true;
+            }
+            Ok(r) => tracing::warn!(vip = c.vip, attempt, status = %r.status(), "claim failed; retrying"),
+            Err(e) => tracing::warn!(vip = c.vip, attempt, error = %e, "claim failed; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stats.failed.fetch_add(1, Ordering::Relaxed);
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vipcast_model::{Chassis, Object, Owner, Port, Role, Vip, VipSpec, Vpc};
+    use vipcast_packet::announce::AnnounceKind;
+
+    const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+    const B: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
+
+    #[test]
+    fn a_burst_of_five_is_one_claim_and_a_new_claimant_always_passes() {
+        let mut d = Dedup::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let claims = (0..5).filter(|i| d.should_claim(ms(i * 10), "vip", A, "hv1")).count();
+        assert_eq!(claims, 1);
+        // B takes over, then A again at once: both pass (the last claim differs).
+        assert!(d.should_claim(ms(100), "vip", B, "hv2"));
+        assert!(d.should_claim(ms(120), "vip", A, "hv1"));
+        assert!(!d.should_claim(ms(130), "vip", A, "hv1"));
+        // After the window the same claim is made again (a periodic refresh).
+        assert!(d.should_claim(ms(1200), "vip", A, "hv1"));
+        // Other VIPs are independent; a failed claim is forgotten.
+        assert!(d.should_claim(ms(1200), "other", A, "hv1"));
+        d.forget("other", A, "hv1");
+        assert!(d.should_claim(ms(1201), "other", A, "hv1"));
+        d.forget("other", B, "hv1");
+        assert!(!d.should_claim(ms(1202), "other", A, "hv1"));
+    }
+
+    #[test]
+    fn resolves_names_and_skips_the_known_owner() {
+        let mut s = State::default();
+        s.put(Object::Vpc(Vpc {
+            name: "prod".into(),
+            vni: 100,
+            bum: vipcast_model::BumMode::Replicator,
+            arp_suppression: false,
+            assist: false,
+        }));
+        for (n, ip) in [("hv1", "10.0.0.1"), ("hv2", "10.0.0.2")] {
+            s.put(Object::Chassis(Chassis {
+                name: n.into(),
+                underlay_ip: ip.parse().unwrap(),
+                role: Role::Hypervisor,
+            }));
+        }
+        for (n, c, mac, ip) in [("p1", "hv1", A, "192.168.10.11"), ("p2", "hv2", B, "192.168.10.12")] {
+            s.put(Object::Port(Port {
+                name: n.into(),
+                vpc: "prod".into(),
+                subnet: "web".into(),
+                chassis: c.into(),
+                mac,
+                ip: ip.parse().unwrap(),
+            }));
+        }
+        let mut vip = Vip::new(VipSpec {
+            name: "pay-vip".into(),
+            vpc: "prod".into(),
+            subnet: "web".into(),
+            ip: "192.168.10.100".parse().unwrap(),
+            members: vec!["p1".into(), "p2".into()],
+        });
+        s.put(Object::Vip(vip.clone()));
+        let sniffed = Sniffed {
+            vni: 100,
+            vip: "192.168.10.100".parse().unwrap(),
+            mac: B,
+            kind: AnnounceKind::GratuitousRequest,
+            chassis_ip: "10.0.0.2".parse().unwrap(),
+        };
+        assert_eq!(resolve(&s, &sniffed), Some(ClaimFor { vip: "pay-vip".into(), mac: B, chassis: "hv2".into() }));
+        assert_eq!(resolve(&s, &Sniffed { vni: 101, ..sniffed }), None);
+        assert_eq!(resolve(&s, &Sniffed { chassis_ip: "10.0.0.3".parse().unwrap(), ..sniffed }), None);
+        vip.owner = Some(Owner { port: "p2".into(), mac: B, chassis: "hv2".into(), generation: 1, since: 0 });
+        s.put(Object::Vip(vip));
+        assert_eq!(resolve(&s, &sniffed), None);
+        assert!(resolve(&s, &Sniffed { mac: A, chassis_ip: "10.0.0.1".parse().unwrap(), ..sniffed }).is_some());
+    }
+}
