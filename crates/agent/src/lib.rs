@@ -319,28 +319,45 @@ impl Agent {
         n
     }
 
-    /// A frame from a local VM: learn VRRP masters; claim announced VIPs.
+    /// A frame from a local VM: learn VRRP masters; claim announced VIPs,
+    /// and the VIPs a master advertises.
+    ///
+    /// Claiming from adverts too matters after a split heals: the loser
+    /// steps down silently and the winner, already master, sends no GARP
+    /// (keepalived's next one comes `vrrp_garp_master_delay`, 5 s, later),
+    /// so without it the VIP could keep pointing at the loser. A master
+    /// advertises every interval, so its own chassis corrects that within one.
     fn on_seen(&mut self, seen: Seen) {
-        let a = match seen.frame {
-            ports::Frame::Announcement(a) => a,
-            ports::Frame::Advert { eth_src, src, dst, advert } => {
-                if let Some(port) = self.synced.state.ports.get(&seen.port) {
-                    let origin = assist::Origin { vpc: port.vpc.clone(), port: seen.port.clone(), eth_src, src, dst };
-                    self.masters.observe(origin, &advert, Instant::now());
-                }
-                return;
+        match seen.frame {
+            ports::Frame::Announcement(a) => {
+                self.claim(&seen.port, a.ip, a.mac, seen.at_ms, "announcement");
             }
-        };
+            ports::Frame::Advert { eth_src, src, dst, advert } => {
+                let Some(port) = self.synced.state.ports.get(&seen.port) else { return };
+                let origin = assist::Origin { vpc: port.vpc.clone(), port: seen.port.clone(), eth_src, src, dst };
+                self.masters.observe(origin, &advert, Instant::now());
+                if advert.priority > 0 {
+                    for ip in &advert.addresses {
+                        self.claim(&seen.port, *ip, eth_src, seen.at_ms, "VRRP master advert");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims `ip` at `mac` for local port `port`, if `ip` is a VIP of the
+    /// port's VPC not already owned so, and not claimed in the last 500 ms.
+    fn claim(&mut self, port_name: &str, ip: IpAddr, mac: MacAddr, at_ms: u64, why: &'static str) {
         if !self.cfg.sniff {
             return;
         }
         let state: &State = &self.synced.state;
-        let Some(port) = state.ports.get(&seen.port) else { return };
-        let Some(vip) = state.vips.values().find(|v| v.spec.vpc == port.vpc && v.spec.ip == a.ip) else { return };
-        if vip.owner.as_ref().is_some_and(|o| o.mac == a.mac && o.chassis == self.cfg.chassis) {
+        let Some(port) = state.ports.get(port_name) else { return };
+        let Some(vip) = state.vips.values().find(|v| v.spec.vpc == port.vpc && v.spec.ip == ip) else { return };
+        if vip.owner.as_ref().is_some_and(|o| o.mac == mac && o.chassis == self.cfg.chassis) {
             return;
         }
-        let key = (vip.spec.name.clone(), a.mac);
+        let key = (vip.spec.name.clone(), mac);
         if self.recent_claims.get(&key).is_some_and(|t| t.elapsed() < Duration::from_millis(500)) {
             return;
         }
@@ -350,15 +367,14 @@ impl Agent {
         }
         let url = format!("{}/v1/vips/{}/claims", self.cfg.controller.trim_end_matches('/'), vip.spec.name);
         let body = serde_json::json!({
-            "mac": a.mac,
+            "mac": mac,
             "chassis": self.cfg.chassis,
             "source": ClaimSource::Agent,
-            "observed_at": seen.at_ms,
+            "observed_at": at_ms,
         });
         let http = self.http.clone();
         let name = vip.spec.name.clone();
-        tracing::info!(vip = name, mac = %a.mac, port = seen.port, kind = ?a.kind, "announcement sniffed; claiming");
-        let _ = port;
+        tracing::info!(vip = name, %mac, port = port_name, why, "announcement sniffed; claiming");
         tokio::spawn(async move {
             for attempt in 0..3 {
                 match http.post(&url).json(&body).send().await {

@@ -70,6 +70,7 @@ pub fn up(cfg: &LabConfig, opts: UpOptions<'_>) -> Result<LabState> {
     b.externals()?;
     b.controller()?;
     b.register()?;
+    b.start_replicators()?;
     b.agents()?;
     b.vrrp()?;
     b.commit()
@@ -293,8 +294,8 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    /// A namespace per replicator with its underlay address; nothing runs
-    /// there yet.
+    /// A namespace per replicator with its underlay address (the replicator
+    /// itself starts after registration, see [`Builder::start_replicators`]).
     pub fn replicators(&mut self) -> Result<()> {
         let net = self.plan.net_ns.clone();
         for r in self.plan.replicators.clone() {
@@ -302,12 +303,8 @@ impl<'a> Builder<'a> {
             self.new_netns(&r.ns)?;
             let addr = format!("{}/{UNDERLAY_PREFIX}", r.underlay_ip);
             underlay_port(&net, &r.ns, &r.name, &addr)?;
-            self.node(&r.name, "replicator", &r.ns, vec![format!("{UNDERLAY_IF} {addr}")], "not started".into());
-            self.say(&format!(
-                "replicator {}: namespace {}, {UNDERLAY_IF} {addr} (replicators are not started yet: there is no \
-                 replicator binary)",
-                r.name, r.ns
-            ));
+            self.node(&r.name, "replicator", &r.ns, vec![format!("{UNDERLAY_IF} {addr}")], "replicator".into());
+            self.say(&format!("replicator {}: namespace {}, {UNDERLAY_IF} {addr}", r.name, r.ns));
         }
         Ok(())
     }
@@ -585,15 +582,41 @@ impl<'a> Builder<'a> {
             self.cfg.vm.len(),
             self.cfg.vip.len()
         ));
-        for vpc in &self.cfg.vpc {
-            if vpc.bum == Bum::Replicator {
-                self.say(&format!(
-                    "note: vpc {} has bum = \"replicator\", but the lab starts no replicators yet: broadcast and \
-                     multicast will not cross chassis",
-                    vpc.name
-                ));
-            }
+        if self.plan.replicators.is_empty() && self.cfg.vpc.iter().any(|v| v.bum == Bum::Replicator) {
+            self.say("note: a VPC has bum = \"replicator\" but the lab has no [[replicator]]: broadcast and multicast will not cross chassis");
         }
+        Ok(())
+    }
+
+    /// Starts `vipcast replicator` in each replicator namespace, listening on
+    /// its underlay address; it registers itself with the controller.
+    pub fn start_replicators(&mut self) -> Result<()> {
+        self.check_cancel()?;
+        let first = self.children.len();
+        let exe = self.opts.exe.to_path_buf();
+        for r in self.plan.replicators.clone() {
+            let args: Vec<OsString> = [
+                "replicator",
+                "--name",
+                &r.name,
+                "--listen",
+                &format!("{}:4789", r.underlay_ip),
+                "--controller",
+                &plan::inner_controller_url(),
+            ]
+            .iter()
+            .map(OsString::from)
+            .collect();
+            self.spawn("replicator", &r.name, &r.ns, &exe, &args, &format!("replicator-{}.log", r.name))?;
+        }
+        if self.plan.replicators.is_empty() {
+            return Ok(());
+        }
+        self.check_started(first)?;
+        self.say(&format!(
+            "replicators started: {}",
+            self.plan.replicators.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+        ));
         Ok(())
     }
 

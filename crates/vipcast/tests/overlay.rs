@@ -50,6 +50,9 @@ impl Lab {
     /// The same, with the VIP's VRRP settings given as lab keys.
     fn up_vrrp(bum: &str, arp_suppression: bool, unicast: bool, assist: bool, vrrp: &str) -> Lab {
         let name = format!("ov{}", unique_id());
+        // Replicator mode gets two replicators.
+        let replicators =
+            if bum == "replicator" { "[[replicator]]\nname = \"rep1\"\n[[replicator]]\nname = \"rep2\"\n" } else { "" };
         let file = format!(
             r#"name = "{name}"
 [controller]
@@ -119,7 +122,7 @@ unicast = {unicast}
 [[external]]
 name = "inet1"
 gateway = "gw1"
-"#
+{replicators}"#
         );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lab.toml");
@@ -238,6 +241,24 @@ impl Drop for Prober {
     }
 }
 
+/// `text` without ANSI colour sequences (`ESC [ ... m`).
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn reachability(bum: &str, arp: bool) {
     let lab = Lab::up(bum, arp, false);
     for (from, to) in
@@ -257,6 +278,60 @@ fn vms_reach_each_other_headend_with_arp_suppression() {
 #[test]
 fn vms_reach_each_other_headend_without_arp_suppression() {
     reachability("headend", false);
+}
+
+#[test]
+fn vms_reach_each_other_via_replicators_with_arp_suppression() {
+    reachability("replicator", true);
+}
+
+#[test]
+fn vms_reach_each_other_via_replicators_without_arp_suppression() {
+    reachability("replicator", false);
+}
+
+#[test]
+fn keepalived_failover_via_replicators() {
+    failover("replicator", true, false);
+}
+
+#[test]
+fn losing_a_replicator_keeps_broadcast_working() {
+    // Without ARP suppression every ARP request is broadcast through the
+    // replicator of the VNI; VRRP multicast too.
+    let lab = Lab::up("replicator", false, false);
+    lab.wait_reachable("client", "192.168.10.12");
+    lab.wait_reachable("client", "192.168.10.100");
+    let owner = lab.ctl_json(&["vip", "show", "pay-vip"])["owner"]["generation"].clone();
+    // Kill the replicator the VPC uses (both, in turn, would be the same test:
+    // kill the one the agents chose).
+    let used = ["rep1", "rep2"]
+        .into_iter()
+        .find(|r| {
+            let log = plain(
+                &std::fs::read_to_string(format!("/run/vipcast/labs/{}/agent-hv3.log", lab.name)).unwrap_or_default(),
+            );
+            log.lines()
+                .rev()
+                .find(|l| l.contains("vni=100") && l.contains("BUM via replicator"))
+                .is_some_and(|l| l.contains(r))
+        })
+        .expect("no agent reported the replicator it uses");
+    let pid = lab.process("replicator", used)["pid"].as_i64().unwrap().to_string();
+    let killed = Instant::now();
+    assert!(Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    // A fresh ARP resolution (broadcast) must succeed again within 1 s.
+    loop {
+        let _ = lab.exec("client", &["ip", "neigh", "flush", "dev", "eth0"]);
+        if lab.exec("client", &["ping", "-c", "1", "-W", "0.2", "192.168.10.12"]).status.success() {
+            break;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(1), "broadcast did not recover within 1 s");
+    }
+    eprintln!("broadcast through the other replicator after {:.3} s", killed.elapsed().as_secs_f64());
+    // VRRP multicast kept flowing: the backup never took over.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(lab.ctl_json(&["vip", "show", "pay-vip"])["owner"]["generation"], owner, "the VIP moved: split brain");
 }
 
 #[test]
