@@ -206,7 +206,8 @@ pub enum Vrrp {
     /// Debian's keepalived, started by the lab.
     #[default]
     Keepalived,
-    /// vipcast's own vrrpd (not built yet).
+    /// vipcast's own `vipcast vrrpd`, started by the lab with the same
+    /// keepalived.conf keepalived would get.
     Vipcast,
     /// Nothing: the user runs their own.
     None,
@@ -552,12 +553,8 @@ impl Validator {
                 }
             }
             match vip.vrrp {
-                Vrrp::Vipcast => self.problem(format!(
-                    "{here}, key \"vrrp\": \"vipcast\" (vipcast's own vrrpd) is not built yet; use \"keepalived\" or \
-                     \"none\""
-                )),
                 Vrrp::None => {}
-                Vrrp::Keepalived => self.check_keepalived(c, i, vip, &here, &mut vrids),
+                Vrrp::Keepalived | Vrrp::Vipcast => self.check_keepalived(c, i, vip, &here, &mut vrids),
             }
         }
     }

@@ -157,9 +157,12 @@ pub struct ExternalPlan {
     pub addr: Ipv4Net,
 }
 
-/// One keepalived instance: one VIP in one member VM.
+/// One VRRP daemon (keepalived, or `vipcast vrrpd` with the same
+/// keepalived.conf): one VIP in one member VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeepalivedPlan {
+    /// [`Vrrp::Keepalived`] or [`Vrrp::Vipcast`].
+    pub daemon: Vrrp,
     pub vip: String,
     pub vm: String,
     pub ns: String,
@@ -168,9 +171,11 @@ pub struct KeepalivedPlan {
 }
 
 impl KeepalivedPlan {
-    /// A file-name stem unique in the lab: `keepalived-<vip>-<vm>`.
+    /// A file-name stem unique in the lab: `keepalived-<vip>-<vm>` or
+    /// `vrrpd-<vip>-<vm>`.
     pub fn stem(&self) -> String {
-        format!("keepalived-{}-{}", self.vip, self.vm)
+        let daemon = if self.daemon == Vrrp::Vipcast { "vrrpd" } else { "keepalived" };
+        format!("{daemon}-{}-{}", self.vip, self.vm)
     }
 }
 
@@ -240,7 +245,7 @@ impl Plan {
             .collect();
         let mut keepalived = Vec::new();
         for (i, vip) in c.vip.iter().enumerate() {
-            if vip.vrrp != Vrrp::Keepalived {
+            if vip.vrrp == Vrrp::None {
                 continue;
             }
             let prefix = c.subnet(&vip.vpc, &vip.subnet).map(|s| s.cidr.prefix_len()).unwrap_or(32);
@@ -260,6 +265,7 @@ impl Plan {
                     vip: format!("{}/{prefix}", vip.ip),
                 };
                 keepalived.push(KeepalivedPlan {
+                    daemon: vip.vrrp,
                     vip: vip.name.clone(),
                     vm: member.clone(),
                     ns: namespace(&lab, member),

@@ -109,7 +109,7 @@ pub struct NodeState {
 /// A daemon the lab started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessState {
-    /// `controller`, `etcd`, `agent`, `keepalived`
+    /// `controller`, `etcd`, `agent`, `keepalived`, `vrrpd`
     pub role: String,
     /// The node it runs for (`net` for the controller and etcd).
     pub node: String,

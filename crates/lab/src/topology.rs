@@ -695,7 +695,8 @@ impl<'a> Builder<'a> {
     }
 
     /// Starts keepalived for each VIP with `vrrp = "keepalived"` in each
-    /// member VM (distinct pid files per instance).
+    /// member VM (distinct pid files per instance), and `vipcast vrrpd` with
+    /// the same configuration for `vrrp = "vipcast"`.
     pub fn vrrp(&mut self) -> Result<()> {
         self.check_cancel()?;
         for vip in &self.cfg.vip {
@@ -709,6 +710,20 @@ impl<'a> Builder<'a> {
             let conf = self.state_dir.join(format!("{stem}.conf"));
             std::fs::write(&conf, &k.config)
                 .map_err(|e| Error::Lab(format!("cannot write {}: {e}", conf.display())))?;
+            if k.daemon == Vrrp::Vipcast {
+                let status = self.state_dir.join(format!("{stem}.status.json"));
+                let args: Vec<OsString> = vec![
+                    "vrrpd".into(),
+                    "-f".into(),
+                    conf.into_os_string(),
+                    "--status".into(),
+                    status.into_os_string(),
+                ];
+                let exe = self.opts.exe.to_path_buf();
+                self.spawn("vrrpd", &k.vm, &k.ns, &exe, &args, &format!("{stem}.log"))?;
+                self.say(&format!("vipcast vrrpd for vip {} in {} ({})", k.vip, k.vm, k.ns));
+                continue;
+            }
             let mut args: Vec<OsString> = ["-n", "-l", "-D", "-G", "-P", "-f"].iter().map(OsString::from).collect();
             args.push(conf.into_os_string());
             for (flag, what) in [("-p", "pid"), ("-r", "vrrp.pid"), ("-c", "check.pid"), ("-b", "bfd.pid")] {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use vipcast_lab::config::{LabConfig, StoreKind};
+use vipcast_lab::config::{LabConfig, StoreKind, Vrrp};
 use vipcast_lab::plan::{Plan, vm_mac, vm_port_name};
 use vipcast_lab::state::Root;
 use vipcast_lab::topology::{UpOptions, up};
@@ -262,10 +262,13 @@ fn vrrp_settings_are_checked() {
         &SMALL.replace("advert_int = 0.1", "advert_int = 0.1\nvrrp_version = 4"),
         &["key \"vrrp_version\": 4"],
     );
-    assert_problem(
-        &SMALL.replace("advert_int = 0.1", "advert_int = 0.1\nvrrp = \"vipcast\""),
-        &["vip[0] \"v\", key \"vrrp\": \"vipcast\" (vipcast's own vrrpd) is not built yet"],
-    );
+    // vrrp = "vipcast" runs `vipcast vrrpd` with the keepalived.conf
+    // keepalived would get, so the same settings are checked.
+    let vipcast = SMALL.replace("advert_int = 0.1", "advert_int = 0.1\nvrrp = \"vipcast\"");
+    let plan = Plan::new(&LabConfig::parse(&vipcast).unwrap());
+    assert_eq!(plan.keepalived.len(), 2);
+    assert!(plan.keepalived.iter().all(|k| k.daemon == Vrrp::Vipcast && k.stem().starts_with("vrrpd-")));
+    assert_problem(&vipcast.replace("advert_int = 0.1", "advert_int = 0.1\nvrrp_version = 2"), &["key \"advert_int\""]);
     assert_problem(&SMALL.replace("advert_int = 0.1", "advert_int = 0"), &["key \"advert_int\""]);
     assert_problem(&SMALL.replace("advert_int = 0.1", "advert_int = 0.1\nvrid = 0"), &["key \"vrid\""]);
     // vrrp = "none" needs no VRRP settings to be sensible.

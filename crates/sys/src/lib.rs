@@ -9,7 +9,8 @@
 //!   that has not started other threads yet;
 //! * [`udp`]: batched UDP I/O (`recvmmsg`, `sendmmsg`, UDP GSO trains),
 //!   `SO_REUSEPORT` sockets and per-socket drop counters, for the replicator;
-//! * [`thread_cpu_time`], the CPU time the calling thread has used.
+//! * [`thread_cpu_time`], the CPU time the calling thread has used;
+//! * [`disable_transparent_huge_pages`], `prctl(PR_SET_THP_DISABLE)`.
 //!
 //! Every `unsafe` block is a single libc call whose pointer arguments point at
 //! live Rust values of the length passed alongside.
@@ -277,6 +278,19 @@ pub fn thread_cpu_time() -> io::Result<std::time::Duration> {
         return Err(io::Error::last_os_error());
     }
     Ok(std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+/// Stops the kernel from backing this process's memory with transparent
+/// huge pages (`prctl(PR_SET_THP_DISABLE)`), for a small daemon whose
+/// allocator asks for them: mimalloc marks its arenas `MADV_HUGEPAGE`, so a
+/// few MiB of heap would otherwise be resident as 2 MiB pages (vrrpd with
+/// 1000 instances: 36 MiB resident instead of 17 MiB). Pages already
+/// faulted in keep their size.
+pub fn disable_transparent_huge_pages() -> io::Result<()> {
+    let (on, unused): (libc::c_ulong, libc::c_ulong) = (1, 0);
+    // SAFETY: plain syscall with integer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, on, unused, unused, unused) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 #[cfg(test)]

@@ -39,6 +39,8 @@ enum What {
     ControlPlane(ControlPlane),
     /// Replicator packets/s per core vs a plain sendmmsg sender, and latency at half load.
     Replicate(vipcast_replicator::bench::Args),
+    /// CPU and memory of `vipcast vrrpd` and keepalived running the same VRRP instances.
+    Vrrp(vipcast_vrrpd::bench::Args),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -70,6 +72,7 @@ pub async fn run(b: Bench) -> anyhow::Result<()> {
     match b.what {
         What::ControlPlane(c) => control_plane(c).await,
         What::Replicate(r) => vipcast_replicator::bench::run(r).await,
+        What::Vrrp(v) => tokio::task::spawn_blocking(move || vipcast_vrrpd::bench::main(v)).await?,
     }
 }
 

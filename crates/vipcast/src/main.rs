@@ -62,6 +62,9 @@ enum Command {
     /// Network-namespace labs: `up FILE.toml`, `down NAME`, `status NAME`,
     /// `exec NAME NODE -- CMD...` (as root).
     Lab(lab::Lab),
+    /// VRRP v2/v3 daemon configured by a keepalived.conf subset:
+    /// `-f keepalived.conf [--check]`, `--show-status FILE`.
+    Vrrpd(vipcast_vrrpd::Args),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         Command::Ctl(c) => runtime().and_then(|rt| rt.block_on(ctl::run(c))),
         Command::Lab(l) => lab::run(l),
         Command::Replicator(r) => vipcast_replicator::cli::main(r),
+        Command::Vrrpd(a) => vipcast_vrrpd::main(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

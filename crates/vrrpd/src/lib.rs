@@ -1,0 +1,73 @@
+//! `vipcast vrrpd`: a VRRP v2/v3 daemon for guests, configured by a
+//! keepalived.conf subset ([`conf`]) with keepalived's meanings, driven by
+//! the sans-IO engine `vipcast-vrrp`.
+//!
+//! * [`conf`]: the keepalived.conf parser (warnings for unsupported
+//!   keywords, errors with file and line);
+//! * [`daemon`]: the event loop (raw protocol-112 sockets, one timer,
+//!   signals, trackers, notify scripts, the status file);
+//! * [`net`]: the sockets of one interface; [`kernel`]: rtnetlink;
+//!   [`scripts`]: `vrrp_script` trackers and notify scripts;
+//!   [`status`]: the JSON status file and its table;
+//! * [`bench`]: `vipcast bench vrrp`, vrrpd against keepalived with the
+//!   same instances.
+//!
+//! IPv4 only for now: an IPv6 instance is refused when the daemon starts
+//! (`--check` accepts it, as keepalived would).
+
+pub mod bench;
+pub mod conf;
+pub mod daemon;
+pub mod kernel;
+pub mod net;
+pub mod scripts;
+pub mod status;
+
+use std::path::PathBuf;
+
+/// `vipcast vrrpd` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The keepalived.conf to run.
+    #[arg(short = 'f', long = "use-file", required_unless_present = "show_status")]
+    pub file: Option<PathBuf>,
+    /// Validate the configuration, print warnings and errors, and exit (0: usable).
+    #[arg(long, conflicts_with = "show_status")]
+    pub check: bool,
+    /// Where the JSON status is rewritten on every state change.
+    #[arg(long, default_value = "/run/vipcast/vrrpd.status.json")]
+    pub status: PathBuf,
+    /// Print a status file as a table and exit.
+    #[arg(long, value_name = "FILE")]
+    pub show_status: Option<PathBuf>,
+}
+
+/// Runs `vipcast vrrpd`.
+pub fn main(args: Args) -> anyhow::Result<()> {
+    if let Some(path) = &args.show_status {
+        print!("{}", status::Status::read(path)?.table());
+        return Ok(());
+    }
+    let Some(file) = args.file else { anyhow::bail!("-f FILE is required") };
+    if args.check {
+        let (c, warnings) = conf::Conf::load(&file)?;
+        for w in &warnings {
+            eprintln!("{w}");
+        }
+        println!(
+            "{}: OK: {} vrrp_instance, {} vrrp_script, {} vrrp_sync_group, {} warnings",
+            file.display(),
+            c.instances.len(),
+            c.scripts.len(),
+            c.sync_groups.len(),
+            warnings.len()
+        );
+        return Ok(());
+    }
+    // A few MiB of heap, not 2 MiB pages of it (see the function's doc).
+    if let Err(e) = vipcast_sys::disable_transparent_huge_pages() {
+        tracing::debug!("transparent huge pages stay on: {e}");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(daemon::run(daemon::Options { config: file, status: args.status }))
+}
