@@ -10,7 +10,9 @@
 //! * [`udp`]: batched UDP I/O (`recvmmsg`, `sendmmsg`, UDP GSO trains),
 //!   `SO_REUSEPORT` sockets and per-socket drop counters, for the replicator;
 //! * [`thread_cpu_time`], the CPU time the calling thread has used;
-//! * [`disable_transparent_huge_pages`], `prctl(PR_SET_THP_DISABLE)`.
+//! * [`disable_transparent_huge_pages`], `prctl(PR_SET_THP_DISABLE)`;
+//! * [`set_ipv6_recv_info`] and [`recv_ipv6`]: the destination, interface
+//!   and hop limit of packets on an IPv6 (raw) socket, for VRRP over IPv6.
 //!
 //! Every `unsafe` block is a single libc call whose pointer arguments point at
 //! live Rust values of the length passed alongside.
@@ -293,9 +295,154 @@ pub fn disable_transparent_huge_pages() -> io::Result<()> {
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// What [`recv_ipv6`] learnt about a received IPv6 packet besides its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Info {
+    /// Payload bytes written to the buffer (the packet may have been longer).
+    pub len: usize,
+    pub src: std::net::Ipv6Addr,
+    /// Destination (IPV6_PKTINFO), if the socket asked for it.
+    pub dst: Option<std::net::Ipv6Addr>,
+    /// Arrival interface (IPV6_PKTINFO).
+    pub ifindex: Option<u32>,
+    /// Hop limit on arrival (IPV6_HOPLIMIT), if the socket asked for it.
+    pub hop_limit: Option<u8>,
+}
+
+/// Asks an IPv6 socket for the destination, arrival interface and hop
+/// limit of every packet (`IPV6_RECVPKTINFO`, `IPV6_RECVHOPLIMIT`), which
+/// IPv6 raw sockets do not deliver in the payload; read them with
+/// [`recv_ipv6`].
+pub fn set_ipv6_recv_info(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    for opt in [libc::IPV6_RECVPKTINFO, libc::IPV6_RECVHOPLIMIT] {
+        // SAFETY: `on` is a live c_int and its size is passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                opt,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Receives one datagram from an IPv6 socket (`recvmsg`) into `buf`, with
+/// its source and, if [`set_ipv6_recv_info`] was called, its destination,
+/// arrival interface and hop limit. Non-blocking sockets return
+/// `WouldBlock` when nothing is queued.
+pub fn recv_ipv6(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Ipv6Info> {
+    let mut from = libc::sockaddr_in6 {
+        sin6_family: 0,
+        sin6_port: 0,
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr { s6_addr: [0; 16] },
+        sin6_scope_id: 0,
+    };
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // u64 elements: the control buffer is aligned for cmsghdr.
+    let mut control = [0u64; 16];
+    let mut msg = libc::msghdr {
+        msg_name: (&mut from as *mut libc::sockaddr_in6).cast(),
+        msg_namelen: std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        msg_iov: &mut iov,
+        msg_iovlen: 1,
+        msg_control: control.as_mut_ptr().cast(),
+        msg_controllen: std::mem::size_of_val(&control),
+        msg_flags: 0,
+    };
+    // SAFETY: `msg` points at `from`, `iov` (over `buf`) and `control`, all
+    // live for the call, with their sizes.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let controllen = msg.msg_controllen.min(std::mem::size_of_val(&control));
+    let bytes: Vec<u8> = control.iter().flat_map(|w| w.to_ne_bytes()).take(controllen).collect();
+    let mut info = Ipv6Info {
+        len: usize::try_from(n).unwrap_or(0).min(buf.len()),
+        src: std::net::Ipv6Addr::from(from.sin6_addr.s6_addr),
+        dst: None,
+        ifindex: None,
+        hop_limit: None,
+    };
+    for (level, kind, data) in cmsgs(&bytes) {
+        match (level, kind) {
+            (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                // struct in6_pktinfo { in6_addr ipi6_addr; unsigned ipi6_ifindex; }
+                if let (Some(a), Some(i)) = (data.get(..16), data.get(16..20)) {
+                    info.dst = <[u8; 16]>::try_from(a).ok().map(std::net::Ipv6Addr::from);
+                    info.ifindex = <[u8; 4]>::try_from(i).ok().map(u32::from_ne_bytes);
+                }
+            }
+            (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT) => {
+                info.hop_limit = data
+                    .get(..4)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .map(|b| u8::try_from(i32::from_ne_bytes(b)).unwrap_or(0));
+            }
+            _ => {}
+        }
+    }
+    Ok(info)
+}
+
+/// The control messages in a `recvmsg` control buffer: (level, type, data),
+/// parsed by hand (`cmsghdr` then data, each aligned to `usize`).
+fn cmsgs(buf: &[u8]) -> Vec<(i32, i32, &[u8])> {
+    const ALIGN: usize = std::mem::size_of::<usize>();
+    let hdr = std::mem::size_of::<libc::cmsghdr>();
+    let align = |n: usize| n.div_ceil(ALIGN) * ALIGN;
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(h) = buf.get(at..at + hdr) {
+        let len = h.get(..ALIGN).and_then(|b| <[u8; ALIGN]>::try_from(b).ok()).map(usize::from_ne_bytes);
+        let level = h.get(ALIGN..ALIGN + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(i32::from_ne_bytes);
+        let kind = h.get(ALIGN + 4..ALIGN + 8).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(i32::from_ne_bytes);
+        let (Some(len), Some(level), Some(kind)) = (len, level, kind) else { break };
+        let end = match at.checked_add(len) {
+            Some(end) if len >= hdr && end <= buf.len() => end,
+            _ => break,
+        };
+        if let Some(data) = buf.get(at + align(hdr)..end) {
+            out.push((level, kind, data));
+        }
+        at = align(end);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_messages_are_parsed_by_hand() {
+        // Two messages: IPV6_HOPLIMIT (int 255), then IPV6_PKTINFO (20 bytes).
+        let mut b = Vec::new();
+        for (kind, data) in [(libc::IPV6_HOPLIMIT, 255i32.to_ne_bytes().to_vec()), (libc::IPV6_PKTINFO, vec![7u8; 20])]
+        {
+            let len = std::mem::size_of::<libc::cmsghdr>() + data.len();
+            b.extend_from_slice(&len.to_ne_bytes());
+            b.extend_from_slice(&libc::IPPROTO_IPV6.to_ne_bytes());
+            b.extend_from_slice(&kind.to_ne_bytes());
+            b.extend_from_slice(&data);
+            b.resize(b.len().div_ceil(8) * 8, 0);
+        }
+        let m = cmsgs(&b);
+        assert_eq!(m.len(), 2);
+        assert_eq!((m[0].0, m[0].1, m[0].2), (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT, &255i32.to_ne_bytes()[..]));
+        assert_eq!((m[1].1, m[1].2.len()), (libc::IPV6_PKTINFO, 20));
+        // Truncated or garbage input ends the walk without panicking.
+        assert!(cmsgs(&b[..10]).is_empty());
+        assert!(cmsgs(&[0xff; 40]).len() <= 1);
+    }
 
     #[test]
     fn unknown_interface_is_an_error() {

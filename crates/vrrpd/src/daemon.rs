@@ -44,7 +44,7 @@ use vipcast_vrrp::{Action, Config, Instance, Reason, State, StateChange, Track, 
 
 use crate::conf::{Conf, InstanceConf, ScriptConf};
 use crate::kernel::{Kernel, Link, primary_address};
-use crate::net::{IfSockets, Received, announce, spawn_receiver};
+use crate::net::{IfSockets, Received, announce, spawn_receiver, spawn_receiver_v6};
 use crate::scripts;
 use crate::status::{HISTORY, InstanceStatus, Status, Transition, now_us};
 
@@ -89,7 +89,7 @@ fn sync_tracker(group: &str) -> Tracked {
 enum Effect {
     Add(Vec<(u32, IpNet)>),
     Remove(Vec<(u32, IpNet)>),
-    Announce { ifindex: u32, mac: MacAddr, ips: Vec<IpAddr>, repeat: u32 },
+    Announce { ifindex: u32, mac: MacAddr, ips: Vec<IpAddr>, repeat: u32, src6: Option<std::net::Ipv6Addr> },
 }
 
 fn spawn_effects(kernel: Kernel) -> (mpsc::UnboundedSender<Effect>, JoinHandle<()>) {
@@ -112,7 +112,7 @@ fn spawn_effects(kernel: Kernel) -> (mpsc::UnboundedSender<Effect>, JoinHandle<(
                         }
                     }
                 }
-                Effect::Announce { ifindex, mac, ips, repeat } => {
+                Effect::Announce { ifindex, mac, ips, repeat, src6 } => {
                     let sock = match packet.entry(ifindex) {
                         std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                         std::collections::hash_map::Entry::Vacant(v) => match PacketSocket::bind(ifindex, 0) {
@@ -123,8 +123,8 @@ fn spawn_effects(kernel: Kernel) -> (mpsc::UnboundedSender<Effect>, JoinHandle<(
                             }
                         },
                     };
-                    if let Err(e) = announce(sock, mac, &ips, repeat) {
-                        tracing::warn!("gratuitous ARP on interface {ifindex}: {e}");
+                    if let Err(e) = announce(sock, mac, &ips, repeat, src6) {
+                        tracing::warn!("announcing on interface {ifindex}: {e}");
                     }
                 }
             }
@@ -136,8 +136,11 @@ fn spawn_effects(kernel: Kernel) -> (mpsc::UnboundedSender<Effect>, JoinHandle<(
 /// An interface adverts are sent and received on.
 #[derive(Debug)]
 struct Iface {
+    name: String,
     sockets: IfSockets,
-    receiver: JoinHandle<()>,
+    /// The IPv4 and IPv6 receivers, once an instance of the family is here.
+    rx4: Option<JoinHandle<()>>,
+    rx6: Option<JoinHandle<()>>,
     invalid: Arc<AtomicU64>,
 }
 
@@ -163,7 +166,8 @@ struct Daemon {
     links: HashMap<String, Link>,
     ifaces: HashMap<u32, Iface>,
     slots: Vec<Option<Slot>>,
-    by_key: HashMap<(u32, u8), usize>,
+    /// (interface, VRID, IPv6) -> slot
+    by_key: HashMap<(u32, u8, bool), usize>,
     timers: BTreeSet<(Instant, usize)>,
     link_up: HashMap<String, bool>,
     script_up: HashMap<String, bool>,
@@ -297,16 +301,15 @@ impl Daemon {
     async fn engine_config(&self, c: &InstanceConf, group: Option<&str>) -> anyhow::Result<Config> {
         let link = self.link(&c.interface)?;
         let v6 = c.is_ipv6();
-        if v6 {
-            bail!("vrrp_instance {}: IPv6 instances are not supported by vipcast vrrpd yet", c.name);
-        }
         let vip_ips: Vec<IpAddr> = c.vips.iter().map(|v| v.net.addr()).collect();
         let primary = match c.unicast_src_ip {
             Some(ip) => ip,
             None => {
                 let addrs = self.kernel.addrs(link.index).await?;
-                primary_address(&addrs, v6, &vip_ips)
-                    .ok_or_else(|| anyhow::anyhow!("vrrp_instance {}: {} has no IPv4 address", c.name, c.interface))?
+                primary_address(&addrs, v6, &vip_ips).ok_or_else(|| {
+                    let what = if v6 { "link-local IPv6" } else { "IPv4" };
+                    anyhow::anyhow!("vrrp_instance {}: {} has no {what} address", c.name, c.interface)
+                })?
             }
         };
         let mut cfg = Config::new(c.version, c.vrid, primary, vip_ips);
@@ -353,14 +356,28 @@ impl Daemon {
         Ok(m)
     }
 
-    fn ensure_iface(&mut self, name: &str, index: u32) -> anyhow::Result<()> {
-        if self.ifaces.contains_key(&index) {
-            return Ok(());
+    /// Opens the sockets of interface `name` and its receiver for the family.
+    fn ensure_iface(&mut self, name: &str, index: u32, v6: bool) -> anyhow::Result<()> {
+        let f = match self.ifaces.entry(index) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let sockets = IfSockets::open(name, index).with_context(|| format!("sockets on {name}"))?;
+                let invalid = Arc::new(AtomicU64::new(0));
+                v.insert(Iface { name: name.to_string(), sockets, rx4: None, rx6: None, invalid })
+            }
+        };
+        let tx = self.adverts_tx.clone();
+        if v6 && f.rx6.is_none() {
+            f.rx6 = Some(
+                spawn_receiver_v6(&f.name, index, tx, f.invalid.clone())
+                    .with_context(|| format!("IPv6 receive socket on {name}"))?,
+            );
+        } else if !v6 && f.rx4.is_none() {
+            f.rx4 = Some(
+                spawn_receiver(&f.name, index, tx, f.invalid.clone())
+                    .with_context(|| format!("IPv4 receive socket on {name}"))?,
+            );
         }
-        let sockets = IfSockets::open(name, index).with_context(|| format!("sockets on {name}"))?;
-        let (receiver, invalid) = spawn_receiver(name, index, self.adverts_tx.clone())
-            .with_context(|| format!("receive socket on {name}"))?;
-        self.ifaces.insert(index, Iface { sockets, receiver, invalid });
         Ok(())
     }
 
@@ -443,8 +460,8 @@ impl Daemon {
                 self.drain(i);
                 continue;
             }
-            self.ensure_iface(&c.interface, ifindex)?;
-            let key = (ifindex, c.vrid);
+            self.ensure_iface(&c.interface, ifindex, c.is_ipv6())?;
+            let key = (ifindex, c.vrid, c.is_ipv6());
             if let Some(&other) = self.by_key.get(&key)
                 && self.slots.get(other).is_some_and(Option::is_some)
             {
@@ -483,7 +500,7 @@ impl Daemon {
             if let Some(t) = s.armed {
                 self.timers.remove(&(t, i));
             }
-            self.by_key.remove(&(s.ifindex, s.conf.vrid));
+            self.by_key.remove(&(s.ifindex, s.conf.vrid, s.conf.is_ipv6()));
         }
     }
 
@@ -552,7 +569,11 @@ impl Daemon {
                     let Some(mac) = self.links.values().find(|l| l.index == ifindex).and_then(|l| l.mac) else {
                         continue;
                     };
-                    let _ = self.effects.send(Effect::Announce { ifindex, mac, ips, repeat });
+                    let src6 = match s.inst.config().primary_ip {
+                        IpAddr::V6(a) => Some(a),
+                        IpAddr::V4(_) => None,
+                    };
+                    let _ = self.effects.send(Effect::Announce { ifindex, mac, ips, repeat, src6 });
                 }
             }
             Action::Notify(change) => self.transition(i, change),
@@ -667,7 +688,7 @@ impl Daemon {
     }
 
     fn advert(&mut self, r: Received) {
-        let Some(&i) = self.by_key.get(&(r.ifindex, r.repr.vrid)) else {
+        let Some(&i) = self.by_key.get(&(r.ifindex, r.repr.vrid, r.src.is_ipv6())) else {
             tracing::trace!("advert for VRID {} on interface {}: no such instance", r.repr.vrid, r.ifindex);
             return;
         };
@@ -792,7 +813,9 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         for f in self.ifaces.values() {
-            f.receiver.abort();
+            for t in f.rx4.iter().chain(&f.rx6) {
+                t.abort();
+            }
         }
         for (_, t) in self.trackers.values() {
             t.abort();

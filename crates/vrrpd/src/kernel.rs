@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
-use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, MulticastGroup};
@@ -126,9 +126,16 @@ impl Kernel {
         Ok(out)
     }
 
-    /// Adds `net` to interface `index`; already there is fine.
+    /// Adds `net` to interface `index`; already there is fine. IPv6
+    /// addresses skip duplicate address detection (`nodad`, as keepalived
+    /// adds them): the backup that held it a moment ago must not make it fail.
     pub async fn add_addr(&self, index: u32, net: IpNet) -> Result<(), KernelError> {
-        match self.handle.address().add(index, net.addr(), net.prefix_len()).execute().await {
+        let mut req = self.handle.address().add(index, net.addr(), net.prefix_len());
+        if net.addr().is_ipv6() {
+            req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match req.execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
             Err(source) => Err(KernelError { what: format!("adding {net} to interface {index}"), source }),

@@ -12,8 +12,8 @@
 //! * [`bench`]: `vipcast bench vrrp`, vrrpd against keepalived with the
 //!   same instances.
 //!
-//! IPv4 only for now: an IPv6 instance is refused when the daemon starts
-//! (`--check` accepts it, as keepalived would).
+//! IPv4 and IPv6 (VRRPv3; the instance's family is its addresses', its
+//! primary address the interface's link-local one unless `unicast_src_ip`).
 
 pub mod bench;
 pub mod conf;
