@@ -34,7 +34,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -105,12 +105,6 @@ pub struct Notify {
     pub backup: Option<String>,
     pub fault: Option<String>,
     pub any: Option<String>,
-}
-
-impl Notify {
-    fn is_empty(&self) -> bool {
-        self.master.is_none() && self.backup.is_none() && self.fault.is_none() && self.any.is_none()
-    }
 }
 
 /// `vrrp_instance NAME`.
@@ -199,51 +193,51 @@ impl Conf {
 
 // ----- lexing ---------------------------------------------------------------
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Tok {
-    Word(String),
+/// A token: words borrow from the text (no allocation per token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tok<'t> {
+    Word(&'t str),
     Open,
     Close,
     Newline,
 }
 
-fn lex(text: &str) -> Vec<(Tok, usize)> {
+fn lex<'t>(text: &'t str) -> Vec<(Tok<'t>, usize)> {
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
-        let mut chars = raw.chars().peekable();
-        let mut word = String::new();
-        let flush = |word: &mut String, out: &mut Vec<(Tok, usize)>| {
-            if !word.is_empty() {
-                out.push((Tok::Word(std::mem::take(word)), line));
+        // Where the word in progress started.
+        let mut start: Option<usize> = None;
+        let flush = |start: &mut Option<usize>, end: usize, out: &mut Vec<(Tok<'t>, usize)>| {
+            if let Some(w) = start.take().and_then(|s| raw.get(s..end)) {
+                out.push((Tok::Word(w), line));
             }
         };
-        while let Some(c) = chars.next() {
+        let mut chars = raw.char_indices();
+        while let Some((at, c)) = chars.next() {
             match c {
-                '#' | '!' if word.is_empty() => break,
-                '"' if word.is_empty() => {
-                    let mut s = String::new();
-                    for d in chars.by_ref() {
+                '#' | '!' if start.is_none() => break,
+                '"' if start.is_none() => {
+                    let mut to = raw.len();
+                    for (j, d) in chars.by_ref() {
                         if d == '"' {
+                            to = j;
                             break;
                         }
-                        s.push(d);
                     }
-                    out.push((Tok::Word(s), line));
+                    out.push((Tok::Word(raw.get(at + 1..to).unwrap_or_default()), line));
                 }
-                '{' => {
-                    flush(&mut word, &mut out);
-                    out.push((Tok::Open, line));
+                '{' | '}' => {
+                    flush(&mut start, at, &mut out);
+                    out.push((if c == '{' { Tok::Open } else { Tok::Close }, line));
                 }
-                '}' => {
-                    flush(&mut word, &mut out);
-                    out.push((Tok::Close, line));
+                c if c.is_whitespace() => flush(&mut start, at, &mut out),
+                _ => {
+                    start.get_or_insert(at);
                 }
-                c if c.is_whitespace() => flush(&mut word, &mut out),
-                c => word.push(c),
             }
         }
-        flush(&mut word, &mut out);
+        flush(&mut start, raw.len(), &mut out);
         out.push((Tok::Newline, line));
     }
     out
@@ -251,20 +245,20 @@ fn lex(text: &str) -> Vec<(Tok, usize)> {
 
 /// `KEYWORD ARGS... [{ children }]`
 #[derive(Debug, Clone)]
-struct Stmt {
-    key: String,
-    args: Vec<String>,
-    block: Option<Vec<Stmt>>,
+struct Stmt<'t> {
+    key: &'t str,
+    args: Vec<&'t str>,
+    block: Option<Vec<Stmt<'t>>>,
     line: usize,
 }
 
-impl Stmt {
+impl<'t> Stmt<'t> {
     /// Every word of a list block (keys and args of its lines), with lines.
-    fn words(&self) -> Vec<(String, usize)> {
-        let mut v: Vec<(String, usize)> = self.args.iter().map(|a| (a.clone(), self.line)).collect();
+    fn words(&self) -> Vec<(&'t str, usize)> {
+        let mut v: Vec<(&'t str, usize)> = self.args.iter().map(|a| (*a, self.line)).collect();
         for c in self.block.iter().flatten() {
-            v.push((c.key.clone(), c.line));
-            v.extend(c.args.iter().map(|a| (a.clone(), c.line)));
+            v.push((c.key, c.line));
+            v.extend(c.args.iter().map(|a| (*a, c.line)));
         }
         v
     }
@@ -272,12 +266,12 @@ impl Stmt {
 
 struct Parser<'a> {
     file: &'a str,
-    toks: Vec<(Tok, usize)>,
+    toks: Vec<(Tok<'a>, usize)>,
     pos: usize,
     warnings: Vec<Warning>,
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
     fn err(&self, line: usize, message: impl Into<String>) -> ConfError {
         ConfError { file: self.file.to_string(), line, message: message.into() }
     }
@@ -287,7 +281,7 @@ impl Parser<'_> {
     }
 
     /// Statements until a `}` (when `nested`) or the end.
-    fn stmts(&mut self, nested: Option<usize>) -> Result<Vec<Stmt>, ConfError> {
+    fn stmts(&mut self, nested: Option<usize>) -> Result<Vec<Stmt<'a>>, ConfError> {
         let mut out = Vec::new();
         loop {
             let Some((tok, line)) = self.toks.get(self.pos).cloned() else {
@@ -308,7 +302,7 @@ impl Parser<'_> {
                 Tok::Open => {
                     // A block without a keyword: keep its contents as one statement.
                     let block = self.stmts(Some(line))?;
-                    out.push(Stmt { key: String::new(), args: Vec::new(), block: Some(block), line });
+                    out.push(Stmt { key: "", args: Vec::new(), block: Some(block), line });
                 }
                 Tok::Word(key) => {
                     let mut args = Vec::new();
@@ -358,7 +352,7 @@ pub fn parse(text: &str, file: &str) -> Result<(Conf, Vec<Warning>), ConfError> 
     }
     let mut instance_stmts = Vec::new();
     for s in &top {
-        match s.key.as_str() {
+        match s.key {
             "global_defs" => {}
             "vrrp_instance" => instance_stmts.push(s),
             "vrrp_script" => {
@@ -418,7 +412,7 @@ pub fn parse(text: &str, file: &str) -> Result<(Conf, Vec<Warning>), ConfError> 
     Ok((conf, p.warnings))
 }
 
-fn one_arg<'s>(p: &Parser<'_>, s: &'s Stmt) -> Result<&'s str, ConfError> {
+fn one_arg<'t>(p: &Parser<'_>, s: &Stmt<'t>) -> Result<&'t str, ConfError> {
     match s.args.as_slice() {
         [a] => Ok(a),
         [] => Err(p.err(s.line, format!("{} needs a value", s.key))),
@@ -426,7 +420,7 @@ fn one_arg<'s>(p: &Parser<'_>, s: &'s Stmt) -> Result<&'s str, ConfError> {
     }
 }
 
-fn no_arg(p: &Parser<'_>, s: &Stmt) -> Result<(), ConfError> {
+fn no_arg(p: &Parser<'_>, s: &Stmt<'_>) -> Result<(), ConfError> {
     if s.args.is_empty() { Ok(()) } else { Err(p.err(s.line, format!("{} takes no value", s.key))) }
 }
 
@@ -434,13 +428,13 @@ fn no_arg(p: &Parser<'_>, s: &Stmt) -> Result<(), ConfError> {
 /// usual form is one quoted string holding the command and its arguments
 /// (`notify_master "/etc/ka.sh master"`), taken as it is; several words are
 /// joined, re-quoting those that were quoted with spaces inside.
-fn command(p: &Parser<'_>, s: &Stmt) -> Result<String, ConfError> {
+fn command(p: &Parser<'_>, s: &Stmt<'_>) -> Result<String, ConfError> {
     match s.args.as_slice() {
         [] => Err(p.err(s.line, format!("{} needs a command", s.key))),
-        [one] => Ok(one.clone()),
+        [one] => Ok(one.to_string()),
         many => Ok(many
             .iter()
-            .map(|a| if a.contains(char::is_whitespace) { format!("\"{a}\"") } else { a.clone() })
+            .map(|a| if a.contains(char::is_whitespace) { format!("\"{a}\"") } else { a.to_string() })
             .collect::<Vec<_>>()
             .join(" ")),
     }
@@ -463,7 +457,7 @@ fn seconds(p: &Parser<'_>, line: usize, what: &str, v: &str, min: f64, max: f64)
     Ok(Duration::from_secs_f64(f))
 }
 
-fn version(p: &Parser<'_>, s: &Stmt) -> Result<Version, ConfError> {
+fn version(p: &Parser<'_>, s: &Stmt<'_>) -> Result<Version, ConfError> {
     match one_arg(p, s)? {
         "2" => Ok(Version::V2),
         "3" => Ok(Version::V3),
@@ -476,20 +470,20 @@ fn garp_setting(p: &Parser<'_>, s: &Stmt, key: &str, g: &mut GarpConfig) -> Resu
     let day = 86_400.0;
     match key {
         "garp_master_delay" => {
-            g.master_delay = seconds(p, s.line, &s.key, one_arg(p, s)?, 0.0, day)?;
+            g.master_delay = seconds(p, s.line, s.key, one_arg(p, s)?, 0.0, day)?;
         }
-        "garp_master_repeat" => g.master_repeat = int(p, s.line, &s.key, one_arg(p, s)?, 0, 1000)?,
+        "garp_master_repeat" => g.master_repeat = int(p, s.line, s.key, one_arg(p, s)?, 0, 1000)?,
         "garp_master_refresh" => {
-            let d = seconds(p, s.line, &s.key, one_arg(p, s)?, 0.0, day)?;
+            let d = seconds(p, s.line, s.key, one_arg(p, s)?, 0.0, day)?;
             g.master_refresh = (!d.is_zero()).then_some(d);
         }
         "garp_master_refresh_repeat" => {
-            g.master_refresh_repeat = int(p, s.line, &s.key, one_arg(p, s)?, 1, 1000)?;
+            g.master_refresh_repeat = int(p, s.line, s.key, one_arg(p, s)?, 1, 1000)?;
         }
         "garp_lower_prio_delay" => {
-            g.lower_prio_delay = Some(seconds(p, s.line, &s.key, one_arg(p, s)?, 0.0, day)?);
+            g.lower_prio_delay = Some(seconds(p, s.line, s.key, one_arg(p, s)?, 0.0, day)?);
         }
-        "garp_lower_prio_repeat" => g.lower_prio_repeat = Some(int(p, s.line, &s.key, one_arg(p, s)?, 0, 1000)?),
+        "garp_lower_prio_repeat" => g.lower_prio_repeat = Some(int(p, s.line, s.key, one_arg(p, s)?, 0, 1000)?),
         _ => return Ok(false),
     }
     Ok(true)
@@ -497,11 +491,11 @@ fn garp_setting(p: &Parser<'_>, s: &Stmt, key: &str, g: &mut GarpConfig) -> Resu
 
 fn global(p: &mut Parser<'_>, s: &Stmt, g: &mut Global) -> Result<(), ConfError> {
     for c in s.block.iter().flatten() {
-        match c.key.as_str() {
+        match c.key {
             "router_id" => g.router_id = Some(one_arg(p, c)?.to_string()),
             "vrrp_version" => g.version = version(p, c)?,
             "vrrp_lower_prio_no_advert" => {
-                g.lower_prio_no_advert = match c.args.first().map(String::as_str) {
+                g.lower_prio_no_advert = match c.args.first().copied() {
                     None | Some("true") | Some("on") | Some("yes") => true,
                     Some("false") | Some("off") | Some("no") => false,
                     Some(v) => return Err(p.err(c.line, format!("vrrp_lower_prio_no_advert: {v:?} is not a boolean"))),
@@ -523,15 +517,15 @@ fn ip(p: &Parser<'_>, line: usize, what: &str, v: &str) -> Result<IpAddr, ConfEr
     v.parse().map_err(|_| p.err(line, format!("{what}: {v:?} is not an IP address")))
 }
 
-fn tracks(p: &mut Parser<'_>, s: &Stmt) -> Result<Vec<TrackRef>, ConfError> {
+fn tracks(p: &mut Parser<'_>, s: &Stmt<'_>) -> Result<Vec<TrackRef>, ConfError> {
     let mut out: Vec<TrackRef> = Vec::new();
     for c in s.block.iter().flatten() {
         let weight = match c.args.as_slice() {
             [] => None,
-            [w, v] if w == "weight" => {
+            [w, v] if *w == "weight" => {
                 Some(int(p, c.line, "weight", v, -i64::from(MAX_WEIGHT), i64::from(MAX_WEIGHT))?)
             }
-            [w, v, extra @ ..] if w == "weight" => {
+            [w, v, extra @ ..] if *w == "weight" => {
                 p.warn(c.line, format!("{}: {:?} after the weight ignored", s.key, extra.join(" ")));
                 Some(int(p, c.line, "weight", v, -i64::from(MAX_WEIGHT), i64::from(MAX_WEIGHT))?)
             }
@@ -542,14 +536,14 @@ fn tracks(p: &mut Parser<'_>, s: &Stmt) -> Result<Vec<TrackRef>, ConfError> {
         if out.iter().any(|t| t.name == c.key) {
             return Err(p.err(c.line, format!("{}: {} is listed twice", s.key, c.key)));
         }
-        out.push(TrackRef { name: c.key.clone(), weight, line: c.line });
+        out.push(TrackRef { name: c.key.to_string(), weight, line: c.line });
     }
     Ok(out)
 }
 
 fn instance(p: &mut Parser<'_>, s: &Stmt, g: &Global) -> Result<InstanceConf, ConfError> {
     let name = match s.args.as_slice() {
-        [n] => n.clone(),
+        [n] => n.to_string(),
         _ => return Err(p.err(s.line, "vrrp_instance needs one name")),
     };
     let Some(block) = &s.block else {
@@ -583,7 +577,7 @@ fn instance(p: &mut Parser<'_>, s: &Stmt, g: &Global) -> Result<InstanceConf, Co
     };
     let mut vip_block_line = None;
     for c in block {
-        let key = c.key.as_str();
+        let key = c.key;
         match key {
             "state" => {
                 inst.start_as = match one_arg(p, c)? {
@@ -632,7 +626,7 @@ fn instance(p: &mut Parser<'_>, s: &Stmt, g: &Global) -> Result<InstanceConf, Co
                     return Err(p.err(l.line, format!("unicast_peer: options after {} are not supported", l.key)));
                 }
                 for (w, line) in c.words() {
-                    let a = ip(p, line, "unicast_peer", &w)?;
+                    let a = ip(p, line, "unicast_peer", w)?;
                     if inst.unicast_peers.contains(&a) {
                         return Err(p.err(line, format!("unicast_peer {a} is listed twice")));
                     }
@@ -722,12 +716,12 @@ fn instance(p: &mut Parser<'_>, s: &Stmt, g: &Global) -> Result<InstanceConf, Co
 }
 
 /// `ADDR[/PREFIX] [dev IF] [...]`
-fn vip(p: &mut Parser<'_>, l: &Stmt) -> Result<Vip, ConfError> {
+fn vip(p: &mut Parser<'_>, l: &Stmt<'_>) -> Result<Vip, ConfError> {
     let net: IpNet = match l.key.split_once('/') {
         Some(_) => {
             l.key.parse().map_err(|_| p.err(l.line, format!("virtual_ipaddress: {:?} is not ADDR/PREFIX", l.key)))?
         }
-        None => IpNet::from(ip(p, l.line, "virtual_ipaddress", &l.key)?),
+        None => IpNet::from(ip(p, l.line, "virtual_ipaddress", l.key)?),
     };
     let a = net.addr();
     if a.is_unspecified() || a.is_multicast() || a.is_loopback() {
@@ -736,9 +730,9 @@ fn vip(p: &mut Parser<'_>, l: &Stmt) -> Result<Vip, ConfError> {
     let mut dev = None;
     let mut args = l.args.iter();
     while let Some(k) = args.next() {
-        match k.as_str() {
+        match *k {
             "dev" => match args.next() {
-                Some(d) => dev = Some(d.clone()),
+                Some(d) => dev = Some(d.to_string()),
                 None => return Err(p.err(l.line, "virtual_ipaddress: `dev` needs an interface")),
             },
             other => {
@@ -751,9 +745,9 @@ fn vip(p: &mut Parser<'_>, l: &Stmt) -> Result<Vip, ConfError> {
     Ok(Vip { net, dev })
 }
 
-fn script(p: &mut Parser<'_>, s: &Stmt) -> Result<ScriptConf, ConfError> {
+fn script(p: &mut Parser<'_>, s: &Stmt<'_>) -> Result<ScriptConf, ConfError> {
     let name = match s.args.as_slice() {
-        [n] => n.clone(),
+        [n] => n.to_string(),
         _ => return Err(p.err(s.line, "vrrp_script needs one name")),
     };
     let mut cmd = None;
@@ -771,13 +765,13 @@ fn script(p: &mut Parser<'_>, s: &Stmt) -> Result<ScriptConf, ConfError> {
         init_fail: false,
     };
     for c in s.block.iter().flatten() {
-        let key = c.key.as_str();
+        let key = c.key;
         match key {
             "script" => cmd = Some(command(p, c)?),
             "interval" => interval = seconds(p, c.line, key, one_arg(p, c)?, 0.01, 86_400.0)?,
             "timeout" => timeout = Some(seconds(p, c.line, key, one_arg(p, c)?, 0.01, 86_400.0)?),
             "weight" => {
-                sc.weight = int(p, c.line, key, c.args.first().map(String::as_str).unwrap_or(""), -254, 254)?;
+                sc.weight = int(p, c.line, key, c.args.first().copied().unwrap_or(""), -254, 254)?;
                 if c.args.len() > 1 {
                     p.warn(c.line, format!("vrrp_script {name}: {:?} after the weight ignored", c.args[1..].join(" ")));
                 }
@@ -797,20 +791,20 @@ fn script(p: &mut Parser<'_>, s: &Stmt) -> Result<ScriptConf, ConfError> {
     Ok(sc)
 }
 
-fn sync_group(p: &mut Parser<'_>, s: &Stmt) -> Result<SyncGroupConf, ConfError> {
+fn sync_group(p: &mut Parser<'_>, s: &Stmt<'_>) -> Result<SyncGroupConf, ConfError> {
     let name = match s.args.as_slice() {
-        [n] => n.clone(),
+        [n] => n.to_string(),
         _ => return Err(p.err(s.line, "vrrp_sync_group needs one name")),
     };
     let mut g = SyncGroupConf { name: name.clone(), line: s.line, members: Vec::new(), notify: Notify::default() };
     for c in s.block.iter().flatten() {
-        match c.key.as_str() {
+        match c.key {
             "group" => {
                 for (w, line) in c.words() {
-                    if g.members.contains(&w) {
+                    if g.members.iter().any(|m| m == w) {
                         return Err(p.err(line, format!("vrrp_sync_group {name}: {w} is listed twice")));
                     }
-                    g.members.push(w);
+                    g.members.push(w.to_string());
                 }
             }
             "notify_master" => g.notify.master = Some(command(p, c)?),
@@ -823,13 +817,7 @@ fn sync_group(p: &mut Parser<'_>, s: &Stmt) -> Result<SyncGroupConf, ConfError> 
     if g.members.is_empty() {
         return Err(p.err(s.line, format!("vrrp_sync_group {name}: empty group")));
     }
-    let _ = g.notify.is_empty();
     Ok(g)
-}
-
-/// Where the configuration came from, for messages.
-pub fn display_path(p: &Path) -> PathBuf {
-    p.to_path_buf()
 }
 
 #[cfg(test)]

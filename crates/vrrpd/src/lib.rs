@@ -15,17 +15,25 @@
 //! IPv4 and IPv6 (VRRPv3; the instance's family is its addresses', its
 //! primary address the interface's link-local one unless `unicast_src_ip`).
 
+#[cfg(feature = "daemon")]
 pub mod bench;
 pub mod conf;
+#[cfg(feature = "daemon")]
 pub mod daemon;
+#[cfg(feature = "daemon")]
 pub mod kernel;
+#[cfg(feature = "daemon")]
 pub mod net;
+#[cfg(feature = "daemon")]
 pub mod scripts;
+#[cfg(feature = "daemon")]
 pub mod status;
 
+#[cfg(feature = "daemon")]
 use std::path::PathBuf;
 
 /// `vipcast vrrpd` flags.
+#[cfg(feature = "daemon")]
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// The keepalived.conf to run.
@@ -43,7 +51,12 @@ pub struct Args {
 }
 
 /// Runs `vipcast vrrpd`.
+#[cfg(feature = "daemon")]
 pub fn main(args: Args) -> anyhow::Result<()> {
+    // A few MiB of heap, not 2 MiB pages of it (see the function's doc).
+    if let Err(e) = vipcast_sys::disable_transparent_huge_pages() {
+        tracing::debug!("transparent huge pages stay on: {e}");
+    }
     if let Some(path) = &args.show_status {
         print!("{}", status::Status::read(path)?.table());
         return Ok(());
@@ -63,10 +76,6 @@ pub fn main(args: Args) -> anyhow::Result<()> {
             warnings.len()
         );
         return Ok(());
-    }
-    // A few MiB of heap, not 2 MiB pages of it (see the function's doc).
-    if let Err(e) = vipcast_sys::disable_transparent_huge_pages() {
-        tracing::debug!("transparent huge pages stay on: {e}");
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(daemon::run(daemon::Options { config: file, status: args.status }))
