@@ -10,11 +10,13 @@
 //!
 //! Both daemons get the same generated keepalived.conf (modulo interface
 //! names): VRRPv3, priority 150, one VIP per instance, `vrrp_garp_master_delay
-//! 0`. Once every VIP is configured on both sides (and a settling second),
-//! the window starts: CPU is utime + stime from `/proc/<pid>/stat` of the
-//! daemon and all its descendants (keepalived's VRRP child), RSS is VmRSS
-//! summed the same way at the end of the window, and adverts/s is the
-//! interfaces' transmitted packets over the window.
+//! 0`. Once every VIP is configured on both sides (and two settling
+//! seconds), the window starts: CPU is utime + stime from `/proc/<pid>/stat`
+//! of the daemon and all its descendants (keepalived's VRRP child), RSS
+//! (VmRSS) and PSS (shared pages divided among their users: keepalived's
+//! two processes share most of theirs) are summed the same way at the end
+//! of the window, and packets/s is the interfaces' transmitted packets over
+//! the window.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -49,8 +51,13 @@ pub struct Usage {
     pub cpu_s: f64,
     /// CPU as a percentage of one core.
     pub cpu_percent: f64,
-    /// Resident memory at the end of the window, KiB.
+    /// Resident memory at the end of the window, KiB (VmRSS summed over
+    /// the processes: pages shared between keepalived's two processes, or
+    /// with other programs, count in full for each).
     pub rss_kib: u64,
+    /// Proportional set size, KiB (`Pss` of /proc/<pid>/smaps_rollup
+    /// summed: shared pages divided among their users).
+    pub pss_kib: u64,
     /// Packets sent per second (adverts; nothing else once settled).
     pub tx_per_s: f64,
     /// Processes counted (the daemon and its descendants).
@@ -68,6 +75,7 @@ pub struct Report {
     /// vrrpd / keepalived.
     pub cpu_ratio: f64,
     pub rss_ratio: f64,
+    pub pss_ratio: f64,
 }
 
 /// The generated configuration: `n` instances over `ifs` (interface names).
@@ -141,11 +149,12 @@ fn stat(pid: u32) -> Option<(u32, u64)> {
     Some((ppid, ticks))
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+/// A `Key:   N kB` line of a /proc file, in KiB.
+fn proc_kib(path: &str, key: &str) -> u64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+            s.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)
 }
@@ -244,7 +253,8 @@ pub fn run(a: Args, exe: &Path) -> anyhow::Result<Report> {
         Usage {
             cpu_s,
             cpu_percent: 100.0 * cpu_s / secs,
-            rss_kib: pids.iter().map(|p| rss_kib(*p)).sum(),
+            rss_kib: pids.iter().map(|p| proc_kib(&format!("/proc/{p}/status"), "VmRSS:")).sum(),
+            pss_kib: pids.iter().map(|p| proc_kib(&format!("/proc/{p}/smaps_rollup"), "Pss:")).sum(),
             tx_per_s: t1.saturating_sub(t0) as f64 / secs,
             processes: pids.len(),
         }
@@ -262,6 +272,7 @@ pub fn run(a: Args, exe: &Path) -> anyhow::Result<Report> {
         keepalived: ku,
         cpu_ratio: ratio(vu.cpu_s, ku.cpu_s),
         rss_ratio: ratio(vu.rss_kib as f64, ku.rss_kib as f64),
+        pss_ratio: ratio(vu.pss_kib as f64, ku.pss_kib as f64),
     })
 }
 
@@ -269,7 +280,7 @@ pub fn run(a: Args, exe: &Path) -> anyhow::Result<Report> {
 pub fn table(r: &Report) -> String {
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
-    t.set_header(["daemon", "processes", "CPU s", "CPU % of a core", "RSS MiB", "packets/s"]);
+    t.set_header(["daemon", "processes", "CPU s", "CPU % of a core", "RSS MiB", "PSS MiB", "packets/s"]);
     for (name, u) in [("vipcast vrrpd", r.vrrpd), ("keepalived", r.keepalived)] {
         t.add_row([
             name.to_string(),
@@ -277,12 +288,13 @@ pub fn table(r: &Report) -> String {
             format!("{:.2}", u.cpu_s),
             format!("{:.1}", u.cpu_percent),
             format!("{:.1}", u.rss_kib as f64 / 1024.0),
+            format!("{:.1}", u.pss_kib as f64 / 1024.0),
             format!("{:.0}", u.tx_per_s),
         ]);
     }
     format!(
-        "{} instances, advert_int {} s, window {:.1} s\n{t}\nvrrpd / keepalived: CPU {:.2}, RSS {:.2}\n",
-        r.instances, r.advert_int, r.window_s, r.cpu_ratio, r.rss_ratio
+        "{} instances, advert_int {} s, window {:.1} s\n{t}\nvrrpd / keepalived: CPU {:.2}, RSS {:.2}, PSS {:.2}\n",
+        r.instances, r.advert_int, r.window_s, r.cpu_ratio, r.rss_ratio, r.pss_ratio
     )
 }
 

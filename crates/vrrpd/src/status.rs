@@ -47,6 +47,8 @@ pub struct InstanceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master: Option<String>,
     pub addresses: Vec<String>,
+    /// Counters as of the last write (the file is rewritten on state
+    /// changes and at exit, not per advert).
     pub adverts_sent: u64,
     pub adverts_received: u64,
     pub adverts_discarded: u64,
@@ -82,8 +84,11 @@ impl Status {
             std::fs::create_dir_all(dir)?;
         }
         let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, text)?;
+        // Streamed: 1000 instances are ~0.5 MB of JSON, not worth holding.
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        serde_json::to_writer_pretty(&mut out, self).map_err(std::io::Error::other)?;
+        std::io::Write::flush(&mut out)?;
+        drop(out);
         std::fs::rename(&tmp, path)
     }
 
