@@ -823,3 +823,135 @@ impl Drop for CliLab {
         let _ = vipcast(&["lab", "down", &self.name]);
     }
 }
+
+/// The daemon on its own (a veth whose peer is silent, so every instance
+/// becomes master): `--check`, a `vrrp_script` tracker (weight 0: FAULT while
+/// it fails), notify scripts, SIGHUP (a changed priority and an added VIP
+/// reconfigure the running master without a state change; a new instance
+/// starts; a broken file is refused and changes nothing; a removed instance
+/// stops and takes its VIP along), `--show-status`, and SIGTERM (every VIP
+/// removed, exit 0).
+#[test]
+fn daemon_reload_trackers_notify_and_shutdown() {
+    let id = unique_id();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ns = Netns::new(format!("vvd-{id}")).unwrap();
+    let sink = Netns::new(format!("vvd-{id}-s")).unwrap();
+    let dev = format!("vvd{id}a");
+    let _veth = Veth::new(&dev, Some(&ns), &format!("vvd{id}b"), Some(&sink)).unwrap();
+    ns.ip(&["addr", "add", "10.96.0.1/24", "dev", &dev]).unwrap();
+    let flag = d.join("healthy");
+    std::fs::write(&flag, "").unwrap();
+    std::fs::write(d.join("notify.sh"), format!("#!/bin/sh\necho \"$*\" >> {}/notify.log\n", d.display())).unwrap();
+    Command::new("chmod").arg("+x").arg(d.join("notify.sh")).status().unwrap();
+    let conf = |prio: u32, vips: &str, second: bool, broken: bool| {
+        let mut s = format!(
+            "vrrp_script chk {{\n    script \"test -f {}\"\n    interval 0.05\n    fall 1\n    rise 1\n}}\n\
+             vrrp_instance VI_1 {{\n    interface {dev}\n    virtual_router_id 1\n    priority {prio}\n    \
+             advert_int 0.1\n    version 3\n    track_script {{\n        chk\n    }}\n    notify {}/notify.sh\n    \
+             virtual_ipaddress {{\n{vips}    }}\n}}\n",
+            flag.display(),
+            d.display()
+        );
+        if second {
+            s.push_str(&format!(
+                "vrrp_instance VI_2 {{\n    interface {dev}\n    virtual_router_id 2\n    advert_int 0.1\n    \
+                 version 3\n    virtual_ipaddress {{\n        10.96.0.200/24\n    }}\n}}\n"
+            ));
+        }
+        if broken {
+            s.push_str(
+                "vrrp_instance VI_3 {\n    interface lo\n    virtual_router_id 3\n    priority 300\n    \
+                 virtual_ipaddress {\n        10.96.0.3\n    }\n}\n",
+            );
+        }
+        std::fs::write(d.join("k.conf"), s).unwrap();
+    };
+    let status = d.join("status.json");
+    let read = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&status).unwrap_or_default()).unwrap_or_default()
+    };
+    let state = |name: &str| -> String {
+        read()["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["name"] == name)
+            .map(|i| i["state"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    let addrs = || ns.ip(&["-4", "addr", "show", "dev", &dev]).unwrap();
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let end = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < end, "{what}; addresses: {}; status: {}", addrs(), read());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+
+    // --check: a broken file names its line and fails.
+    conf(100, "        10.96.0.100/24\n", false, true);
+    let out = vipcast(&["vrrpd", "-f", d.join("k.conf").to_str().unwrap(), "--check"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let written = std::fs::read_to_string(d.join("k.conf")).unwrap();
+    let line = written.lines().position(|l| l.contains("priority 300")).unwrap() + 1;
+    assert!(text(&out).contains(&format!("k.conf:{line}: priority: 300")), "{}", text(&out));
+
+    conf(100, "        10.96.0.100/24\n", false, false);
+    assert!(vipcast(&["vrrpd", "-f", d.join("k.conf").to_str().unwrap(), "--check"]).status.success());
+    let mut cmd = ns.command(VIPCAST);
+    cmd.args(["vrrpd", "-f"]).arg(d.join("k.conf")).arg("--status").arg(&status);
+    let mut daemon = Child::spawn(&mut cmd, &d.join("vrrpd.log")).unwrap();
+    wait("VI_1 becomes master", &|| state("VI_1") == "MASTER" && addrs().contains("10.96.0.100/24"));
+
+    // The tracker fails: FAULT, VIP removed; it recovers: master again.
+    std::fs::remove_file(&flag).unwrap();
+    wait("VI_1 in FAULT without its VIP", &|| state("VI_1") == "FAULT" && !addrs().contains("10.96.0.100/"));
+    std::fs::write(&flag, "").unwrap();
+    wait("VI_1 master again", &|| state("VI_1") == "MASTER" && addrs().contains("10.96.0.100/24"));
+    let transitions =
+        |name: &str| read()["transitions"].as_array().into_iter().flatten().filter(|t| t["instance"] == name).count();
+    let before = transitions("VI_1");
+
+    // SIGHUP: priority 120, one more VIP, a second instance.
+    conf(120, "        10.96.0.100/24\n        10.96.0.101/24\n", true, false);
+    let hup = |daemon: &Child| {
+        assert!(Command::new("kill").args(["-HUP", &daemon.id().to_string()]).status().unwrap().success());
+    };
+    hup(&daemon);
+    wait("VI_2 master, VIP .101 added", &|| {
+        state("VI_2") == "MASTER" && addrs().contains("10.96.0.101/24") && addrs().contains("10.96.0.200/24")
+    });
+    let prio = || read()["instances"][0]["effective_priority"].as_u64();
+    assert_eq!(prio(), Some(120));
+    assert_eq!((state("VI_1"), transitions("VI_1")), ("MASTER".to_string(), before), "reload changed VI_1's state");
+
+    // A broken file is refused: nothing changes.
+    conf(130, "        10.96.0.100/24\n", true, true);
+    hup(&daemon);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(daemon.is_running());
+    assert_eq!(prio(), Some(120));
+    assert!(addrs().contains("10.96.0.101/24"));
+
+    // VI_2 and VIP .101 removed from the file: both go.
+    conf(120, "        10.96.0.100/24\n", false, false);
+    hup(&daemon);
+    wait("VI_2 stopped, its VIP and .101 removed", &|| {
+        state("VI_2").is_empty() && !addrs().contains("10.96.0.200/") && !addrs().contains("10.96.0.101/")
+    });
+    assert_eq!((state("VI_1"), transitions("VI_1")), ("MASTER".to_string(), before));
+
+    let shown = vipcast(&["vrrpd", "--show-status", status.to_str().unwrap()]);
+    assert!(shown.status.success() && text(&shown).contains("VI_1") && text(&shown).contains("MASTER"));
+
+    // SIGTERM: VIP removed, clean exit.
+    assert!(daemon.terminate(Duration::from_secs(5)), "vrrpd did not exit on SIGTERM");
+    assert!(daemon.exit_status().is_none_or(|s| s.success()));
+    assert!(!addrs().contains("10.96.0.100/"), "VIP left behind: {}", addrs());
+    let notified = std::fs::read_to_string(d.join("notify.log")).unwrap_or_default();
+    for line in ["INSTANCE VI_1 BACKUP 100", "INSTANCE VI_1 MASTER 100", "INSTANCE VI_1 FAULT 100"] {
+        assert!(notified.contains(line), "notify log lacks {line:?}:\n{notified}");
+    }
+}

@@ -454,10 +454,18 @@ impl Daemon {
                 }
                 s.inst.reconfigure(now, cfg).map_err(|e| anyhow::anyhow!("vrrp_instance {}: {e}", c.name))?;
                 s.conf = c;
-                s.vips = vips;
+                // Removed addresses must still be found (on their
+                // interface) while this reload's actions are carried out.
+                let old = std::mem::replace(&mut s.vips, vips.clone());
+                for (a, at) in old {
+                    s.vips.entry(a).or_insert(at);
+                }
                 s.group = group;
                 self.report_trackers(i, now);
                 self.drain(i);
+                if let Some(s) = self.slots.get_mut(i).and_then(Option::as_mut) {
+                    s.vips = vips;
+                }
                 continue;
             }
             self.ensure_iface(&c.interface, ifindex, c.is_ipv6())?;
