@@ -955,3 +955,19 @@ fn daemon_reload_trackers_notify_and_shutdown() {
         assert!(notified.contains(line), "notify log lacks {line:?}:\n{notified}");
     }
 }
+
+/// `vipcast bench vrrp`, short: both daemons run every instance as master
+/// (each sends one advert per instance per interval) and are measured.
+#[test]
+fn bench_vrrp_short_run() {
+    let out = vipcast(&["bench", "vrrp", "--instances", "40", "--advert-int", "0.1", "--window", "1", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for daemon in ["vrrpd", "keepalived"] {
+        let u = &r[daemon];
+        let rate = u["tx_per_s"].as_f64().unwrap();
+        assert!((300.0..=500.0).contains(&rate), "{daemon}: {rate} packets/s for 40 instances at 0.1 s: {r}");
+        assert!(u["rss_kib"].as_u64().unwrap() > 0 && u["pss_kib"].as_u64().unwrap() > 0, "{r}");
+    }
+    assert_eq!(r["keepalived"]["processes"].as_u64(), Some(2), "keepalived and its VRRP child: {r}");
+}
