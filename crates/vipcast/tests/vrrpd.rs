@@ -971,3 +971,70 @@ fn bench_vrrp_short_run() {
     }
     assert_eq!(r["keepalived"]["processes"].as_u64(), Some(2), "keepalived and its VRRP child: {r}");
 }
+
+/// A `vrrp_sync_group`: when one member's tracker fails, every member goes
+/// to FAULT (and gives up its VIP), and back when it recovers; the group's
+/// notify script hears the group's state.
+#[test]
+fn sync_group_shares_fault() {
+    let id = unique_id();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ns = Netns::new(format!("vvg-{id}")).unwrap();
+    let sink = Netns::new(format!("vvg-{id}-s")).unwrap();
+    let dev = format!("vvg{id}a");
+    let _veth = Veth::new(&dev, Some(&ns), &format!("vvg{id}b"), Some(&sink)).unwrap();
+    ns.ip(&["addr", "add", "10.95.0.1/24", "dev", &dev]).unwrap();
+    let flag = d.join("healthy");
+    std::fs::write(&flag, "").unwrap();
+    std::fs::write(d.join("notify.sh"), format!("#!/bin/sh\necho \"$*\" >> {}/notify.log\n", d.display())).unwrap();
+    Command::new("chmod").arg("+x").arg(d.join("notify.sh")).status().unwrap();
+    let instance = |name: &str, vrid: u8, track: bool| {
+        format!(
+            "vrrp_instance {name} {{\n    interface {dev}\n    virtual_router_id {vrid}\n    advert_int 0.1\n    \
+             version 3\n{}    virtual_ipaddress {{\n        10.95.0.{}/24\n    }}\n}}\n",
+            if track { "    track_script {\n        chk\n    }\n" } else { "" },
+            100 + vrid
+        )
+    };
+    let conf = format!(
+        "vrrp_script chk {{\n    script \"test -f {}\"\n    interval 0.05\n}}\n{}{}\
+         vrrp_sync_group G {{\n    group {{\n        VI_A\n        VI_B\n    }}\n    notify {}/notify.sh\n}}\n",
+        flag.display(),
+        instance("VI_A", 1, true),
+        instance("VI_B", 2, false),
+        d.display()
+    );
+    std::fs::write(d.join("k.conf"), conf).unwrap();
+    let status = d.join("status.json");
+    let mut cmd = ns.command(VIPCAST);
+    cmd.args(["vrrpd", "-f"]).arg(d.join("k.conf")).arg("--status").arg(&status);
+    let mut daemon = Child::spawn(&mut cmd, &d.join("vrrpd.log")).unwrap();
+    let states = || -> Vec<String> {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&status).unwrap_or_default()).unwrap_or_default();
+        v["instances"].as_array().into_iter().flatten().map(|i| i["state"].as_str().unwrap_or("").to_string()).collect()
+    };
+    let addrs = || ns.ip(&["-4", "addr", "show", "dev", &dev]).unwrap();
+    let wait = |what: &str, want: &str, vips: bool| {
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            let a = addrs();
+            if states() == [want, want] && a.contains("10.95.0.101/") == vips && a.contains("10.95.0.102/") == vips {
+                return;
+            }
+            assert!(Instant::now() < end, "{what}: {:?}, {a}", states());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait("both masters", "MASTER", true);
+    std::fs::remove_file(&flag).unwrap();
+    wait("VI_A's tracker failed: both in FAULT", "FAULT", false);
+    std::fs::write(&flag, "").unwrap();
+    wait("recovered: both masters again", "MASTER", true);
+    assert!(daemon.terminate(Duration::from_secs(5)));
+    let notified = std::fs::read_to_string(d.join("notify.log")).unwrap_or_default();
+    for line in ["GROUP G MASTER", "GROUP G FAULT"] {
+        assert!(notified.contains(line), "notify log lacks {line:?}:\n{notified}");
+    }
+}
