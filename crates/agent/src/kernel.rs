@@ -269,9 +269,12 @@ impl Kernel {
         Ok(l.index)
     }
 
-    /// `l` enslaved to bridge `br` and up.
+    /// `l` enslaved to bridge `br` and up. A VM port is brought up only
+    /// when it is attached: once attached, its administrative state is the
+    /// operator's (a port set down stays down — that is how a dead VM looks).
     async fn ensure_port(&self, l: &Link, br: u32, ch: &mut Changes) -> Result<()> {
-        if l.master != Some(br) || !l.up {
+        let is_vm_port = l.alias.as_deref().is_some_and(|a| a.starts_with(PORT_ALIAS_PREFIX));
+        if l.master != Some(br) || (!l.up && !is_vm_port) {
             let msg = LinkUnspec::new_with_index(l.index).controller(br).up().build();
             self.handle
                 .link()

@@ -447,6 +447,24 @@ fn keepalived_failover_unicast_peers() {
 }
 
 #[test]
+fn the_master_port_set_down_on_its_chassis_stays_down() {
+    // The dead VM as the platform sees it: its port on the chassis set down.
+    // The agent must not bring it back up; the backup takes over, assisted.
+    let lab = Lab::up("headend", true, false);
+    lab.wait_reachable("client", "192.168.10.100");
+    let probe = lab.probe("client", "192.168.10.100", 4);
+    std::thread::sleep(Duration::from_millis(1500));
+    let o = lab.exec("hv1", &["ip", "link", "set", "vp0-pay1", "down"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let p = probe.finish();
+    eprintln!("chassis-side port down: {p:?}");
+    assert!(p.longest_gap < MASTER_DOWN_S, "{p:?}");
+    let port = text(&lab.exec("hv1", &["ip", "link", "show", "vp0-pay1"]));
+    assert!(!port.contains(",UP"), "the agent brought the port back up: {port}");
+    assert_eq!(lab.ctl_json(&["vip", "show", "pay-vip"])["owner"]["port"], "pay2");
+}
+
+#[test]
 fn a_frozen_master_gets_no_assistance() {
     let lab = Lab::up("headend", true, false);
     lab.wait_reachable("client", "192.168.10.100");
