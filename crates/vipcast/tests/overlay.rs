@@ -296,6 +296,11 @@ fn keepalived_failover_via_replicators() {
 }
 
 #[test]
+fn keepalived_failover_via_replicators_plain_arp() {
+    failover("replicator", false, false);
+}
+
+#[test]
 fn losing_a_replicator_keeps_broadcast_working() {
     // Without ARP suppression every ARP request is broadcast through the
     // replicator of the VNI; VRRP multicast too.
