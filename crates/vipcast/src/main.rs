@@ -1,6 +1,7 @@
 //! `vipcast`: one binary, a subcommand per role. This file only parses flags
 //! and hands over to the crates that do the work.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ mod bench;
 mod controller;
 mod ctl;
 mod dissect;
+mod drill;
 mod lab;
 
 /// Highly available virtual IPs for VXLAN overlays.
@@ -65,6 +67,23 @@ enum Command {
     /// VRRP v2/v3 daemon configured by a keepalived.conf subset:
     /// `-f keepalived.conf [--check]`, `--show-status FILE`.
     Vrrpd(vipcast_vrrpd::Args),
+    /// Failover drill on a lab's VIP: inject a fault into its master N times,
+    /// measure the outage with 1000 probes/s and where the time went, and
+    /// compare with the same VMs on one plain bridge (as root).
+    Drill(drill::DrillArgs),
+    /// Build a default lab, run failover drills against a native-L2 baseline,
+    /// print the table, write an SVG timeline, tear down (as root, < 3 min).
+    Demo(drill::DemoArgs),
+    /// The drills' prober (run inside a lab namespace).
+    #[command(hide = true)]
+    Probe(drill::ProbeArgs),
+    /// The drills' responder (run inside a lab namespace).
+    #[command(hide = true)]
+    ProbeResponder(drill::ResponderArgs),
+    /// Send a gratuitous ARP / unsolicited NA for an address (run inside a
+    /// lab namespace).
+    #[command(hide = true)]
+    Announce(drill::AnnounceArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +91,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VIPCAST_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: daemons' logs are files that drills parse.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match cli.command {
         Command::Dissect { file, legacy_unicast_checksum } => dissect::run(&file, legacy_unicast_checksum),
@@ -85,6 +106,11 @@ fn main() -> ExitCode {
         Command::Lab(l) => lab::run(l),
         Command::Replicator(r) => vipcast_replicator::cli::main(r),
         Command::Vrrpd(a) => vipcast_vrrpd::main(a),
+        Command::Drill(d) => drill::drill(d),
+        Command::Demo(d) => drill::demo(d),
+        Command::Probe(p) => drill::probe(p),
+        Command::ProbeResponder(r) => drill::respond(r),
+        Command::Announce(a) => drill::announce(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,214 @@
+//! `vipcast drill`, `vipcast demo`, and the hidden helpers they run inside
+//! lab namespaces (`probe`, `probe-responder`, `announce`). The work is in
+//! `vipcast-drill`; this file parses flags, prints, and handles Ctrl-C.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use vipcast_drill::{Fault, Options, Variants, report};
+use vipcast_lab::state::Root;
+
+/// `vipcast drill`
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// The lab (as `vipcast lab up` named it).
+    #[arg(long)]
+    lab: String,
+    /// The VIP: its name or its address.
+    #[arg(long)]
+    vip: String,
+    /// link-down (the master VM's eth0 down), vm-freeze (SIGSTOP to every
+    /// process of the master VM), chassis-down (the master's chassis cut from
+    /// the underlay), replicator-down (the replicator in use killed).
+    #[arg(long, default_value = "link-down")]
+    fault: Fault,
+    /// Runs per variant (overlay, baseline).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// The node the prober runs in: a VM (default: one of the VIP's VPC that
+    /// is not a member) or an external client.
+    #[arg(long)]
+    from: Option<String>,
+    /// Print the report as JSON on stdout (progress stays on stderr).
+    #[arg(long)]
+    json: bool,
+    /// Write an SVG timeline of the median runs to FILE.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+    /// Skip the native-L2 baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// UDP port of the responders.
+    #[arg(long, default_value_t = 7999)]
+    port: u16,
+    /// Microseconds between probes.
+    #[arg(long, default_value_t = 1000)]
+    interval_us: u64,
+}
+
+/// `vipcast demo`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Runs per fault and variant.
+    #[arg(long, default_value_t = 6)]
+    runs: usize,
+    /// Where to write the SVG timeline.
+    #[arg(long, default_value = "vipcast-demo.svg")]
+    svg: PathBuf,
+    /// Also write the whole report as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Also write the results into FILE between its `vipcast demo` markers
+    /// (e.g. docs/BENCHMARKS.md).
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+}
+
+/// `vipcast probe` (hidden): the drill's prober.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// VIP:PORT
+    #[arg(long)]
+    target: SocketAddr,
+    #[arg(long, default_value_t = 1000)]
+    interval_us: u64,
+    /// Stop after this many requests (default: run until killed).
+    #[arg(long)]
+    count: Option<u64>,
+}
+
+/// `vipcast probe-responder` (hidden): answers probes with its name.
+#[derive(Debug, Args)]
+pub struct ResponderArgs {
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Who answers (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+/// `vipcast announce` (hidden): gratuitous ARP / unsolicited NA for an address.
+#[derive(Debug, Args)]
+pub struct AnnounceArgs {
+    #[arg(long, default_value = "eth0")]
+    dev: String,
+    #[arg(long)]
+    ip: IpAddr,
+}
+
+fn progress(line: &str) {
+    eprintln!("{line}");
+}
+
+/// The first Ctrl-C asks the drill to undo its fault and stop; a second one
+/// exits at once.
+fn watch_ctrl_c() -> Arc<AtomicBool> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                if flag.swap(true, Ordering::Relaxed) {
+                    std::process::exit(130);
+                }
+                eprintln!("interrupted: undoing the fault and tearing down (Ctrl-C again to quit at once)");
+            }
+        });
+    });
+    cancel
+}
+
+pub fn drill(a: DrillArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the vipcast binary")?;
+    let cancel = watch_ctrl_c();
+    let target = vipcast_drill::lab::resolve(&Root::default(), &a.lab, &a.vip, a.from.as_deref())?;
+    let opts = Options {
+        exe,
+        runs: a.runs.max(1),
+        port: a.port,
+        interval: Duration::from_micros(a.interval_us.max(100)),
+        progress: &progress,
+        cancel: Some(&cancel),
+    };
+    let report = vipcast_drill::drill(&target, a.fault, Variants { baseline: !a.no_baseline }, &opts)?;
+    if let Some(path) = &a.svg {
+        std::fs::write(path, vipcast_drill::demo::timeline_svg(&report))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("timeline: {}", path.display());
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report::table(&[&report]));
+        for n in &report.notes {
+            println!("note: {n}");
+        }
+    }
+    Ok(())
+}
+
+pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the vipcast binary")?;
+    let cancel = watch_ctrl_c();
+    let opts = vipcast_drill::demo::DemoOptions {
+        exe,
+        runs: a.runs.max(1),
+        svg: a.svg.clone(),
+        json: a.json.clone(),
+        markdown: a.markdown.clone(),
+        progress: &progress,
+        cancel: Some(&cancel),
+    };
+    let r = vipcast_drill::demo::demo(&opts)?;
+    let drills: Vec<&report::DrillReport> = r.drills.iter().collect();
+    println!();
+    println!(
+        "Failover of a keepalived VIP (advert_int 0.1 s; {}), {} runs each, probes every 1 ms; overlay: assisted \
+         handover off, overlay+assist: on, baseline: one plain bridge:",
+        r.bum, r.runs
+    );
+    print!("{}", report::table(&drills));
+    for d in &r.drills {
+        for n in &d.notes {
+            println!("note: {}, {n}", d.fault);
+        }
+    }
+    println!("timeline of the median link-down runs: {}", a.svg.display());
+    if let Some(p) = &a.json {
+        println!("report: {}", p.display());
+    }
+    if let Some(p) = &a.markdown {
+        println!("results written into {}", p.display());
+    }
+    println!("done in {:.0} s; everything is torn down", r.elapsed_s);
+    Ok(())
+}
+
+pub fn probe(a: ProbeArgs) -> anyhow::Result<()> {
+    let cfg = vipcast_drill::probe::ProberConfig {
+        target: a.target,
+        interval: Duration::from_micros(a.interval_us.max(1)),
+        count: a.count,
+    };
+    vipcast_drill::probe::probe(&cfg, std::io::stdout())?;
+    Ok(())
+}
+
+pub fn respond(a: ResponderArgs) -> anyhow::Result<()> {
+    let name = match a.name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string(),
+    };
+    vipcast_drill::probe::respond(a.listen, &name)?;
+    Ok(())
+}
+
+pub fn announce(a: AnnounceArgs) -> anyhow::Result<()> {
+    Ok(vipcast_drill::announce(&a.dev, a.ip)?)
+}
