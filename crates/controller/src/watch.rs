@@ -71,6 +71,36 @@ pub enum Message {
     },
 }
 
+impl Message {
+    /// What a subscriber holds after this message, given what it held: the
+    /// revision and the new state (a snapshot replaces, a delta applies), or
+    /// `None` for a ping.
+    pub fn apply(self, held: &ModelState) -> Option<(Revision, ModelState)> {
+        match self {
+            Message::Snapshot { revision, objects } => {
+                let mut state = ModelState::default();
+                for o in objects {
+                    state.put(o);
+                }
+                Some((revision, state))
+            }
+            Message::Delta { revision, upserts, deletes } => {
+                let mut state = held.clone();
+                for o in upserts {
+                    state.put(o);
+                }
+                for k in deletes {
+                    if let Some(key) = ObjectKey::parse(&k) {
+                        state.delete(&key);
+                    }
+                }
+                Some((revision, state))
+            }
+            Message::Ping { .. } => None,
+        }
+    }
+}
+
 /// The watch stream of one chassis' agent.
 ///
 /// NDJSON, one `Message` per line, until the client disconnects: a snapshot

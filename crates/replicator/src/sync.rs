@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::watch;
 use vipcast_controller::Message;
-use vipcast_model::{ObjectKey, State};
+use vipcast_model::State;
 
 /// The local copy at one revision.
 #[derive(Debug, Clone, Default)]
@@ -123,26 +123,8 @@ async fn stream_once(http: &reqwest::Client, url: &str, tx: &watch::Sender<Synce
 
 /// Applies one message to the local copy.
 pub fn apply(tx: &watch::Sender<Synced>, msg: Message) {
-    match msg {
-        Message::Snapshot { revision, objects } => {
-            let mut state = State::default();
-            for o in objects {
-                state.put(o);
-            }
-            tx.send_replace(Synced { revision, state: Arc::new(state), received: true });
-        }
-        Message::Delta { revision, upserts, deletes } => {
-            let mut state = (*tx.borrow().state).clone();
-            for o in upserts {
-                state.put(o);
-            }
-            for k in deletes {
-                if let Some(key) = ObjectKey::parse(&k) {
-                    state.delete(&key);
-                }
-            }
-            tx.send_replace(Synced { revision, state: Arc::new(state), received: true });
-        }
-        Message::Ping { .. } => {}
+    let next = msg.apply(&tx.borrow().state);
+    if let Some((revision, state)) = next {
+        tx.send_replace(Synced { revision, state: Arc::new(state), received: true });
     }
 }
