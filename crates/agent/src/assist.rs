@@ -15,7 +15,7 @@
 //! may already have replaced it). A frozen VM whose port stays up gets no
 //! assistance (no certain fault).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -127,6 +127,151 @@ impl Masters {
     }
 }
 
+/// An advert delivered to a local VM: from whom, to which local port, and
+/// addressed how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub vpc: String,
+    /// The local port it was delivered to.
+    pub port: String,
+    pub eth_src: MacAddr,
+    pub eth_dst: MacAddr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+}
+
+/// A master elsewhere, as its adverts reach local VMs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteMaster {
+    pub vpc: String,
+    pub eth_src: MacAddr,
+    pub src: IpAddr,
+    pub advert: VrrpRepr,
+    pub last: Instant,
+    /// Local port -> (Ethernet destination, IP destination) of the adverts
+    /// it receives.
+    pub receivers: BTreeMap<String, (MacAddr, IpAddr)>,
+}
+
+impl RemoteMaster {
+    fn as_master(&self) -> Master {
+        Master {
+            vpc: self.vpc.clone(),
+            port: String::new(),
+            eth_src: self.eth_src,
+            src: self.src,
+            dsts: BTreeSet::new(),
+            advert: self.advert.clone(),
+            last: self.last,
+        }
+    }
+
+    /// The advertised interval.
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(u64::from(self.advert.interval_cs) * 10)
+    }
+
+    /// See [`Master::down_interval`].
+    pub fn down_interval(&self) -> Duration {
+        self.as_master().down_interval()
+    }
+
+    /// The priority-0 advert.
+    pub fn priority_zero(&self) -> VrrpRepr {
+        VrrpRepr { priority: 0, ..self.advert.clone() }
+    }
+}
+
+/// What to do about a master whose chassis was declared dead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Speak for it now.
+    Speak(RemoteMaster),
+    /// Too late (its backups may already have replaced it) or not
+    /// reproducible (VRRPv2 authentication).
+    Refuse(RemoteMaster),
+}
+
+/// The masters elsewhere whose adverts reach local VMs.
+#[derive(Debug, Default)]
+pub struct Remotes {
+    by_router: HashMap<RouterKey, RemoteMaster>,
+}
+
+impl Remotes {
+    /// Records an advert delivered to a local port.
+    pub fn observe(&mut self, d: Delivery, advert: &VrrpRepr, now: Instant) {
+        let key = (d.vpc.clone(), advert.vrid, d.src.is_ipv6());
+        if advert.priority == 0 {
+            if self.by_router.get(&key).is_some_and(|m| m.src == d.src) {
+                self.by_router.remove(&key);
+            }
+            return;
+        }
+        match self.by_router.get_mut(&key) {
+            Some(m) if m.src == d.src && m.advert == *advert => {
+                m.receivers.insert(d.port, (d.eth_dst, d.dst));
+                m.last = now;
+            }
+            _ => {
+                self.by_router.insert(
+                    key,
+                    RemoteMaster {
+                        vpc: d.vpc,
+                        eth_src: d.eth_src,
+                        src: d.src,
+                        advert: advert.clone(),
+                        last: now,
+                        receivers: BTreeMap::from([(d.port, (d.eth_dst, d.dst))]),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Forgets the receivers no longer local (ports that went away).
+    pub fn retain_ports(&mut self, local: &dyn Fn(&str) -> bool) {
+        for m in self.by_router.values_mut() {
+            m.receivers.retain(|p, _| local(p));
+        }
+        self.by_router.retain(|_, m| !m.receivers.is_empty());
+    }
+
+    /// Decides for the masters `dead` says are on a dead chassis: speak
+    /// (their adverts stopped, in time) or refuse (forgotten either way);
+    /// the others, whose adverts may still come, stay and are asked about
+    /// again later. Returns the verdicts and whether any dead-chassis master
+    /// is still waiting.
+    pub fn due(&mut self, dead: &dyn Fn(&str, MacAddr) -> bool, now: Instant) -> (Vec<Verdict>, bool) {
+        let mut out = Vec::new();
+        let mut waiting = false;
+        let keys: Vec<RouterKey> =
+            self.by_router.iter().filter(|(_, m)| dead(&m.vpc, m.eth_src)).map(|(k, _)| k.clone()).collect();
+        for k in keys {
+            let Some(m) = self.by_router.get(&k) else { continue };
+            let age = now.saturating_duration_since(m.last);
+            let stopped = age > m.interval() + m.interval() / 4;
+            if !m.as_master().assistable() || age >= m.down_interval() {
+                if let Some(m) = self.by_router.remove(&k) {
+                    out.push(Verdict::Refuse(m));
+                }
+            } else if stopped {
+                if let Some(m) = self.by_router.remove(&k) {
+                    out.push(Verdict::Speak(m));
+                }
+            } else {
+                waiting = true;
+            }
+        }
+        (out, waiting)
+    }
+
+    /// Every master followed (for status and tests).
+    pub fn all(&self) -> impl Iterator<Item = &RemoteMaster> {
+        self.by_router.values()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +329,57 @@ mod tests {
         m.observe(origin(mac, src, group), &advert(Version::V2, 150, 0), t0);
         m.observe(origin(mac, src, group), &advert(Version::V2, 0, 0), t0);
         assert_eq!(m.all().count(), 0);
+    }
+
+    fn delivery(port: &str, dst: &str) -> Delivery {
+        Delivery {
+            vpc: "prod".into(),
+            port: port.into(),
+            eth_src: MacAddr([2, 0, 0, 0, 0, 1]),
+            eth_dst: MacAddr([1, 0, 0x5e, 0, 0, 18]),
+            src: "192.168.10.11".parse().unwrap(),
+            dst: dst.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_dead_chassis_master_is_spoken_for_only_once_its_adverts_stop_and_in_time() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = Remotes::default();
+        r.observe(delivery("pay2", "224.0.0.18"), &advert(Version::V3, 150, 0), t0);
+        r.observe(delivery("pay3", "224.0.0.18"), &advert(Version::V3, 150, 0), t0);
+        assert_eq!(r.all().next().unwrap().receivers.len(), 2);
+        let dead = |_: &str, _: MacAddr| true;
+        let alive = |_: &str, _: MacAddr| false;
+        // Its chassis is fine: nothing to do.
+        assert_eq!(r.due(&alive, t0 + ms(200)), (vec![], false));
+        // Declared dead, but an advert came 100 ms ago (interval 100 ms): wait.
+        let (v, waiting) = r.due(&dead, t0 + ms(100));
+        assert!(v.is_empty() && waiting);
+        // Adverts stopped (> 125 ms), well within the down interval: speak.
+        let (v, waiting) = r.due(&dead, t0 + ms(130));
+        assert!(!waiting);
+        let [Verdict::Speak(m)] = v.as_slice() else { panic!("{v:?}") };
+        assert_eq!(m.priority_zero().priority, 0);
+        assert_eq!(m.receivers.len(), 2);
+        assert_eq!(r.all().count(), 0, "spoken for once");
+        // Too late: the backups may have taken over already.
+        r.observe(delivery("pay2", "224.0.0.18"), &advert(Version::V3, 150, 0), t0);
+        let (v, _) = r.due(&dead, t0 + ms(400));
+        assert!(matches!(v.as_slice(), [Verdict::Refuse(_)]));
+        // VRRPv2 with authentication: never.
+        r.observe(delivery("pay2", "224.0.0.18"), &advert(Version::V2, 150, 1), t0);
+        let (v, _) = r.due(&dead, t0 + ms(1200));
+        assert!(matches!(v.as_slice(), [Verdict::Refuse(_)]));
+        // A master leaving by itself is forgotten.
+        r.observe(delivery("pay2", "224.0.0.18"), &advert(Version::V3, 150, 0), t0);
+        r.observe(delivery("pay2", "224.0.0.18"), &advert(Version::V3, 0, 0), t0);
+        assert_eq!(r.all().count(), 0);
+        // Ports that went away stop receiving; no receiver, no master.
+        r.observe(delivery("pay2", "224.0.0.18"), &advert(Version::V3, 150, 0), t0);
+        r.retain_ports(&|p| p != "pay2");
+        assert_eq!(r.all().count(), 0);
     }
 
     #[test]

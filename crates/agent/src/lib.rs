@@ -50,6 +50,9 @@ pub struct Config {
     /// Send the priority-0 advert of a VRRP master whose port went down
     /// (platform-assisted handover; default on).
     pub assist: bool,
+    /// Interval of liveness heartbeats to the controller (UDP, to the
+    /// controller's port number); default 50 ms.
+    pub heartbeat: Duration,
 }
 
 /// Runs the agent until the process ends.
@@ -66,6 +69,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut health = prober.changed.clone();
     sync::register(&http, &id).await?;
     tracing::info!(chassis = cfg.chassis, "registered");
+    tokio::spawn(sync::heartbeats(id.clone(), cfg.heartbeat));
     let (tx, mut rx) = watch::channel(Synced::default());
     tokio::spawn(sync::follow(http.clone(), id.clone(), tx));
     let (seen_tx, mut seen_rx) = mpsc::channel::<Seen>(1024);
@@ -84,9 +88,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         replicator_choice: BTreeMap::new(),
         unrouted: Vec::new(),
         masters: assist::Masters::default(),
+        remotes: assist::Remotes::default(),
+        remote_waiting: false,
         port_up: HashMap::new(),
     };
     let mut tick = tokio::time::interval(Duration::from_secs(5));
+    // Only while a master on a dead chassis may still need speaking for.
+    let mut assist_tick = tokio::time::interval(Duration::from_millis(5));
+    assist_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             r = rx.changed() => {
@@ -99,6 +108,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             Some(seen) = seen_rx.recv() => agent.on_seen(seen),
             Some((ifindex, up)) = link_rx.recv() => agent.on_link(ifindex, up),
             Ok(()) = health.changed() => agent.reconcile("replicator health").await,
+            _ = assist_tick.tick(), if agent.remote_waiting => agent.speak_for_dead_chassis(),
             _ = tick.tick() => agent.reconcile("periodic").await,
         }
     }
@@ -123,6 +133,10 @@ struct Agent {
     unrouted: Vec<(String, String, ipnet::IpNet)>,
     /// VRRP masters behind local ports, learned from their adverts.
     masters: assist::Masters,
+    /// VRRP masters elsewhere, learned from the adverts local VMs receive.
+    remotes: assist::Remotes,
+    /// A master on a dead chassis is waiting for its adverts to stop.
+    remote_waiting: bool,
     /// Last known carrier of local ports, by ifindex.
     port_up: HashMap<u32, bool>,
 }
@@ -149,6 +163,7 @@ impl Agent {
             }
         }
         self.first = false;
+        self.speak_for_dead_chassis();
         for (vpc, ip, mac, owner_chassis, generation, name) in moved {
             let n = self.reannounce(&view, &vpc, ip, mac, &owner_chassis);
             tracing::info!(
@@ -236,6 +251,75 @@ impl Agent {
         }
     }
 
+    /// Speaks for the VRRP masters on chassis the controller declared dead,
+    /// into the local ports that received their adverts (see
+    /// [`assist::Remotes`]).
+    fn speak_for_dead_chassis(&mut self) {
+        let state = &self.synced.state;
+        let me = self.cfg.chassis.as_str();
+        let dead = |vpc: &str, mac: MacAddr| {
+            state
+                .ports
+                .values()
+                .find(|p| p.vpc == vpc && p.mac == mac)
+                .and_then(|p| state.chassis.get(&p.chassis))
+                .is_some_and(|c| c.name != me && c.is_dead())
+        };
+        let now = Instant::now();
+        let (verdicts, waiting) = self.remotes.due(&dead, now);
+        self.remote_waiting = waiting;
+        for v in verdicts {
+            let m = match v {
+                assist::Verdict::Refuse(m) => {
+                    tracing::info!(
+                        vpc = m.vpc,
+                        vrid = m.advert.vrid,
+                        master = %m.src,
+                        "master's chassis dead: no assistance (stale, or v2 authentication)"
+                    );
+                    continue;
+                }
+                assist::Verdict::Speak(m) => m,
+            };
+            let vpc_assist = state.vpcs.get(&m.vpc).is_some_and(|v| v.assist);
+            if !self.cfg.assist || !vpc_assist {
+                tracing::info!(vpc = m.vpc, vrid = m.advert.vrid, "master's chassis dead: assistance is off");
+                continue;
+            }
+            let advert = m.priority_zero();
+            let mut frames = 0;
+            for (port, (eth_dst, dst)) in &m.receivers {
+                let Some(io) = self.ports.get(port) else { continue };
+                let dst_mac = if dst.is_multicast() { None } else { Some(*eth_dst) };
+                let frame = match vipcast_packet::build::vrrp_frame(m.eth_src, dst_mac, m.src, *dst, &advert) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::warn!(port, error = %e, "building a priority-0 advert");
+                        continue;
+                    }
+                };
+                for _ in 0..3 {
+                    match io.send(&frame) {
+                        Ok(()) => frames += 1,
+                        Err(e) => tracing::warn!(port, error = %e, "sending a priority-0 advert"),
+                    }
+                }
+            }
+            let master_port =
+                state.ports.values().find(|p| p.vpc == m.vpc && p.mac == m.eth_src).map(|p| p.name.as_str());
+            tracing::info!(
+                port = master_port.unwrap_or("?"),
+                vpc = m.vpc,
+                vrid = m.advert.vrid,
+                master = %m.src,
+                silent_ms = now.saturating_duration_since(m.last).as_millis() as u64,
+                receivers = m.receivers.len(),
+                frames,
+                "master's chassis dead: assisted handover, priority-0 advert sent for the master"
+            );
+        }
+    }
+
     /// Sends, three times, the master's priority-0 advert to each destination
     /// it used, through the VPC's bridge (to local ports and the overlay).
     fn send_priority_zero(&self, m: &assist::Master) -> anyhow::Result<usize> {
@@ -276,6 +360,8 @@ impl Agent {
         self.ports.retain(|name, io| {
             wanted.contains_key(name.as_str()) && present.get(name).map(|p| p.0) == Some(io.ifindex)
         });
+        let ports = &self.ports;
+        self.remotes.retain_ports(&|p| ports.contains_key(p));
         for name in wanted.keys() {
             if self.ports.contains_key(*name) {
                 continue;
@@ -341,6 +427,21 @@ impl Agent {
                         self.claim(&seen.port, *ip, eth_src, seen.at_ms, "VRRP master advert");
                     }
                 }
+            }
+            ports::Frame::Delivered { eth_src, eth_dst, src, dst, advert } => {
+                let Some(port) = self.synced.state.ports.get(&seen.port) else { return };
+                // A master on this chassis is covered by its port's carrier.
+                let local = self
+                    .synced
+                    .state
+                    .ports
+                    .values()
+                    .any(|p| p.vpc == port.vpc && p.mac == eth_src && p.chassis == self.cfg.chassis);
+                if local {
+                    return;
+                }
+                let d = assist::Delivery { vpc: port.vpc.clone(), port: seen.port.clone(), eth_src, eth_dst, src, dst };
+                self.remotes.observe(d, &advert, Instant::now());
             }
         }
     }

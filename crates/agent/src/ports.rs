@@ -3,9 +3,11 @@
 //!
 //! One `ETH_P_ALL` socket per port (a bridge port's frames never reach
 //! protocol-bound sockets), filtered in the kernel by
-//! [`vipcast_sys::SNIFF_FILTER`]: only ARP and neighbour advertisements
-//! the port *receives* from its VM are queued — never the frames the bridge
-//! forwards to the VM, nor our own re-announcements.
+//! [`vipcast_sys::SNIFF_FILTER`]: only ARP, neighbour advertisements and
+//! VRRP the port *receives* from its VM are queued, plus the VRRP adverts
+//! the bridge delivers to the VM (a remote master's, followed for
+//! chassis-down assistance) — never other forwarded frames, nor our own
+//! re-announcements.
 
 use std::io;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use vipcast_packet::announce::{self, Announcement};
 use vipcast_packet::vrrp::{self, ChecksumPolicy, VrrpRepr};
-use vipcast_sys::{ETH_P_ALL, PacketSocket, SNIFF_FILTER};
+use vipcast_sys::{Direction, ETH_P_ALL, PacketSocket, SNIFF_FILTER};
 
 /// What a VM sent that the agent cares about.
 #[derive(Debug, Clone)]
@@ -25,6 +27,14 @@ pub enum Frame {
     /// A VRRP advertisement, as sent (Ethernet source, IP source and
     /// destination, the advert).
     Advert { eth_src: vipcast_packet::MacAddr, src: std::net::IpAddr, dst: std::net::IpAddr, advert: VrrpRepr },
+    /// A VRRP advertisement delivered *to* the VM (from a master elsewhere).
+    Delivered {
+        eth_src: vipcast_packet::MacAddr,
+        eth_dst: vipcast_packet::MacAddr,
+        src: std::net::IpAddr,
+        dst: std::net::IpAddr,
+        advert: VrrpRepr,
+    },
 }
 
 /// A frame seen on a port.
@@ -78,19 +88,31 @@ async fn read_loop(port: String, sock: Arc<AsyncFd<PacketSocket>>, out: mpsc::Se
         };
         loop {
             match guard.try_io(|s| s.get_ref().recv(&mut buf)) {
-                Ok(Ok((n, _))) => {
+                Ok(Ok((n, dir))) => {
                     let Some(frame) = buf.get(..n) else { continue };
                     // Malformed frames from a VM are dropped here.
-                    let parsed = match announce::classify(frame) {
-                        Ok(Some(a)) => Some(Frame::Announcement(a)),
-                        _ => vrrp::parse_frame(frame, ChecksumPolicy::AllowLegacyUnicast).ok().map(
-                            |(eth, ip, advert)| Frame::Advert {
+                    let parsed = if dir == Direction::Outgoing {
+                        vrrp::parse_frame(frame, ChecksumPolicy::AllowLegacyUnicast).ok().map(|(eth, ip, advert)| {
+                            Frame::Delivered {
                                 eth_src: eth.src,
+                                eth_dst: eth.dst,
                                 src: ip.src(),
                                 dst: ip.dst(),
                                 advert,
-                            },
-                        ),
+                            }
+                        })
+                    } else {
+                        match announce::classify(frame) {
+                            Ok(Some(a)) => Some(Frame::Announcement(a)),
+                            _ => vrrp::parse_frame(frame, ChecksumPolicy::AllowLegacyUnicast).ok().map(
+                                |(eth, ip, advert)| Frame::Advert {
+                                    eth_src: eth.src,
+                                    src: ip.src(),
+                                    dst: ip.dst(),
+                                    advert,
+                                },
+                            ),
+                        }
                     };
                     if let Some(frame) = parsed {
                         let seen = Seen { port: port.clone(), frame, at_ms: vipcast_controller::now_ms() };

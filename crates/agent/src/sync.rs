@@ -55,6 +55,62 @@ pub async fn register(http: &reqwest::Client, id: &Identity) -> anyhow::Result<(
     }
 }
 
+/// Sends a liveness heartbeat to the controller every `every`, forever
+/// (UDP to the controller's host and port number; see
+/// `vipcast_controller::liveness`). The address is resolved again after a
+/// send error, so a controller that moved is found.
+pub async fn heartbeats(id: Identity, every: Duration) {
+    let target = match reqwest::Url::parse(&id.controller) {
+        Ok(u) => match (u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()), u.port_or_known_default()) {
+            (Some(h), Some(p)) => (h, p),
+            _ => {
+                tracing::error!(controller = id.controller, "no host and port in the controller URL: no heartbeats");
+                return;
+            }
+        },
+        Err(e) => {
+            tracing::error!(controller = id.controller, error = %e, "bad controller URL: no heartbeats");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    'connect: loop {
+        let sock = async {
+            let addr = tokio::net::lookup_host((target.0.as_str(), target.1))
+                .await?
+                .next()
+                .ok_or_else(|| std::io::Error::other("no address"))?;
+            let any: std::net::SocketAddr =
+                if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+            let s = tokio::net::UdpSocket::bind(any).await?;
+            s.connect(addr).await?;
+            Ok::<_, std::io::Error>(s)
+        }
+        .await;
+        let sock = match sock {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat socket; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        loop {
+            tick.tick().await;
+            seq += 1;
+            if let Err(e) = sock.send(&vipcast_controller::liveness::encode_heartbeat(&id.chassis, seq)).await {
+                // ICMP unreachable (controller restarting) shows up here: go on.
+                if e.kind() != std::io::ErrorKind::ConnectionRefused {
+                    tracing::warn!(error = %e, "sending a heartbeat");
+                    continue 'connect;
+                }
+            }
+        }
+    }
+}
+
 /// Follows the watch stream forever, publishing every revision.
 pub async fn follow(http: reqwest::Client, id: Identity, tx: watch::Sender<Synced>) {
     let mut delay = Duration::from_millis(100);

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 use vipcast_lab::{Netns, Veth, unique_id};
 use vipcast_packet::MacAddr;
 use vipcast_packet::announce::{self, AnnounceKind};
@@ -71,6 +71,8 @@ fn agent_programs_ports_claims_and_reannounces() {
             let c = vipcast_controller::Controller::new(store, Default::default()).await.unwrap();
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!("http://{}", l.local_addr().unwrap());
+            let hb = tokio::net::UdpSocket::bind(l.local_addr().unwrap()).await.unwrap();
+            tokio::spawn(vipcast_controller::liveness::run(c.clone(), hb, Default::default()));
             tokio::spawn(vipcast_controller::serve(l, c, async {
                 let _ = std::future::pending::<()>().await;
             }));
@@ -82,6 +84,7 @@ fn agent_programs_ports_claims_and_reannounces() {
                 sniff: true,
                 announce_burst: 3,
                 assist: true,
+                heartbeat: Duration::from_millis(50),
             }));
             url_tx.send(url).unwrap();
             let _ = stop_rx.await;
@@ -116,6 +119,14 @@ fn agent_programs_ports_claims_and_reannounces() {
     api("POST", "/v1/vpcs", json!({"name": "prod", "vni": 100, "bum": "headend"}));
     api("POST", "/v1/subnets", json!({"vpc": "prod", "name": "web", "cidr": "192.168.10.0/24"}));
     api("PUT", "/v1/chassis/hv2", json!({"underlay_ip": "10.255.0.12"}));
+    // The agent's heartbeats make its chassis alive; hv2 has no agent and
+    // is never heard, so nothing is decided for it.
+    let end = Instant::now() + Duration::from_secs(5);
+    while api("GET", "/v1/chassis/hv1", Value::Null)["liveness"]["alive"] != json!(true) {
+        assert!(Instant::now() < end, "hv1 never became alive: {}", api("GET", "/v1/chassis/hv1", Value::Null));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(api("GET", "/v1/chassis/hv2", Value::Null)["liveness"], Value::Null);
     api(
         "POST",
         "/v1/ports",

@@ -41,7 +41,7 @@ pub fn routes() -> OpenApiRouter<Arc<Controller>> {
         .routes(routes!(metrics))
         .routes(routes!(crate::openapi::openapi_json))
         .routes(routes!(list_vpcs, create_vpc))
-        .routes(routes!(get_vpc, delete_vpc))
+        .routes(routes!(get_vpc, patch_vpc, delete_vpc))
         .routes(routes!(list_subnets, create_subnet))
         .routes(routes!(get_subnet, delete_subnet))
         .routes(routes!(list_chassis))
@@ -100,7 +100,7 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     Ok(value)
 }
 
-fn put_op(obj: &Object) -> Op {
+pub(crate) fn put_op(obj: &Object) -> Op {
     Op::Put { key: obj.key().store_key(), value: obj.to_value(), lease: 0 }
 }
 
@@ -169,6 +169,42 @@ async fn create_vpc(State(c): Ctl, body: Bytes) -> ApiResult<Response> {
     let obj = Object::Vpc(v.clone());
     c.write(|s| s.check_vpc(&v).map(|()| vec![put_op(&obj)])).await?;
     Ok(created(v))
+}
+
+/// The settings of a VPC that may change after creation (name and VNI may
+/// not); absent fields stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct VpcPatch {
+    /// Platform-assisted VRRP handover.
+    assist: Option<bool>,
+    /// ARP / ND answered by the chassis for known addresses.
+    arp_suppression: Option<bool>,
+}
+
+/// Changes a VPC's settings.
+#[utoipa::path(patch, path = "/v1/vpcs/{name}", tag = "vpcs",
+    params(("name" = String, Path, description = "The VPC's name")),
+    request_body = VpcPatch,
+    responses(
+        (status = 200, description = "Changed (or already so)", body = Vpc),
+        (status = 400, description = "`malformed_json`, `invalid_body` (with `field` naming the JSON path at fault)", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such VPC", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
+))]
+async fn patch_vpc(State(c): Ctl, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<Vpc>> {
+    let p: VpcPatch = parse(&body)?;
+    c.write(|s| {
+        let old = s.vpcs.get(&name).ok_or_else(|| Invalid::not_found("VPC", &name))?;
+        let new = Vpc {
+            assist: p.assist.unwrap_or(old.assist),
+            arp_suppression: p.arp_suppression.unwrap_or(old.arp_suppression),
+            ..old.clone()
+        };
+        Ok(if &new == old { vec![] } else { vec![put_op(&Object::Vpc(new))] })
+    })
+    .await?;
+    c.cache.current().state.vpcs.get(&name).cloned().map(Json).ok_or_else(|| ApiError::not_found("VPC", &name))
 }
 
 /// Deletes a VPC (once it has no subnets).
@@ -294,15 +330,17 @@ async fn put_chassis(State(c): Ctl, Path(name): Path<String>, body: Bytes) -> Ap
             "name in the body differs from the path",
         ));
     }
-    let ch = Chassis { name, underlay_ip: b.underlay_ip, role: b.role };
-    let obj = Object::Chassis(ch.clone());
+    let ch = Chassis { name, underlay_ip: b.underlay_ip, role: b.role, liveness: None };
     c.write(|s| {
+        // Liveness is the controller's to decide: registering keeps it.
+        let ch = Chassis { liveness: s.chassis.get(&ch.name).and_then(|old| old.liveness), ..ch.clone() };
         s.check_chassis(&ch)?;
         // Registering again with the same settings writes nothing.
-        Ok(if s.chassis.get(&ch.name) == Some(&ch) { vec![] } else { vec![put_op(&obj)] })
+        Ok(if s.chassis.get(&ch.name) == Some(&ch) { vec![] } else { vec![put_op(&Object::Chassis(ch))] })
     })
     .await?;
-    Ok(Json(ch))
+    let stored = c.cache.current().state.chassis.get(&ch.name).cloned();
+    Ok(Json(stored.unwrap_or(ch)))
 }
 
 /// Deletes a chassis (once it hosts no ports).

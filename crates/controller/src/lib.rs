@@ -15,6 +15,7 @@
 mod api;
 mod cache;
 mod error;
+pub mod liveness;
 mod metrics;
 mod openapi;
 mod watch;

@@ -19,6 +19,12 @@ pub struct ClaimLabels {
     pub result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeartbeatLabels {
+    /// heartbeats: ok, malformed, unknown_chassis; liveness changes: alive, dead
+    pub result: &'static str,
+}
+
 /// The controller's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -27,6 +33,8 @@ pub struct Metrics {
     pub watchers: Gauge,
     pub store_txn_seconds: Histogram,
     pub write_conflicts: Counter,
+    pub heartbeats: Family<HeartbeatLabels, Counter>,
+    pub liveness_changes: Family<HeartbeatLabels, Counter>,
     registry: Registry,
 }
 
@@ -37,13 +45,26 @@ impl Default for Metrics {
         let watchers = Gauge::default();
         let store_txn_seconds = Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]);
         let write_conflicts = Counter::default();
+        let heartbeats = Family::<HeartbeatLabels, Counter>::default();
+        let liveness_changes = Family::<HeartbeatLabels, Counter>::default();
         let mut registry = Registry::with_prefix("vipcast_controller");
+        registry.register("chassis_heartbeats", "Chassis heartbeat datagrams by result", heartbeats.clone());
+        registry.register("chassis_liveness_changes", "Chassis declared alive or dead", liveness_changes.clone());
         registry.register("http_requests", "HTTP requests by method and status", requests.clone());
         registry.register("claims", "VIP claims by result", claims.clone());
         registry.register("watchers", "Open watch streams", watchers.clone());
         registry.register("store_txn_seconds", "Latency of store write transactions", store_txn_seconds.clone());
         registry.register("write_conflicts", "Writes retried because another writer won", write_conflicts.clone());
-        Metrics { requests, claims, watchers, store_txn_seconds, write_conflicts, registry }
+        Metrics {
+            requests,
+            claims,
+            watchers,
+            store_txn_seconds,
+            write_conflicts,
+            heartbeats,
+            liveness_changes,
+            registry,
+        }
     }
 }
 

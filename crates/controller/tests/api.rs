@@ -31,6 +31,8 @@ async fn start(store: Arc<dyn Store>, dir: Option<tempfile::TempDir>) -> Server 
         Controller::new(store, Config { watch_ping: Duration::from_millis(200), ..Default::default() }).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    let hb = tokio::net::UdpSocket::bind(listener.local_addr().unwrap()).await.unwrap();
+    tokio::spawn(vipcast_controller::liveness::run(c.clone(), hb, Default::default()));
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(serve(listener, c, async {
         let _ = rx.await;
@@ -489,4 +491,87 @@ async fn two_controllers_on_one_etcd_never_lose_or_duplicate_a_generation() {
     let wins = [ra.0, rb.0].iter().filter(|s| **s == StatusCode::CREATED).count();
     assert_eq!(wins, 1, "{ra:?} {rb:?}");
     assert!([ra.0, rb.0].contains(&StatusCode::CONFLICT));
+}
+
+#[tokio::test]
+async fn chassis_liveness_follows_heartbeats() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use vipcast_controller::liveness::encode_heartbeat;
+    let s = file_server().await;
+    let api = Api::new(&s);
+    assert_eq!(api.put("/v1/chassis/hv1", json!({"underlay_ip": "10.0.0.1"})).await.0, StatusCode::OK);
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.connect(s.url.trim_start_matches("http://")).await.unwrap();
+    let sock = Arc::new(sock);
+    // Garbage and unknown chassis change nothing.
+    sock.send(b"hello").await.unwrap();
+    sock.send(&encode_heartbeat("nobody", 1)).await.unwrap();
+    // Heartbeats every 20 ms while `beating`.
+    let beating = Arc::new(AtomicBool::new(true));
+    let (b, so) = (beating.clone(), sock.clone());
+    tokio::spawn(async move {
+        let mut seq = 0;
+        loop {
+            if b.load(Ordering::Relaxed) {
+                seq += 1;
+                let _ = so.send(&encode_heartbeat("hv1", seq)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let wait_alive = async |want: bool| {
+        let t = std::time::Instant::now();
+        loop {
+            let v = api.get("/v1/chassis/hv1").await.1;
+            if v["liveness"]["alive"] == json!(want) {
+                return (t.elapsed(), v["liveness"].clone());
+            }
+            assert!(t.elapsed() < Duration::from_secs(5), "alive never became {want}: {v}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    wait_alive(true).await;
+    // Registering again keeps what the controller decided.
+    let (st, body) = api.put("/v1/chassis/hv1", json!({"underlay_ip": "10.0.0.1"})).await;
+    assert_eq!((st, body["liveness"]["alive"].clone()), (StatusCode::OK, json!(true)));
+    // Silence: dead after the 150 ms timeout.
+    beating.store(false, Ordering::Relaxed);
+    let (after, l) = wait_alive(false).await;
+    assert!(after >= Duration::from_millis(110), "declared dead too early: {after:?}");
+    assert!(l["last_heard_ms"].as_u64().unwrap() <= l["since_ms"].as_u64().unwrap(), "{l}");
+    // It comes back with its next heartbeat.
+    beating.store(true, Ordering::Relaxed);
+    wait_alive(true).await;
+    let metrics = api.http.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
+    for line in [
+        r#"vipcast_controller_chassis_heartbeats_total{result="malformed"} 1"#,
+        r#"vipcast_controller_chassis_heartbeats_total{result="unknown_chassis"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in metrics:\n{metrics}");
+    }
+    // (A stalled test runtime may add flaps, never remove them.)
+    let count = |result: &str| -> u64 {
+        let prefix = format!("vipcast_controller_chassis_liveness_changes_total{{result=\"{result}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    assert!(count("dead") >= 1 && count("alive") >= 2, "{metrics}");
+}
+
+#[tokio::test]
+async fn a_vpc_patch_changes_only_its_settings() {
+    let s = file_server().await;
+    let api = Api::new(&s);
+    assert_eq!(api.post("/v1/vpcs", json!({"name": "prod", "vni": 100})).await.0, StatusCode::CREATED);
+    let patch = async |path: &str, body: Value| api.call(reqwest::Method::PATCH, path, Some(body)).await;
+    let (st, v) = patch("/v1/vpcs/prod", json!({"assist": false})).await;
+    assert_eq!((st, v["assist"].clone(), v["arp_suppression"].clone()), (StatusCode::OK, json!(false), json!(true)));
+    assert_eq!(api.get("/v1/vpcs/prod").await.1["assist"], json!(false));
+    // Refused: unknown or immutable fields, wrong types, no such VPC; nothing changes.
+    let (st, e) = patch("/v1/vpcs/prod", json!({"vni": 7})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
+    let (st, e) = patch("/v1/vpcs/prod", json!({"assist": "yes"})).await;
+    assert_eq!((st, e["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("assist")), "{e}");
+    assert_eq!(patch("/v1/vpcs/nope", json!({"assist": true})).await.0, StatusCode::NOT_FOUND);
+    let v = api.get("/v1/vpcs/prod").await.1;
+    assert_eq!((v["vni"].clone(), v["assist"].clone()), (json!(100), json!(false)));
 }

@@ -200,10 +200,11 @@ pub fn demo(opts: &DemoOptions<'_>) -> Result<DemoReport> {
     ));
     let mut drills = crate::drills(&plain, &faults, Some(baseline.target()), &session_opts)?;
     drop(baseline);
-    say("drill link-down on VPC prod (assisted handover) from the client VM, then from inet1 through the gateway; a \
-         frozen VM or a cut chassis gets no assistance, so those are not repeated there");
+    say("drills link-down and chassis-down on VPC prod (assisted handover) from the client VM, then link-down from \
+         inet1 through the gateway; a frozen VM gets no assistance, so that one is not repeated there");
     for (target, inside) in [(&prod, true), (&prod_outside, false)] {
-        for mut d in crate::drills(target, &[Fault::LinkDown], None, &session_opts)? {
+        let faults: &[Fault] = if inside { &[Fault::LinkDown, Fault::ChassisDown] } else { &[Fault::LinkDown] };
+        for mut d in crate::drills(target, faults, None, &session_opts)? {
             let Some(same) = drills.iter_mut().find(|x| x.fault == d.fault) else { continue };
             if inside {
                 // Next to the unassisted overlay, same baseline.

@@ -17,17 +17,80 @@ use crate::{Error, Result};
 pub struct Variants {
     /// Also run the native-L2 baseline (one bridge, same VMs and VRRP).
     pub baseline: bool,
+    /// Platform-assisted handover for the overlay runs: `None` as the VPC
+    /// is set, else each setting in turn (the VPC is switched through the
+    /// API and set back afterwards).
+    pub assist: Option<Assist>,
 }
 
 impl Default for Variants {
     fn default() -> Variants {
-        Variants { baseline: true }
+        Variants { baseline: true, assist: None }
+    }
+}
+
+/// `--assist`: which overlay variants to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assist {
+    On,
+    Off,
+    /// Off, then on: both in the same drill.
+    Both,
+}
+
+impl std::str::FromStr for Assist {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Assist, String> {
+        match s {
+            "on" => Ok(Assist::On),
+            "off" => Ok(Assist::Off),
+            "both" => Ok(Assist::Both),
+            other => Err(format!("assist {other:?} must be on, off or both")),
+        }
+    }
+}
+
+impl Assist {
+    fn settings(self) -> &'static [bool] {
+        match self {
+            Assist::On => &[true],
+            Assist::Off => &[false],
+            Assist::Both => &[false, true],
+        }
+    }
+}
+
+/// Sets a VPC's assisted handover through the controller; its agents follow
+/// within their watch latency (milliseconds), given a moment here.
+fn set_assist(url: &str, vpc: &str, on: bool) -> Result<()> {
+    let body = serde_json::json!({ "assist": on });
+    vipcast_lab::state::http_patch_json(&format!("{url}/v1/vpcs/{vpc}"), &body, std::time::Duration::from_secs(5))
+        .map_err(|e| Error::Failed(format!("PATCH /v1/vpcs/{vpc}: {e}")))?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    Ok(())
+}
+
+/// Sets a VPC's assisted handover back on drop.
+struct RestoreAssist<'a> {
+    url: &'a str,
+    vpc: &'a str,
+    was: bool,
+}
+
+impl Drop for RestoreAssist<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = set_assist(self.url, self.vpc, self.was) {
+            eprintln!("could not set assist back to {} on VPC {}: {e}", self.was, self.vpc);
+        }
     }
 }
 
 /// Drills `fault` on `overlay` (a VIP of a lab), then on its baseline.
 pub fn drill(overlay: &Target, fault: Fault, variants: Variants, opts: &Options<'_>) -> Result<DrillReport> {
     fault::check(fault, overlay)?;
+    if let Some(assist) = variants.assist {
+        return drill_assist(overlay, fault, variants, assist, opts);
+    }
     (opts.progress)(&format!(
         "drill {fault} on VIP {} ({}): {} runs from {}; preferred master {}, advert_int {} s",
         overlay.vip_name,
@@ -41,6 +104,46 @@ pub fn drill(overlay: &Target, fault: Fault, variants: Variants, opts: &Options<
         if variants.baseline && fault.has_baseline() { Some(Baseline::build(overlay, opts.progress)?) } else { None };
     let mut reports = drills(overlay, &[fault], baseline.as_ref().map(Baseline::target), opts)?;
     let mut report = reports.pop().ok_or_else(|| Error::Failed("no report".into()))?;
+    if variants.baseline && !fault.has_baseline() {
+        report.notes.push(format!("{fault} has no native-L2 equivalent: no baseline"));
+    }
+    Ok(report)
+}
+
+/// [`drill`] with the overlay runs repeated for each assist setting.
+fn drill_assist(
+    overlay: &Target,
+    fault: Fault,
+    variants: Variants,
+    assist: Assist,
+    opts: &Options<'_>,
+) -> Result<DrillReport> {
+    let ov = overlay.overlay.as_ref().ok_or_else(|| Error::Failed("--assist needs an overlay VIP".into()))?;
+    let was = overlay.variant.ends_with("+assist");
+    let _restore = RestoreAssist { url: &ov.controller_url, vpc: &ov.vpc, was };
+    let baseline =
+        if variants.baseline && fault.has_baseline() { Some(Baseline::build(overlay, opts.progress)?) } else { None };
+    let settings = assist.settings();
+    let mut report: Option<DrillReport> = None;
+    for (i, &on) in settings.iter().enumerate() {
+        set_assist(&ov.controller_url, &ov.vpc, on)?;
+        (opts.progress)(&format!("VPC {}: assisted handover {}", ov.vpc, if on { "on" } else { "off" }));
+        let target = Target { variant: if on { "overlay+assist" } else { "overlay" }.into(), ..overlay.clone() };
+        let last = i + 1 == settings.len();
+        let base = if last { baseline.as_ref().map(Baseline::target) } else { None };
+        let mut r = drills(&target, &[fault], base, opts)?.pop().ok_or_else(|| Error::Failed("no report".into()))?;
+        report = Some(match report.take() {
+            None => r,
+            Some(mut acc) => {
+                acc.variants.append(&mut r.variants);
+                acc
+            }
+        });
+    }
+    let mut report = report.ok_or_else(|| Error::Failed("no report".into()))?;
+    report.compute_ratios();
+    report.notes.clear();
+    add_notes(&mut report);
     if variants.baseline && !fault.has_baseline() {
         report.notes.push(format!("{fault} has no native-L2 equivalent: no baseline"));
     }

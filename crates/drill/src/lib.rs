@@ -38,7 +38,7 @@ pub mod wire;
 
 use std::net::IpAddr;
 
-pub use drill::{Variants, drill, drills};
+pub use drill::{Assist, Variants, drill, drills};
 pub use fault::Fault;
 pub use session::Options;
 

@@ -32,6 +32,8 @@ pub enum AgentEventKind {
     /// `VIP re-pointed and re-announced`
     Repointed { vip: String, mac: String, generation: u64 },
     /// `port down: assisted handover, priority-0 advert sent for the master`
+    /// or `master's chassis dead: assisted handover, ...`; `port` is the
+    /// master's.
     Assisted { port: String },
 }
 
@@ -159,8 +161,9 @@ pub fn parse_agent_line(chassis: &str, line: &str) -> Option<AgentEvent> {
             mac: get(&f, "mac")?,
             generation: get(&f, "generation")?.parse().ok()?,
         }
-    } else if let Some((_, tail)) = rest.split_once("port down: assisted handover") {
-        // The message has a comma but no '='; fields follow it.
+    } else if let Some((_, tail)) = rest.split_once("assisted handover, priority-0 advert sent for the master") {
+        // `port down: ...` (the master's own chassis) or `master's chassis
+        // dead: ...` (a backup's chassis); `port` is the master's either way.
         AgentEventKind::Assisted { port: get(&fields(tail), "port")? }
     } else {
         return None;
@@ -332,6 +335,13 @@ mod tests {
         assert_eq!(
             parse_agent_line("hv1", assisted).map(|e| (e.at_us, e.kind)),
             Some((1_795_564_426_000_001, AgentEventKind::Assisted { port: "pay1".into() }))
+        );
+        let remote = "2026-11-24T23:53:46.000002Z  INFO vipcast_agent: master's chassis dead: assisted handover, \
+                      priority-0 advert sent for the master port=\"pay1\" vpc=\"prod\" vrid=1 master=192.168.10.11 \
+                      silent_ms=136 receivers=1 frames=3";
+        assert_eq!(
+            parse_agent_line("hv2", remote).map(|e| (e.at_us, e.kind)),
+            Some((1_795_564_426_000_002, AgentEventKind::Assisted { port: "pay1".into() }))
         );
     }
 

@@ -210,6 +210,15 @@ pub fn http_get(url: &str, timeout: Duration) -> std::result::Result<String, Str
     if status.is_success() { Ok(body) } else { Err(format!("{status}: {body}")) }
 }
 
+/// PATCHes `body` (JSON) to `url`; the response body, or the error.
+pub fn http_patch_json(url: &str, body: &serde_json::Value, timeout: Duration) -> std::result::Result<String, String> {
+    let client = reqwest::blocking::Client::builder().no_proxy().timeout(timeout).build().map_err(|e| e.to_string())?;
+    let resp = client.patch(url).json(body).send().map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let text = resp.text().map_err(|e| e.to_string())?;
+    if status.is_success() { Ok(text) } else { Err(format!("{status}: {text}")) }
+}
+
 /// The last `n` lines of a log file.
 pub fn log_tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();

@@ -88,6 +88,31 @@ pub struct Chassis {
     pub underlay_ip: IpAddr,
     #[serde(default)]
     pub role: Role,
+    /// Whether the chassis' agent is heard from, as decided by the controller
+    /// from its heartbeats; absent until the first heartbeat. Server-managed:
+    /// registering again keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<Liveness>,
+}
+
+impl Chassis {
+    /// Declared dead by the control plane (missed heartbeats).
+    pub fn is_dead(&self) -> bool {
+        self.liveness.is_some_and(|l| !l.alive)
+    }
+}
+
+/// A chassis' liveness, as last decided by the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Liveness {
+    /// Heard within the liveness timeout.
+    pub alive: bool,
+    /// When the controller decided so (ms since the Unix epoch).
+    pub since_ms: u64,
+    /// When its last heartbeat before that decision arrived (ms).
+    pub last_heard_ms: u64,
 }
 
 /// A VM's interface in a VPC subnet, on a chassis.

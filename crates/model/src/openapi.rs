@@ -127,6 +127,7 @@ mod tests {
                 name: "c".into(),
                 underlay_ip: "172.31.0.1".parse().unwrap(),
                 role: Role::Gateway,
+                liveness: Some(Liveness { alive: false, since_ms: 2, last_heard_ms: 1 }),
             }),
             Object::Port(Port {
                 name: "p".into(),

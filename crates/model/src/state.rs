@@ -574,6 +574,7 @@ pub(crate) mod tests {
                 name: name.to_string(),
                 underlay_ip: format!("172.31.0.{}", i + 1).parse().unwrap(),
                 role: Role::Hypervisor,
+                liveness: None,
             }));
         }
         for (i, (name, ch)) in [("pay1", "hv1"), ("pay2", "hv2"), ("client", "hv3")].iter().enumerate() {

@@ -343,6 +343,7 @@ mod tests {
             name: "gw1".into(),
             underlay_ip: "172.31.0.9".parse().unwrap(),
             role: Role::Gateway,
+            liveness: None,
         }));
         assert_eq!(participation(&s, "gw1").len(), 2);
         assert!(participants(&s, "prod").contains("gw1"));

@@ -230,6 +230,7 @@ mod tests {
                 name: n.into(),
                 underlay_ip: ip.parse().unwrap(),
                 role: Role::Hypervisor,
+                liveness: None,
             }));
         }
         for (n, c, mac, ip) in [("p1", "hv1", A, "192.168.10.11"), ("p2", "hv2", B, "192.168.10.12")] {

@@ -178,43 +178,59 @@ const fn insn(code: u16, jt: u8, jf: u8, k: u32) -> BpfInsn {
     BpfInsn { code, jt, jf, k }
 }
 
-/// Passes only frames an interface *received* that a VM port's sniffer
-/// needs: ARP, VRRP (IPv4 protocol 112 or IPv6 next header 112), and IPv6
-/// ICMPv6 type 136 (neighbour advertisement); so a sniffer on a busy VM port
-/// wakes up for those only. (IPv6 extension headers are not walked: VRRP and
-/// ND are sent without them.)
+/// Passes only frames a VM port's sniffer needs: of those the interface
+/// *received* (sent by the VM), ARP, VRRP (IPv4 protocol 112 or IPv6 next
+/// header 112) and IPv6 ICMPv6 type 136 (neighbour advertisement); of those
+/// it *sent* (delivered to the VM), VRRP only (adverts of masters elsewhere,
+/// which the agent follows to speak for a master whose chassis died). So a
+/// sniffer on a busy VM port wakes up for those only. (IPv6 extension
+/// headers are not walked: VRRP and ND are sent without them.)
 ///
 /// ```text
 ///  0  ld  [pkttype]          ; ancillary: SKF_AD_OFF + SKF_AD_PKTTYPE
-///  1  jeq #OUTGOING   -> 14
+///  1  jeq #OUTGOING   -> 13
 ///  2  ldh [12]               ; EtherType
-///  3  jeq #0x0806     -> 13
+///  3  jeq #0x0806     -> 20
 ///  4  jeq #0x0800     -> 5 else 7
 ///  5  ldb [23]               ; IPv4 protocol
-///  6  jeq #112        -> 13 else 14
-///  7  jeq #0x86dd     -> 8 else 14
+///  6  jeq #112        -> 20 else 21
+///  7  jeq #0x86dd     -> 8 else 21
 ///  8  ldb [20]               ; IPv6 next header
-///  9  jeq #112        -> 13
-/// 10  jeq #58         -> 11 else 14
+///  9  jeq #112        -> 20
+/// 10  jeq #58         -> 11 else 21
 /// 11  ldb [54]               ; ICMPv6 type
-/// 12  jeq #136        -> 13 else 14
-/// 13  ret #262144            ; accept
-/// 14  ret #0                 ; drop
+/// 12  jeq #136        -> 20 else 21
+/// 13  ldh [12]               ; outgoing: VRRP only
+/// 14  jeq #0x0800     -> 15 else 17
+/// 15  ldb [23]
+/// 16  jeq #112        -> 20 else 21
+/// 17  jeq #0x86dd     -> 18 else 21
+/// 18  ldb [20]
+/// 19  jeq #112        -> 20 else 21
+/// 20  ret #262144            ; accept
+/// 21  ret #0                 ; drop
 /// ```
-pub const SNIFF_FILTER: [BpfInsn; 15] = [
+pub const SNIFF_FILTER: [BpfInsn; 22] = [
     insn(0x20, 0, 0, 0xffff_f004),
-    insn(0x15, 12, 0, libc::PACKET_OUTGOING as u32),
+    insn(0x15, 11, 0, libc::PACKET_OUTGOING as u32),
     insn(0x28, 0, 0, 12),
-    insn(0x15, 9, 0, 0x0806),
+    insn(0x15, 16, 0, 0x0806),
     insn(0x15, 0, 2, 0x0800),
     insn(0x30, 0, 0, 23),
-    insn(0x15, 6, 7, 112),
-    insn(0x15, 0, 6, 0x86dd),
+    insn(0x15, 13, 14, 112),
+    insn(0x15, 0, 13, 0x86dd),
     insn(0x30, 0, 0, 20),
-    insn(0x15, 3, 0, 112),
-    insn(0x15, 0, 3, 58),
+    insn(0x15, 10, 0, 112),
+    insn(0x15, 0, 10, 58),
     insn(0x30, 0, 0, 54),
-    insn(0x15, 0, 1, 136),
+    insn(0x15, 7, 8, 136),
+    insn(0x28, 0, 0, 12),
+    insn(0x15, 0, 2, 0x0800),
+    insn(0x30, 0, 0, 23),
+    insn(0x15, 3, 4, 112),
+    insn(0x15, 0, 3, 0x86dd),
+    insn(0x30, 0, 0, 20),
+    insn(0x15, 0, 1, 112),
     insn(0x06, 0, 0, 0x0004_0000),
     insn(0x06, 0, 0, 0),
 ];

@@ -59,7 +59,7 @@ fn frames_cross_a_veth_with_their_direction() {
 }
 
 #[test]
-fn the_sniff_filter_passes_received_arp_na_and_vrrp_only() {
+fn the_sniff_filter_passes_received_arp_na_and_vrrp_and_sent_vrrp_only() {
     use vipcast_sys::{ETH_P_ALL, SNIFF_FILTER};
     let id = unique_id();
     let ns = Netns::new(format!("vcf-{id}")).unwrap();
@@ -115,7 +115,13 @@ fn the_sniff_filter_passes_received_arp_na_and_vrrp_only() {
                 got_b.push(buf[..n].to_vec());
             }
         }
-        assert!(sniff_a.recv(&mut buf).is_err(), "the filter let an outgoing frame through");
+        let mut got_a = Vec::new();
+        while let Ok((n, dir)) = sniff_a.recv(&mut buf) {
+            assert_eq!(dir, Direction::Outgoing);
+            got_a.push(buf[..n].to_vec());
+        }
+        assert!(!got_a.is_empty(), "the filter dropped an outgoing VRRP advert");
+        assert!(got_a.iter().all(|f| f == &vrrp), "the filter let an outgoing frame other than VRRP through");
         (got_b, garp, na, ipv4, vrrp)
     })
     .join()

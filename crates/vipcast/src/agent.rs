@@ -32,6 +32,9 @@ pub struct AgentArgs {
     /// the priority-0 advert it can no longer send.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     assist: bool,
+    /// Liveness heartbeat interval, ms (UDP to the controller's port number).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(5..=10_000))]
+    heartbeat_ms: u64,
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -58,6 +61,7 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
         sniff: a.sniff,
         announce_burst: a.announce_burst,
         assist: a.assist,
+        heartbeat: std::time::Duration::from_millis(a.heartbeat_ms),
     })
     .await
 }

@@ -53,13 +53,28 @@ pub async fn open_store(spec: &StoreSpec) -> anyhow::Result<Arc<dyn Store>> {
     })
 }
 
-pub async fn run(listen: std::net::SocketAddr, store: StoreSpec) -> anyhow::Result<()> {
+pub async fn run(
+    listen: std::net::SocketAddr,
+    store: StoreSpec,
+    liveness_timeout: std::time::Duration,
+) -> anyhow::Result<()> {
     let store = open_store(&store).await?;
     let controller = vipcast_controller::Controller::new(store, Default::default()).await.context("loading state")?;
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => bail!("cannot listen on {listen}: {e}"),
     };
+    let bound = listener.local_addr()?;
+    let heartbeats = match tokio::net::UdpSocket::bind(bound).await {
+        Ok(s) => s,
+        Err(e) => bail!("cannot receive heartbeats on UDP {bound}: {e}"),
+    };
+    let cfg = vipcast_controller::liveness::LivenessConfig { timeout: liveness_timeout, ..Default::default() };
+    let c = controller.clone();
+    tokio::spawn(async move {
+        let e = vipcast_controller::liveness::run(c, heartbeats, cfg).await;
+        tracing::error!(error = %e, "heartbeat socket failed; chassis liveness is no longer kept");
+    });
     tracing::info!(%listen, revision = controller.cache().current().revision, "controller serving");
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

@@ -43,6 +43,11 @@ pub struct DrillArgs {
     /// Skip the native-L2 baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// Platform-assisted handover for the overlay runs: on, off, or both
+    /// (off then on, compared in one drill); the VPC is switched through
+    /// the API and set back afterwards. Default: as the VPC is set.
+    #[arg(long)]
+    assist: Option<vipcast_drill::Assist>,
     /// UDP port of the responders.
     #[arg(long, default_value_t = 7999)]
     port: u16,
@@ -136,7 +141,8 @@ pub fn drill(a: DrillArgs) -> anyhow::Result<()> {
         progress: &progress,
         cancel: Some(&cancel),
     };
-    let report = vipcast_drill::drill(&target, a.fault, Variants { baseline: !a.no_baseline }, &opts)?;
+    let report =
+        vipcast_drill::drill(&target, a.fault, Variants { baseline: !a.no_baseline, assist: a.assist }, &opts)?;
     if let Some(path) = &a.svg {
         std::fs::write(path, vipcast_drill::demo::timeline_svg(&report))
             .with_context(|| format!("cannot write {}", path.display()))?;

@@ -40,6 +40,10 @@ enum Command {
         /// file:DIR (embedded, one controller) or etcd://HOST:PORT[,HOST:PORT...]
         #[arg(long, default_value = "file:./vipcast-data")]
         store: controller::StoreSpec,
+        /// A chassis whose agent sent no heartbeat (UDP, same port number as
+        /// the API) for this long is declared dead.
+        #[arg(long, default_value_t = 150, value_parser = clap::value_parser!(u64).range(20..=60_000))]
+        liveness_timeout_ms: u64,
     },
     /// Run a chassis agent: program this chassis' kernel data plane from the
     /// controller, sniff VIP announcements on VM ports.
@@ -96,7 +100,9 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Dissect { file, legacy_unicast_checksum } => dissect::run(&file, legacy_unicast_checksum),
-        Command::Controller { listen, store } => runtime().and_then(|rt| rt.block_on(controller::run(listen, store))),
+        Command::Controller { listen, store, liveness_timeout_ms } => runtime().and_then(|rt| {
+            rt.block_on(controller::run(listen, store, std::time::Duration::from_millis(liveness_timeout_ms)))
+        }),
         Command::Agent(a) => match a.netns().map(vipcast_sys::enter_netns) {
             Some(Err(e)) => Err(anyhow::anyhow!("entering network namespace {:?}: {e}", a.netns().unwrap_or_default())),
             _ => runtime().and_then(|rt| rt.block_on(agent::run(a))),
