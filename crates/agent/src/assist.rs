@@ -78,8 +78,9 @@ pub struct Masters {
 }
 
 impl Masters {
-    /// Records an advert sent by a VM behind `port` of `vpc`.
-    pub fn observe(&mut self, o: Origin, advert: &VrrpRepr, now: Instant) {
+    /// Records an advert sent by a VM behind `port` of `vpc`; returns the
+    /// master if it is new or what it advertises (or where) changed.
+    pub fn observe(&mut self, o: Origin, advert: &VrrpRepr, now: Instant) -> Option<&Master> {
         let Origin { vpc, port, eth_src, src, dst } = o;
         let key = (vpc.clone(), advert.vrid, src.is_ipv6());
         if advert.priority == 0 {
@@ -87,20 +88,22 @@ impl Masters {
             if self.by_router.get(&key).is_some_and(|m| m.src == src) {
                 self.by_router.remove(&key);
             }
-            return;
+            return None;
         }
-        match self.by_router.get_mut(&key) {
+        let changed = match self.by_router.get_mut(&key) {
             Some(m) if m.src == src && m.advert == *advert => {
-                m.dsts.insert(dst);
                 m.last = now;
+                m.dsts.insert(dst)
             }
             _ => {
                 self.by_router.insert(
-                    key,
+                    key.clone(),
                     Master { vpc, port, eth_src, src, dsts: BTreeSet::from([dst]), advert: advert.clone(), last: now },
                 );
+                true
             }
-        }
+        };
+        if changed { self.by_router.get(&key) } else { None }
     }
 
     /// The masters behind `port` that may be spoken for now (and forgets
@@ -298,6 +301,9 @@ mod tests {
         let mut m = Masters::default();
         let mac = MacAddr([2, 0, 0, 0, 0, 1]);
         let (src, group) = ("192.168.10.11".parse().unwrap(), "224.0.0.18".parse().unwrap());
+        assert!(m.observe(origin(mac, src, group), &advert(Version::V3, 150, 0), t0).is_some(), "new");
+        assert!(m.observe(origin(mac, src, group), &advert(Version::V3, 150, 0), t0).is_none(), "the same again");
+        assert!(m.observe(origin(mac, src, group), &advert(Version::V3, 151, 0), t0).is_some(), "changed");
         m.observe(origin(mac, src, group), &advert(Version::V3, 150, 0), t0);
         assert_eq!(m.all().count(), 1);
         // Down interval at 0.1 s, priority 150: 0.3 s + 0.041 s.

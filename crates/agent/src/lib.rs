@@ -237,7 +237,9 @@ impl Agent {
                 continue;
             }
             match self.send_priority_zero(&m) {
-                Ok(n) => tracing::info!(
+                Ok(n) => {
+                    self.report_assist(&m.vpc, &m.advert, m.src, "port-down");
+                    tracing::info!(
                     port,
                     vpc = m.vpc,
                     vrid = m.advert.vrid,
@@ -245,7 +247,8 @@ impl Agent {
                     frames = n,
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "port down: assisted handover, priority-0 advert sent for the master"
-                ),
+                    )
+                }
                 Err(e) => tracing::warn!(port, vrid = m.advert.vrid, error = %e, "assisted handover failed"),
             }
         }
@@ -317,7 +320,42 @@ impl Agent {
                 frames,
                 "master's chassis dead: assisted handover, priority-0 advert sent for the master"
             );
+            self.report_assist(&m.vpc, &m.advert, m.src, "chassis-dead");
         }
+    }
+
+    /// POSTs `body` to the controller in the background (3 tries), logging
+    /// the outcome.
+    fn post(&self, path: String, body: serde_json::Value, what: &'static str) {
+        let url = format!("{}{path}", self.cfg.controller.trim_end_matches('/'));
+        let http = self.http.clone();
+        tokio::spawn(async move {
+            for attempt in 0..3 {
+                match http.post(&url).json(&body).send().await {
+                    Ok(r) if r.status().is_success() => return,
+                    Ok(r) => {
+                        let status = r.status();
+                        let text = r.text().await.unwrap_or_default();
+                        tracing::warn!(what, %status, text, "controller refused");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(what, attempt, error = %e, "controller unreachable; retrying"),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
+    /// Records an assisted handover with the controller (after the fact).
+    fn report_assist(&self, vpc: &str, advert: &vipcast_packet::vrrp::VrrpRepr, master: IpAddr, fault: &str) {
+        let id = vipcast_model::vrrp_router_id(advert.vrid, master.is_ipv6());
+        let body = serde_json::json!({
+            "fault": fault,
+            "by": self.cfg.chassis,
+            "master": master,
+            "at_ms": vipcast_controller::now_ms(),
+        });
+        self.post(format!("/v1/vrrp/{vpc}/{id}/assists"), body, "assisted handover report");
     }
 
     /// Sends, three times, the master's priority-0 advert to each destination
@@ -421,7 +459,23 @@ impl Agent {
             ports::Frame::Advert { eth_src, src, dst, advert } => {
                 let Some(port) = self.synced.state.ports.get(&seen.port) else { return };
                 let origin = assist::Origin { vpc: port.vpc.clone(), port: seen.port.clone(), eth_src, src, dst };
-                self.masters.observe(origin, &advert, Instant::now());
+                if let Some(m) = self.masters.observe(origin, &advert, Instant::now()) {
+                    let report = serde_json::json!({
+                        "vpc": m.vpc,
+                        "vrid": m.advert.vrid,
+                        "version": if m.advert.version == vipcast_packet::vrrp::Version::V3 { 3 } else { 2 },
+                        "master_ip": m.src,
+                        "master_mac": m.eth_src,
+                        "chassis": self.cfg.chassis,
+                        "priority": m.advert.priority,
+                        "interval_cs": m.advert.interval_cs,
+                        "addresses": m.advert.addresses,
+                        "destinations": m.dsts,
+                        "auth_type": m.advert.auth_type,
+                        "observed_at": seen.at_ms,
+                    });
+                    self.post("/v1/vrrp".to_string(), report, "VRRP master report");
+                }
                 if advert.priority > 0 {
                     for ip in &advert.addresses {
                         self.claim(&seen.port, *ip, eth_src, seen.at_ms, "VRRP master advert");

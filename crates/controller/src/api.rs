@@ -23,7 +23,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use vipcast_model::claim::{self, Claim, Outcome};
 use vipcast_model::{
-    Chassis, Invalid, Object, ObjectKey, OwnershipChange, Port, Replicator, Role, Subnet, Vip, VipSpec, Vpc, view,
+    AssistRecord, Chassis, Invalid, Object, ObjectKey, OwnershipChange, Port, Replicator, Role, Subnet, Vip, VipSpec,
+    Vpc, VrrpMaster, VrrpRouter, view,
 };
 use vipcast_store::Op;
 
@@ -53,6 +54,9 @@ pub fn routes() -> OpenApiRouter<Arc<Controller>> {
         .routes(routes!(put_members))
         .routes(routes!(vip_history))
         .routes(routes!(post_claim))
+        .routes(routes!(list_vrrp, post_vrrp))
+        .routes(routes!(delete_vrrp))
+        .routes(routes!(post_assist))
         .routes(routes!(list_replicators))
         .routes(routes!(put_replicator, get_replicator, delete_replicator))
         .routes(routes!(chassis_view))
@@ -130,6 +134,7 @@ async fn healthz(State(c): Ctl) -> Json<Health> {
      content_type = "text/plain; version=0.0.4; charset=utf-8"),
 ))]
 async fn metrics(State(c): Ctl) -> Response {
+    c.metrics.vrrp_routers.set(c.cache.current().state.routers.len() as i64);
     let mut body = c.metrics.encode();
     if body.is_empty() {
         body.push_str("# EOF\n");
@@ -415,17 +420,23 @@ struct VipView {
     owner: Option<vipcast_model::Owner>,
     /// Members have been alternating as owner recently.
     split_brain: bool,
+    /// The VRRP view: the virtual routers of the VIP's VPC that advertise
+    /// its address, as their masters' chassis saw them.
+    vrrp: Vec<VrrpRouter>,
 }
 
-fn vip_view(v: &Vip) -> VipView {
-    VipView { spec: v.spec.clone(), owner: v.owner.clone(), split_brain: v.split_brain(now_ms()) }
+fn vip_view(s: &vipcast_model::State, v: &Vip) -> VipView {
+    let vrrp =
+        s.routers.values().filter(|r| r.vpc == v.spec.vpc && r.addresses.contains(&v.spec.ip)).cloned().collect();
+    VipView { spec: v.spec.clone(), owner: v.owner.clone(), split_brain: v.split_brain(now_ms()), vrrp }
 }
 
 /// Lists the VIPs.
 #[utoipa::path(get, path = "/v1/vips", tag = "vips",
     responses((status = 200, description = "All of them, by name", body = Vec<VipView>)))]
 async fn list_vips(State(c): Ctl) -> Json<Vec<VipView>> {
-    Json(c.cache.current().state.vips.values().map(vip_view).collect())
+    let snap = c.cache.current();
+    Json(snap.state.vips.values().map(|v| vip_view(&snap.state, v)).collect())
 }
 
 /// One VIP, by name.
@@ -436,7 +447,13 @@ async fn list_vips(State(c): Ctl) -> Json<Vec<VipView>> {
         (status = 404, description = "`not_found`: no such VIP", body = ErrorBody),
 ))]
 async fn get_vip(State(c): Ctl, Path(name): Path<String>) -> ApiResult<Json<VipView>> {
-    c.cache.current().state.vips.get(&name).map(vip_view).map(Json).ok_or_else(|| ApiError::not_found("VIP", &name))
+    let snap = c.cache.current();
+    snap.state
+        .vips
+        .get(&name)
+        .map(|v| vip_view(&snap.state, v))
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("VIP", &name))
 }
 
 /// Creates a VIP (with no owner until a member claims it).
@@ -451,7 +468,7 @@ async fn create_vip(State(c): Ctl, body: Bytes) -> ApiResult<Response> {
     let obj = Object::Vip(Vip::new(spec.clone()));
     c.write(|s| s.check_vip(&spec).map(|()| vec![put_op(&obj)])).await?;
     let snap = c.cache.current();
-    Ok(created(snap.state.vips.get(&spec.name).map(vip_view)))
+    Ok(created(snap.state.vips.get(&spec.name).map(|v| vip_view(&snap.state, v))))
 }
 
 /// Deletes a VIP, and its history.
@@ -509,6 +526,146 @@ async fn put_members(State(c): Ctl, Path(name): Path<String>, body: Bytes) -> Ap
     })
     .await?;
     get_vip(State(c), Path(name)).await
+}
+
+// ---- the VRRP view ----
+
+/// What an agent reports about a VRRP master it hosts.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct VrrpReport {
+    vpc: String,
+    vrid: u8,
+    /// 2 or 3.
+    version: u8,
+    #[schema(value_type = String, format = "ip")]
+    master_ip: IpAddr,
+    #[schema(value_type = String, format = "mac")]
+    master_mac: vipcast_packet::MacAddr,
+    /// The reporting chassis, which hosts the master.
+    chassis: String,
+    priority: u8,
+    interval_cs: u16,
+    #[schema(value_type = Vec<String>)]
+    addresses: Vec<IpAddr>,
+    #[schema(value_type = Vec<String>)]
+    destinations: Vec<IpAddr>,
+    #[serde(default)]
+    auth_type: u8,
+    /// ms since the epoch, the agent's clock.
+    observed_at: u64,
+}
+
+/// The VRRP view: every virtual router seen, by VPC and id.
+#[utoipa::path(get, path = "/v1/vrrp", tag = "vrrp",
+    responses((status = 200, description = "All of them", body = Vec<VrrpRouter>)))]
+async fn list_vrrp(State(c): Ctl) -> Json<Vec<VrrpRouter>> {
+    Json(c.cache.current().state.routers.values().cloned().collect())
+}
+
+/// Reports a VRRP master (agents do, when the master or what it advertises
+/// changes). Writes nothing when only `observed_at` differs.
+#[utoipa::path(post, path = "/v1/vrrp", tag = "vrrp", request_body = VrrpReport, responses(
+    (status = 200, description = "The router as stored", body = VrrpRouter),
+    (status = 400, description = "`malformed_json`, `invalid_body`, `unknown_vpc`, `invalid_vrid`, `invalid_version`, `invalid_interval`, `invalid_addresses`, `invalid_destinations`, `too_many`", body = ErrorBody),
+    (status = 403, description = "`not_a_local_port`: the reporting chassis hosts no port of the VPC with that MAC", body = ErrorBody),
+    (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
+))]
+async fn post_vrrp(State(c): Ctl, body: Bytes) -> ApiResult<Json<VrrpRouter>> {
+    let b: VrrpReport = parse(&body)?;
+    let id = vipcast_model::vrrp_router_id(b.vrid, b.master_ip.is_ipv6());
+    let report = VrrpRouter {
+        vpc: b.vpc,
+        id,
+        vrid: b.vrid,
+        version: b.version,
+        master: VrrpMaster { ip: b.master_ip, mac: b.master_mac, port: String::new(), chassis: b.chassis },
+        priority: b.priority,
+        interval_cs: b.interval_cs,
+        addresses: b.addresses,
+        destinations: b.destinations,
+        auth_type: b.auth_type,
+        observed_at: b.observed_at,
+        assists: 0,
+        last_assist: None,
+    };
+    let new_master = std::sync::atomic::AtomicBool::new(false);
+    c.write(|s| {
+        let mut r = report.clone();
+        s.check_router(&mut r)?;
+        let old = s.routers.get(&(r.vpc.clone(), r.id.clone()));
+        if let Some(old) = old {
+            r.assists = old.assists;
+            r.last_assist = old.last_assist.clone();
+            if (VrrpRouter { observed_at: old.observed_at, ..r.clone() }) == *old {
+                return Ok(vec![]);
+            }
+        }
+        new_master.store(old.is_none_or(|o| o.master != r.master), std::sync::atomic::Ordering::Relaxed);
+        Ok(vec![put_op(&Object::Router(r))])
+    })
+    .await?;
+    if new_master.load(std::sync::atomic::Ordering::Relaxed) {
+        c.metrics.vrrp_master_changes.inc();
+        tracing::info!(vpc = report.vpc, router = report.id, master = %report.master.ip, chassis = report.master.chassis, "VRRP master reported");
+    }
+    let key = (report.vpc.clone(), report.id.clone());
+    c.cache
+        .current()
+        .state
+        .routers
+        .get(&key)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("VRRP router", &key.1))
+}
+
+/// Forgets a VRRP router (it is reported again by its master's chassis).
+#[utoipa::path(delete, path = "/v1/vrrp/{vpc}/{id}", tag = "vrrp",
+    params(("vpc" = String, Path, description = "The VPC"), ("id" = String, Path, description = "`<vrid>-ipv4` or `<vrid>-ipv6`")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
+))]
+async fn delete_vrrp(State(c): Ctl, Path((vpc, id)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    delete(&c, ObjectKey::Router(vpc, id)).await
+}
+
+/// Records an assisted handover (agents do, after sending the priority-0
+/// advert): counted in the metrics and on the router.
+#[utoipa::path(post, path = "/v1/vrrp/{vpc}/{id}/assists", tag = "vrrp",
+    params(("vpc" = String, Path, description = "The VPC"), ("id" = String, Path, description = "`<vrid>-ipv4` or `<vrid>-ipv6`")),
+    request_body = AssistRecord,
+    responses(
+        (status = 200, description = "The router after counting it", body = VrrpRouter),
+        (status = 400, description = "`malformed_json`, `invalid_body`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such router", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
+))]
+async fn post_assist(
+    State(c): Ctl,
+    Path((vpc, id)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<VrrpRouter>> {
+    let a: AssistRecord = parse(&body)?;
+    c.metrics.assists.get_or_create(&crate::metrics::FaultLabels { fault: a.fault.as_str() }).inc();
+    let key = (vpc, id);
+    c.write(|s| {
+        let r =
+            s.routers.get(&key).ok_or_else(|| Invalid::not_found("VRRP router", &format!("{}/{}", key.0, key.1)))?;
+        let r = VrrpRouter { assists: r.assists + 1, last_assist: Some(a.clone()), ..r.clone() };
+        Ok(vec![put_op(&Object::Router(r))])
+    })
+    .await?;
+    c.cache
+        .current()
+        .state
+        .routers
+        .get(&key)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("VRRP router", &key.1))
 }
 
 /// The VIP's changes of owner, oldest first.

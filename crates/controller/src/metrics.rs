@@ -25,6 +25,12 @@ pub struct HeartbeatLabels {
     pub result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FaultLabels {
+    /// port-down, chassis-dead
+    pub fault: &'static str,
+}
+
 /// The controller's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -35,6 +41,9 @@ pub struct Metrics {
     pub write_conflicts: Counter,
     pub heartbeats: Family<HeartbeatLabels, Counter>,
     pub liveness_changes: Family<HeartbeatLabels, Counter>,
+    pub vrrp_routers: Gauge,
+    pub vrrp_master_changes: Counter,
+    pub assists: Family<FaultLabels, Counter>,
     registry: Registry,
 }
 
@@ -47,7 +56,17 @@ impl Default for Metrics {
         let write_conflicts = Counter::default();
         let heartbeats = Family::<HeartbeatLabels, Counter>::default();
         let liveness_changes = Family::<HeartbeatLabels, Counter>::default();
+        let vrrp_routers = Gauge::default();
+        let vrrp_master_changes = Counter::default();
+        let assists = Family::<FaultLabels, Counter>::default();
         let mut registry = Registry::with_prefix("vipcast_controller");
+        registry.register("vrrp_routers", "VRRP virtual routers in the VRRP view", vrrp_routers.clone());
+        registry.register("vrrp_master_changes", "New VRRP masters reported by agents", vrrp_master_changes.clone());
+        registry.register(
+            "assisted_handovers",
+            "Assisted VRRP handovers reported by agents, by fault",
+            assists.clone(),
+        );
         registry.register("chassis_heartbeats", "Chassis heartbeat datagrams by result", heartbeats.clone());
         registry.register("chassis_liveness_changes", "Chassis declared alive or dead", liveness_changes.clone());
         registry.register("http_requests", "HTTP requests by method and status", requests.clone());
@@ -63,6 +82,9 @@ impl Default for Metrics {
             write_conflicts,
             heartbeats,
             liveness_changes,
+            vrrp_routers,
+            vrrp_master_changes,
+            assists,
             registry,
         }
     }

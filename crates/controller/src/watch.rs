@@ -349,7 +349,7 @@ async fn resume(c: &Controller, s: &mut Stream, from: Revision, state: &ModelSta
     let mut upserts = Vec::new();
     let mut deletes = Vec::new();
     for k in changed {
-        if matches!(k, ObjectKey::History(..)) {
+        if matches!(k, ObjectKey::History(..) | ObjectKey::Router(..)) {
             continue;
         }
         match state.get(&k) {

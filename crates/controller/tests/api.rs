@@ -575,3 +575,116 @@ async fn a_vpc_patch_changes_only_its_settings() {
     let v = api.get("/v1/vpcs/prod").await.1;
     assert_eq!((v["vni"].clone(), v["assist"].clone()), (json!(100), json!(false)));
 }
+
+#[tokio::test]
+async fn the_vrrp_view_follows_reports_and_shows_on_the_vip() {
+    let s = file_server().await;
+    let api = Api::new(&s);
+    api.post("/v1/vpcs", json!({"name": "prod", "vni": 100})).await;
+    api.post("/v1/subnets", json!({"vpc": "prod", "name": "web", "cidr": "192.168.10.0/24"})).await;
+    api.put("/v1/chassis/hv1", json!({"underlay_ip": "10.0.0.1"})).await;
+    api.put("/v1/chassis/hv2", json!({"underlay_ip": "10.0.0.2"})).await;
+    for (n, c, mac, ip) in
+        [("pay1", "hv1", "02:00:00:00:00:01", "192.168.10.11"), ("pay2", "hv2", "02:00:00:00:00:02", "192.168.10.12")]
+    {
+        let p = json!({"name": n, "vpc": "prod", "subnet": "web", "chassis": c, "mac": mac, "ip": ip});
+        assert_eq!(api.post("/v1/ports", p).await.0, StatusCode::CREATED);
+    }
+    let vip =
+        json!({"name": "pay-vip", "vpc": "prod", "subnet": "web", "ip": "192.168.10.100", "members": ["pay1", "pay2"]});
+    assert_eq!(api.post("/v1/vips", vip).await.0, StatusCode::CREATED);
+    let report = |chassis: &str, mac: &str, ip: &str, priority: u8| {
+        json!({"vpc": "prod", "vrid": 51, "version": 3, "master_ip": ip, "master_mac": mac, "chassis": chassis,
+               "priority": priority, "interval_cs": 10, "addresses": ["192.168.10.100"],
+               "destinations": ["224.0.0.18"], "observed_at": 1})
+    };
+    let (st, r) = api.post("/v1/vrrp", report("hv1", "02:00:00:00:00:01", "192.168.10.11", 150)).await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    assert_eq!((r["id"].clone(), r["master"]["port"].clone()), (json!("51-ipv4"), json!("pay1")));
+    let v = api.get("/v1/vips/pay-vip").await.1;
+    assert_eq!(v["vrrp"][0]["master"]["port"], json!("pay1"), "{v}");
+    assert_eq!(v["vrrp"][0]["priority"], json!(150));
+    // Refused, nothing stored: a chassis speaking for a port it does not host,
+    // bad fields; each names the problem.
+    for (body, status, code) in [
+        (report("hv2", "02:00:00:00:00:01", "192.168.10.11", 100), StatusCode::FORBIDDEN, "not_a_local_port"),
+        (
+            {
+                let mut b = report("hv1", "02:00:00:00:00:01", "192.168.10.11", 150);
+                b["vrid"] = json!(0);
+                b
+            },
+            StatusCode::BAD_REQUEST,
+            "invalid_vrid",
+        ),
+        (
+            {
+                let mut b = report("hv1", "02:00:00:00:00:01", "192.168.10.11", 150);
+                b["version"] = json!(4);
+                b
+            },
+            StatusCode::BAD_REQUEST,
+            "invalid_version",
+        ),
+        (
+            {
+                let mut b = report("hv1", "02:00:00:00:00:01", "192.168.10.11", 150);
+                b["addresses"] = json!(["fd00::1"]);
+                b
+            },
+            StatusCode::BAD_REQUEST,
+            "invalid_addresses",
+        ),
+        (
+            {
+                let mut b = report("hv1", "02:00:00:00:00:01", "192.168.10.11", 150);
+                b["vpc"] = json!("nope");
+                b
+            },
+            StatusCode::BAD_REQUEST,
+            "unknown_vpc",
+        ),
+        (
+            {
+                let mut b = report("hv1", "02:00:00:00:00:01", "192.168.10.11", 150);
+                b["vrid"] = json!(300);
+                b
+            },
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+    ] {
+        let (st, e) = api.post("/v1/vrrp", body).await;
+        assert_eq!((st, e["error"]["code"].as_str().unwrap_or_default()), (status, code), "{e}");
+    }
+    assert_eq!(api.get("/v1/vrrp").await.1.as_array().unwrap().len(), 1);
+    // The backup takes over: its chassis reports it; an assist is counted.
+    let (st, e) = api
+        .post(
+            "/v1/vrrp/prod/51-ipv4/assists",
+            json!({"fault": "chassis-dead", "by": "hv2", "master": "192.168.10.11", "at_ms": 5}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{e}");
+    let (st, r) = api.post("/v1/vrrp", report("hv2", "02:00:00:00:00:02", "192.168.10.12", 100)).await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    assert_eq!((r["master"]["port"].clone(), r["assists"].clone()), (json!("pay2"), json!(1)), "{r}");
+    assert_eq!(r["last_assist"]["fault"], json!("chassis-dead"));
+    let (st, _) = api
+        .post(
+            "/v1/vrrp/prod/9-ipv4/assists",
+            json!({"fault": "port-down", "by": "hv2", "master": "192.168.10.11", "at_ms": 5}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let metrics = api.http.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
+    for line in [
+        "vipcast_controller_vrrp_routers 1",
+        "vipcast_controller_vrrp_master_changes_total 2",
+        r#"vipcast_controller_assisted_handovers_total{fault="chassis-dead"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in metrics:\n{metrics}");
+    }
+    assert_eq!(api.delete("/v1/vrrp/prod/51-ipv4").await.0, StatusCode::NO_CONTENT);
+    assert_eq!(api.get("/v1/vips/pay-vip").await.1["vrrp"], json!([]));
+}

@@ -206,6 +206,95 @@ pub struct Replicator {
     pub address: SocketAddr,
 }
 
+/// A VRRP virtual router as the platform sees it (the VRRP view): learned
+/// passively by the agent of the master's chassis from the adverts the
+/// master sends, reported when the master or what it advertises changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct VrrpRouter {
+    pub vpc: String,
+    /// `<vrid>-ipv4` or `<vrid>-ipv6`.
+    pub id: String,
+    pub vrid: u8,
+    /// VRRP version: 2 or 3.
+    pub version: u8,
+    pub master: VrrpMaster,
+    /// The master's advertised priority.
+    pub priority: u8,
+    /// Advertisement interval, centiseconds.
+    pub interval_cs: u16,
+    /// The virtual addresses it advertises.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub addresses: Vec<IpAddr>,
+    /// Where its adverts go: the VRRP multicast group or each unicast peer.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub destinations: Vec<IpAddr>,
+    /// VRRPv2 authentication type (0: none; 1: simple text, which the
+    /// platform cannot speak for). Always 0 for v3.
+    pub auth_type: u8,
+    /// When this master was first seen advertising so (ms since the epoch).
+    pub observed_at: u64,
+    /// Platform-assisted handovers done for this router (server-managed).
+    #[serde(default)]
+    pub assists: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_assist: Option<AssistRecord>,
+}
+
+/// A router's master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct VrrpMaster {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "ip"))]
+    pub ip: IpAddr,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "mac"))]
+    pub mac: MacAddr,
+    /// The port behind which it runs.
+    pub port: String,
+    pub chassis: String,
+}
+
+/// An assisted handover, as reported by the agent that did it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AssistRecord {
+    /// `port-down` (the master's port lost carrier) or `chassis-dead`.
+    pub fault: AssistFault,
+    /// The chassis whose agent sent the priority-0 advert.
+    pub by: String,
+    /// The master spoken for.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "ip"))]
+    pub master: IpAddr,
+    /// When (ms since the epoch, the agent's clock).
+    pub at_ms: u64,
+}
+
+/// The certain fault an assisted handover answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum AssistFault {
+    PortDown,
+    ChassisDead,
+}
+
+impl AssistFault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssistFault::PortDown => "port-down",
+            AssistFault::ChassisDead => "chassis-dead",
+        }
+    }
+}
+
+/// The id of a router: `<vrid>-ipv4` / `<vrid>-ipv6`.
+pub fn vrrp_router_id(vrid: u8, ipv6: bool) -> String {
+    format!("{vrid}-{}", if ipv6 { "ipv6" } else { "ipv4" })
+}
+
 /// Who reported a GARP / NA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

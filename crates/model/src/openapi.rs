@@ -50,6 +50,7 @@ impl PartialSchema for Object {
             .item(tagged::<Vip>("vip"))
             .item(tagged::<Replicator>("replicator"))
             .item(tagged::<OwnershipChange>("history"))
+            .item(tagged::<VrrpRouter>("router"))
             .description(Some("Any object, with its `kind` beside its fields."))
             .into()
     }
@@ -65,7 +66,8 @@ fn every_variant_is_in_the_schema(o: &Object) {
         | Object::Port(_)
         | Object::Vip(_)
         | Object::Replicator(_)
-        | Object::History(_) => {}
+        | Object::History(_)
+        | Object::Router(_) => {}
     }
 }
 
@@ -84,6 +86,7 @@ impl ToSchema for Object {
         <Vip as ToSchema>::schemas(out);
         <Replicator as ToSchema>::schemas(out);
         <OwnershipChange as ToSchema>::schemas(out);
+        <VrrpRouter as ToSchema>::schemas(out);
     }
 }
 
@@ -147,6 +150,26 @@ mod tests {
                 source: ClaimSource::Agent,
                 observed_at: 0,
                 accepted_at: 0,
+            }),
+            Object::Router(VrrpRouter {
+                vpc: "a".into(),
+                id: "1-ipv4".into(),
+                vrid: 1,
+                version: 3,
+                master: VrrpMaster {
+                    ip: "10.0.0.4".parse().unwrap(),
+                    mac: "02:00:00:00:00:01".parse().unwrap(),
+                    port: "p".into(),
+                    chassis: "c".into(),
+                },
+                priority: 150,
+                interval_cs: 10,
+                addresses: vec!["10.0.0.5".parse().unwrap()],
+                destinations: vec!["224.0.0.18".parse().unwrap()],
+                auth_type: 0,
+                observed_at: 0,
+                assists: 0,
+                last_assist: None,
             }),
         ];
         let mut written: Vec<String> =

@@ -35,6 +35,8 @@ pub enum ObjectKey {
     Replicator(String),
     /// (vip, generation)
     History(String, u64),
+    /// (vpc, `<vrid>-ipv4|ipv6`): the VRRP view.
+    Router(String, String),
 }
 
 impl ObjectKey {
@@ -48,6 +50,7 @@ impl ObjectKey {
             ObjectKey::Vip(n) => format!("{PREFIX}vips/{n}"),
             ObjectKey::Replicator(n) => format!("{PREFIX}replicators/{n}"),
             ObjectKey::History(v, g) => format!("{PREFIX}history/{v}/{g:020}"),
+            ObjectKey::Router(v, id) => format!("{PREFIX}vrrp/{v}/{id}"),
         }
     }
 
@@ -69,6 +72,7 @@ impl ObjectKey {
             ("vips", None) => ObjectKey::Vip(a),
             ("replicators", None) => ObjectKey::Replicator(a),
             ("history", Some(g)) => ObjectKey::History(a, g.parse().ok()?),
+            ("vrrp", Some(id)) => ObjectKey::Router(a, id.to_string()),
             _ => return None,
         })
     }
@@ -86,6 +90,7 @@ pub enum Object {
     Vip(Vip),
     Replicator(Replicator),
     History(OwnershipChange),
+    Router(VrrpRouter),
 }
 
 impl Object {
@@ -99,6 +104,7 @@ impl Object {
             Object::Vip(o) => ObjectKey::Vip(o.spec.name.clone()),
             Object::Replicator(o) => ObjectKey::Replicator(o.name.clone()),
             Object::History(o) => ObjectKey::History(o.vip.clone(), o.generation),
+            Object::Router(o) => ObjectKey::Router(o.vpc.clone(), o.id.clone()),
         }
     }
 
@@ -112,6 +118,7 @@ impl Object {
             Object::Vip(o) => serde_json::to_vec(o),
             Object::Replicator(o) => serde_json::to_vec(o),
             Object::History(o) => serde_json::to_vec(o),
+            Object::Router(o) => serde_json::to_vec(o),
         };
         // Serializing these plain structs to a Vec cannot fail.
         r.unwrap_or_default()
@@ -127,6 +134,7 @@ impl Object {
             ObjectKey::Vip(_) => Object::Vip(serde_json::from_slice(value)?),
             ObjectKey::Replicator(_) => Object::Replicator(serde_json::from_slice(value)?),
             ObjectKey::History(..) => Object::History(serde_json::from_slice(value)?),
+            ObjectKey::Router(..) => Object::Router(serde_json::from_slice(value)?),
         })
     }
 }
@@ -187,6 +195,8 @@ pub struct State {
     pub ports: OrdMap<String, Port>,
     pub vips: OrdMap<String, Vip>,
     pub replicators: OrdMap<String, Replicator>,
+    /// The VRRP view, by (vpc, id).
+    pub routers: OrdMap<(String, String), VrrpRouter>,
 }
 
 /// Largest VNI.
@@ -249,6 +259,9 @@ impl State {
                 self.replicators.insert(o.name.clone(), o);
             }
             Object::History(_) => {}
+            Object::Router(o) => {
+                self.routers.insert((o.vpc.clone(), o.id.clone()), o);
+            }
         }
     }
 
@@ -262,6 +275,7 @@ impl State {
             ObjectKey::Vip(n) => self.vips.remove(n).map(Object::Vip),
             ObjectKey::Replicator(n) => self.replicators.remove(n).map(Object::Replicator),
             ObjectKey::History(..) => None,
+            ObjectKey::Router(v, id) => self.routers.remove(&(v.clone(), id.clone())).map(Object::Router),
         }
     }
 
@@ -275,6 +289,7 @@ impl State {
             ObjectKey::Vip(n) => self.vips.get(n).cloned().map(Object::Vip),
             ObjectKey::Replicator(n) => self.replicators.get(n).cloned().map(Object::Replicator),
             ObjectKey::History(..) => None,
+            ObjectKey::Router(v, id) => self.routers.get(&(v.clone(), id.clone())).cloned().map(Object::Router),
         }
     }
 
@@ -545,7 +560,68 @@ impl State {
                 }
             }
             ObjectKey::History(v, _) => return Err(Invalid::not_found("history of", v)),
+            ObjectKey::Router(v, id) => {
+                if !self.routers.contains_key(&(v.clone(), id.clone())) {
+                    return Err(Invalid::not_found("VRRP router", &format!("{v}/{id}")));
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// Checks a VRRP view report from chassis `r.master.chassis` and fills in
+    /// the master's port (from its MAC): the reporter must host a port of
+    /// the VPC with that MAC.
+    pub fn check_router(&self, r: &mut VrrpRouter) -> Result<(), Invalid> {
+        self.need_vpc(&r.vpc)?;
+        if r.vrid == 0 {
+            return Err(Invalid::bad("invalid_vrid", "vrid", "vrid must be 1 to 255"));
+        }
+        if !matches!(r.version, 2 | 3) {
+            return Err(Invalid::bad(
+                "invalid_version",
+                "version",
+                format!("VRRP version {} is not 2 or 3", r.version),
+            ));
+        }
+        if r.interval_cs == 0 || (r.version == 3 && r.interval_cs > 4095) {
+            return Err(Invalid::bad("invalid_interval", "interval_cs", "interval must be 1 to 4095 centiseconds"));
+        }
+        let v6 = r.master.ip.is_ipv6();
+        if r.version == 2 && v6 {
+            return Err(Invalid::bad("invalid_version", "version", "VRRPv2 has no IPv6"));
+        }
+        if r.addresses.is_empty() || r.addresses.iter().any(|a| a.is_ipv6() != v6) {
+            return Err(Invalid::bad(
+                "invalid_addresses",
+                "addresses",
+                "addresses must be one or more of the master's address family",
+            ));
+        }
+        if r.destinations.is_empty() || r.destinations.iter().any(|a| a.is_ipv6() != v6) {
+            return Err(Invalid::bad(
+                "invalid_destinations",
+                "destinations",
+                "destinations must be one or more of the master's address family",
+            ));
+        }
+        if r.destinations.len() > 255 || r.addresses.len() > 255 {
+            return Err(Invalid::bad("too_many", "addresses", "at most 255 addresses and 255 destinations"));
+        }
+        if r.id != crate::objects::vrrp_router_id(r.vrid, v6) {
+            return Err(Invalid::bad("invalid_id", "id", "id must be <vrid>-ipv4 or <vrid>-ipv6"));
+        }
+        let port = self
+            .ports
+            .values()
+            .find(|p| p.vpc == r.vpc && p.mac == r.master.mac && p.chassis == r.master.chassis)
+            .ok_or_else(|| {
+                Invalid::forbidden(
+                    "not_a_local_port",
+                    format!("no port of VPC {:?} on chassis {:?} has MAC {}", r.vpc, r.master.chassis, r.master.mac),
+                )
+            })?;
+        r.master.port = port.name.clone();
         Ok(())
     }
 }

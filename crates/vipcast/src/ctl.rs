@@ -53,6 +53,9 @@ enum What {
         #[command(subcommand)]
         verb: ReplicatorVerb,
     },
+    /// The VRRP view: virtual routers and their masters, as reported by
+    /// the masters' chassis.
+    Vrrp,
     /// What a chassis programs, as the controller computes it.
     View {
         /// Chassis name.
@@ -74,6 +77,15 @@ enum VpcVerb {
         /// Platform-assisted VRRP handover.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         assist: bool,
+    },
+    /// Changes the settings that may change after creation.
+    Set {
+        name: String,
+        /// Platform-assisted VRRP handover.
+        #[arg(long, action = clap::ArgAction::Set)]
+        assist: Option<bool>,
+        #[arg(long, action = clap::ArgAction::Set)]
+        arp_suppression: Option<bool>,
     },
     List,
     Show {
@@ -233,6 +245,16 @@ fn request(what: What) -> Req {
                     json!({"name": name, "vni": vni, "bum": bum, "arp_suppression": arp_suppression, "assist": assist}),
                 ),
             ),
+            VpcVerb::Set { name, assist, arp_suppression } => {
+                let mut b = serde_json::Map::new();
+                if let Some(a) = assist {
+                    b.insert("assist".into(), json!(a));
+                }
+                if let Some(a) = arp_suppression {
+                    b.insert("arp_suppression".into(), json!(a));
+                }
+                (Method::PATCH, format!("/v1/vpcs/{name}"), Some(Value::Object(b)))
+            }
             VpcVerb::List => crud("vpcs", "list", None, None),
             VpcVerb::Show { name } => crud("vpcs", "show", Some(&name), None),
             VpcVerb::Delete { name } => crud("vpcs", "delete", Some(&name), None),
@@ -294,6 +316,7 @@ fn request(what: What) -> Req {
                 )
             }
         },
+        What::Vrrp => (Method::GET, "/v1/vrrp".to_string(), None),
         What::Replicator { verb } => match verb {
             ReplicatorVerb::Register { name, address } => {
                 (Method::PUT, format!("/v1/replicators/{name}"), Some(json!({"address": address})))

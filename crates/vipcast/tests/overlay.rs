@@ -397,6 +397,20 @@ fn failover_with(bum: &str, arp: bool, unicast: bool, assist: bool) -> (Probed, 
     let old = text(&lab.exec("pay1", &["ip", "-4", "addr", "show"]));
     assert!(!old.contains("192.168.10.100"), "pay1 still holds the VIP:\n{old}");
     assert!(text(&lab.exec("pay2", &["ip", "-4", "addr", "show"])).contains("192.168.10.100"));
+    // The VRRP view follows: pay2's chassis reports the new master, and an
+    // assisted handover is recorded on the router.
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = lab.ctl_json(&["vip", "show", "pay-vip"]);
+        let r = &v["vrrp"][0];
+        let assisted = r["last_assist"]["fault"] == "port-down" && r["assists"].as_u64() >= Some(1);
+        if r["master"]["port"] == "pay2" && r["master"]["chassis"] == "hv2" && assisted == assist {
+            assert_eq!(r["destinations"].as_array().map(Vec::len), Some(1), "{r}");
+            break;
+        }
+        assert!(Instant::now() < end, "VRRP view not updated (assist {assist}): {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     (inside, outside)
 }
 
@@ -425,16 +439,25 @@ fn keepalived_failover_without_assistance_waits_for_vrrp() {
 
 #[test]
 fn assisted_handover_vrrpv2_at_keepalived_default_interval() {
+    vrrpv2_at_default_interval(false);
+}
+
+#[test]
+fn assisted_handover_vrrpv2_unicast_peers() {
+    vrrpv2_at_default_interval(true);
+}
+
+fn vrrpv2_at_default_interval(unicast: bool) {
     // VRRPv2, advert_int 1 (keepalived's default): unassisted, the backup
     // waits 3 x 1 s + 0.61 s; assisted, 0.61 s (its skew time).
-    let lab = Lab::up_vrrp("headend", true, false, true, "advert_int = 1\nvrrp_version = 2");
+    let lab = Lab::up_vrrp("headend", true, unicast, true, "advert_int = 1\nvrrp_version = 2");
     lab.wait_reachable("client", "192.168.10.100");
     let probe = lab.probe("client", "192.168.10.100", 5);
     std::thread::sleep(Duration::from_millis(1500));
     let o = lab.exec("pay1", &["ip", "link", "set", "eth0", "down"]);
     assert!(o.status.success(), "{}", text(&o));
     let p = probe.finish();
-    eprintln!("VRRPv2 advert_int 1, assisted: {p:?}");
+    eprintln!("VRRPv2 advert_int 1, unicast {unicast}, assisted: {p:?}");
     assert!(p.longest_gap < 1.0, "assisted v2 failover took {:.3} s (native: 3.6 s)", p.longest_gap);
     let after = lab.ctl_json(&["vip", "show", "pay-vip"]);
     assert_eq!(after["owner"]["port"], "pay2", "{after}");
@@ -535,4 +558,65 @@ fn agent_restart_loses_no_probe() {
     assert!(p.sent > 100, "the prober did not run: {p:?}");
     assert_eq!(p.replies, p.sent, "probes lost across an agent restart: {p:?}");
     assert!(p.longest_gap < 0.1, "{p:?}");
+}
+
+#[test]
+fn a_dead_chassis_masters_are_spoken_for() {
+    let lab = Lab::up("headend", true, false);
+    lab.wait_reachable("client", "192.168.10.100");
+    let probe = lab.probe("client", "192.168.10.100", 5);
+    std::thread::sleep(Duration::from_millis(1500));
+    // pay1's chassis cut from the underlay: nothing on it can speak, and its
+    // agent's heartbeats stop. The controller declares it dead after 150 ms;
+    // the agents hosting backups send the priority-0 advert for pay1.
+    let o =
+        Command::new("ip").args(["-n", &format!("{}-net", lab.name), "link", "set", "hv1", "down"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let p = probe.finish();
+    eprintln!("chassis down, assisted: {p:?}");
+    assert!(p.sent > 100 && p.replies > 50, "the prober did not run: {p:?}");
+    // Detection (150 ms) + the backup's skew time (61 ms) is under the
+    // Master_Down_Interval a native takeover waits from the last advert.
+    assert!(p.longest_gap < MASTER_DOWN_S, "chassis-down failover took {:.3} s", p.longest_gap);
+    assert_eq!(lab.ctl_json(&["chassis", "show", "hv1"])["liveness"]["alive"], false);
+    let v = lab.ctl_json(&["vip", "show", "pay-vip"]);
+    assert_eq!(v["owner"]["port"], "pay2", "{v}");
+    assert_eq!(v["vrrp"][0]["last_assist"]["fault"], "chassis-dead", "{v}");
+    assert!(text(&lab.exec("pay2", &["ip", "-4", "addr", "show"])).contains("192.168.10.100"));
+}
+
+#[test]
+fn an_agent_restart_on_the_masters_chassis_is_not_a_dead_chassis() {
+    // The agent of pay1's chassis is away long enough to be declared dead,
+    // but the chassis forwards pay1's adverts all along: no agent may speak
+    // for pay1, the VIP stays, no probe is lost.
+    let lab = Lab::up("headend", true, false);
+    lab.wait_reachable("client", "192.168.10.100");
+    let probe = lab.probe("client", "192.168.10.100", 4);
+    std::thread::sleep(Duration::from_millis(800));
+    let agent = lab.process("agent", "hv1");
+    let pid = agent["pid"].as_i64().unwrap().to_string();
+    assert!(Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(lab.ctl_json(&["chassis", "show", "hv1"])["liveness"]["alive"], false, "hv1 was not declared dead");
+    let cmd: Vec<String> = agent["command"].as_str().unwrap().split_whitespace().map(String::from).collect();
+    let mut args = vec!["lab", "exec", &lab.name, "hv1", "--"];
+    args.extend(cmd.iter().map(String::as_str));
+    let mut restarted = Command::new(env!("CARGO_BIN_EXE_vipcast"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let p = probe.finish();
+    let alive = lab.ctl_json(&["chassis", "show", "hv1"])["liveness"]["alive"].clone();
+    let _ = restarted.kill();
+    let _ = restarted.wait();
+    assert_eq!(alive, true, "hv1 did not come back alive");
+    assert!(p.sent > 100, "the prober did not run: {p:?}");
+    assert_eq!(p.replies, p.sent, "probes lost: {p:?}");
+    let v = lab.ctl_json(&["vip", "show", "pay-vip"]);
+    assert_eq!(v["owner"]["port"], "pay1", "{v}");
+    assert!(v["vrrp"][0]["last_assist"].is_null(), "an assisted handover was done: {v}");
+    assert!(!text(&lab.exec("pay2", &["ip", "-4", "addr", "show"])).contains("192.168.10.100"), "pay2 took over");
 }
