@@ -12,6 +12,7 @@ packages=(
     procps          # sysctl, kill
     protobuf-compiler
     etcd-server
+    openvswitch-switch  # OVS 3.1: the OpenFlow codec's tests program a real switch
     g++             # libFuzzer, built by the fuzz targets
     pkg-config
 )
@@ -33,6 +34,25 @@ fi
 # their own on loopback ports, so the system one is not needed.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
     systemctl stop etcd || true
+fi
+
+# The Debian openvswitch-switch package starts and enables a host-wide Open
+# vSwitch; vipcast's tests run private ones, each in its own namespace and run
+# directory, so the host one is stopped and kept from starting at boot. Its
+# init script finds the daemons by the default pidfiles (/var/run/openvswitch),
+# never the tests' own. Without systemd (containers) the init script does it.
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now openvswitch-switch >/dev/null 2>&1 || true
+    systemctl stop ovs-vswitchd ovsdb-server >/dev/null 2>&1 || true
+elif [ -x /etc/init.d/openvswitch-switch ]; then
+    if command -v service >/dev/null 2>&1; then
+        service openvswitch-switch stop >/dev/null 2>&1 || true
+    else
+        /etc/init.d/openvswitch-switch stop >/dev/null 2>&1 || true
+    fi
+    if command -v update-rc.d >/dev/null 2>&1; then
+        update-rc.d openvswitch-switch disable >/dev/null 2>&1 || true
+    fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
