@@ -7,7 +7,7 @@
 //!       └── vc-vx-<n>  vxlan id n local <underlay> dstport 4789 nolearning [proxy]
 //!              fdb  <remote mac> dst <chassis underlay>           (unicast)
 //!              fdb  00:00:00:00:00:00 dst <chassis | replicator>  (BUM)
-//!              neigh <ip> lladdr <mac> (every port and VIP owner: ARP suppression)
+//!              neigh <ip> lladdr <mac> (every remote port and VIP owner: ARP suppression)
 //!   gateways also: the subnets' gateway addresses on vc-br-<n>, and a
 //!   neighbour entry on vc-br-<n> for each VIP -> its owner's MAC
 //! ```
@@ -154,6 +154,17 @@ pub fn plan(view: &ChassisView, healthy: &dyn Fn(&str) -> bool) -> Plan {
                 }
             }
         }
+        // No neighbour entry on the VXLAN device for an address whose MAC is
+        // behind a local port: the device's proxy answers ARP requests that
+        // leave through it from its neighbour table, *including gratuitous
+        // ones*, and injects the reply as received from the VXLAN port with
+        // the entry's MAC as the Ethernet source. For a local MAC the bridge
+        // then learns it behind the VXLAN port and black-holes the VM's
+        // traffic until the VM sends again (seen: keepalived's GARP burst
+        // after a takeover cut the new master off for one advert interval).
+        // Local VMs reach local addresses through the bridge anyway.
+        let local: BTreeSet<MacAddr> = v.local_ports.iter().map(|p| p.mac).collect();
+        let neigh = v.neighbours.iter().filter(|(_, mac)| !local.contains(mac)).map(|(ip, mac)| (*ip, *mac)).collect();
         vpcs.insert(
             v.vni,
             VpcPlan {
@@ -162,7 +173,7 @@ pub fn plan(view: &ChassisView, healthy: &dyn Fn(&str) -> bool) -> Plan {
                 proxy: v.arp_suppression,
                 ports: v.local_ports.iter().map(|p| p.name.clone()).collect(),
                 fdb,
-                neigh: v.neighbours.clone(),
+                neigh,
                 bridge_addrs,
                 bridge_neigh,
                 bridge_mac: if view.role == Role::Gateway { v.gateway_mac } else { None },

@@ -165,6 +165,30 @@ gateway = "gw1"
         serde_json::from_slice(&o.stdout).unwrap()
     }
 
+    /// Lines of the lab's keepalived logs that complain about what they
+    /// received (checksum, TTL, address list, authentication, version...).
+    fn keepalived_complaints(&self) -> Vec<String> {
+        let dir = format!("/run/vipcast/labs/{}", self.name);
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if !(name.starts_with("keepalived-") && name.ends_with(".log")) {
+                continue;
+            }
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            for line in text.lines() {
+                let l = line.to_lowercase();
+                if ["invalid", "bad ", "checksum", "mismatch", "wrong", "ttl", "not present", "unknown"]
+                    .iter()
+                    .any(|w| l.contains(w))
+                {
+                    out.push(format!("{name}: {line}"));
+                }
+            }
+        }
+        out
+    }
+
     fn process(&self, role: &str, node: &str) -> serde_json::Value {
         let status = vipcast(&["lab", "status", &self.name, "--json"]);
         let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
@@ -411,6 +435,7 @@ fn failover_with(bum: &str, arp: bool, unicast: bool, assist: bool) -> (Probed, 
         assert!(Instant::now() < end, "VRRP view not updated (assist {assist}): {v}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert_eq!(lab.keepalived_complaints(), Vec::<String>::new(), "keepalived complained");
     (inside, outside)
 }
 
@@ -458,6 +483,7 @@ fn vrrpv2_at_default_interval(unicast: bool) {
     assert!(o.status.success(), "{}", text(&o));
     let p = probe.finish();
     eprintln!("VRRPv2 advert_int 1, unicast {unicast}, assisted: {p:?}");
+    assert_eq!(lab.keepalived_complaints(), Vec::<String>::new(), "keepalived complained");
     assert!(p.longest_gap < 1.0, "assisted v2 failover took {:.3} s (native: 3.6 s)", p.longest_gap);
     let after = lab.ctl_json(&["vip", "show", "pay-vip"]);
     assert_eq!(after["owner"]["port"], "pay2", "{after}");
@@ -583,6 +609,7 @@ fn a_dead_chassis_masters_are_spoken_for() {
     assert_eq!(v["owner"]["port"], "pay2", "{v}");
     assert_eq!(v["vrrp"][0]["last_assist"]["fault"], "chassis-dead", "{v}");
     assert!(text(&lab.exec("pay2", &["ip", "-4", "addr", "show"])).contains("192.168.10.100"));
+    assert_eq!(lab.keepalived_complaints(), Vec::<String>::new(), "keepalived complained");
 }
 
 #[test]
