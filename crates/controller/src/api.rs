@@ -294,6 +294,9 @@ struct ChassisBody {
     underlay_ip: IpAddr,
     #[serde(default)]
     role: Role,
+    /// `kernel` (default) or `ovs`.
+    #[serde(default)]
+    dataplane: vipcast_model::Dataplane,
     /// Optional; must equal the name in the path.
     name: Option<String>,
 }
@@ -335,7 +338,7 @@ async fn put_chassis(State(c): Ctl, Path(name): Path<String>, body: Bytes) -> Ap
             "name in the body differs from the path",
         ));
     }
-    let ch = Chassis { name, underlay_ip: b.underlay_ip, role: b.role, liveness: None };
+    let ch = Chassis { name, underlay_ip: b.underlay_ip, role: b.role, dataplane: b.dataplane, liveness: None };
     c.write(|s| {
         // Liveness is the controller's to decide: registering keeps it.
         let ch = Chassis { liveness: s.chassis.get(&ch.name).and_then(|old| old.liveness), ..ch.clone() };

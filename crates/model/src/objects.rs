@@ -20,6 +20,30 @@ pub enum BumMode {
     Replicator,
 }
 
+/// How a VPC's frames travel between chassis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Encap {
+    /// VXLAN (UDP 4789), VNI = the VPC's vni. Every data plane.
+    #[default]
+    Vxlan,
+    /// GRE with key = the VPC's vni. Open vSwitch chassis only.
+    Gre,
+}
+
+/// What programs a chassis' switching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Dataplane {
+    /// The Linux kernel: bridge, VXLAN device, FDB and neighbour entries.
+    #[default]
+    Kernel,
+    /// A local Open vSwitch, programmed by the agent over OpenFlow 1.3.
+    Ovs,
+}
+
 /// What a chassis is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -59,6 +83,9 @@ pub struct Vpc {
     #[cfg_attr(feature = "openapi", schema(default = true))]
     #[serde(default = "default_true")]
     pub assist: bool,
+    /// Tunnel encapsulation; default `vxlan`. `gre` needs Open vSwitch chassis.
+    #[serde(default)]
+    pub encap: Encap,
 }
 
 /// An IP subnet of a VPC.
@@ -88,6 +115,9 @@ pub struct Chassis {
     pub underlay_ip: IpAddr,
     #[serde(default)]
     pub role: Role,
+    /// What programs its switching; default `kernel`.
+    #[serde(default)]
+    pub dataplane: Dataplane,
     /// Whether the chassis' agent is heard from, as decided by the controller
     /// from its heartbeats; absent until the first heartbeat. Server-managed:
     /// registering again keeps it.

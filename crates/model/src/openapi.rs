@@ -119,7 +119,14 @@ mod tests {
             members: vec![],
         };
         let objects = [
-            Object::Vpc(Vpc { name: "a".into(), vni: 1, bum: BumMode::Headend, arp_suppression: true, assist: true }),
+            Object::Vpc(Vpc {
+                name: "a".into(),
+                vni: 1,
+                bum: BumMode::Headend,
+                arp_suppression: true,
+                assist: true,
+                encap: Encap::Vxlan,
+            }),
             Object::Subnet(Subnet {
                 vpc: "a".into(),
                 name: "s".into(),
@@ -130,6 +137,7 @@ mod tests {
                 name: "c".into(),
                 underlay_ip: "172.31.0.1".parse().unwrap(),
                 role: Role::Gateway,
+                dataplane: Dataplane::Ovs,
                 liveness: Some(Liveness { alive: false, since_ms: 2, last_heard_ms: 1 }),
             }),
             Object::Port(Port {

@@ -405,8 +405,15 @@ impl State {
         }
         self.need_vpc(&p.vpc)?;
         let subnet = self.need_subnet(&p.vpc, &p.subnet)?;
-        if !self.chassis.contains_key(&p.chassis) {
+        let Some(chassis) = self.chassis.get(&p.chassis) else {
             return Err(Invalid::bad("unknown_chassis", "chassis", format!("chassis {:?} does not exist", p.chassis)));
+        };
+        if self.vpcs.get(&p.vpc).is_some_and(|v| v.encap == Encap::Gre) && chassis.dataplane != Dataplane::Ovs {
+            return Err(Invalid::conflict(
+                "encap_unsupported",
+                Some("chassis"),
+                format!("VPC {:?} uses GRE, which chassis {:?} (kernel data plane) cannot carry", p.vpc, p.chassis),
+            ));
         }
         if !p.mac.is_unicast() {
             return Err(Invalid::bad("invalid_mac", "mac", format!("mac {} is multicast or zero", p.mac)));
@@ -638,6 +645,7 @@ pub(crate) mod tests {
             bum: BumMode::Replicator,
             arp_suppression: true,
             assist: true,
+            encap: Encap::Vxlan,
         }));
         s.put(Object::Subnet(Subnet {
             vpc: "prod".into(),
@@ -650,6 +658,7 @@ pub(crate) mod tests {
                 name: name.to_string(),
                 underlay_ip: format!("172.31.0.{}", i + 1).parse().unwrap(),
                 role: Role::Hypervisor,
+                dataplane: Dataplane::Kernel,
                 liveness: None,
             }));
         }
@@ -696,6 +705,7 @@ pub(crate) mod tests {
             bum: BumMode::Headend,
             arp_suppression: false,
             assist: true,
+            encap: Encap::Vxlan,
         };
         assert!(s.check_vpc(&v("dev", 200)).is_ok());
         assert_eq!(s.check_vpc(&v("dev", 0)).unwrap_err().code, "invalid_vni");

@@ -46,6 +46,7 @@ pub struct VipEntry {
 pub struct VpcView {
     pub name: String,
     pub vni: u32,
+    pub encap: Encap,
     pub arp_suppression: bool,
     pub subnets: Vec<Subnet>,
     /// Ports on this chassis.
@@ -177,6 +178,7 @@ pub fn chassis_view(state: &State, chassis: &str) -> Option<ChassisView> {
             VpcView {
                 name: name.clone(),
                 vni: vpc.vni,
+                encap: vpc.encap,
                 arp_suppression: vpc.arp_suppression,
                 subnets: state.subnets.values().filter(|s| s.vpc == name).cloned().collect(),
                 local_ports: ports.iter().filter(|p| p.chassis == chassis).map(|p| (*p).clone()).collect(),
@@ -298,6 +300,7 @@ mod tests {
             bum: BumMode::Headend,
             arp_suppression: false,
             assist: true,
+            encap: Encap::Vxlan,
         }));
         s
     }
@@ -343,6 +346,7 @@ mod tests {
             name: "gw1".into(),
             underlay_ip: "172.31.0.9".parse().unwrap(),
             role: Role::Gateway,
+            dataplane: Dataplane::Kernel,
             liveness: None,
         }));
         assert_eq!(participation(&s, "gw1").len(), 2);

@@ -224,12 +224,14 @@ mod tests {
             bum: vipcast_model::BumMode::Replicator,
             arp_suppression: false,
             assist: false,
+            encap: vipcast_model::Encap::Vxlan,
         }));
         for (n, ip) in [("hv1", "10.0.0.1"), ("hv2", "10.0.0.2")] {
             s.put(Object::Chassis(Chassis {
                 name: n.into(),
                 underlay_ip: ip.parse().unwrap(),
                 role: Role::Hypervisor,
+                dataplane: vipcast_model::Dataplane::Kernel,
                 liveness: None,
             }));
         }
