@@ -352,7 +352,8 @@ async fn vpc_body_and_error_body_schemas() {
     assert_eq!(body["required"], true);
     let vpc = resolve(&doc, &body["content"]["application/json"]["schema"]);
     let props: BTreeSet<&str> = vpc["properties"].as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(props, BTreeSet::from(["name", "vni", "bum", "arp_suppression", "assist"]));
+    assert_eq!(props, BTreeSet::from(["name", "vni", "bum", "arp_suppression", "assist", "encap"]));
+    assert_eq!(resolve(&doc, &vpc["properties"]["encap"])["enum"], json!(["vxlan", "gre"]));
     assert_eq!(vpc["required"], json!(["name", "vni"]));
     assert_eq!(vpc["additionalProperties"], false, "unknown fields are refused");
     assert_eq!(resolve(&doc, &vpc["properties"]["bum"])["enum"], json!(["headend", "replicator"]));
