@@ -53,6 +53,10 @@ pub struct Config {
     /// Interval of liveness heartbeats to the controller (UDP, to the
     /// controller's port number); default 50 ms.
     pub heartbeat: Duration,
+    /// What programs the chassis: the kernel (default) or a local Open vSwitch.
+    pub dataplane: vipcast_model::Dataplane,
+    /// Where the agent listens for its Open vSwitch (OpenFlow, out of band).
+    pub openflow_listen: std::net::SocketAddr,
 }
 
 /// Runs the agent until the process ends.
@@ -64,6 +68,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         chassis: cfg.chassis.clone(),
         underlay_ip: cfg.underlay_ip,
         role: cfg.role,
+        dataplane: cfg.dataplane,
     };
     let prober = probe::Prober::start(cfg.underlay_ip).await?;
     let mut health = prober.changed.clone();
@@ -87,6 +92,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         prober,
         replicator_choice: BTreeMap::new(),
         unrouted: Vec::new(),
+        unsupported: Vec::new(),
         masters: assist::Masters::default(),
         remotes: assist::Remotes::default(),
         remote_waiting: false,
@@ -131,6 +137,8 @@ struct Agent {
     replicator_choice: BTreeMap<u32, String>,
     /// Subnets this gateway cannot route, as last reported.
     unrouted: Vec<(String, String, ipnet::IpNet)>,
+    /// VPCs this data plane cannot carry, as last reported.
+    unsupported: Vec<String>,
     /// VRRP masters behind local ports, learned from their adverts.
     masters: assist::Masters,
     /// VRRP masters elsewhere, learned from the adverts local VMs receive.
@@ -199,6 +207,12 @@ impl Agent {
             {
                 tracing::info!(vni = v.vni, replicator = name, %addr, "BUM via replicator");
             }
+        }
+        if plan.unsupported != self.unsupported {
+            for vpc in &plan.unsupported {
+                tracing::warn!(vpc, "VPC uses GRE, which the kernel data plane cannot carry: not programmed here");
+            }
+            self.unsupported = plan.unsupported.clone();
         }
         if plan.unrouted != self.unrouted {
             for (vpc, subnet, cidr) in &plan.unrouted {

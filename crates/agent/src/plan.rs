@@ -78,6 +78,8 @@ pub struct Plan {
     /// Subnets a gateway cannot route because they overlap a routed one of
     /// another VPC: (vpc, subnet, cidr).
     pub unrouted: Vec<(String, String, IpNet)>,
+    /// VPCs this data plane cannot carry (GRE on the kernel).
+    pub unsupported: Vec<String>,
 }
 
 /// Rendezvous (highest random weight) choice of a replicator for `vni`
@@ -120,7 +122,15 @@ pub fn plan(view: &ChassisView, healthy: &dyn Fn(&str) -> bool) -> Plan {
     let mut vpcs = BTreeMap::new();
     let mut routed: Vec<IpNet> = Vec::new();
     let mut unrouted = Vec::new();
+    let mut unsupported = Vec::new();
     for v in view.vpcs.values() {
+        // The kernel here has no GRE devices: a GRE VPC is carried by Open
+        // vSwitch chassis only (the controller refuses its ports elsewhere; a
+        // kernel gateway takes no part in it).
+        if v.encap == vipcast_model::Encap::Gre {
+            unsupported.push(v.name.clone());
+            continue;
+        }
         let mut fdb: BTreeSet<Fdb> = v.fdb.iter().map(|(mac, dst)| Fdb { mac: *mac, dst: *dst, port: None }).collect();
         match &v.flood {
             Flood::Headend(targets) => {
@@ -180,7 +190,7 @@ pub fn plan(view: &ChassisView, healthy: &dyn Fn(&str) -> bool) -> Plan {
             },
         );
     }
-    Plan { local_ip: Some(view.underlay_ip), vpcs, forwarding: view.role == Role::Gateway, unrouted }
+    Plan { local_ip: Some(view.underlay_ip), vpcs, forwarding: view.role == Role::Gateway, unrouted, unsupported }
 }
 
 #[cfg(test)]

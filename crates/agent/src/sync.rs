@@ -32,13 +32,14 @@ pub struct Identity {
     pub chassis: String,
     pub underlay_ip: std::net::IpAddr,
     pub role: Role,
+    pub dataplane: vipcast_model::Dataplane,
 }
 
 /// Registers the chassis, retrying until the controller accepts it or refuses
 /// it for good (a 4xx: the error is returned).
 pub async fn register(http: &reqwest::Client, id: &Identity) -> anyhow::Result<()> {
     let url = format!("{}/v1/chassis/{}", id.controller, id.chassis);
-    let body = serde_json::json!({ "underlay_ip": id.underlay_ip, "role": id.role });
+    let body = serde_json::json!({ "underlay_ip": id.underlay_ip, "role": id.role, "dataplane": id.dataplane });
     let mut delay = Duration::from_millis(100);
     loop {
         match http.put(&url).json(&body).send().await {

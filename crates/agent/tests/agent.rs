@@ -85,6 +85,8 @@ fn agent_programs_ports_claims_and_reannounces() {
                 announce_burst: 3,
                 assist: true,
                 heartbeat: Duration::from_millis(50),
+                dataplane: vipcast_model::Dataplane::Kernel,
+                openflow_listen: "127.0.0.1:6653".parse().unwrap(),
             }));
             url_tx.send(url).unwrap();
             let _ = stop_rx.await;

@@ -54,7 +54,7 @@ fn base_plan() -> Plan {
             bridge_mac: None,
         },
     );
-    Plan { local_ip: Some(ip("10.255.0.11")), vpcs, forwarding: false, unrouted: vec![] }
+    Plan { local_ip: Some(ip("10.255.0.11")), vpcs, forwarding: false, unrouted: vec![], unsupported: vec![] }
 }
 
 #[test]

@@ -35,6 +35,22 @@ pub struct AgentArgs {
     /// Liveness heartbeat interval, ms (UDP to the controller's port number).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(5..=10_000))]
     heartbeat_ms: u64,
+    /// What programs this chassis: kernel (bridge, VXLAN device, FDB and
+    /// neighbour entries over rtnetlink) or ovs (a local Open vSwitch that
+    /// connects to the agent as its OpenFlow controller).
+    #[arg(long, default_value = "kernel", value_parser = parse_dataplane)]
+    dataplane: vipcast_model::Dataplane,
+    /// With --dataplane ovs: where to accept the switch's OpenFlow connection.
+    #[arg(long, default_value = "127.0.0.1:6653")]
+    openflow_listen: std::net::SocketAddr,
+}
+
+fn parse_dataplane(s: &str) -> Result<vipcast_model::Dataplane, String> {
+    match s {
+        "kernel" => Ok(vipcast_model::Dataplane::Kernel),
+        "ovs" => Ok(vipcast_model::Dataplane::Ovs),
+        other => Err(format!("dataplane {other:?} must be kernel or ovs")),
+    }
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -62,6 +78,8 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
         announce_burst: a.announce_burst,
         assist: a.assist,
         heartbeat: std::time::Duration::from_millis(a.heartbeat_ms),
+        dataplane: a.dataplane,
+        openflow_listen: a.openflow_listen,
     })
     .await
 }
