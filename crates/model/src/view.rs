@@ -198,6 +198,9 @@ pub fn chassis_view(state: &State, chassis: &str) -> Option<ChassisView> {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VniEntry {
     pub vpc: String,
+    /// How its chassis encapsulate (VXLAN datagrams or GRE packets).
+    #[serde(default)]
+    pub encap: Encap,
     /// Underlay IPs of the chassis taking part.
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub members: Vec<IpAddr>,
@@ -218,7 +221,7 @@ pub fn replicator_view(state: &State) -> BTreeMap<u32, VniEntry> {
                 .filter_map(|c| state.chassis.get(c).map(|c| c.underlay_ip))
                 .collect();
             let vips = state.vips.values().filter(|x| x.spec.vpc == v.name).map(|x| x.spec.ip).collect();
-            (v.vni, VniEntry { vpc: v.name.clone(), members, vips })
+            (v.vni, VniEntry { vpc: v.name.clone(), encap: v.encap, members, vips })
         })
         .collect()
 }

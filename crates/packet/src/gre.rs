@@ -23,6 +23,9 @@ use crate::{Error, Layer, Result, checksum};
 
 /// Length of the base header.
 pub const BASE_LEN: usize = 4;
+
+/// Protocol type of transparent Ethernet bridging (an Ethernet frame inside).
+pub const PROTO_ETHERNET: u16 = 0x6558;
 const FLAG_C: u16 = 0x8000;
 const FLAG_K: u16 = 0x2000;
 const FLAG_S: u16 = 0x1000;

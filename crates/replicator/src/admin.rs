@@ -29,6 +29,8 @@ pub struct Admin {
     pub claims: Arc<ClaimStats>,
     /// Revision of the last state received from the controller (0: none yet).
     pub revision: AtomicI64,
+    /// The GRE path, if its socket could be opened.
+    pub gre: Option<crate::gre::GreWorker>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -111,6 +113,15 @@ pub fn encode(a: &Admin) -> String {
         drops.get_or_create(&ReasonLabels { reason: reason.as_str() }).inc_by(t.drops[reason.index()]);
     }
     drops.get_or_create(&ReasonLabels { reason: "socket_overflow" }).inc_by(t.socket_drops);
+    if let Some(g) = &a.gre {
+        let s = &g.stats;
+        counter(&mut r, "gre_rx_packets", "GRE packets received", s.rx_packets.load(Ordering::Relaxed));
+        counter(&mut r, "gre_tx_copies", "GRE copies sent", s.tx_copies.load(Ordering::Relaxed));
+        for reason in DropReason::ALL {
+            let n = s.drops.get(reason.index()).map(|c| c.load(Ordering::Relaxed)).unwrap_or(0);
+            drops.get_or_create(&ReasonLabels { reason: reason.as_str() }).inc_by(n);
+        }
+    }
     r.register("drops", "Datagrams dropped, by reason (socket_overflow: by the kernel, receive queue full)", drops);
     let rx = Family::<VniLabels, Counter>::default();
     let tx = Family::<VniLabels, Counter>::default();

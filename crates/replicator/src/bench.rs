@@ -260,7 +260,7 @@ fn table(sinks: &[SocketAddr], port: u16) -> Table {
     let mut members: Vec<IpAddr> = sinks.iter().map(|a| a.ip()).collect();
     members.push(IpAddr::V4(GEN_IP));
     let mut view = std::collections::BTreeMap::new();
-    view.insert(VNI, VniEntry { vpc: "bench".into(), members, vips: vec![] });
+    view.insert(VNI, VniEntry { vpc: "bench".into(), encap: vipcast_model::Encap::Vxlan, members, vips: vec![] });
     // Storm control on but out of reach, so its cost is in the measurement.
     let cfg = Config { dst_port: port, storm_pps: 1_000_000_000, storm_burst: 1_000_000, ipv6_sockets: false };
     Table::new(cfg, Instant::now()).rebuild(&view, [IpAddr::V4(GEN_IP)], 1)

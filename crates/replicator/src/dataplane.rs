@@ -524,7 +524,12 @@ mod tests {
         let ips = |v: &[&str]| v.iter().map(|s| s.parse().unwrap()).collect::<Vec<IpAddr>>();
         view.insert(
             5,
-            VniEntry { vpc: "p".into(), members: ips(&["127.0.0.1", "127.0.0.2", "127.0.0.3"]), vips: vec![] },
+            VniEntry {
+                vpc: "p".into(),
+                encap: vipcast_model::Encap::Vxlan,
+                members: ips(&["127.0.0.1", "127.0.0.2", "127.0.0.3"]),
+                vips: vec![],
+            },
         );
         let cfg = Config { dst_port: port, storm_pps: 0, ..Config::default() };
         let table = Table::new(cfg, Instant::now()).rebuild(&view, ips(&["127.0.0.1"]), 1);

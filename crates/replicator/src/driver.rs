@@ -78,11 +78,29 @@ pub fn start(
 ) -> anyhow::Result<(Running, impl Future<Output = anyhow::Error>)> {
     let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).build()?;
     let (sniff_tx, sniff_rx) = mpsc::channel::<Sniffed>(4096);
+    let sniff_tx_gre = sniff_tx.clone();
     let dataplane =
         Arc::new(Dataplane::start(sockets, Table::new(opts.engine, Instant::now()), opts.io.clone(), Some(sniff_tx))?);
+    // GRE VPCs (Open vSwitch chassis): needs CAP_NET_RAW and an IPv4 address.
+    let gre = match opts.address.ip() {
+        std::net::IpAddr::V4(v4) if !v4.is_unspecified() => {
+            match crate::gre::start(v4, dataplane.clone(), Some(sniff_tx_gre)) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no GRE socket: GRE VPCs are not replicated here");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let claims = Arc::new(sniff::ClaimStats::default());
-    let admin =
-        Arc::new(admin::Admin { dataplane: dataplane.clone(), claims: claims.clone(), revision: AtomicI64::new(0) });
+    let admin = Arc::new(admin::Admin {
+        dataplane: dataplane.clone(),
+        claims: claims.clone(),
+        revision: AtomicI64::new(0),
+        gre,
+    });
     let id = sync::Identity { controller: opts.controller.clone(), name: opts.name.clone(), address: opts.address };
     let (state_tx, state_rx) = watch::channel(sync::Synced::default());
     tokio::spawn(sync::follow(http.clone(), id.clone(), state_tx));

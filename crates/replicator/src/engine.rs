@@ -41,7 +41,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use vipcast_model::State;
+use vipcast_model::{Encap, State};
+
+/// Largest VNI (24 bits; a GRE key is 32).
+const MAX_VNI: u32 = 0x00ff_ffff;
 use vipcast_model::view::{self, VniEntry};
 use vipcast_packet::MacAddr;
 use vipcast_packet::announce::{self, AnnounceKind};
@@ -89,17 +92,20 @@ pub enum DropReason {
     Storm,
     /// A probe before the first view from the controller.
     NotSynced,
+    /// VXLAN for a GRE VPC, or GRE for a VXLAN VPC.
+    WrongEncap,
 }
 
 impl DropReason {
     /// Every reason, in the order of [`index`](Self::index).
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Malformed,
         DropReason::UnknownVni,
         DropReason::UnregisteredSource,
         DropReason::NotMember,
         DropReason::Storm,
         DropReason::NotSynced,
+        DropReason::WrongEncap,
     ];
 
     /// A dense index, for counter arrays.
@@ -116,6 +122,7 @@ impl DropReason {
             DropReason::NotMember => "not_member",
             DropReason::Storm => "storm",
             DropReason::NotSynced => "not_synced",
+            DropReason::WrongEncap => "wrong_encap",
         }
     }
 }
@@ -181,6 +188,7 @@ pub struct VniCounters {
 pub struct VniSlot {
     pub vni: u32,
     pub vpc: String,
+    pub encap: Encap,
     /// Member underlay IPs, sorted.
     members: Vec<IpAddr>,
     /// Where copies go, in the order of `members`.
@@ -247,7 +255,7 @@ impl Table {
                 let mut vips = e.vips.clone();
                 vips.sort_unstable();
                 let counters = self.slot(vni).map(|s| s.counters.clone()).unwrap_or_default();
-                VniSlot { vni, vpc: e.vpc.clone(), members, dests, vips, counters }
+                VniSlot { vni, vpc: e.vpc.clone(), encap: e.encap, members, dests, vips, counters }
             })
             .collect();
         slots.sort_unstable_by_key(|s| s.vni);
@@ -319,6 +327,28 @@ impl Table {
             };
         }
         let inner = datagram.get(vxlan::HEADER_LEN..).unwrap_or_default();
+        self.decide(now, vni, inner, from.ip(), Encap::Vxlan)
+    }
+
+    /// The same for a GRE packet (RFC 2784/2890: transparent Ethernet
+    /// bridging, key = VNI) from chassis `from`: `packet` starts at the GRE
+    /// header. GRE has no health probes (they travel as VXLAN).
+    pub fn handle_gre(&self, now: Instant, from: IpAddr, packet: &[u8]) -> Decision {
+        let Ok(p) = vipcast_packet::gre::GrePacket::new_checked(packet) else {
+            return Decision::drop(DropReason::Malformed);
+        };
+        let (Some(key), 0, vipcast_packet::gre::PROTO_ETHERNET) = (p.key(), p.version(), p.protocol()) else {
+            return Decision::drop(DropReason::Malformed);
+        };
+        if key == PROBE_VNI || key > MAX_VNI {
+            return Decision::drop(DropReason::UnknownVni);
+        }
+        let inner = packet.get(p.header_len()..).unwrap_or_default();
+        self.decide(now, key, inner, from, Encap::Gre)
+    }
+
+    /// Checks 3 to 6 for the inner frame of VNI `vni` from chassis `from`.
+    fn decide(&self, now: Instant, vni: u32, inner: &[u8], from: IpAddr, encap: Encap) -> Decision {
         if inner.len() < ethernet::HEADER_LEN {
             return Decision::drop(DropReason::Malformed);
         }
@@ -326,7 +356,10 @@ impl Table {
             return Decision::drop(DropReason::UnknownVni);
         };
         let Some(s) = self.slots.get(slot) else { return Decision::drop(DropReason::UnknownVni) };
-        let src = from.ip().to_canonical();
+        if s.encap != encap {
+            return Decision::drop(DropReason::WrongEncap);
+        }
+        let src = from.to_canonical();
         let Ok(skip) = s.members.binary_search(&src) else {
             let reason = if self.chassis.binary_search(&src).is_ok() {
                 DropReason::NotMember
@@ -416,9 +449,17 @@ pub(crate) mod tests {
         let ips = |v: &[&str]| v.iter().map(|s| s.parse().unwrap()).collect::<Vec<IpAddr>>();
         view.insert(
             100,
-            VniEntry { vpc: "prod".into(), members: ips(&[C3, C1, C2]), vips: ips(&["192.168.10.100", "fd00::100"]) },
+            VniEntry {
+                vpc: "prod".into(),
+                encap: vipcast_model::Encap::Vxlan,
+                members: ips(&[C3, C1, C2]),
+                vips: ips(&["192.168.10.100", "fd00::100"]),
+            },
         );
-        view.insert(200, VniEntry { vpc: "dev".into(), members: ips(&[C1, C3]), vips: vec![] });
+        view.insert(
+            200,
+            VniEntry { vpc: "dev".into(), encap: vipcast_model::Encap::Vxlan, members: ips(&[C1, C3]), vips: vec![] },
+        );
         Table::new(cfg, Instant::now()).rebuild(&view, ips(&[C1, C2, C3, C9]), 7)
     }
 
@@ -451,6 +492,50 @@ pub(crate) mod tests {
                 .collect(),
             other => panic!("not replicated: {other:?}"),
         }
+    }
+
+    #[test]
+    fn gre_packets_replicate_within_gre_vpcs_only() {
+        let mut view = BTreeMap::new();
+        let ips = |v: &[&str]| v.iter().map(|s| s.parse().unwrap()).collect::<Vec<IpAddr>>();
+        view.insert(
+            300,
+            VniEntry { vpc: "tun".into(), encap: Encap::Gre, members: ips(&[C1, C2, C3]), vips: ips(&["10.1.0.100"]) },
+        );
+        view.insert(100, VniEntry { vpc: "prod".into(), encap: Encap::Vxlan, members: ips(&[C1, C2]), vips: vec![] });
+        let t = Table::new(Config::default(), Instant::now()).rebuild(&view, ips(&[C1, C2, C3]), 1);
+        let gre = |key: Option<u32>, protocol: u16| {
+            let mut p = Vec::new();
+            vipcast_packet::gre::GreRepr { protocol, checksum: false, key, sequence: None }.emit(&mut p, &bcast());
+            p
+        };
+        let now = Instant::now();
+        let c2: IpAddr = C2.parse().unwrap();
+        let d = t.handle_gre(now, c2, &gre(Some(300), vipcast_packet::gre::PROTO_ETHERNET));
+        assert_eq!(dests(&t, d), ["10.0.0.1:4789", "10.0.0.3:4789"]);
+        // A GARP for the VPC's VIP inside GRE is sniffed like one inside VXLAN.
+        let garp = vipcast_packet::build::garp(
+            MacAddr([2, 0, 0, 0, 0, 9]),
+            "10.1.0.100".parse().unwrap(),
+            vipcast_packet::arp::ArpOp::Request,
+        );
+        let mut p = Vec::new();
+        vipcast_packet::gre::GreRepr { protocol: 0x6558, checksum: false, key: Some(300), sequence: None }
+            .emit(&mut p, &garp);
+        assert!(t.handle_gre(now, c2, &p).sniffed.is_some_and(|s| s.vni == 300 && s.chassis_ip == c2));
+        let drop = |d: Decision| match d.action {
+            Action::Drop(r) => r,
+            other => panic!("not dropped: {other:?}"),
+        };
+        // No key, not Ethernet, truncated: malformed. Key 0 or over 24 bits: no such VNI.
+        assert_eq!(drop(t.handle_gre(now, c2, &gre(None, 0x6558))), DropReason::Malformed);
+        assert_eq!(drop(t.handle_gre(now, c2, &gre(Some(300), 0x0800))), DropReason::Malformed);
+        assert_eq!(drop(t.handle_gre(now, c2, &[0x20, 0])), DropReason::Malformed);
+        assert_eq!(drop(t.handle_gre(now, c2, &gre(Some(0), 0x6558))), DropReason::UnknownVni);
+        assert_eq!(drop(t.handle_gre(now, c2, &gre(Some(0x0100_0000), 0x6558))), DropReason::UnknownVni);
+        // The encapsulation must be the VPC's.
+        assert_eq!(drop(t.handle_gre(now, c2, &gre(Some(100), 0x6558))), DropReason::WrongEncap);
+        assert_eq!(drop(t.handle(now, from(C2), &frame(300, &bcast()))), DropReason::WrongEncap);
     }
 
     #[test]
@@ -581,7 +666,12 @@ pub(crate) mod tests {
         let mut view = BTreeMap::new();
         view.insert(
             100,
-            VniEntry { vpc: "prod".into(), members: vec![C1.parse().unwrap(), C9.parse().unwrap()], vips: vec![] },
+            VniEntry {
+                vpc: "prod".into(),
+                encap: vipcast_model::Encap::Vxlan,
+                members: vec![C1.parse().unwrap(), C9.parse().unwrap()],
+                vips: vec![],
+            },
         );
         let t2 = t.rebuild(&view, [C1.parse().unwrap(), C9.parse().unwrap()], 8);
         assert_eq!(t2.handle(t0, from(C1), &f).action, Action::Drop(DropReason::Storm));

@@ -32,6 +32,7 @@ fn view() -> impl Strategy<Value = (BTreeMap<u32, VniEntry>, BTreeSet<u8>)> {
                     registered.extend(members.iter().copied());
                     let entry = VniEntry {
                         vpc: format!("vpc{vni}"),
+                        encap: vipcast_model::Encap::Vxlan,
                         members: members.iter().map(|&m| ip(m)).collect(),
                         vips: vec![],
                     };
@@ -99,6 +100,7 @@ proptest! {
                 prop_assert!(!members.contains(&from.ip()) && (src >= 16 || !registered.contains(&src)));
             }
             Action::Drop(DropReason::Storm) => prop_assert!(false, "storm control is off"),
+            Action::Drop(DropReason::WrongEncap) => prop_assert!(false, "every VNI here is VXLAN"),
         }
         // Only frames accepted from members can be sniffed.
         if decision.sniffed.is_some() {
@@ -114,7 +116,7 @@ proptest! {
         gaps_us in prop::collection::vec(0u64..3000, 1..400),
     ) {
         let mut view = BTreeMap::new();
-        view.insert(7, VniEntry { vpc: "v".into(), members: vec![ip(1), ip(2)], vips: vec![] });
+        view.insert(7, VniEntry { vpc: "v".into(), encap: vipcast_model::Encap::Vxlan, members: vec![ip(1), ip(2)], vips: vec![] });
         let t0 = Instant::now();
         let t = Table::new(Config { storm_pps: pps, storm_burst: burst, ..Config::default() }, t0)
             .rebuild(&view, [ip(1), ip(2)], 1);
@@ -144,7 +146,7 @@ proptest! {
     #[test]
     fn frames_spaced_at_the_rate_all_pass(pps in 1u64..10_000, n in 1usize..200) {
         let mut view = BTreeMap::new();
-        view.insert(7, VniEntry { vpc: "v".into(), members: vec![ip(1), ip(2)], vips: vec![] });
+        view.insert(7, VniEntry { vpc: "v".into(), encap: vipcast_model::Encap::Vxlan, members: vec![ip(1), ip(2)], vips: vec![] });
         let t0 = Instant::now();
         let t = Table::new(Config { storm_pps: pps, storm_burst: 1, ..Config::default() }, t0)
             .rebuild(&view, [ip(1)], 1);

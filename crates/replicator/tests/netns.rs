@@ -582,3 +582,69 @@ fn storm_control_clips_a_broadcast_storm_in_its_vni_only() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(t.ping(0, "192.168.10.12"));
 }
+
+#[test]
+fn gre_packets_of_a_gre_vpc_reach_every_other_member_and_nothing_else() {
+    use vipcast_sys::raw::{IPPROTO_GRE, RawIpv4Socket, ipv4_payload};
+    let t = Topo::new(vipcast_replicator::Config::default());
+    // A GRE VPC needs Open vSwitch chassis: the three register as such (the
+    // kernel VXLAN devices of the other VPCs do not matter here).
+    for i in 0..3 {
+        t.plane.api(
+            "PUT",
+            &format!("/v1/chassis/c{}", i + 1),
+            json!({"underlay_ip": format!("10.77.0.{}", 11 + i), "dataplane": "ovs"}),
+        );
+    }
+    t.plane.api("POST", "/v1/vpcs", json!({"name": "tun", "vni": 300, "bum": "replicator", "encap": "gre"}));
+    t.plane.api("POST", "/v1/subnets", json!({"vpc": "tun", "name": "web", "cidr": "10.1.0.0/24"}));
+    for i in 0..3 {
+        let body = json!({"name": format!("t{i}"), "vpc": "tun", "subnet": "web", "chassis": format!("c{}", i + 1),
+                          "mac": format!("02:00:00:78:00:0{i}"), "ip": format!("10.1.0.{}", 11 + i)});
+        t.plane.api("POST", "/v1/ports", body);
+    }
+    wait_for("the replicator's table (3 VNIs)", Duration::from_secs(10), || t.plane.healthz()["vnis"] == 3);
+    // Every chassis listens for GRE; c1 sends one packet, key 300.
+    let listeners: Vec<_> = t
+        .chassis
+        .iter()
+        .map(|c| {
+            in_ns(c.name(), || {
+                let s = RawIpv4Socket::bind(IPPROTO_GRE, std::net::Ipv4Addr::UNSPECIFIED).unwrap();
+                s.set_recv_timeout(Duration::from_millis(200)).unwrap();
+                let mut got = Vec::new();
+                let end = Instant::now() + Duration::from_secs(2);
+                let mut buf = [0u8; 2048];
+                while Instant::now() < end {
+                    if let Ok((n, from)) = s.recv_from(&mut buf)
+                        && let Some(p) = ipv4_payload(&buf[..n])
+                    {
+                        got.push((from, p.to_vec()));
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut packet = Vec::new();
+    vipcast_packet::gre::GreRepr { protocol: 0x6558, checksum: false, key: Some(300), sequence: None }
+        .emit(&mut packet, &marked("02:00:00:78:00:00", 77));
+    let sent = packet.clone();
+    in_ns(t.chassis[0].name(), move || {
+        let s = RawIpv4Socket::bind(IPPROTO_GRE, std::net::Ipv4Addr::UNSPECIFIED).unwrap();
+        s.send_to(&sent, REPLICATOR.parse().unwrap()).unwrap();
+    })
+    .join()
+    .unwrap();
+    // The same VNI as VXLAN is the wrong encapsulation for this VPC.
+    assert!(
+        udp_exchange(t.chassis[0].name(), vxlan(300, &marked("02:00:00:78:00:00", 78)), Duration::from_millis(300))
+            .is_none()
+    );
+    let got: Vec<Vec<(std::net::Ipv4Addr, Vec<u8>)>> = listeners.into_iter().map(|l| l.join().unwrap()).collect();
+    let from_rep = |i: usize| got[i].iter().filter(|(f, p)| f.to_string() == REPLICATOR && *p == packet).count();
+    assert_eq!((from_rep(0), from_rep(1), from_rep(2)), (0, 1, 1), "copies per chassis");
+    assert_eq!(t.plane.metric("vipcast_replicator_gre_tx_copies_total"), 2.0);
+    assert_eq!(t.plane.metric("vipcast_replicator_drops_total{reason=\"wrong_encap\""), 1.0);
+}

@@ -21,6 +21,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+pub mod raw;
 pub mod udp;
 
 /// EtherType ETH_P_ALL: every protocol.
