@@ -12,7 +12,8 @@ packages=(
     procps          # sysctl, kill
     protobuf-compiler
     etcd-server
-    openvswitch-switch  # OVS 3.1: the OpenFlow codec's tests program a real switch
+    openvswitch-switch  # OVS 3.1: the OpenFlow codec's tests program a real switch; lab OVS chassis
+    ethtool         # lab OVS chassis: TX checksum offload off on the veths whose frames reach OVS
     g++             # libFuzzer, built by the fuzz targets
     pkg-config
 )

@@ -88,6 +88,9 @@ pub struct VpcConfig {
     /// Platform-assisted VRRP handover (default true).
     #[serde(default = "yes")]
     pub assist: bool,
+    /// Tunnel encapsulation between chassis (default VXLAN).
+    #[serde(default)]
+    pub encap: Encap,
 }
 
 fn yes() -> bool {
@@ -113,6 +116,27 @@ impl Bum {
     }
 }
 
+/// `[[vpc]] encap`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encap {
+    /// VXLAN (UDP 4789): every data plane.
+    #[default]
+    Vxlan,
+    /// GRE with the VNI as key: Open vSwitch chassis only.
+    Gre,
+}
+
+impl Encap {
+    /// The controller's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encap::Vxlan => "vxlan",
+            Encap::Gre => "gre",
+        }
+    }
+}
+
 /// `[[subnet]]`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,6 +155,31 @@ pub struct ChassisConfig {
     pub name: String,
     #[serde(default)]
     pub role: Role,
+    /// What switches the chassis' traffic (default the kernel).
+    #[serde(default)]
+    pub dataplane: Dataplane,
+}
+
+/// `[[chassis]] dataplane`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dataplane {
+    /// Linux bridges and VXLAN devices, programmed by the agent over netlink.
+    #[default]
+    Kernel,
+    /// A private Open vSwitch (userspace datapath) in the chassis' namespace,
+    /// programmed by the agent over OpenFlow 1.3.
+    Ovs,
+}
+
+impl Dataplane {
+    /// The controller's and the agent's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dataplane::Kernel => "kernel",
+            Dataplane::Ovs => "ovs",
+        }
+    }
 }
 
 /// `[[chassis]] role`
@@ -471,8 +520,22 @@ impl Validator {
         }
         for (i, vm) in c.vm.iter().enumerate() {
             let here = at("vm", i, &vm.name);
-            if c.chassis(&vm.chassis).is_none() {
-                self.problem(format!("{here}, key \"chassis\": no [[chassis]] named {:?}", vm.chassis));
+            match c.chassis(&vm.chassis) {
+                None => self.problem(format!("{here}, key \"chassis\": no [[chassis]] named {:?}", vm.chassis)),
+                Some((j, ch)) => {
+                    if ch.dataplane == Dataplane::Kernel
+                        && let Some(vpc) = c.vpc(&vm.vpc)
+                        && vpc.encap == Encap::Gre
+                    {
+                        self.problem(format!(
+                            "{here}, key \"chassis\": vpc {:?} has encap = \"gre\", which only Open vSwitch chassis \
+                             carry, but {} has dataplane = \"kernel\" (set dataplane = \"ovs\" there, or encap = \
+                             \"vxlan\")",
+                            vpc.name,
+                            at("chassis", j, &ch.name)
+                        ));
+                    }
+                }
             }
             if c.vpc(&vm.vpc).is_none() {
                 self.problem(format!("{here}, key \"vpc\": no [[vpc]] named {:?}", vm.vpc));

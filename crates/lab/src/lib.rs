@@ -14,10 +14,12 @@
 //! file ([`config`]): [`plan`] derives every name and address, [`topology`]
 //! builds it (tearing down what it built if a step fails), [`teardown`]
 //! removes a lab (also after a crash, from namespace names alone) and
-//! [`state`] records what is up in `/run/vipcast/labs`.
+//! [`state`] records what is up in `/run/vipcast/labs`; [`ovs`] runs the
+//! private Open vSwitch of a chassis with `dataplane = "ovs"`.
 
 pub mod config;
 mod netns;
+pub mod ovs;
 pub mod plan;
 mod process;
 pub mod register;

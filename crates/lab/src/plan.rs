@@ -12,13 +12,18 @@
 //!   prefix length; its peer in the chassis namespace is [`vm_port_name`],
 //!   with the alias `vipcast-port:<vm>`;
 //! - external client `i`: `eth0` with 172.30.i.2/30, default route via
-//!   172.30.i.1 on `ext<i>` in the gateway chassis' namespace.
+//!   172.30.i.1 on `ext<i>` in the gateway chassis' namespace;
+//! - an Open vSwitch chassis (`dataplane = "ovs"`) keeps its underlay
+//!   address on `br-phy` (an OVS bridge whose port is `ul0`, MAC
+//!   [`br_phy_mac`]) and has `br-int` with the tunnel ports `vxlan0` and
+//!   `gre0` and its VMs' ports; its daemons run from [`ovs_dir_name`] in the
+//!   lab's state directory (see [`crate::ovs`]).
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::config::{LabConfig, Role, StoreKind, Vrrp};
+use crate::config::{Dataplane, LabConfig, Role, StoreKind, Vrrp};
 
 /// The underlay bridge in `<lab>-net`, and the chassis' underlay interface.
 pub const UNDERLAY_IF: &str = "ul0";
@@ -32,7 +37,12 @@ pub const CONTROLLER_PORT: u16 = 7600;
 pub const MGMT_IF: &str = "mgmt0";
 /// The VMs' interface and the external clients'.
 pub const VM_IF: &str = "eth0";
-/// MTU inside VMs (VXLAN overhead on a 1500-byte underlay).
+/// MTU inside VMs, on every chassis: the largest inner IP packet that fits a
+/// 1500-byte underlay in VXLAN (+50 bytes with the outer Ethernet header);
+/// GRE with a key (+42) has 8 bytes to spare. Open vSwitch drops an
+/// encapsulated frame that does not fit without an ICMP error, so VMs must
+/// never send more; one MTU for all VMs keeps VMs of a VPC that spans kernel
+/// and OVS chassis able to talk at full size.
 pub const VM_MTU: u32 = 1450;
 /// MTU of the underlay.
 pub const UNDERLAY_MTU: u32 = 1500;
@@ -40,6 +50,17 @@ pub const UNDERLAY_MTU: u32 = 1500;
 pub const PORT_ALIAS_PREFIX: &str = "vipcast-port:";
 /// Alias of the host end of the management veth: `vipcast-lab:<lab>`.
 pub const HOST_ALIAS_PREFIX: &str = "vipcast-lab:";
+/// An OVS chassis' bridge that holds its underlay address (port `ul0`).
+pub const OVS_PHY_BRIDGE: &str = "br-phy";
+/// An OVS chassis' bridge that the agent programs: tunnels and VM ports.
+pub const OVS_INT_BRIDGE: &str = "br-int";
+/// The VXLAN port of `br-int` (flow-based: remote and key set per flow).
+pub const OVS_VXLAN_PORT: &str = "vxlan0";
+/// The GRE port of `br-int` (flow-based).
+pub const OVS_GRE_PORT: &str = "gre0";
+/// Where an OVS chassis' agent listens for its switch (inside the chassis
+/// namespace), and `br-int`'s controller.
+pub const OPENFLOW_LISTEN: &str = "127.0.0.1:6653";
 
 /// The name of the underlay namespace of lab `lab`.
 pub fn net_namespace(lab: &str) -> String {
@@ -69,13 +90,7 @@ pub fn replicator_underlay_ip(index: usize) -> Ipv4Addr {
 /// The deterministic MAC of VM number `index` of lab `lab`: locally
 /// administered unicast `02:` + 3 bytes of a hash of the lab name + the index.
 pub fn vm_mac(lab: &str, index: usize) -> String {
-    // FNV-1a, 32 bits.
-    let mut h: u32 = 0x811c_9dc5;
-    for b in lab.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    let [_, a, b, c] = h.to_be_bytes();
+    let [_, a, b, c] = lab_hash(lab).to_be_bytes();
     let i = u16::try_from(index).unwrap_or(u16::MAX).to_be_bytes();
     format!("02:{a:02x}:{b:02x}:{c:02x}:{:02x}:{:02x}", i[0], i[1])
 }
@@ -86,6 +101,32 @@ pub fn vm_port_name(index: usize, vm: &str) -> String {
     let mut s = format!("vp{index}-{vm}");
     s.truncate(15);
     s.trim_end_matches('-').to_string()
+}
+
+/// The MAC of `br-phy` on OVS chassis number `index` of lab `lab`: never
+/// `ul0`'s (the kernel would then also take the tunnel packets and answer
+/// them with ICMP unreachable). `0e:` + 3 bytes of a hash of the lab name +
+/// `00:` + the last byte of the chassis' underlay address.
+pub fn br_phy_mac(lab: &str, index: usize) -> String {
+    let [_, a, b, c] = lab_hash(lab).to_be_bytes();
+    let host = chassis_underlay_ip(index).octets()[3];
+    format!("0e:{a:02x}:{b:02x}:{c:02x}:00:{host:02x}")
+}
+
+/// The run directory of chassis `chassis`' Open vSwitch, relative to the
+/// lab's state directory: `ovs-<chassis>`.
+pub fn ovs_dir_name(chassis: &str) -> String {
+    format!("ovs-{chassis}")
+}
+
+/// FNV-1a (32 bits) of the lab name.
+fn lab_hash(lab: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in lab.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
 }
 
 /// The /30 of external client number `index`: (gateway side, client side).
@@ -114,7 +155,10 @@ pub struct ChassisPlan {
     pub name: String,
     pub ns: String,
     pub role: Role,
+    pub dataplane: Dataplane,
     pub underlay_ip: Ipv4Addr,
+    /// `br-phy`'s MAC on an OVS chassis.
+    pub br_phy_mac: Option<String>,
 }
 
 /// A replicator node (namespace and underlay address only, for now).
@@ -133,6 +177,8 @@ pub struct VmPlan {
     pub ns: String,
     pub chassis: String,
     pub chassis_ns: String,
+    /// The chassis' data plane.
+    pub dataplane: Dataplane,
     /// Its port (veth peer) in the chassis namespace.
     pub port: String,
     pub mac: String,
@@ -191,7 +237,9 @@ impl Plan {
                 name: ch.name.clone(),
                 ns: namespace(&lab, &ch.name),
                 role: ch.role,
+                dataplane: ch.dataplane,
                 underlay_ip: chassis_underlay_ip(i),
+                br_phy_mac: (ch.dataplane == Dataplane::Ovs).then(|| br_phy_mac(&lab, i)),
             })
             .collect();
         let replicators = c
@@ -216,6 +264,7 @@ impl Plan {
                         ns: namespace(&lab, &vm.name),
                         chassis: vm.chassis.clone(),
                         chassis_ns: namespace(&lab, &vm.chassis),
+                        dataplane: c.chassis(&vm.chassis).map(|(_, ch)| ch.dataplane).unwrap_or_default(),
                         port: vm_port_name(i, &vm.name),
                         mac: vm_mac(&lab, i),
                         vpc: vm.vpc.clone(),
@@ -283,6 +332,11 @@ impl Plan {
             externals,
             keepalived,
         }
+    }
+
+    /// Whether any chassis runs Open vSwitch.
+    pub fn has_ovs(&self) -> bool {
+        self.chassis.iter().any(|c| c.dataplane == Dataplane::Ovs)
     }
 
     /// Every namespace of the lab, the underlay's first.

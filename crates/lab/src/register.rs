@@ -22,14 +22,16 @@ pub struct ApiCall {
 }
 
 /// The calls that register `cfg`, in order. Chassis are registered with the
-/// same underlay IP and role their agent uses (`PUT` is idempotent).
+/// same underlay IP, role and data plane their agent uses (`PUT` is
+/// idempotent); a chassis' data plane must be known before a port of a GRE
+/// VPC can be placed on it.
 pub fn calls(cfg: &LabConfig, plan: &Plan) -> Vec<ApiCall> {
     let mut v = Vec::new();
     for vpc in &cfg.vpc {
         v.push(ApiCall {
             method: "POST",
             path: "/v1/vpcs".into(),
-            body: json!({"name": vpc.name, "vni": vpc.vni, "bum": vpc.bum.as_str(), "arp_suppression": vpc.arp_suppression, "assist": vpc.assist}),
+            body: json!({"name": vpc.name, "vni": vpc.vni, "bum": vpc.bum.as_str(), "arp_suppression": vpc.arp_suppression, "assist": vpc.assist, "encap": vpc.encap.as_str()}),
             what: format!("vpc {:?}", vpc.name),
         });
     }
@@ -44,7 +46,7 @@ pub fn calls(cfg: &LabConfig, plan: &Plan) -> Vec<ApiCall> {
         v.push(ApiCall {
             method: "PUT",
             path: format!("/v1/chassis/{}", ch.name),
-            body: json!({"underlay_ip": ch.underlay_ip.to_string(), "role": ch.role.as_str()}),
+            body: json!({"underlay_ip": ch.underlay_ip.to_string(), "role": ch.role.as_str(), "dataplane": ch.dataplane.as_str()}),
             what: format!("chassis {:?}", ch.name),
         });
     }

@@ -1,8 +1,10 @@
 //! `vipcast lab down NAME`: removes everything of a lab. It needs no state
 //! file: the lab's namespaces are found by their prefix `<name>-` (lab names
 //! have no `-`, so no other lab's namespace has it), the host veth by its
-//! alias `vipcast-lab:<name>` (and it goes with its peer's namespace anyway).
-//! Running it again finds nothing and does nothing.
+//! alias `vipcast-lab:<name>` (and it goes with its peer's namespace anyway),
+//! the Open vSwitch instances of OVS chassis by their run directories
+//! `ovs-<chassis>` in the lab's state directory. Running it again finds
+//! nothing and does nothing.
 
 use std::time::{Duration, Instant};
 
@@ -101,9 +103,11 @@ pub fn stop_processes(namespaces: &[String], grace: Duration) -> (usize, usize) 
     (pids.len() + late.len(), left.len() + late.len())
 }
 
-/// Removes lab `name`: stops every process in its namespaces, deletes the
-/// namespaces (and with them every link and address inside) and the host
-/// veth, and removes its state. `progress` gets one line per step.
+/// Removes lab `name`: stops its Open vSwitch instances (`exit --cleanup`,
+/// see [`crate::ovs::Ovs::stop`]) and every other process in its namespaces,
+/// deletes the namespaces (and with them every link and address inside) and
+/// the host veth, and removes its state (OVS run directories included).
+/// `progress` gets one line per step.
 pub fn down(root: &Root, name: &str, progress: &dyn Fn(&str)) -> Result<DownReport> {
     if !crate::config::is_lab_name(name) {
         return Err(Error::Lab(format!(
@@ -123,8 +127,15 @@ pub fn down(root: &Root, name: &str, progress: &dyn Fn(&str)) -> Result<DownRepo
     if state.is_none() && !namespaces.is_empty() {
         progress(&format!("lab {name}: no state file; found {} namespaces named {name}-*", namespaces.len()));
     }
+    for dir in crate::ovs::run_dirs(&root.state_dir(name)) {
+        let stopped = crate::ovs::Ovs::new(&dir).stop();
+        if stopped > 0 {
+            progress(&format!("lab {name}: stopped Open vSwitch in {} ({stopped} daemons)", dir.display()));
+            report.processes += stopped;
+        }
+    }
     let (processes, killed) = stop_processes(&namespaces, Duration::from_secs(3));
-    report.processes = processes;
+    report.processes += processes;
     report.killed = killed;
     if processes > 0 {
         progress(&format!(

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
-use crate::config::{Bum, LabConfig, Role, StoreKind, Vrrp};
+use crate::config::{Bum, Dataplane, LabConfig, Role, StoreKind, Vrrp};
+use crate::ovs::{Ovs, tx_checksum_off};
 use crate::plan::{
-    self, CONTROLLER_PORT, HOST_ALIAS_PREFIX, MGMT_IF, PORT_ALIAS_PREFIX, Plan, UNDERLAY_GW, UNDERLAY_IF, UNDERLAY_MTU,
-    UNDERLAY_PREFIX, VM_IF, VM_MTU,
+    self, CONTROLLER_PORT, ChassisPlan, HOST_ALIAS_PREFIX, MGMT_IF, OPENFLOW_LISTEN, OVS_INT_BRIDGE, OVS_PHY_BRIDGE,
+    PORT_ALIAS_PREFIX, Plan, UNDERLAY_GW, UNDERLAY_IF, UNDERLAY_MTU, UNDERLAY_PREFIX, VM_IF, VM_MTU,
 };
 use crate::state::{HostLinkState, LabState, NodeState, ProcessState, Root, http_get, log_tail};
 use crate::{Child, Error, Netns, Result, ip, unique_id};
@@ -72,6 +73,8 @@ pub fn up(cfg: &LabConfig, opts: UpOptions<'_>) -> Result<LabState> {
     b.register()?;
     b.start_replicators()?;
     b.agents()?;
+    b.integration_bridges()?;
+    b.wait_ports_attached()?;
     b.vrrp()?;
     b.commit()
 }
@@ -130,6 +133,18 @@ impl<'a> Builder<'a> {
     pub fn new(cfg: &LabConfig, opts: UpOptions<'a>) -> Result<Builder<'a>> {
         cfg.validate()?;
         let name = &cfg.name;
+        if let Some(ch) = cfg.chassis.iter().find(|c| c.dataplane == Dataplane::Ovs) {
+            let missing = crate::ovs::missing_tools();
+            if !missing.is_empty() {
+                return Err(Error::Lab(format!(
+                    "chassis {:?} has dataplane = \"ovs\", but {} {} not in PATH (packages openvswitch-switch and \
+                     ethtool; scripts/setup.sh installs them)",
+                    ch.name,
+                    missing.join(", "),
+                    if missing.len() == 1 { "is" } else { "are" }
+                )));
+            }
+        }
         let hint = format!("run `vipcast lab down {name}` first");
         if opts.root.state_file(name).exists() {
             return Err(Error::AlreadyUp(format!("lab {name:?} is already up ({hint})")));
@@ -187,6 +202,12 @@ impl<'a> Builder<'a> {
     /// The controller's URL from the host, once the host link exists.
     pub fn controller_url(&self) -> Option<String> {
         self.host.as_ref().map(|h| format!("http://{}:{CONTROLLER_PORT}", h.peer_addr.addr()))
+    }
+
+    /// The Open vSwitch of chassis `chassis` (its run directory is
+    /// `<state dir>/ovs-<chassis>`).
+    pub fn ovs(&self, chassis: &str) -> Ovs {
+        Ovs::new(self.state_dir.join(plan::ovs_dir_name(chassis)))
     }
 
     fn say(&self, line: &str) {
@@ -277,20 +298,95 @@ impl<'a> Builder<'a> {
     }
 
     /// A namespace per chassis, its `ul0` on the underlay bridge with
-    /// 10.255.0.(10+i)/24; gateways forward IPv4.
+    /// 10.255.0.(10+i)/24; gateways forward IPv4. An OVS chassis gets its
+    /// Open vSwitch (see [`Builder::start_ovs`]) and keeps the address on
+    /// `br-phy` instead of `ul0`.
     pub fn chassis(&mut self) -> Result<()> {
         let net = self.plan.net_ns.clone();
         for ch in self.plan.chassis.clone() {
             self.check_cancel()?;
             self.new_netns(&ch.ns)?;
             let addr = format!("{}/{UNDERLAY_PREFIX}", ch.underlay_ip);
-            underlay_port(&net, &ch.ns, &ch.name, &addr)?;
+            let on = match ch.dataplane {
+                Dataplane::Kernel => {
+                    underlay_port(&net, &ch.ns, &ch.name, Some(&addr))?;
+                    UNDERLAY_IF
+                }
+                Dataplane::Ovs => {
+                    underlay_port(&net, &ch.ns, &ch.name, None)?;
+                    // What enters an OVS chassis must carry finished checksums: Open
+                    // vSwitch reads ul0 through AF_PACKET and takes a checksum a veth
+                    // left for "hardware" as it is (a kernel chassis' VXLAN packets
+                    // fail tnl_pop, TCP of its VMs dies). With TX checksum offload off
+                    // on the underlay bridge's port towards this chassis, the kernel
+                    // finishes every checksum (and splits every GSO train, such as
+                    // the replicators' UDP GSO) before the frame crosses to it,
+                    // whoever sent it: kernel chassis keep the default udpcsum and
+                    // their own offloads.
+                    tx_checksum_off(&net, &ch.name)?;
+                    self.start_ovs(&ch, &addr)?;
+                    OVS_PHY_BRIDGE
+                }
+            };
             if ch.role == Role::Gateway {
                 sysctl(&ch.ns, "net.ipv4.ip_forward=1")?;
             }
-            self.node(&ch.name, "chassis", &ch.ns, vec![format!("{UNDERLAY_IF} {addr}")], ch.role.as_str().into());
-            self.say(&format!("chassis {} ({}): namespace {}, {UNDERLAY_IF} {addr}", ch.name, ch.role.as_str(), ch.ns));
+            let detail = match ch.dataplane {
+                Dataplane::Kernel => ch.role.as_str().to_string(),
+                Dataplane::Ovs => format!("{}, ovs in {}", ch.role.as_str(), self.ovs(&ch.name).dir().display()),
+            };
+            self.node(&ch.name, "chassis", &ch.ns, vec![format!("{on} {addr}")], detail);
+            self.say(&format!(
+                "chassis {} ({}, {}): namespace {}, {on} {addr}",
+                ch.name,
+                ch.role.as_str(),
+                ch.dataplane.as_str(),
+                ch.ns
+            ));
         }
+        Ok(())
+    }
+
+    /// Starts chassis `ch`'s Open vSwitch in its namespace: a database in
+    /// `<state dir>/ovs-<chassis>/`, `ovsdb-server` and `ovs-vswitchd` (lab
+    /// daemons, logs in that directory), then `br-phy` with `ul0` as its port
+    /// and the underlay address `addr` on it (routes stay those of the
+    /// prefix, so the agent reaches the controller as on a kernel chassis).
+    pub fn start_ovs(&mut self, ch: &ChassisPlan, addr: &str) -> Result<()> {
+        let ovs = self.ovs(&ch.name);
+        let dir = plan::ovs_dir_name(&ch.name);
+        ovs.create_db()?;
+        let env = ovs.env();
+        self.spawn_env(
+            "ovsdb-server",
+            &ch.name,
+            &ch.ns,
+            Path::new("ovsdb-server"),
+            &ovs.server_args(),
+            &format!("{dir}/ovsdb-server.log"),
+            &env,
+        )?;
+        let index = self.children.len() - 1;
+        self.wait_ready(index, "ovsdb-server", || ovs.db_ready())?;
+        ovs.init_db()?;
+        self.spawn_env(
+            "ovs-vswitchd",
+            &ch.name,
+            &ch.ns,
+            Path::new("ovs-vswitchd"),
+            &ovs.vswitchd_args(),
+            &format!("{dir}/ovs-vswitchd.log"),
+            &env,
+        )?;
+        let index = self.children.len() - 1;
+        self.wait_ready(index, "ovs-vswitchd", || ovs.vswitchd_ready())?;
+        let mac = ch.br_phy_mac.clone().unwrap_or_else(|| plan::br_phy_mac(&self.plan.lab, 0));
+        ovs.add_phy_bridge(&ch.ns, &mac, addr)?;
+        self.say(&format!(
+            "chassis {}: Open vSwitch in {}, {OVS_PHY_BRIDGE} {mac} {addr} (port {UNDERLAY_IF})",
+            ch.name,
+            ovs.dir().display()
+        ));
         Ok(())
     }
 
@@ -302,7 +398,7 @@ impl<'a> Builder<'a> {
             self.check_cancel()?;
             self.new_netns(&r.ns)?;
             let addr = format!("{}/{UNDERLAY_PREFIX}", r.underlay_ip);
-            underlay_port(&net, &r.ns, &r.name, &addr)?;
+            underlay_port(&net, &r.ns, &r.name, Some(&addr))?;
             self.node(&r.name, "replicator", &r.ns, vec![format!("{UNDERLAY_IF} {addr}")], "replicator".into());
             self.say(&format!("replicator {}: namespace {}, {UNDERLAY_IF} {addr}", r.name, r.ns));
         }
@@ -311,7 +407,9 @@ impl<'a> Builder<'a> {
 
     /// A namespace per VM: `eth0` (MTU 1450, its MAC, its address, default
     /// route via the subnet gateway, no DAD); the peer in the chassis
-    /// namespace is up, unattached, with the alias `vipcast-port:<vm>`.
+    /// namespace is up, unattached, with the alias `vipcast-port:<vm>`. On
+    /// an OVS chassis `eth0` has TX checksum offload off (Open vSwitch reads
+    /// the peer through AF_PACKET and would forward unfinished checksums).
     pub fn vms(&mut self) -> Result<()> {
         for vm in self.plan.vms.clone() {
             self.check_cancel()?;
@@ -337,6 +435,10 @@ impl<'a> Builder<'a> {
                 "mtu",
                 &mtu,
             ])?;
+            if vm.dataplane == Dataplane::Ovs {
+                // The device's setting: the same whether made before or after the move.
+                tx_checksum_off(&vm.ns, VM_IF)?;
+            }
             sysctl(&vm.ns, &format!("net.ipv6.conf.{VM_IF}.accept_dad=0"))?;
             let addr = vm.addr.to_string();
             let mut add = vec!["-n", vm.ns.as_str(), "addr", "add", addr.as_str(), "dev", VM_IF];
@@ -415,8 +517,24 @@ impl<'a> Builder<'a> {
     /// `<state dir>/<log>`, in its own process group (so it outlives `lab
     /// up` and a Ctrl-C there is handled by the builder).
     fn spawn(&mut self, role: &str, node: &str, ns: &str, program: &Path, args: &[OsString], log: &str) -> Result<()> {
+        self.spawn_env(role, node, ns, program, args, log, &[])
+    }
+
+    /// [`Builder::spawn`] with `env` added to the environment.
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_env(
+        &mut self,
+        role: &str,
+        node: &str,
+        ns: &str,
+        program: &Path,
+        args: &[OsString],
+        log: &str,
+        env: &[(&str, PathBuf)],
+    ) -> Result<()> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns]).arg(program).args(args).process_group(0);
+        cmd.envs(env.iter().map(|(k, v)| (*k, v.as_os_str())));
         if role == "etcd" {
             for (key, _) in std::env::vars_os() {
                 if key.to_string_lossy().starts_with("ETCD") {
@@ -621,26 +739,17 @@ impl<'a> Builder<'a> {
     }
 
     /// Starts an agent per chassis, in its namespace, and checks that each
-    /// is still running [`START_CHECK`] later.
+    /// is still running [`START_CHECK`] later. The agent of an OVS chassis
+    /// gets `--dataplane ovs --openflow-listen 127.0.0.1:6653` and is
+    /// started before `br-int` exists ([`Builder::integration_bridges`]), so
+    /// that the switch finds it listening at its first attempt (Open vSwitch
+    /// backs off to 8 s between attempts until it has once connected).
     pub fn agents(&mut self) -> Result<()> {
         self.check_cancel()?;
         let first = self.children.len();
         let exe = self.opts.exe.to_path_buf();
         for ch in self.plan.chassis.clone() {
-            let args: Vec<OsString> = [
-                "agent",
-                "--chassis",
-                &ch.name,
-                "--underlay-ip",
-                &ch.underlay_ip.to_string(),
-                "--controller",
-                &plan::inner_controller_url(),
-                "--role",
-                ch.role.as_str(),
-            ]
-            .iter()
-            .map(OsString::from)
-            .collect();
+            let args = agent_args(&ch);
             self.spawn("agent", &ch.name, &ch.ns, &exe, &args, &format!("agent-{}.log", ch.name))?;
         }
         if self.plan.chassis.is_empty() {
@@ -651,27 +760,82 @@ impl<'a> Builder<'a> {
             "agents started on {}",
             self.plan.chassis.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
         ));
-        self.wait_ports_attached(first)?;
         Ok(())
     }
 
-    /// Waits until every VM's port has been attached to a bridge by its
-    /// chassis' agent (so VRRP starts on a working overlay), failing if an
-    /// agent exits or [`READY_TIMEOUT`] passes.
-    fn wait_ports_attached(&mut self, first_agent: usize) -> Result<()> {
+    /// On each OVS chassis: `br-int` with its controller (the agent), the
+    /// tunnel ports and the chassis' VM ports, in one transaction (see
+    /// [`Ovs::add_int_bridge`]); then the tunnel neighbour cache is seeded
+    /// with every other chassis' and replicator's underlay MAC, so that the
+    /// first packet to each is not lost to address resolution.
+    pub fn integration_bridges(&mut self) -> Result<()> {
+        self.check_cancel()?;
+        let mut peers: Vec<(Ipv4Addr, String)> = Vec::new();
+        if self.plan.has_ovs() {
+            for ch in &self.plan.chassis {
+                let mac = match &ch.br_phy_mac {
+                    Some(mac) => mac.clone(),
+                    None => link_mac(&ch.ns, UNDERLAY_IF)?,
+                };
+                peers.push((ch.underlay_ip, mac));
+            }
+            for r in &self.plan.replicators {
+                peers.push((r.underlay_ip, link_mac(&r.ns, UNDERLAY_IF)?));
+            }
+        }
+        for ch in self.plan.chassis.clone() {
+            if ch.dataplane != Dataplane::Ovs {
+                continue;
+            }
+            self.check_cancel()?;
+            let ovs = self.ovs(&ch.name);
+            let ports: Vec<(String, String)> = self
+                .plan
+                .vms
+                .iter()
+                .filter(|vm| vm.chassis == ch.name)
+                .map(|vm| (vm.port.clone(), vm.name.clone()))
+                .collect();
+            ovs.add_int_bridge(ch.underlay_ip, u64::from(u32::from(ch.underlay_ip)), &ports)?;
+            for (peer, mac) in peers.iter().filter(|(peer, _)| *peer != ch.underlay_ip) {
+                ovs.set_tunnel_neighbour(*peer, mac)?;
+            }
+            self.say(&format!(
+                "chassis {}: {OVS_INT_BRIDGE} (controller tcp:{OPENFLOW_LISTEN}) with vxlan0, gre0{}; {} tunnel \
+                 neighbours seeded",
+                ch.name,
+                ports.iter().map(|(dev, _)| format!(", {dev}")).collect::<String>(),
+                peers.len().saturating_sub(1)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits until every VM's port is attached (so VRRP starts on a working
+    /// overlay): on a kernel chassis, to a bridge by its agent; on an OVS
+    /// chassis, `br-int` (which holds the port) connected to its agent. Fails
+    /// if an agent exits or [`READY_TIMEOUT`] passes.
+    pub fn wait_ports_attached(&mut self) -> Result<()> {
         if self.plan.vms.is_empty() {
             return Ok(());
         }
         let end = Instant::now() + READY_TIMEOUT;
         loop {
             self.check_cancel()?;
-            let waiting: Vec<_> =
-                self.plan.vms.iter().filter(|vm| port_master(&vm.chassis_ns, &vm.port).is_none()).collect();
+            let waiting: Vec<_> = self
+                .plan
+                .vms
+                .iter()
+                .filter(|vm| match vm.dataplane {
+                    Dataplane::Kernel => port_master(&vm.chassis_ns, &vm.port).is_none(),
+                    Dataplane::Ovs => !self.ovs(&vm.chassis).controller_connected(),
+                })
+                .collect();
             if waiting.is_empty() {
-                self.say("every VM port is attached to its VPC bridge");
+                self.say("every VM port is attached to its VPC bridge or to a connected br-int");
                 return Ok(());
             }
-            for s in self.children.iter_mut().skip(first_agent) {
+            for s in self.children.iter_mut().filter(|s| s.state.role == "agent") {
                 if !s.child.is_running() {
                     return Err(Self::exited(s, ""));
                 }
@@ -684,7 +848,8 @@ impl<'a> Builder<'a> {
                     .map(|vm| self.state_dir.join(format!("agent-{}.log", vm.chassis)).display().to_string())
                     .collect();
                 return Err(Error::Lab(format!(
-                    "the agents did not attach these VM ports to a bridge within {} s: {}; see {}",
+                    "the agents did not attach these VM ports to a bridge (or connect to their br-int) within {} s: \
+                     {}; see {}",
                     READY_TIMEOUT.as_secs(),
                     list.join(", "),
                     logs.join(", ")
@@ -789,8 +954,12 @@ impl Drop for Builder<'_> {
         if !self.namespaces.is_empty() || !self.children.is_empty() {
             self.say("tearing down what was built");
         }
-        // Daemons first (SIGKILL, reaped), then the host link, then the
+        // Open vSwitch first (exit --cleanup removes its tap devices), then
+        // the other daemons (SIGKILL, reaped), then the host link, then the
         // namespaces (with every link inside), then the state.
+        for ch in self.plan.chassis.iter().filter(|c| c.dataplane == Dataplane::Ovs) {
+            self.ovs(&ch.name).stop();
+        }
         self.children.clear();
         self.host = None;
         self.namespaces.clear();
@@ -801,9 +970,31 @@ impl Drop for Builder<'_> {
     }
 }
 
-/// A veth from `ul0` (MTU 1500, `addr`) in `ns` to the port `port` of the
-/// underlay bridge in `net`.
-fn underlay_port(net: &str, ns: &str, port: &str, addr: &str) -> Result<()> {
+/// The arguments of chassis `ch`'s agent.
+pub fn agent_args(ch: &ChassisPlan) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "agent",
+        "--chassis",
+        &ch.name,
+        "--underlay-ip",
+        &ch.underlay_ip.to_string(),
+        "--controller",
+        &plan::inner_controller_url(),
+        "--role",
+        ch.role.as_str(),
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    if ch.dataplane == Dataplane::Ovs {
+        args.extend(["--dataplane", "ovs", "--openflow-listen", OPENFLOW_LISTEN].map(OsString::from));
+    }
+    args
+}
+
+/// A veth from `ul0` (MTU 1500, `addr` if given) in `ns` to the port `port`
+/// of the underlay bridge in `net`.
+fn underlay_port(net: &str, ns: &str, port: &str, addr: Option<&str>) -> Result<()> {
     let mtu = UNDERLAY_MTU.to_string();
     ip(&[
         "link",
@@ -823,10 +1014,24 @@ fn underlay_port(net: &str, ns: &str, port: &str, addr: &str) -> Result<()> {
         "mtu",
         &mtu,
     ])?;
-    ip(&["-n", ns, "addr", "add", addr, "dev", UNDERLAY_IF])?;
+    if let Some(addr) = addr {
+        ip(&["-n", ns, "addr", "add", addr, "dev", UNDERLAY_IF])?;
+    }
     ip(&["-n", ns, "link", "set", UNDERLAY_IF, "up"])?;
     ip(&["-n", net, "link", "set", port, "master", UNDERLAY_IF, "up"])?;
     Ok(())
+}
+
+/// The MAC address of `dev` in namespace `ns`.
+fn link_mac(ns: &str, dev: &str) -> Result<String> {
+    let text = ip(&["-n", ns, "-j", "link", "show", "dev", dev])?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Lab(format!("cannot parse ip -j output: {e}")))?;
+    v.get(0)
+        .and_then(|l| l.get("address"))
+        .and_then(|a| a.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| Error::Lab(format!("{dev} in {ns} has no MAC address")))
 }
 
 /// The bridge that `port` in namespace `ns` is attached to, if any.

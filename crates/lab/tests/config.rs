@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use vipcast_lab::config::{LabConfig, StoreKind, Vrrp};
-use vipcast_lab::plan::{Plan, vm_mac, vm_port_name};
+use vipcast_lab::config::{Dataplane, Encap, LabConfig, StoreKind, Vrrp};
+use vipcast_lab::plan::{Plan, br_phy_mac, vm_mac, vm_port_name};
 use vipcast_lab::state::Root;
 use vipcast_lab::topology::{UpOptions, up};
 
@@ -312,7 +312,9 @@ fn registration_is_in_dependency_order() {
     assert!(pos("PUT /v1/chassis/") < pos("POST /v1/ports"));
     assert!(pos("POST /v1/ports") < pos("POST /v1/vips"));
     let gw = calls.iter().find(|c| c.path == "/v1/chassis/gw1").unwrap();
-    assert_eq!(gw.body, serde_json::json!({"underlay_ip": "10.255.0.13", "role": "gateway"}));
+    assert_eq!(gw.body, serde_json::json!({"underlay_ip": "10.255.0.13", "role": "gateway", "dataplane": "kernel"}));
+    let prod = calls.iter().find(|c| c.path == "/v1/vpcs" && c.body["name"] == "prod").unwrap();
+    assert_eq!(prod.body["encap"], "vxlan");
     let pay1 = calls.iter().find(|c| c.path == "/v1/ports" && c.body["name"] == "pay1").unwrap();
     assert_eq!(
         pay1.body,
@@ -321,4 +323,106 @@ fn registration_is_in_dependency_order() {
     let vip = calls.iter().find(|c| c.path == "/v1/vips").unwrap();
     assert_eq!(vip.body["members"], serde_json::json!(["pay1", "pay2"]));
     assert_eq!(calls.len(), 2 + 2 + 4 + 4 + 1);
+}
+
+/// SMALL with `[[chassis]] hv1` on Open vSwitch and the VPC's `encap` set.
+fn with_ovs(encap: &str) -> String {
+    SMALL
+        .replace("[[chassis]]\nname = \"hv1\"\n", "[[chassis]]\nname = \"hv1\"\ndataplane = \"ovs\"\n")
+        .replace("vni = 100\n", &format!("vni = 100\nencap = \"{encap}\"\n"))
+}
+
+#[test]
+fn dataplane_and_encap_default_to_kernel_and_vxlan() {
+    let cfg = LabConfig::parse(SMALL).unwrap();
+    assert!(cfg.chassis.iter().all(|c| c.dataplane == Dataplane::Kernel));
+    assert_eq!(cfg.vpc[0].encap, Encap::Vxlan);
+    let plan = Plan::new(&cfg);
+    assert!(!plan.has_ovs());
+    assert!(plan.chassis.iter().all(|c| c.br_phy_mac.is_none()));
+}
+
+#[test]
+fn ovs_chassis_and_gre_vpcs_are_planned_and_registered() {
+    let cfg = LabConfig::parse(&with_ovs("gre")).unwrap();
+    assert_eq!(cfg.chassis[0].dataplane, Dataplane::Ovs);
+    assert_eq!(cfg.chassis[1].dataplane, Dataplane::Kernel);
+    assert_eq!(cfg.vpc[0].encap, Encap::Gre);
+    let plan = Plan::new(&cfg);
+    assert!(plan.has_ovs());
+    let hv1 = &plan.chassis[0];
+    assert_eq!(hv1.dataplane, Dataplane::Ovs);
+    let mac = hv1.br_phy_mac.clone().unwrap();
+    assert_eq!(mac, br_phy_mac("small", 0));
+    assert!(mac.starts_with("0e:") && mac.ends_with(":00:0a"), "{mac}");
+    assert_ne!(br_phy_mac("small", 0), br_phy_mac("small", 1));
+    assert_ne!(br_phy_mac("small", 0), br_phy_mac("other", 0));
+    assert!(plan.vms.iter().all(|vm| vm.dataplane == Dataplane::Ovs));
+
+    let args: Vec<String> = vipcast_lab::topology::agent_args(hv1).iter().map(|a| a.to_string_lossy().into()).collect();
+    assert_eq!(
+        args.join(" "),
+        "agent --chassis hv1 --underlay-ip 10.255.0.10 --controller http://10.255.0.254:7600 --role hypervisor \
+         --dataplane ovs --openflow-listen 127.0.0.1:6653"
+    );
+    let gw1: Vec<String> =
+        vipcast_lab::topology::agent_args(&plan.chassis[1]).iter().map(|a| a.to_string_lossy().into()).collect();
+    assert!(!gw1.iter().any(|a| a.contains("dataplane") || a.contains("openflow")), "{gw1:?}");
+
+    let calls = vipcast_lab::register::calls(&cfg, &plan);
+    let vpc = calls.iter().find(|c| c.path == "/v1/vpcs").unwrap();
+    assert_eq!(vpc.body["encap"], "gre");
+    let hv1 = calls.iter().find(|c| c.path == "/v1/chassis/hv1").unwrap();
+    assert_eq!(hv1.body, serde_json::json!({"underlay_ip": "10.255.0.10", "role": "hypervisor", "dataplane": "ovs"}));
+    let gw1 = calls.iter().find(|c| c.path == "/v1/chassis/gw1").unwrap();
+    assert_eq!(gw1.body["dataplane"], "kernel");
+
+    // A VXLAN VPC may span both data planes.
+    let mixed = with_ovs("vxlan").replace(
+        "chassis = \"hv1\"\nvpc = \"prod\"\nsubnet = \"web\"\nip = \"192.168.10.12\"",
+        "chassis = \"gw1\"\nvpc = \"prod\"\nsubnet = \"web\"\nip = \"192.168.10.12\"",
+    );
+    let cfg = LabConfig::parse(&mixed).unwrap();
+    let plan = Plan::new(&cfg);
+    let dp: Vec<Dataplane> = plan.vms.iter().map(|vm| vm.dataplane).collect();
+    assert_eq!(dp, [Dataplane::Ovs, Dataplane::Kernel]);
+}
+
+#[test]
+fn unknown_dataplanes_and_encaps_are_refused() {
+    assert_problem(
+        &SMALL.replace("name = \"hv1\"\n", "name = \"hv1\"\ndataplane = \"dpdk\"\n"),
+        &["dataplane", "unknown variant `dpdk`", "`kernel`", "`ovs`"],
+    );
+    assert_problem(
+        &SMALL.replace("vni = 100\n", "vni = 100\nencap = \"geneve\"\n"),
+        &["encap", "unknown variant `geneve`", "`vxlan`", "`gre`"],
+    );
+    assert_problem(&SMALL.replace("vni = 100\n", "vni = 100\nencap = 4\n"), &["encap"]);
+}
+
+#[test]
+fn a_gre_vpc_with_a_vm_on_a_kernel_chassis_names_both() {
+    // Both VMs on hv1 (a kernel chassis); the VPC uses GRE.
+    let text = SMALL.replace("vni = 100\n", "vni = 100\nencap = \"gre\"\n");
+    let p = problems(&text);
+    for vm in ["vm[0] \"a\"", "vm[1] \"b\""] {
+        let line = p.lines().find(|l| l.starts_with(vm)).unwrap_or_else(|| panic!("no problem for {vm}:\n{p}"));
+        for needle in
+            ["key \"chassis\"", "vpc \"prod\"", "encap = \"gre\"", "chassis[0] \"hv1\"", "dataplane = \"kernel\""]
+        {
+            assert!(line.contains(needle), "{needle:?} not in {line:?}");
+        }
+    }
+    assert_eq!(p.lines().count(), 2, "{p}");
+    // On an OVS chassis it is fine, and so is a GRE VPC without VMs on kernel chassis.
+    LabConfig::parse(&with_ovs("gre")).unwrap();
+    // One VM moved to the kernel chassis gw1: only that one is refused.
+    let text = with_ovs("gre").replace(
+        "chassis = \"hv1\"\nvpc = \"prod\"\nsubnet = \"web\"\nip = \"192.168.10.12\"",
+        "chassis = \"gw1\"\nvpc = \"prod\"\nsubnet = \"web\"\nip = \"192.168.10.12\"",
+    );
+    let p = problems(&text);
+    assert!(p.starts_with("vm[1] \"b\", key \"chassis\"") && p.contains("chassis[1] \"gw1\""), "{p}");
+    assert_eq!(p.lines().count(), 1, "{p}");
 }
