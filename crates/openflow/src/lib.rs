@@ -10,8 +10,9 @@
 //! * [`decode_message`] and [`Framer`] split a byte stream into [`Message`]s;
 //!   [`Message::encode`] writes one.
 //! * Typed bodies: HELLO, ERROR, ECHO, FEATURES, SET_CONFIG, PACKET_IN,
-//!   PACKET_OUT, FLOW_MOD, GROUP_MOD, BARRIER and flow statistics; any other
-//!   message type is kept as bytes ([`Body::Other`]).
+//!   PORT_STATUS, PACKET_OUT, FLOW_MOD, GROUP_MOD, BARRIER, flow statistics
+//!   and port descriptions; any other message type is kept as bytes
+//!   ([`Body::Other`]).
 //! * [`Match`] of [`OxmField`]s, [`Instruction`]s, [`Action`]s; unknown OXM
 //!   fields, actions and instructions decode to `Unknown` variants that
 //!   re-encode to the same bytes.
@@ -44,6 +45,7 @@ pub mod instruction;
 pub mod message;
 pub mod multipart;
 pub mod oxm;
+pub mod port;
 mod wire;
 
 pub use action::{Action, arp_request_match, arp_responder, decode_actions, encode_actions};
@@ -58,6 +60,7 @@ pub use multipart::{
     FlowStats, FlowStatsRequest, MultipartReply, MultipartReplyBody, MultipartRequest, MultipartRequestBody,
 };
 pub use oxm::{Match, OxmField, OxmHeader};
+pub use port::{Port, PortStatus, port_name};
 
 /// Highest number of a physical or logical port.
 pub const OFPP_MAX: u32 = 0xffff_ff00;

@@ -13,6 +13,7 @@ use crate::error_msg::ErrorMsg;
 use crate::instruction::{Instruction, encode_instructions, read_instructions};
 use crate::multipart::{MultipartReply, MultipartRequest};
 use crate::oxm::Match;
+use crate::port::PortStatus;
 use crate::wire::{Reader, patch_len, patch_u16, put_u16, put_u32, put_u64, reserve_u16};
 use crate::{Error, OFP_NO_BUFFER, OFPG_ANY, OFPP_ANY, Result};
 
@@ -129,6 +130,7 @@ pub enum Body {
     FeaturesReply(FeaturesReply),
     SetConfig(SwitchConfig),
     PacketIn(PacketIn),
+    PortStatus(PortStatus),
     PacketOut(PacketOut),
     FlowMod(FlowMod),
     GroupMod(GroupMod),
@@ -136,7 +138,7 @@ pub enum Body {
     MultipartReply(MultipartReply),
     BarrierRequest,
     BarrierReply,
-    /// A message type this crate does not parse (port status, flow removed,
+    /// A message type this crate does not parse (flow removed,
     /// get-config reply, role, ...): the bytes after the header. `msg_type`
     /// should not be one of the types above: it would decode as that type.
     Other {
@@ -157,6 +159,7 @@ impl Body {
             Body::FeaturesReply(_) => OFPT_FEATURES_REPLY,
             Body::SetConfig(_) => OFPT_SET_CONFIG,
             Body::PacketIn(_) => OFPT_PACKET_IN,
+            Body::PortStatus(_) => OFPT_PORT_STATUS,
             Body::PacketOut(_) => OFPT_PACKET_OUT,
             Body::FlowMod(_) => OFPT_FLOW_MOD,
             Body::GroupMod(_) => OFPT_GROUP_MOD,
@@ -621,6 +624,7 @@ impl Message {
                 put_u16(out, c.miss_send_len);
             }
             Body::PacketIn(p) => p.write(out)?,
+            Body::PortStatus(p) => p.write(out),
             Body::PacketOut(p) => p.write(out)?,
             Body::FlowMod(f) => f.write(out)?,
             Body::GroupMod(g) => g.write(out)?,
@@ -679,6 +683,7 @@ fn body_name(msg_type: u8) -> &'static str {
         OFPT_FEATURES_REPLY => "features_reply",
         OFPT_SET_CONFIG => "set_config",
         OFPT_PACKET_IN => "packet_in",
+        OFPT_PORT_STATUS => "port_status",
         OFPT_PACKET_OUT => "packet_out",
         OFPT_FLOW_MOD => "flow_mod",
         OFPT_GROUP_MOD => "group_mod",
@@ -713,6 +718,7 @@ fn decode_body(header: &Header, r: &mut Reader<'_>) -> Result<Body> {
         }
         OFPT_SET_CONFIG => Body::SetConfig(SwitchConfig { flags: r.u16()?, miss_send_len: r.u16()? }),
         OFPT_PACKET_IN => Body::PacketIn(PacketIn::read(r)?),
+        OFPT_PORT_STATUS => Body::PortStatus(PortStatus::read(r)?),
         OFPT_PACKET_OUT => Body::PacketOut(PacketOut::read(r)?),
         OFPT_FLOW_MOD => Body::FlowMod(FlowMod::read(r)?),
         OFPT_GROUP_MOD => Body::GroupMod(GroupMod::read(r)?),

@@ -1,5 +1,5 @@
-//! MULTIPART_REQUEST / MULTIPART_REPLY (spec §7.3.5). Flow statistics are
-//! parsed; every other kind is carried as bytes.
+//! MULTIPART_REQUEST / MULTIPART_REPLY (spec §7.3.5). Flow statistics and
+//! port descriptions are parsed; every other kind is carried as bytes.
 //!
 //! ```text
 //! header | type (16) | flags (16) | pad (4) | body
@@ -7,11 +7,14 @@
 
 use crate::instruction::{Instruction, encode_instructions, read_instructions};
 use crate::oxm::Match;
+use crate::port::Port;
 use crate::wire::{Reader, patch_len, put_u16, put_u32, put_u64, reserve_u16};
 use crate::{Error, OFPG_ANY, OFPP_ANY, Result};
 
 /// Multipart type: individual flow statistics.
 pub const OFPMP_FLOW: u16 = 1;
+/// Multipart type: description of every port (empty request body).
+pub const OFPMP_PORT_DESC: u16 = 13;
 /// Multipart flag: more parts follow (request or reply).
 pub const OFPMPF_MORE: u16 = 1;
 /// `table_id` that means every table.
@@ -66,6 +69,8 @@ pub struct FlowStats {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum MultipartRequestBody {
     Flow(FlowStatsRequest),
+    /// Every port's description.
+    PortDesc,
     /// Any other multipart type: the bytes after the multipart header.
     Other {
         mp_type: u16,
@@ -85,6 +90,8 @@ pub struct MultipartRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum MultipartReplyBody {
     Flow(Vec<FlowStats>),
+    /// Ports (one part of the list when `OFPMPF_MORE` is set).
+    PortDesc(Vec<Port>),
     /// Any other multipart type: the bytes after the multipart header.
     Other {
         mp_type: u16,
@@ -119,6 +126,10 @@ impl MultipartRequest {
                 put_u64(out, req.cookie_mask);
                 req.match_.encode(out)
             }
+            MultipartRequestBody::PortDesc => {
+                write_head(out, OFPMP_PORT_DESC, self.flags);
+                Ok(())
+            }
             MultipartRequestBody::Other { mp_type, body } => {
                 write_head(out, *mp_type, self.flags);
                 out.extend_from_slice(body);
@@ -150,6 +161,7 @@ impl MultipartRequest {
                     match_,
                 })
             }
+            OFPMP_PORT_DESC => MultipartRequestBody::PortDesc,
             _ => MultipartRequestBody::Other { mp_type, body: r.rest().to_vec() },
         };
         Ok(MultipartRequest { flags, body })
@@ -179,6 +191,11 @@ impl MultipartReply {
                     encode_instructions(&f.instructions, out)?;
                     patch_len(out, len_at, start, "flow_stats")?;
                 }
+                Ok(())
+            }
+            MultipartReplyBody::PortDesc(ports) => {
+                write_head(out, OFPMP_PORT_DESC, self.flags);
+                ports.iter().for_each(|p| p.write(out));
                 Ok(())
             }
             MultipartReplyBody::Other { mp_type, body } => {
@@ -233,6 +250,13 @@ impl MultipartReply {
                     });
                 }
                 MultipartReplyBody::Flow(flows)
+            }
+            OFPMP_PORT_DESC => {
+                let mut ports = Vec::new();
+                while !r.is_empty() {
+                    ports.push(Port::read(r)?);
+                }
+                MultipartReplyBody::PortDesc(ports)
             }
             _ => MultipartReplyBody::Other { mp_type, body: r.rest().to_vec() },
         };

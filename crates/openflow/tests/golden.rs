@@ -7,6 +7,7 @@ use vipcast_openflow::action::{NX_RESUBMIT_IN_PORT, OFPCML_NO_BUFFER};
 use vipcast_openflow::error_msg::{OFPET_BAD_ACTION, OFPET_EXPERIMENTER, OFPET_FLOW_MOD_FAILED};
 use vipcast_openflow::message::{OFPC_FLOW_STATS, OFPC_PORT_STATS, OFPR_ACTION};
 use vipcast_openflow::multipart::OFPTT_ALL;
+use vipcast_openflow::port::{OFPPC_PORT_DOWN, OFPPR_MODIFY, OFPPS_LINK_DOWN};
 use vipcast_openflow::*;
 use vipcast_packet::MacAddr;
 
@@ -452,25 +453,77 @@ fn flow_stats_request_and_reply() {
              | 0040 01 00 00000002 00000003 0004 0005 0006 0000 00000000 \
                0000000000000007 0000000000000008 0000000000000009 | 0001 0004 00000000 | 0001 0008 02 000000"),
     );
-    // A port-description reply is carried as bytes.
+    // A multipart type not parsed here is carried as bytes.
     both_ways(
         &Message::new(
             0x31,
             Body::MultipartReply(MultipartReply {
                 flags: 1,
-                body: MultipartReplyBody::Other { mp_type: 13, body: vec![1, 2, 3] },
+                body: MultipartReplyBody::Other { mp_type: 0xffff, body: vec![1, 2, 3] },
             }),
         ),
-        &hex("04 13 0013 00000031 | 000d 0001 00000000 | 010203"),
+        &hex("04 13 0013 00000031 | ffff 0001 00000000 | 010203"),
     );
+}
+
+/// `ofp_port` of `vm1`, port 10, MAC 02:00:5e:00:01:0a, link down, 10 Gbit/s.
+const PORT_VM1: &str = "0000000a 00000000 | 02005e00010a 0000 | 766d3100000000000000000000000000 \
+    | 00000000 00000001 00000000 00000000 00000000 00000000 00989680 00989680";
+
+fn port_vm1() -> Port {
+    Port { state: OFPPS_LINK_DOWN, curr_speed: 10_000_000, max_speed: 10_000_000, ..Port::new(10, MAC, "vm1") }
+}
+
+#[test]
+fn port_description_request_and_reply() {
+    both_ways(
+        &Message::new(
+            0x32,
+            Body::MultipartRequest(MultipartRequest { flags: 0, body: MultipartRequestBody::PortDesc }),
+        ),
+        &hex("04 12 0010 00000032 | 000d 0000 00000000"),
+    );
+    let local = Port { config: OFPPC_PORT_DOWN, ..Port::new(OFPP_LOCAL, MacAddr([2, 0, 0, 0, 0, 1]), "br-int") };
+    let reply = Message::new(
+        0x32,
+        Body::MultipartReply(MultipartReply { flags: 0, body: MultipartReplyBody::PortDesc(vec![port_vm1(), local]) }),
+    );
+    both_ways(
+        &reply,
+        &hex(&format!(
+            "04 13 0090 00000032 | 000d 0000 00000000 | {PORT_VM1} \
+             | fffffffe 00000000 | 020000000001 0000 | 62722d696e7400000000000000000000 \
+             | 00000001 00000000 00000000 00000000 00000000 00000000 00000000 00000000"
+        )),
+    );
+    let Body::MultipartReply(MultipartReply { body: MultipartReplyBody::PortDesc(ports), .. }) = reply.body else {
+        unreachable!()
+    };
+    assert_eq!(ports[0].name(), "vm1");
+    assert!(ports[0].is_down() && ports[1].is_down());
+    // A 15-byte name keeps its terminating NUL; a longer one is cut.
+    assert_eq!(Port::new(1, MAC, "abcdefghijklmno").name(), "abcdefghijklmno");
+    assert_eq!(Port::new(1, MAC, "abcdefghijklmnopq").name(), "abcdefghijklmno");
+    // A reply whose body is not a whole number of ports is refused.
+    assert!(decode_message(&hex("04 13 0014 00000032 | 000d 0000 00000000 | 00000001")).is_err());
+}
+
+#[test]
+fn port_status() {
+    both_ways(
+        &Message::new(0, Body::PortStatus(PortStatus { reason: OFPPR_MODIFY, port: port_vm1() })),
+        &hex(&format!("04 0c 0050 00000000 | 02 00000000000000 | {PORT_VM1}")),
+    );
+    // A truncated port is an error.
+    assert!(decode_message(&hex("04 0c 000c 00000001 01000000")).is_err());
 }
 
 #[test]
 fn other_message_types_are_carried() {
-    // PORT_STATUS with a 4-byte body (truncated port: not parsed here).
+    // FLOW_REMOVED is not parsed here.
     both_ways(
-        &Message::new(1, Body::Other { msg_type: 12, body: vec![1, 0, 0, 0] }),
-        &hex("04 0c 000c 00000001 01000000"),
+        &Message::new(1, Body::Other { msg_type: 11, body: vec![1, 0, 0, 0] }),
+        &hex("04 0b 000c 00000001 01000000"),
     );
 }
 

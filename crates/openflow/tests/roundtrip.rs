@@ -227,9 +227,25 @@ fn flow_stats() -> impl Strategy<Value = FlowStats> {
         )
 }
 
+fn port() -> impl Strategy<Value = Port> {
+    (any::<u32>(), mac(), any::<[u8; 16]>(), any::<[u32; 8]>()).prop_map(|(port_no, hw_addr, name, v)| Port {
+        port_no,
+        hw_addr,
+        name,
+        config: v[0],
+        state: v[1],
+        curr: v[2],
+        advertised: v[3],
+        supported: v[4],
+        peer: v[5],
+        curr_speed: v[6],
+        max_speed: v[7],
+    })
+}
+
 fn body() -> impl Strategy<Value = Body> {
     let bytes = || vec(any::<u8>(), 0..64);
-    let known_types = [0u8, 1, 2, 3, 5, 6, 9, 10, 13, 14, 15, 18, 19, 20, 21];
+    let known_types = [0u8, 1, 2, 3, 5, 6, 9, 10, 12, 13, 14, 15, 18, 19, 20, 21];
     prop_oneof![
         (any::<u8>(), any::<Option<u32>>()).prop_map(|(version, bitmap)| Body::Hello(Hello { version, bitmap })),
         (any::<u16>(), any::<u16>(), bytes()).prop_map(|(err_type, code, data)| Body::Error(ErrorMsg {
@@ -274,9 +290,18 @@ fn body() -> impl Strategy<Value = Body> {
             flags,
             body: MultipartReplyBody::Flow(flows)
         })),
-        (any::<u16>(), any::<u16>().prop_filter("flow", |t| *t != 1), bytes()).prop_map(|(flags, mp_type, body)| {
-            Body::MultipartReply(MultipartReply { flags, body: MultipartReplyBody::Other { mp_type, body } })
-        }),
+        (any::<u16>(), vec(port(), 0..3)).prop_map(|(flags, ports)| Body::MultipartReply(MultipartReply {
+            flags,
+            body: MultipartReplyBody::PortDesc(ports)
+        })),
+        any::<u16>()
+            .prop_map(|flags| Body::MultipartRequest(MultipartRequest { flags, body: MultipartRequestBody::PortDesc })),
+        (any::<u8>(), port()).prop_map(|(reason, port)| Body::PortStatus(PortStatus { reason, port })),
+        (any::<u16>(), any::<u16>().prop_filter("parsed types", |t| *t != 1 && *t != 13), bytes()).prop_map(
+            |(flags, mp_type, body)| {
+                Body::MultipartReply(MultipartReply { flags, body: MultipartReplyBody::Other { mp_type, body } })
+            }
+        ),
         Just(Body::BarrierRequest),
         Just(Body::BarrierReply),
         (any::<u8>().prop_filter("named type", move |t| !known_types.contains(t)), bytes())
