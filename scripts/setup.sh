@@ -13,7 +13,7 @@ packages=(
     protobuf-compiler
     etcd-server
     openvswitch-switch  # OVS 3.1: the OpenFlow codec's tests program a real switch; lab OVS chassis
-    ethtool         # lab OVS chassis: TX checksum offload off on the veths whose frames reach OVS
+    ethtool         # TX checksum offload off on the veths whose frames reach OVS (lab, tests)
     g++             # libFuzzer, built by the fuzz targets
     pkg-config
 )

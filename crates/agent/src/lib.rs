@@ -15,6 +15,7 @@
 pub mod assist;
 pub mod kernel;
 pub mod links;
+pub mod ovs;
 pub mod ovs_flows;
 pub mod plan;
 pub mod ports;
