@@ -81,6 +81,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tokio::spawn(sync::follow(http.clone(), id.clone(), tx));
     let (seen_tx, mut seen_rx) = mpsc::channel::<Seen>(1024);
     let mut link_rx = links::watch()?;
+    let ovs = match cfg.dataplane {
+        vipcast_model::Dataplane::Kernel => None,
+        vipcast_model::Dataplane::Ovs => {
+            let o = ovs::Ovs::start(cfg.openflow_listen, seen_tx.clone())?;
+            tracing::info!(listen = %cfg.openflow_listen, "waiting for Open vSwitch (OpenFlow 1.3)");
+            Some(o)
+        }
+    };
+    let mut switch = ovs.as_ref().map(|o| o.subscribe());
     let mut agent = Agent {
         cfg,
         kernel,
@@ -99,6 +108,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         remotes: assist::Remotes::default(),
         remote_waiting: false,
         port_up: HashMap::new(),
+        ovs,
+        vm_ifnames: BTreeMap::new(),
     };
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     // Only while a master on a dead chassis may still need speaking for.
@@ -117,6 +128,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             Some((ifindex, up)) = link_rx.recv() => agent.on_link(ifindex, up),
             Ok(()) = health.changed() => agent.reconcile("replicator health").await,
             _ = assist_tick.tick(), if agent.remote_waiting => agent.speak_for_dead_chassis(),
+            Some(true) = async { match switch.as_mut() {
+                Some(w) => w.changed().await.ok().map(|()| *w.borrow_and_update()),
+                None => std::future::pending().await,
+            } } => agent.reconcile("switch connected").await,
             _ = tick.tick() => agent.reconcile("periodic").await,
         }
     }
@@ -149,6 +164,10 @@ struct Agent {
     remote_waiting: bool,
     /// Last known carrier of local ports, by ifindex.
     port_up: HashMap<u32, bool>,
+    /// The Open vSwitch data plane, when this chassis has one (else the kernel).
+    ovs: Option<ovs::Ovs>,
+    /// Local ports -> (ifindex, interface), as last listed (Open vSwitch mode).
+    vm_ifnames: BTreeMap<String, (u32, String)>,
 }
 
 impl Agent {
@@ -210,7 +229,7 @@ impl Agent {
                 tracing::info!(vni = v.vni, replicator = name, %addr, "BUM via replicator");
             }
         }
-        if plan.unsupported != self.unsupported {
+        if self.ovs.is_none() && plan.unsupported != self.unsupported {
             for vpc in &plan.unsupported {
                 tracing::warn!(vpc, "VPC uses GRE, which the kernel data plane cannot carry: not programmed here");
             }
@@ -221,6 +240,32 @@ impl Agent {
                 tracing::warn!(vpc, subnet, %cidr, "not routed here: overlaps a subnet of another VPC (no VRFs)");
             }
             self.unrouted = plan.unrouted.clone();
+        }
+        if let Some(ovs) = &self.ovs {
+            match self.kernel.ports().await {
+                Ok(p) => self.vm_ifnames = p,
+                Err(e) => tracing::warn!(error = %e, "listing ports"),
+            }
+            let ifnames: BTreeMap<String, String> =
+                self.vm_ifnames.iter().map(|(p, (_, n))| (p.clone(), n.clone())).collect();
+            let chosen: BTreeMap<u32, IpAddr> = view
+                .vpcs
+                .values()
+                .filter_map(|v| match &v.flood {
+                    view::Flood::Replicator(r) => {
+                        plan::choose_replicator(v.vni, r, &|n| prober.healthy(n)).map(|(_, a)| (v.vni, a.ip()))
+                    }
+                    view::Flood::Headend(_) => None,
+                })
+                .collect();
+            match ovs.apply(&view, &ifnames, &|vni| chosen.get(&vni).copied()).await {
+                Ok(ch) if ch.total() > 0 => {
+                    tracing::info!(why, ?ch, revision = self.synced.revision, "data plane updated (Open vSwitch)")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(why, error = %e, "programming Open vSwitch"),
+            }
+            return;
         }
         match self.kernel.reconcile(&plan).await {
             Ok(ch) if ch.total() > 0 => tracing::info!(why, ?ch, revision = self.synced.revision, "data plane updated"),
@@ -235,8 +280,11 @@ impl Agent {
     /// A link changed. A local VM port losing its carrier is a certain fault:
     /// speak for the VRRP masters behind it.
     fn on_link(&mut self, ifindex: u32, up: bool) {
-        let Some((port, _)) = self.ports.iter().find(|(_, io)| io.ifindex == ifindex) else { return };
-        let port = port.clone();
+        let port = match &self.ovs {
+            None => self.ports.iter().find(|(_, io)| io.ifindex == ifindex).map(|(p, _)| p.clone()),
+            Some(_) => self.vm_ifnames.iter().find(|(_, (i, _))| *i == ifindex).map(|(p, _)| p.clone()),
+        };
+        let Some(port) = port else { return };
         let was = self.port_up.insert(ifindex, up);
         if up || was == Some(false) {
             return;
@@ -379,8 +427,6 @@ impl Agent {
     fn send_priority_zero(&self, m: &assist::Master) -> anyhow::Result<usize> {
         let state = &self.synced.state;
         let vni = state.vpcs.get(&m.vpc).map(|v| v.vni).ok_or_else(|| anyhow::anyhow!("unknown VPC {}", m.vpc))?;
-        let bridge = vipcast_sys::ifindex(&plan::bridge_name(vni))?;
-        let sock = vipcast_sys::PacketSocket::bind(bridge, vipcast_sys::ETH_P_ALL)?;
         let advert = m.priority_zero();
         let mut frames = Vec::new();
         for dst in &m.dsts {
@@ -392,6 +438,19 @@ impl Agent {
             };
             frames.push(vipcast_packet::build::vrrp_frame(m.eth_src, dst_mac, m.src, *dst, &advert)?);
         }
+        if let Some(ovs) = &self.ovs {
+            // Through the pipeline as if from the master's own port.
+            let ifname = self.vm_ifnames.get(&m.port).map(|(_, n)| n.clone());
+            let ifname = ifname.ok_or_else(|| anyhow::anyhow!("no interface for port {}", m.port))?;
+            for _ in 0..3 {
+                for f in &frames {
+                    ovs.packet_out_from(&ifname, f)?;
+                }
+            }
+            return Ok(frames.len() * 3);
+        }
+        let bridge = vipcast_sys::ifindex(&plan::bridge_name(vni))?;
+        let sock = vipcast_sys::PacketSocket::bind(bridge, vipcast_sys::ETH_P_ALL)?;
         for _ in 0..3 {
             for f in &frames {
                 sock.send(f)?;
@@ -402,6 +461,11 @@ impl Agent {
 
     /// Opens sockets on local ports that appeared, closes those that went.
     async fn sync_ports(&mut self, view: &ChassisView) {
+        if self.ovs.is_some() {
+            // Open vSwitch sends what the agent sniffs as PACKET_IN, and
+            // takes what it sends as PACKET_OUT.
+            return;
+        }
         let wanted: BTreeMap<&str, ()> =
             view.vpcs.values().flat_map(|v| v.local_ports.iter().map(|p| (p.name.as_str(), ()))).collect();
         let present = match self.kernel.ports().await {
@@ -447,12 +511,15 @@ impl Agent {
             if owner_chassis == self.cfg.chassis && p.mac == mac {
                 continue;
             }
-            let Some(io) = self.ports.get(&p.name) else { continue };
-            for _ in 0..self.cfg.announce_burst {
-                if let Err(e) = io.send(&frame) {
-                    tracing::warn!(port = p.name, error = %e, "re-announcing");
-                    break;
-                }
+            let sent = if let Some(ovs) = &self.ovs {
+                let Some((_, ifname)) = self.vm_ifnames.get(&p.name) else { continue };
+                (0..self.cfg.announce_burst).try_for_each(|_| ovs.packet_out(ifname, &frame))
+            } else {
+                let Some(io) = self.ports.get(&p.name) else { continue };
+                (0..self.cfg.announce_burst).try_for_each(|_| io.send(&frame).map_err(anyhow::Error::from))
+            };
+            if let Err(e) = sent {
+                tracing::warn!(port = p.name, error = %e, "re-announcing");
             }
             n += 1;
         }

@@ -272,7 +272,7 @@ impl Ovs {
         &self,
         view: &ChassisView,
         vm_ports: &BTreeMap<String, String>,
-        replicator: &dyn Fn(u32) -> Option<IpAddr>,
+        replicator: &(dyn Fn(u32) -> Option<IpAddr> + Sync),
     ) -> anyhow::Result<Changes> {
         let replicators = view.vpcs.values().map(|v| (v.vni, replicator(v.vni))).collect();
         let inputs = Inputs { view: view.clone(), vm_ports: vm_ports.clone(), replicators };
@@ -289,6 +289,23 @@ impl Ovs {
             buffer_id: OFP_NO_BUFFER,
             in_port: OFPP_CONTROLLER,
             actions: vec![Action::output(port)],
+            data: frame.to_vec(),
+        }))?;
+        Ok(())
+    }
+}
+
+impl Ovs {
+    /// Sends `frame` through the pipeline as if it had come in on interface
+    /// `ifname` (a VM port): forwarded and flooded like that VM's own
+    /// frames, to local ports and over the tunnels.
+    pub fn packet_out_from(&self, ifname: &str, frame: &[u8]) -> anyhow::Result<()> {
+        let conn = lock(&self.shared.conn).clone().ok_or_else(|| anyhow!("no switch connected"))?;
+        let port = self.port_number(ifname).ok_or_else(|| anyhow!("{ifname} is not a port of the bridge"))?;
+        conn.send(Body::PacketOut(PacketOut {
+            buffer_id: OFP_NO_BUFFER,
+            in_port: port,
+            actions: vec![Action::output(vipcast_openflow::OFPP_TABLE)],
             data: frame.to_vec(),
         }))?;
         Ok(())

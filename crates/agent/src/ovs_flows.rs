@@ -32,9 +32,9 @@
 //!   IPv4 entry of the VPC's neighbours; a request about the requester's own
 //!   address (gratuitous ARP, address probe) is not answered but flooded.
 //!   Neighbour solicitations are not answered (flooded).
-//! * Replicator mode: the replicator speaks VXLAN only, so a VPC's copies to
-//!   it leave through the VXLAN port, and the classifier also accepts the
-//!   VPC's VNI from the VXLAN port (a GRE VPC's BUM comes back that way).
+//! * Replicator mode: copies to the replicator leave through the VPC's own
+//!   tunnel port (the replicator replicates GRE VPCs over GRE, key = VNI),
+//!   and come back the same way.
 //! * Tunnel endpoints are IPv4 (`tun_dst`); remote chassis with an IPv6
 //!   underlay are skipped.
 //! * Cookies: every flow's cookie is a hash of its table, priority and
@@ -244,14 +244,7 @@ fn vpc_flows(d: &mut Desired, vpc: &VpcView, ports: &Ports, replicator: &dyn Fn(
             ],
         ));
     }
-    let mut tunnel_in: Vec<u32> = tunnel.into_iter().collect();
-    if matches!(vpc.flood, Flood::Replicator(_))
-        && let Some(vx) = ports.vxlan
-        && !tunnel_in.contains(&vx)
-    {
-        tunnel_in.push(vx);
-    }
-    for port in tunnel_in {
+    if let Some(port) = tunnel {
         d.flow(Flow::new(
             TABLE_CLASSIFY,
             prio::CLASSIFY,
@@ -345,8 +338,8 @@ fn vpc_flows(d: &mut Desired, vpc: &VpcView, ports: &Ports, replicator: &dyn Fn(
             }
         }
         Flood::Replicator(_) => {
-            if let (Some(dst), Some(vx)) = (replicator(vni).as_ref().and_then(v4), ports.vxlan) {
-                flood.push(Bucket::new(tunnel_to(vni, dst, vx)));
+            if let (Some(dst), Some(tunnel)) = (replicator(vni).as_ref().and_then(v4), tunnel) {
+                flood.push(Bucket::new(tunnel_to(vni, dst, tunnel)));
             }
         }
     }
@@ -479,9 +472,13 @@ mod tests {
         );
         let f = find(&d, 0, 100, &Match::new().with(OxmField::InPort(2)).with(OxmField::tunnel_id(100)));
         assert_eq!(f.instructions[0], Instruction::WriteMetadata { metadata: 100, mask: u64::MAX });
-        // GRE VPC b: from its GRE port, and from VXLAN (its replicator's copies).
+        // GRE VPC b: from its GRE port only (its replicator's copies too).
         find(&d, 0, 100, &Match::new().with(OxmField::InPort(1)).with(OxmField::tunnel_id(200)));
-        find(&d, 0, 100, &Match::new().with(OxmField::InPort(2)).with(OxmField::tunnel_id(200)));
+        assert!(!d.flows.contains_key(&cookie(
+            0,
+            100,
+            &Match::new().with(OxmField::InPort(2)).with(OxmField::tunnel_id(200))
+        )));
         assert!(!d.flows.contains_key(&cookie(
             0,
             100,
@@ -520,7 +517,7 @@ mod tests {
         let m = Match::new().with(from_local(200)).with(OxmField::eth_dst(VM4));
         assert_eq!(find(&d, 2, 100, &m).instructions, [Instruction::ApplyActions(tunnel_to(200, v4("172.31.0.3"), 1))]);
 
-        // Flooding: head-end for a, the replicator (over VXLAN) for b.
+        // Flooding: head-end for a, the replicator (over GRE) for b.
         assert_eq!(
             d.groups[&group_from_local(100)].buckets,
             [Bucket::new(vec![Action::output(10)]), Bucket::new(tunnel_to(100, v4("172.31.0.2"), 2))]
@@ -528,7 +525,7 @@ mod tests {
         assert_eq!(d.groups[&group_from_tunnel(100)].buckets, [Bucket::new(vec![Action::output(10)])]);
         assert_eq!(
             d.groups[&group_from_local(200)].buckets,
-            [Bucket::new(vec![Action::output(11)]), Bucket::new(tunnel_to(200, v4("172.31.1.1"), 2))]
+            [Bucket::new(vec![Action::output(11)]), Bucket::new(tunnel_to(200, v4("172.31.1.1"), 1))]
         );
         let bcast =
             |source| Match::new().with(source).with(OxmField::EthDst { value: MULTICAST, mask: Some(MULTICAST) });
@@ -543,8 +540,8 @@ mod tests {
         assert_eq!(d2.groups[&group_from_local(200)].buckets, [Bucket::new(vec![Action::output(11)])]);
 
         // Counts: 3 misses; a: 1+1 classify, 1 GARP, 2 VRRP, 2x3 neighbours (a1, a2, VIP), 1+1 unicast,
-        // 2+2 flood = 17; b: 1+2 classify, 2 VRRP, 2x2 neighbours, 1+1 unicast, 4 flood = 15.
-        assert_eq!(d.flows.len(), 3 + 17 + 15);
+        // 2+2 flood = 17; b: 1+1 classify, 2 VRRP, 2x2 neighbours, 1+1 unicast, 4 flood = 14.
+        assert_eq!(d.flows.len(), 3 + 17 + 14);
         assert_eq!(d.groups.len(), 4);
         // Every cookie is tagged and unique per (table, priority, match).
         assert!(d.flows.iter().all(|(c, f)| *c & (0xff << 56) == COOKIE_TAG && f.cookie == *c));

@@ -201,7 +201,7 @@ impl Ovs {
     /// `br-int` in one transaction: netdev datapath, `fail_mode=secure`,
     /// OpenFlow 1.3 only, datapath id `dpid`, in-band control off, controller
     /// [`OPENFLOW_LISTEN`] out of band with reconnects within a second, the
-    /// flow-based tunnel ports `vxlan0` and `gre0` from `local_ip`, and
+    /// flow-based tunnel ports `vc-vxlan` and `vc-gre` from `local_ip`, and
     /// `ports` (interface name, port name): the VMs' veth ends, each with
     /// `external_ids:vipcast-port=<port>`. The switch never runs without its
     /// controller or in standalone mode, and connects to it at once if the

@@ -15,8 +15,8 @@
 //!   172.30.i.1 on `ext<i>` in the gateway chassis' namespace;
 //! - an Open vSwitch chassis (`dataplane = "ovs"`) keeps its underlay
 //!   address on `br-phy` (an OVS bridge whose port is `ul0`, MAC
-//!   [`br_phy_mac`]) and has `br-int` with the tunnel ports `vxlan0` and
-//!   `gre0` and its VMs' ports; its daemons run from [`ovs_dir_name`] in the
+//!   [`br_phy_mac`]) and has `br-int` with the tunnel ports `vc-vxlan` and
+//!   `vc-gre` and its VMs' ports; its daemons run from [`ovs_dir_name`] in the
 //!   lab's state directory (see [`crate::ovs`]).
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -55,9 +55,9 @@ pub const OVS_PHY_BRIDGE: &str = "br-phy";
 /// An OVS chassis' bridge that the agent programs: tunnels and VM ports.
 pub const OVS_INT_BRIDGE: &str = "br-int";
 /// The VXLAN port of `br-int` (flow-based: remote and key set per flow).
-pub const OVS_VXLAN_PORT: &str = "vxlan0";
+pub const OVS_VXLAN_PORT: &str = "vc-vxlan";
 /// The GRE port of `br-int` (flow-based).
-pub const OVS_GRE_PORT: &str = "gre0";
+pub const OVS_GRE_PORT: &str = "vc-gre";
 /// Where an OVS chassis' agent listens for its switch (inside the chassis
 /// namespace), and `br-int`'s controller.
 pub const OPENFLOW_LISTEN: &str = "127.0.0.1:6653";

@@ -801,7 +801,7 @@ impl<'a> Builder<'a> {
                 ovs.set_tunnel_neighbour(*peer, mac)?;
             }
             self.say(&format!(
-                "chassis {}: {OVS_INT_BRIDGE} (controller tcp:{OPENFLOW_LISTEN}) with vxlan0, gre0{}; {} tunnel \
+                "chassis {}: {OVS_INT_BRIDGE} (controller tcp:{OPENFLOW_LISTEN}) with vc-vxlan, vc-gre{}; {} tunnel \
                  neighbours seeded",
                 ch.name,
                 ports.iter().map(|(dev, _)| format!(", {dev}")).collect::<String>(),

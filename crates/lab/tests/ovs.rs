@@ -217,11 +217,11 @@ fn an_ovs_chassis_is_built_works_with_a_kernel_chassis_and_down_removes_it() {
     bridges.sort();
     assert_eq!(bridges, ["br-int", "br-phy"]);
     assert_eq!(ovs.list_ports("br-phy").unwrap(), ["ul0"]);
-    assert_eq!(ovs.list_ports("br-int").unwrap(), ["gre0", "vp0-a", "vxlan0"]);
+    assert_eq!(ovs.list_ports("br-int").unwrap(), ["vc-gre", "vc-vxlan", "vp0-a"]);
     let get = |args: &[&str]| ovs.vsctl(&[&["get"][..], args].concat()).unwrap().trim().to_string();
-    assert_eq!(get(&["interface", "vxlan0", "type"]), "vxlan");
-    assert_eq!(get(&["interface", "gre0", "type"]), "gre");
-    for port in ["vxlan0", "gre0"] {
+    assert_eq!(get(&["interface", "vc-vxlan", "type"]), "vxlan");
+    assert_eq!(get(&["interface", "vc-gre", "type"]), "gre");
+    for port in ["vc-vxlan", "vc-gre"] {
         assert_eq!(get(&["interface", port, "options:remote_ip"]), "flow");
         assert_eq!(get(&["interface", port, "options:key"]), "flow");
         assert_eq!(get(&["interface", port, "options:local_ip"]), "\"10.255.0.10\"");
@@ -266,8 +266,8 @@ fn an_ovs_chassis_is_built_works_with_a_kernel_chassis_and_down_removes_it() {
     // device keeps the default UDP checksums and VM b its checksum offload.
     let dir = ovs.dir().display().to_string();
     for flow in [
-        "in_port=vp0-a,actions=set_field:100->tun_id,set_field:10.255.0.11->tun_dst,output:vxlan0",
-        "in_port=vxlan0,tun_id=100,actions=output:vp0-a",
+        "in_port=vp0-a,actions=set_field:100->tun_id,set_field:10.255.0.11->tun_dst,output:vc-vxlan",
+        "in_port=vc-vxlan,tun_id=100,actions=output:vp0-a",
     ] {
         let out = Command::new("ovs-ofctl")
             .envs(ovs.env())

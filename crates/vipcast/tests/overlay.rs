@@ -30,6 +30,17 @@ fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
 }
 
+/// The data plane of hv1, hv2 and hv3, and the VPCs' encapsulation.
+#[derive(Debug, Clone, Copy)]
+struct Plane {
+    dataplanes: [&'static str; 3],
+    encap: &'static str,
+}
+
+impl Plane {
+    const KERNEL: Plane = Plane { dataplanes: ["kernel"; 3], encap: "vxlan" };
+}
+
 /// A lab that is up; `lab down` on drop.
 struct Lab {
     name: String,
@@ -49,7 +60,18 @@ impl Lab {
 
     /// The same, with the VIP's VRRP settings given as lab keys.
     fn up_vrrp(bum: &str, arp_suppression: bool, unicast: bool, assist: bool, vrrp: &str) -> Lab {
+        Lab::up_full(bum, arp_suppression, unicast, assist, vrrp, Plane::KERNEL)
+    }
+
+    /// The same, with the data plane of hv1..hv3 and the VPCs' encapsulation.
+    fn up_full(bum: &str, arp_suppression: bool, unicast: bool, assist: bool, vrrp: &str, plane: Plane) -> Lab {
         let name = format!("ov{}", unique_id());
+        let dp = |i: usize| match plane.dataplanes[i] {
+            "kernel" => String::new(),
+            d => format!("dataplane = \"{d}\"\n"),
+        };
+        let (dp1, dp2, dp3) = (dp(0), dp(1), dp(2));
+        let encap = if plane.encap == "vxlan" { String::new() } else { format!("encap = \"{}\"\n", plane.encap) };
         // Replicator mode gets two replicators.
         let replicators =
             if bum == "replicator" { "[[replicator]]\nname = \"rep1\"\n[[replicator]]\nname = \"rep2\"\n" } else { "" };
@@ -63,12 +85,12 @@ vni = 100
 bum = "{bum}"
 arp_suppression = {arp_suppression}
 assist = {assist}
-[[vpc]]
+{encap}[[vpc]]
 name = "stage"
 vni = 200
 bum = "{bum}"
 arp_suppression = {arp_suppression}
-[[subnet]]
+{encap}[[subnet]]
 vpc = "prod"
 name = "web"
 cidr = "192.168.10.0/24"
@@ -79,11 +101,11 @@ name = "web"
 cidr = "192.168.10.0/24"
 [[chassis]]
 name = "hv1"
-[[chassis]]
+{dp1}[[chassis]]
 name = "hv2"
-[[chassis]]
+{dp2}[[chassis]]
 name = "hv3"
-[[chassis]]
+{dp3}[[chassis]]
 name = "gw1"
 role = "gateway"
 [[vm]]
@@ -189,6 +211,23 @@ gateway = "gw1"
         out
     }
 
+    /// Kills `node`'s agent (SIGKILL); returns its command line.
+    fn kill_agent(&self, node: &str) -> Vec<String> {
+        let agent = self.process("agent", node);
+        let pid = agent["pid"].as_i64().unwrap().to_string();
+        assert!(Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+        agent["command"].as_str().unwrap().split_whitespace().map(String::from).collect()
+    }
+
+    /// Starts an agent again in `node` with `cmd` (killed on drop).
+    fn start_agent(&self, node: &str, cmd: &[String]) -> Prober {
+        let mut args = vec!["lab", "exec", &self.name, node, "--"];
+        args.extend(cmd.iter().map(String::as_str));
+        let child =
+            Command::new(env!("CARGO_BIN_EXE_vipcast")).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn();
+        Prober { child: Some(child.unwrap()) }
+    }
+
     fn process(&self, role: &str, node: &str) -> serde_json::Value {
         let status = vipcast(&["lab", "status", &self.name, "--json"]);
         let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
@@ -221,7 +260,8 @@ impl Drop for Lab {
     }
 }
 
-/// A running `ping -D`; [`Prober::finish`] gives the replies' timing.
+/// A running child: a `ping -D` ([`Prober::finish`] gives the replies' timing)
+/// or a restarted agent; killed on drop.
 struct Prober {
     child: Option<Child>,
 }
@@ -365,7 +405,10 @@ fn losing_a_replicator_keeps_broadcast_working() {
 
 #[test]
 fn overlapping_vpcs_stay_isolated() {
-    let lab = Lab::up("headend", true, false);
+    isolation(&Lab::up("headend", true, false));
+}
+
+fn isolation(lab: &Lab) {
     lab.wait_reachable("client", "192.168.10.11");
     // client reached prod's .11 (pay1), never stage1 which has the same address.
     let neigh = text(&lab.exec("client", &["ip", "neigh", "show", "192.168.10.11"]));
@@ -564,22 +607,11 @@ fn agent_restart_loses_no_probe() {
     let probe = lab.probe("client", "192.168.10.12", 4);
     std::thread::sleep(Duration::from_millis(800));
     // Kill the agent of pay2's chassis and start it again with the same flags.
-    let agent = lab.process("agent", "hv2");
-    let pid = agent["pid"].as_i64().unwrap().to_string();
-    assert!(Command::new("kill").args(["-9", &pid]).status().unwrap().success());
-    let cmd: Vec<String> = agent["command"].as_str().unwrap().split_whitespace().map(String::from).collect();
-    let mut args = vec!["lab", "exec", &lab.name, "hv2", "--"];
-    args.extend(cmd.iter().map(String::as_str));
-    let mut restarted = Command::new(env!("CARGO_BIN_EXE_vipcast"))
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let cmd = lab.kill_agent("hv2");
+    let mut restarted = lab.start_agent("hv2", &cmd);
     let p = probe.finish();
-    let still_up = restarted.try_wait().unwrap().is_none();
-    let _ = restarted.kill();
-    let _ = restarted.wait();
+    let still_up = restarted.child.as_mut().unwrap().try_wait().unwrap().is_none();
+    drop(restarted);
     assert!(still_up, "the restarted agent exited");
     assert!(p.sent > 100, "the prober did not run: {p:?}");
     assert_eq!(p.replies, p.sent, "probes lost across an agent restart: {p:?}");
@@ -621,24 +653,13 @@ fn an_agent_restart_on_the_masters_chassis_is_not_a_dead_chassis() {
     lab.wait_reachable("client", "192.168.10.100");
     let probe = lab.probe("client", "192.168.10.100", 4);
     std::thread::sleep(Duration::from_millis(800));
-    let agent = lab.process("agent", "hv1");
-    let pid = agent["pid"].as_i64().unwrap().to_string();
-    assert!(Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    let cmd = lab.kill_agent("hv1");
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(lab.ctl_json(&["chassis", "show", "hv1"])["liveness"]["alive"], false, "hv1 was not declared dead");
-    let cmd: Vec<String> = agent["command"].as_str().unwrap().split_whitespace().map(String::from).collect();
-    let mut args = vec!["lab", "exec", &lab.name, "hv1", "--"];
-    args.extend(cmd.iter().map(String::as_str));
-    let mut restarted = Command::new(env!("CARGO_BIN_EXE_vipcast"))
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let restarted = lab.start_agent("hv1", &cmd);
     let p = probe.finish();
     let alive = lab.ctl_json(&["chassis", "show", "hv1"])["liveness"]["alive"].clone();
-    let _ = restarted.kill();
-    let _ = restarted.wait();
+    drop(restarted);
     assert_eq!(alive, true, "hv1 did not come back alive");
     assert!(p.sent > 100, "the prober did not run: {p:?}");
     assert_eq!(p.replies, p.sent, "probes lost: {p:?}");
@@ -646,4 +667,97 @@ fn an_agent_restart_on_the_masters_chassis_is_not_a_dead_chassis() {
     assert_eq!(v["owner"]["port"], "pay1", "{v}");
     assert!(v["vrrp"][0]["last_assist"].is_null(), "an assisted handover was done: {v}");
     assert!(!text(&lab.exec("pay2", &["ip", "-4", "addr", "show"])).contains("192.168.10.100"), "pay2 took over");
+}
+
+// ---- Open vSwitch chassis (the agent as their OpenFlow controller) ----
+
+/// Open vSwitch is installed (setup.sh does it; CI requires it).
+fn ovs_or_skip(test: &str) -> bool {
+    let there = std::path::Path::new("/usr/sbin/ovs-vswitchd").exists();
+    if !there {
+        assert!(std::env::var_os("VIPCAST_REQUIRE_OVS").is_none(), "{test}: Open vSwitch is required but missing");
+        eprintln!("{test}: skipped, Open vSwitch is not installed (scripts/setup.sh installs it)");
+    }
+    there
+}
+
+const OVS_GRE: Plane = Plane { dataplanes: ["ovs"; 3], encap: "gre" };
+
+#[test]
+fn ovs_chassis_reach_and_isolate_over_gre() {
+    if !ovs_or_skip("ovs_chassis_reach_and_isolate_over_gre") {
+        return;
+    }
+    let lab = Lab::up_full("headend", true, false, true, "advert_int = 0.1", OVS_GRE);
+    for (from, to) in [("client", "192.168.10.12"), ("pay1", "192.168.10.12"), ("pay2", "192.168.10.50")] {
+        lab.wait_reachable(from, to);
+    }
+    isolation(&lab);
+}
+
+#[test]
+fn ovs_and_kernel_chassis_share_a_vxlan_vpc() {
+    if !ovs_or_skip("ovs_and_kernel_chassis_share_a_vxlan_vpc") {
+        return;
+    }
+    // hv2 runs the kernel data plane, hv1 and hv3 Open vSwitch; gw1 (kernel)
+    // routes the external client in.
+    let plane = Plane { dataplanes: ["ovs", "kernel", "ovs"], encap: "vxlan" };
+    let lab = Lab::up_full("headend", true, false, true, "advert_int = 0.1", plane);
+    for (from, to) in [
+        ("client", "192.168.10.11"),
+        ("client", "192.168.10.12"),
+        ("pay2", "192.168.10.11"),
+        ("inet1", "192.168.10.11"),
+        ("inet1", "192.168.10.100"),
+    ] {
+        lab.wait_reachable(from, to);
+    }
+}
+
+#[test]
+fn keepalived_failover_through_ovs_chassis() {
+    if !ovs_or_skip("keepalived_failover_through_ovs_chassis") {
+        return;
+    }
+    let lab = Lab::up_full("headend", true, false, true, "advert_int = 0.1", OVS_GRE);
+    lab.wait_reachable("client", "192.168.10.100");
+    let end = Instant::now() + Duration::from_secs(10);
+    while lab.ctl_json(&["vip", "show", "pay-vip"])["owner"]["port"] != "pay1" {
+        assert!(Instant::now() < end, "pay1 never became the owner");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let probe = lab.probe("client", "192.168.10.100", 5);
+    std::thread::sleep(Duration::from_millis(1500));
+    let o = lab.exec("pay1", &["ip", "link", "set", "eth0", "down"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let p = probe.finish();
+    eprintln!("keepalived failover through Open vSwitch chassis (GRE): {p:?}");
+    assert!(p.sent > 100 && p.replies > 50, "the prober did not run: {p:?}");
+    assert!(p.longest_gap < 1.0, "outage {:.3} s", p.longest_gap);
+    let after = lab.ctl_json(&["vip", "show", "pay-vip"]);
+    assert_eq!((after["owner"]["port"].as_str(), after["owner"]["chassis"].as_str()), (Some("pay2"), Some("hv2")));
+    assert!(text(&lab.exec("pay2", &["ip", "-4", "addr", "show"])).contains("192.168.10.100"));
+    assert_eq!(lab.keepalived_complaints(), Vec::<String>::new(), "keepalived complained");
+}
+
+#[test]
+fn ovs_agent_restart_loses_no_probe() {
+    if !ovs_or_skip("ovs_agent_restart_loses_no_probe") {
+        return;
+    }
+    let lab = Lab::up_full("headend", true, false, true, "advert_int = 0.1", OVS_GRE);
+    lab.wait_reachable("client", "192.168.10.12");
+    let probe = lab.probe("client", "192.168.10.12", 4);
+    std::thread::sleep(Duration::from_millis(800));
+    // The agent of pay2's chassis: its switch keeps forwarding, reconnects,
+    // and the full resync adds before it deletes.
+    let cmd = lab.kill_agent("hv2");
+    let mut restarted = lab.start_agent("hv2", &cmd);
+    let p = probe.finish();
+    let still_up = restarted.child.as_mut().unwrap().try_wait().unwrap().is_none();
+    drop(restarted);
+    assert!(still_up, "the restarted agent exited");
+    assert!(p.sent > 100, "the prober did not run: {p:?}");
+    assert_eq!(p.replies, p.sent, "probes lost across an agent restart: {p:?}");
 }
