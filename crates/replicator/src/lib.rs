@@ -68,6 +68,7 @@ mod driver;
 pub mod engine;
 #[cfg(test)]
 mod engine_props;
+#[cfg(feature = "driver")]
 pub mod gre;
 #[cfg(feature = "driver")]
 pub mod sniff;
