@@ -157,6 +157,7 @@ pub async fn run(c: Arc<Controller>, sock: UdpSocket, cfg: LivenessConfig) -> st
 /// Writes a chassis' liveness (nothing if it already says so).
 async fn set(c: &Controller, name: &str, alive: bool, last_heard_ms: u64) {
     let since_ms = now_ms();
+    let started = Instant::now();
     let r = c
         .write(|s| {
             let Some(ch) = s.chassis.get(name) else { return Ok(vec![]) };
@@ -174,7 +175,8 @@ async fn set(c: &Controller, name: &str, alive: bool, last_heard_ms: u64) {
                 .liveness_changes
                 .get_or_create(&crate::metrics::HeartbeatLabels { result: if alive { "alive" } else { "dead" } })
                 .inc();
-            tracing::info!(chassis = name, alive, revision, "chassis liveness written");
+            let write_ms = started.elapsed().as_secs_f64() * 1000.0;
+            tracing::info!(chassis = name, alive, revision, write_ms, "chassis liveness written");
         }
         Err(e) => tracing::warn!(chassis = name, alive, error = ?e, "writing chassis liveness"),
     }
