@@ -356,7 +356,6 @@ impl Agent {
             let advert = m.priority_zero();
             let mut frames = 0;
             for (port, (eth_dst, dst)) in &m.receivers {
-                let Some(io) = self.ports.get(port) else { continue };
                 let dst_mac = if dst.is_multicast() { None } else { Some(*eth_dst) };
                 let frame = match vipcast_packet::build::vrrp_frame(m.eth_src, dst_mac, m.src, *dst, &advert) {
                     Ok(f) => f,
@@ -366,7 +365,12 @@ impl Agent {
                     }
                 };
                 for _ in 0..3 {
-                    match io.send(&frame) {
+                    let sent = match (&self.ovs, self.vm_ifnames.get(port), self.ports.get(port)) {
+                        (Some(ovs), Some((_, ifname)), _) => ovs.packet_out(ifname, &frame),
+                        (None, _, Some(io)) => io.send(&frame).map_err(anyhow::Error::from),
+                        _ => break,
+                    };
+                    match sent {
                         Ok(()) => frames += 1,
                         Err(e) => tracing::warn!(port, error = %e, "sending a priority-0 advert"),
                     }

@@ -28,10 +28,11 @@
 //! * Every connection starts from what the switch reports; [`Ovs::apply`]
 //!   keeps the last inputs, so a reconnection is re-synchronised without
 //!   waiting for the agent's next call.
-//! * VRRP adverts arriving from the tunnel reach the controller too but are
-//!   dropped here: the local port they would be delivered to is not known
-//!   at this point (the kernel data plane reports them as
-//!   [`Frame::Delivered`]; the OVS data plane does not yet).
+//! * VRRP adverts arriving from the tunnel reach the controller too and are
+//!   reported as [`Frame::Delivered`], once per local port of the VPC the
+//!   switch delivers them to (every one for the multicast group, the port
+//!   with the destination address for unicast): what the kernel data plane's
+//!   sniffers see leave towards the VMs, for the dead-chassis assist.
 //! * The tunnel ports must be named [`VXLAN_PORT_NAME`] and
 //!   [`GRE_PORT_NAME`] (`options:key=flow options:remote_ip=flow`).
 
@@ -489,8 +490,10 @@ fn handle(shared: &Shared, conn: &Conn, responses: &mpsc::UnboundedSender<Messag
 
 fn packet_in(shared: &Shared, pin: &vipcast_openflow::PacketIn) {
     let Some(in_port) = pin.in_port() else { return };
-    // Only frames from VM ports are reported; VRRP from the tunnel is dropped (module doc).
-    let Some(port) = lock(&shared.names).get(&in_port).cloned() else { return };
+    let Some(port) = lock(&shared.names).get(&in_port).cloned() else {
+        delivered_from_tunnel(shared, pin);
+        return;
+    };
     let frame = &pin.data;
     let parsed =
         match announce::classify(frame) {
@@ -503,6 +506,35 @@ fn packet_in(shared: &Shared, pin: &vipcast_openflow::PacketIn) {
     let seen = Seen { port, frame, at_ms: vipcast_controller::now_ms() };
     if let Err(e) = shared.seen.try_send(seen) {
         tracing::warn!(error = %e, "dropping a frame from the switch: the agent is not keeping up");
+    }
+}
+
+/// A VRRP advert from the tunnel: one `Delivered` per local port of its VPC
+/// (by the VNI the classifier wrote into the metadata) that receives it.
+fn delivered_from_tunnel(shared: &Shared, pin: &vipcast_openflow::PacketIn) {
+    let vni = pin.match_.fields.iter().find_map(|f| match f {
+        vipcast_openflow::OxmField::Metadata { value, .. } => Some((value & ovs_flows::VNI_MASK) as u32),
+        _ => None,
+    });
+    let Some(vni) = vni else { return };
+    let Ok((eth, ip, advert)) = vrrp::parse_frame(&pin.data, ChecksumPolicy::AllowLegacyUnicast) else { return };
+    let receivers: Vec<String> = {
+        let inputs = lock(&shared.inputs);
+        let Some(vpc) = inputs.as_ref().and_then(|i| i.view.vpcs.values().find(|v| v.vni == vni)) else { return };
+        vpc.local_ports.iter().filter(|p| ip.dst().is_multicast() || p.ip == ip.dst()).map(|p| p.name.clone()).collect()
+    };
+    for port in receivers {
+        let frame = Frame::Delivered {
+            eth_src: eth.src,
+            eth_dst: eth.dst,
+            src: ip.src(),
+            dst: ip.dst(),
+            advert: advert.clone(),
+        };
+        let seen = Seen { port, frame, at_ms: vipcast_controller::now_ms() };
+        if let Err(e) = shared.seen.try_send(seen) {
+            tracing::warn!(error = %e, "dropping a frame from the switch: the agent is not keeping up");
+        }
     }
 }
 

@@ -620,13 +620,24 @@ fn agent_restart_loses_no_probe() {
 
 #[test]
 fn a_dead_chassis_masters_are_spoken_for() {
+    dead_chassis(Plane::KERNEL);
+}
+
+#[test]
+fn a_dead_chassis_masters_are_spoken_for_on_ovs_chassis() {
+    if ovs_or_skip("a_dead_chassis_masters_are_spoken_for_on_ovs_chassis") {
+        dead_chassis(OVS_GRE);
+    }
+}
+
+fn dead_chassis(plane: Plane) {
     // keepalived's default interval (1 s, VRRPv3): a native takeover waits
     // Master_Down_Interval (3.6 s) from the last advert, so at least 2.6 s
     // after the fault; the assisted one at most 1.25 intervals (the adverts
     // must have stopped) + the backup's skew time (0.61 s) after it. The
     // margin survives a loaded machine, where the liveness write and the
     // watch push can take a while (the drill measures the 0.1 s case).
-    let lab = Lab::up_vrrp("headend", true, false, true, "advert_int = 1");
+    let lab = Lab::up_full("headend", true, false, true, "advert_int = 1", plane);
     lab.wait_reachable("client", "192.168.10.100");
     let probe = lab.probe("client", "192.168.10.100", 7);
     std::thread::sleep(Duration::from_millis(1500));
@@ -638,7 +649,7 @@ fn a_dead_chassis_masters_are_spoken_for() {
         Command::new("ip").args(["-n", &format!("{}-net", lab.name), "link", "set", "hv1", "down"]).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let p = probe.finish();
-    eprintln!("chassis down, assisted (advert_int 1): {p:?}");
+    eprintln!("chassis down, assisted (advert_int 1, {plane:?}): {p:?}");
     assert!(p.sent > 100 && p.replies > 50, "the prober did not run: {p:?}");
     assert!(p.longest_gap < 2.5, "chassis-down failover took {:.3} s (native: 2.6 to 3.6 s)", p.longest_gap);
     assert_eq!(lab.ctl_json(&["chassis", "show", "hv1"])["liveness"]["alive"], false);
