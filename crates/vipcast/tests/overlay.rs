@@ -729,6 +729,8 @@ fn ovs_and_kernel_chassis_share_a_vxlan_vpc() {
     ] {
         lab.wait_reachable(from, to);
     }
+    // stage1 (VPC stage, pay1's address) is on hv3, an Open vSwitch chassis here.
+    isolation(&lab);
 }
 
 #[test]
