@@ -110,6 +110,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         port_up: HashMap::new(),
         ovs,
         vm_ifnames: BTreeMap::new(),
+        send_socks: std::sync::Mutex::new(HashMap::new()),
     };
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     // Only while a master on a dead chassis may still need speaking for.
@@ -168,6 +169,8 @@ struct Agent {
     ovs: Option<ovs::Ovs>,
     /// Local ports -> (ifindex, interface), as last listed (Open vSwitch mode).
     vm_ifnames: BTreeMap<String, (u32, String)>,
+    /// Send-only packet sockets on VPC bridges, by ifindex (assisted adverts).
+    send_socks: std::sync::Mutex<HashMap<u32, vipcast_sys::PacketSocket>>,
 }
 
 impl Agent {
@@ -454,13 +457,26 @@ impl Agent {
             return Ok(frames.len() * 3);
         }
         let bridge = vipcast_sys::ifindex(&plan::bridge_name(vni))?;
-        let sock = vipcast_sys::PacketSocket::bind(bridge, vipcast_sys::ETH_P_ALL)?;
+        let mut socks = self.send_socks.lock().unwrap_or_else(|p| p.into_inner());
+        // Kept per bridge, and bound with protocol 0 (send only): opening an
+        // ETH_P_ALL socket and binding it waits for an RCU grace period
+        // (~30 ms here), which would delay the advert that much.
+        let sock = match socks.entry(bridge) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(vipcast_sys::PacketSocket::bind(bridge, 0)?),
+        };
+        let mut sent = 0;
         for _ in 0..3 {
             for f in &frames {
-                sock.send(f)?;
+                if let Err(e) = sock.send(f) {
+                    // The bridge may have been recreated: open again next time.
+                    socks.remove(&bridge);
+                    return Err(e.into());
+                }
+                sent += 1;
             }
         }
-        Ok(frames.len() * 3)
+        Ok(sent)
     }
 
     /// Opens sockets on local ports that appeared, closes those that went.
