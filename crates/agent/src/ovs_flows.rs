@@ -79,6 +79,7 @@ const IP_PROTO_ICMPV6: u8 = 58;
 const IP_PROTO_VRRP: u8 = 112;
 const ICMPV6_NA: u8 = 136;
 const ARP_OP_REQUEST: u16 = 1;
+const ARP_OP_REPLY: u16 = 2;
 const MULTICAST: MacAddr = MacAddr([1, 0, 0, 0, 0, 0]);
 
 /// Priorities.
@@ -273,6 +274,16 @@ fn vpc_flows(d: &mut Desired, vpc: &VpcView, ports: &Ports, replicator: &dyn Fn(
                 .with(OxmField::Ipv6NdTarget(ip)),
         };
         d.flow(Flow::new(TABLE_ARP, prio::ANNOUNCE, m, sniff.clone()));
+        // The other announcement form: an ARP reply for the VIP, broadcast.
+        if let IpAddr::V4(ip) = vip.ip {
+            let m = Match::new()
+                .with(from_local(vni))
+                .with(OxmField::eth_dst(MacAddr::BROADCAST))
+                .with(OxmField::EthType(ETH_TYPE_ARP))
+                .with(OxmField::ArpOp(ARP_OP_REPLY))
+                .with(OxmField::arp_spa(ip));
+            d.flow(Flow::new(TABLE_ARP, prio::ANNOUNCE, m, sniff.clone()));
+        }
     }
     for eth_type in [ETH_TYPE_IPV4, ETH_TYPE_IPV6] {
         let m = Match::new().with(in_vpc(vni)).with(OxmField::EthType(eth_type)).with(OxmField::IpProto(IP_PROTO_VRRP));
@@ -539,9 +550,10 @@ mod tests {
         let d2 = desired(&view, &ports(), &|_| None);
         assert_eq!(d2.groups[&group_from_local(200)].buckets, [Bucket::new(vec![Action::output(11)])]);
 
-        // Counts: 3 misses; a: 1+1 classify, 1 GARP, 2 VRRP, 2x3 neighbours (a1, a2, VIP), 1+1 unicast,
-        // 2+2 flood = 17; b: 1+1 classify, 2 VRRP, 2x2 neighbours, 1+1 unicast, 4 flood = 14.
-        assert_eq!(d.flows.len(), 3 + 17 + 14);
+        // Counts: 3 misses; a: 1+1 classify, 1+1 announcements (GARP, broadcast reply), 2 VRRP, 2x3
+        // neighbours (a1, a2, VIP), 1+1 unicast, 2+2 flood = 18; b: 1+1 classify, 2 VRRP, 2x2 neighbours,
+        // 1+1 unicast, 4 flood = 14.
+        assert_eq!(d.flows.len(), 3 + 18 + 14);
         assert_eq!(d.groups.len(), 4);
         // Every cookie is tagged and unique per (table, priority, match).
         assert!(d.flows.iter().all(|(c, f)| *c & (0xff << 56) == COOKIE_TAG && f.cookie == *c));
