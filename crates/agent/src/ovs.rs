@@ -18,10 +18,10 @@
 //!   lacks, or holds with other instructions, is added (an add replaces the
 //!   flow with the same table, priority and match in place), then what is
 //!   not desired is deleted one by one (strict, by match, priority and
-//!   cookie). Groups are added; one the switch already has (a previous
-//!   agent's) is modified instead. A group left over from a previous agent
-//!   is deleted only when a stale flow refers to it (groups are not read
-//!   back).
+//!   cookie). Groups are read back too (group descriptions): a desired
+//!   group the switch holds with other buckets is modified in place, one it
+//!   lacks is added, and one not desired is deleted after the flows that
+//!   used it.
 //! * Flows survive a disconnection from the agent (`fail_mode=secure`), so
 //!   an agent restart does not interrupt forwarding; they do not survive a
 //!   restart of `ovs-vswitchd`, which the resync covers.
@@ -367,8 +367,8 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
     let reader = tokio::spawn(read_loop(shared.clone(), conn.clone(), resp_tx, rd));
     let _reader = AbortOnDrop(reader.abort_handle());
 
-    let installed = match handshake(&conn, &mut responses).await {
-        Ok(flows) => flows,
+    let (installed, groups) = match handshake(&conn, &mut responses).await {
+        Ok(x) => x,
         Err(e) => {
             tracing::warn!(error = %e, "switch handshake failed");
             return;
@@ -376,7 +376,14 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
     };
     {
         let mut session = shared.session.lock().await;
-        *session = Session { conn: Some(conn.clone()), responses: Some(responses), ..Session::default() };
+        *session = Session {
+            conn: Some(conn.clone()),
+            responses: Some(responses),
+            // Every group the switch holds is ours: stale ones are deleted.
+            groups: groups.into_iter().map(|(id, buckets)| (id, Some(buckets))).collect(),
+            groups_known: true,
+            ..Session::default()
+        };
         for f in installed {
             if f.cookie & (0xff << 56) == COOKIE_TAG && !session.flows.contains_key(&f.cookie) {
                 session.flows.insert(f.cookie, f);
@@ -565,7 +572,10 @@ async fn reply(responses: &mut mpsc::UnboundedReceiver<Message>, xid: u32, what:
 }
 
 /// HELLO, FEATURES, SET_CONFIG, PORT_DESC and a dump of the flows the switch holds.
-async fn handshake(conn: &Conn, responses: &mut mpsc::UnboundedReceiver<Message>) -> anyhow::Result<Vec<Installed>> {
+/// What the switch holds when it connects: its flows, and its groups' buckets.
+type Held = (Vec<Installed>, BTreeMap<u32, Vec<Bucket>>);
+
+async fn handshake(conn: &Conn, responses: &mut mpsc::UnboundedReceiver<Message>) -> anyhow::Result<Held> {
     conn.send(Body::Hello(Hello::default()))?;
     let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
     loop {
@@ -605,7 +615,17 @@ async fn handshake(conn: &Conn, responses: &mut mpsc::UnboundedReceiver<Message>
             }));
         }
     }
-    Ok(flows)
+    let xid =
+        conn.send(Body::MultipartRequest(MultipartRequest { flags: 0, body: MultipartRequestBody::GroupDesc }))?;
+    let mut groups = BTreeMap::new();
+    for part in reply(responses, xid, "group description request").await? {
+        if let Body::MultipartReply(r) = part
+            && let MultipartReplyBody::GroupDesc(list) = r.body
+        {
+            groups.extend(list.into_iter().map(|g| (g.group_id, g.buckets)));
+        }
+    }
+    Ok((flows, groups))
 }
 
 async fn apply_locked(shared: &Shared, session: &mut Session, inputs: &Inputs) -> anyhow::Result<Changes> {

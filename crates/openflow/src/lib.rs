@@ -57,7 +57,7 @@ pub use message::{
     Message, OFP_VERSION, PacketIn, PacketOut, SwitchConfig, decode_message,
 };
 pub use multipart::{
-    FlowStats, FlowStatsRequest, MultipartReply, MultipartReplyBody, MultipartRequest, MultipartRequestBody,
+    FlowStats, FlowStatsRequest, GroupDesc, MultipartReply, MultipartReplyBody, MultipartRequest, MultipartRequestBody,
 };
 pub use oxm::{Match, OxmField, OxmHeader};
 pub use port::{Port, PortStatus, port_name};

@@ -428,6 +428,61 @@ pub struct GroupMod {
     pub buckets: Vec<Bucket>,
 }
 
+impl GroupType {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            GroupType::All => 0,
+            GroupType::Select => 1,
+            GroupType::Indirect => 2,
+            GroupType::FastFailover => 3,
+        }
+    }
+
+    pub(crate) fn from_code(what: &'static str, code: u8) -> Result<GroupType> {
+        Ok(match code {
+            0 => GroupType::All,
+            1 => GroupType::Select,
+            2 => GroupType::Indirect,
+            3 => GroupType::FastFailover,
+            other => return Err(Error::invalid(what, "type", other)),
+        })
+    }
+}
+
+/// Writes buckets (each with its length, 8-byte aligned).
+pub(crate) fn write_buckets(buckets: &[Bucket], out: &mut Vec<u8>) -> Result<()> {
+    for bucket in buckets {
+        let start = out.len();
+        let len_at = reserve_u16(out);
+        put_u16(out, bucket.weight);
+        put_u32(out, bucket.watch_port);
+        put_u32(out, bucket.watch_group);
+        out.extend_from_slice(&[0; 4]);
+        encode_actions(&bucket.actions, out)?;
+        patch_len(out, len_at, start, "bucket")?;
+    }
+    Ok(())
+}
+
+/// Reads buckets to the end of `r`.
+pub(crate) fn read_buckets(r: &mut Reader<'_>) -> Result<Vec<Bucket>> {
+    let mut buckets = Vec::new();
+    while !r.is_empty() {
+        let len = usize::from({ *r }.u16()?);
+        if len < 16 || len % 8 != 0 {
+            return Err(Error::BadLength { what: "bucket", length: len });
+        }
+        let mut b = r.sub(len, "bucket")?;
+        b.skip(2)?;
+        let weight = b.u16()?;
+        let watch_port = b.u32()?;
+        let watch_group = b.u32()?;
+        b.skip(4)?;
+        buckets.push(Bucket { weight, watch_port, watch_group, actions: read_actions(&mut b)? });
+    }
+    Ok(buckets)
+}
+
 impl GroupMod {
     fn write(&self, out: &mut Vec<u8>) -> Result<()> {
         put_u16(
@@ -438,25 +493,10 @@ impl GroupMod {
                 GroupModCommand::Delete => 2,
             },
         );
-        out.push(match self.group_type {
-            GroupType::All => 0,
-            GroupType::Select => 1,
-            GroupType::Indirect => 2,
-            GroupType::FastFailover => 3,
-        });
+        out.push(self.group_type.code());
         out.push(0);
         put_u32(out, self.group_id);
-        for bucket in &self.buckets {
-            let start = out.len();
-            let len_at = reserve_u16(out);
-            put_u16(out, bucket.weight);
-            put_u32(out, bucket.watch_port);
-            put_u32(out, bucket.watch_group);
-            out.extend_from_slice(&[0; 4]);
-            encode_actions(&bucket.actions, out)?;
-            patch_len(out, len_at, start, "bucket")?;
-        }
-        Ok(())
+        write_buckets(&self.buckets, out)
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self> {
@@ -466,29 +506,10 @@ impl GroupMod {
             2 => GroupModCommand::Delete,
             other => return Err(Error::invalid("group_mod", "command", other)),
         };
-        let group_type = match r.u8()? {
-            0 => GroupType::All,
-            1 => GroupType::Select,
-            2 => GroupType::Indirect,
-            3 => GroupType::FastFailover,
-            other => return Err(Error::invalid("group_mod", "type", other)),
-        };
+        let group_type = GroupType::from_code("group_mod", r.u8()?)?;
         r.skip(1)?;
         let group_id = r.u32()?;
-        let mut buckets = Vec::new();
-        while !r.is_empty() {
-            let len = usize::from({ *r }.u16()?);
-            if len < 16 || len % 8 != 0 {
-                return Err(Error::BadLength { what: "bucket", length: len });
-            }
-            let mut b = r.sub(len, "bucket")?;
-            b.skip(2)?;
-            let weight = b.u16()?;
-            let watch_port = b.u32()?;
-            let watch_group = b.u32()?;
-            b.skip(4)?;
-            buckets.push(Bucket { weight, watch_port, watch_group, actions: read_actions(&mut b)? });
-        }
+        let buckets = read_buckets(r)?;
         Ok(GroupMod { command, group_type, group_id, buckets })
     }
 }

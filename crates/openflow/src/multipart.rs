@@ -6,6 +6,7 @@
 //! ```
 
 use crate::instruction::{Instruction, encode_instructions, read_instructions};
+use crate::message::{Bucket, GroupType, read_buckets, write_buckets};
 use crate::oxm::Match;
 use crate::port::Port;
 use crate::wire::{Reader, patch_len, put_u16, put_u32, put_u64, reserve_u16};
@@ -15,6 +16,8 @@ use crate::{Error, OFPG_ANY, OFPP_ANY, Result};
 pub const OFPMP_FLOW: u16 = 1;
 /// Multipart type: description of every port (empty request body).
 pub const OFPMP_PORT_DESC: u16 = 13;
+/// Multipart type: every group's description.
+pub const OFPMP_GROUP_DESC: u16 = 7;
 /// Multipart flag: more parts follow (request or reply).
 pub const OFPMPF_MORE: u16 = 1;
 /// `table_id` that means every table.
@@ -65,12 +68,22 @@ pub struct FlowStats {
     pub instructions: Vec<Instruction>,
 }
 
+/// One group as the switch holds it (`ofp_group_desc`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GroupDesc {
+    pub group_type: GroupType,
+    pub group_id: u32,
+    pub buckets: Vec<Bucket>,
+}
+
 /// The body of a multipart request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum MultipartRequestBody {
     Flow(FlowStatsRequest),
     /// Every port's description.
     PortDesc,
+    /// Every group's description.
+    GroupDesc,
     /// Any other multipart type: the bytes after the multipart header.
     Other {
         mp_type: u16,
@@ -92,6 +105,8 @@ pub enum MultipartReplyBody {
     Flow(Vec<FlowStats>),
     /// Ports (one part of the list when `OFPMPF_MORE` is set).
     PortDesc(Vec<Port>),
+    /// Groups (one part of the list when `OFPMPF_MORE` is set).
+    GroupDesc(Vec<GroupDesc>),
     /// Any other multipart type: the bytes after the multipart header.
     Other {
         mp_type: u16,
@@ -130,6 +145,10 @@ impl MultipartRequest {
                 write_head(out, OFPMP_PORT_DESC, self.flags);
                 Ok(())
             }
+            MultipartRequestBody::GroupDesc => {
+                write_head(out, OFPMP_GROUP_DESC, self.flags);
+                Ok(())
+            }
             MultipartRequestBody::Other { mp_type, body } => {
                 write_head(out, *mp_type, self.flags);
                 out.extend_from_slice(body);
@@ -162,6 +181,7 @@ impl MultipartRequest {
                 })
             }
             OFPMP_PORT_DESC => MultipartRequestBody::PortDesc,
+            OFPMP_GROUP_DESC => MultipartRequestBody::GroupDesc,
             _ => MultipartRequestBody::Other { mp_type, body: r.rest().to_vec() },
         };
         Ok(MultipartRequest { flags, body })
@@ -196,6 +216,19 @@ impl MultipartReply {
             MultipartReplyBody::PortDesc(ports) => {
                 write_head(out, OFPMP_PORT_DESC, self.flags);
                 ports.iter().for_each(|p| p.write(out));
+                Ok(())
+            }
+            MultipartReplyBody::GroupDesc(groups) => {
+                write_head(out, OFPMP_GROUP_DESC, self.flags);
+                for g in groups {
+                    let start = out.len();
+                    let len_at = reserve_u16(out);
+                    out.push(g.group_type.code());
+                    out.push(0);
+                    put_u32(out, g.group_id);
+                    write_buckets(&g.buckets, out)?;
+                    patch_len(out, len_at, start, "group_desc")?;
+                }
                 Ok(())
             }
             MultipartReplyBody::Other { mp_type, body } => {
@@ -257,6 +290,23 @@ impl MultipartReply {
                     ports.push(Port::read(r)?);
                 }
                 MultipartReplyBody::PortDesc(ports)
+            }
+            OFPMP_GROUP_DESC => {
+                let mut groups = Vec::new();
+                while !r.is_empty() {
+                    let len = usize::from({ *r }.u16()?);
+                    if len < 8 {
+                        return Err(Error::BadLength { what: "group_desc", length: len });
+                    }
+                    let mut g = r.sub(len, "group_desc")?;
+                    g.skip(2)?;
+                    let group_type = GroupType::from_code("group_desc", g.u8()?)?;
+                    g.skip(1)?;
+                    let group_id = g.u32()?;
+                    let buckets = read_buckets(&mut g)?;
+                    groups.push(GroupDesc { group_type, group_id, buckets });
+                }
+                MultipartReplyBody::GroupDesc(groups)
             }
             _ => MultipartReplyBody::Other { mp_type, body: r.rest().to_vec() },
         };

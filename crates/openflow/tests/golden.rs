@@ -355,6 +355,29 @@ fn group_mod_all_with_two_buckets() {
 }
 
 #[test]
+fn group_description_request_and_reply() {
+    both_ways(
+        &Message::new(
+            0x40,
+            Body::MultipartRequest(MultipartRequest { flags: 0, body: MultipartRequestBody::GroupDesc }),
+        ),
+        &hex("04 12 0010 00000040 | 0007 0000 00000000"),
+    );
+    let g =
+        GroupDesc { group_type: GroupType::All, group_id: 200, buckets: vec![Bucket::new(vec![Action::output(3)])] };
+    both_ways(
+        &Message::new(
+            0x40,
+            Body::MultipartReply(MultipartReply { flags: 0, body: MultipartReplyBody::GroupDesc(vec![g]) }),
+        ),
+        &hex("04 13 0038 00000040 | 0007 0000 00000000 | 0028 00 00 000000c8 \
+              | 0020 0000 ffffffff ffffffff 00000000 | 0000 0010 00000003 0000 000000000000"),
+    );
+    // A group description shorter than its fixed part.
+    assert!(decode_message(&hex("04 13 0018 00000040 | 0007 0000 00000000 | 0004 00 00 00000001")).is_err());
+}
+
+#[test]
 fn packet_in_from_a_tunnel() {
     let frame = hex("ffffffffffff 02005e00010a 0806");
     let pin = PacketIn {

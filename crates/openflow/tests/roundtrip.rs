@@ -296,8 +296,21 @@ fn body() -> impl Strategy<Value = Body> {
         })),
         any::<u16>()
             .prop_map(|flags| Body::MultipartRequest(MultipartRequest { flags, body: MultipartRequestBody::PortDesc })),
+        any::<u16>().prop_map(|flags| Body::MultipartRequest(MultipartRequest {
+            flags,
+            body: MultipartRequestBody::GroupDesc
+        })),
+        (any::<u16>(), vec(group_mod(), 0..3)).prop_map(|(flags, groups)| Body::MultipartReply(MultipartReply {
+            flags,
+            body: MultipartReplyBody::GroupDesc(
+                groups
+                    .into_iter()
+                    .map(|g| GroupDesc { group_type: g.group_type, group_id: g.group_id, buckets: g.buckets })
+                    .collect()
+            )
+        })),
         (any::<u8>(), port()).prop_map(|(reason, port)| Body::PortStatus(PortStatus { reason, port })),
-        (any::<u16>(), any::<u16>().prop_filter("parsed types", |t| *t != 1 && *t != 13), bytes()).prop_map(
+        (any::<u16>(), any::<u16>().prop_filter("parsed types", |t| *t != 1 && *t != 7 && *t != 13), bytes()).prop_map(
             |(flags, mp_type, body)| {
                 Body::MultipartReply(MultipartReply { flags, body: MultipartReplyBody::Other { mp_type, body } })
             }
