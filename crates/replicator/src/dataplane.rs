@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use vipcast_sys::udp::{self, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, RecvBatch, SendBatch};
 
-use crate::engine::{Action, Config, DropReason, Sniffed, Table};
+use crate::engine::{Action, Config, DropReason, Table};
 
 /// How the workers do I/O.
 #[derive(Debug, Clone)]
@@ -142,7 +142,7 @@ impl Dataplane {
         sockets: Vec<UdpSocket>,
         table: Table,
         io: IoConfig,
-        sniff: Option<tokio::sync::mpsc::Sender<Sniffed>>,
+        sniff: Option<tokio::sync::mpsc::Sender<crate::sniff::SniffEvent>>,
     ) -> io::Result<Dataplane> {
         let shared = Arc::new(SharedDebug(Shared {
             table: Mutex::new(Arc::new(table)),
@@ -286,7 +286,7 @@ struct Local {
 struct Worker {
     sock: UdpSocket,
     stats: Arc<WorkerStats>,
-    sniff: Option<tokio::sync::mpsc::Sender<Sniffed>>,
+    sniff: Option<tokio::sync::mpsc::Sender<crate::sniff::SniffEvent>>,
     rx: RecvBatch,
     tx: SendBatch,
     items: Vec<Item>,
@@ -299,7 +299,7 @@ impl Worker {
         sock: UdpSocket,
         io: &IoConfig,
         stats: Arc<WorkerStats>,
-        sniff: Option<tokio::sync::mpsc::Sender<Sniffed>>,
+        sniff: Option<tokio::sync::mpsc::Sender<crate::sniff::SniffEvent>>,
     ) -> Worker {
         let gso = io.gso && udp::gso_supported(&sock);
         let batch = io.batch.clamp(1, 1024);
@@ -354,7 +354,16 @@ impl Worker {
             };
             let decision = table.handle(now, from, d.data);
             if let (Some(s), Some(tx)) = (decision.sniffed, &self.sniff)
-                && tx.try_send(s).is_err()
+                && tx.try_send(crate::sniff::SniffEvent::Announcement(s)).is_err()
+            {
+                self.local.sniff_overflow += 1;
+            }
+            if let (Action::Replicate { slot, .. }, Some(tx)) = (decision.action, &self.sniff)
+                && let Some(v) = table
+                    .slots()
+                    .get(slot)
+                    .and_then(|s| crate::sniff::vrrp_of(s.vni, from.ip(), d.data.get(8..).unwrap_or_default()))
+                && tx.try_send(crate::sniff::SniffEvent::Vrrp(v)).is_err()
             {
                 self.local.sniff_overflow += 1;
             }

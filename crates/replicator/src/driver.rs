@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 pub use crate::dataplane::{Dataplane, IoConfig, bind_sockets};
-use crate::engine::{Config, Sniffed, Table};
+use crate::engine::{Config, Table};
 use crate::{admin, sniff, sync};
 
 /// How a replicator runs.
@@ -77,7 +77,7 @@ pub fn start(
     admin_listener: Option<tokio::net::TcpListener>,
 ) -> anyhow::Result<(Running, impl Future<Output = anyhow::Error>)> {
     let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).build()?;
-    let (sniff_tx, sniff_rx) = mpsc::channel::<Sniffed>(4096);
+    let (sniff_tx, sniff_rx) = mpsc::channel::<sniff::SniffEvent>(4096);
     let sniff_tx_gre = sniff_tx.clone();
     let dataplane =
         Arc::new(Dataplane::start(sockets, Table::new(opts.engine, Instant::now()), opts.io.clone(), Some(sniff_tx))?);

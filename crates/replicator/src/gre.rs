@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use vipcast_sys::raw::{IPPROTO_GRE, RawIpv4Socket, ipv4_payload};
 
 use crate::dataplane::Dataplane;
-use crate::engine::{Action, DropReason, Sniffed};
+use crate::engine::{Action, DropReason};
 
 /// Counters of the GRE path.
 #[derive(Debug, Default)]
@@ -44,7 +44,7 @@ impl Drop for GreWorker {
 pub fn start(
     local: Ipv4Addr,
     dataplane: Arc<Dataplane>,
-    sniff: Option<tokio::sync::mpsc::Sender<Sniffed>>,
+    sniff: Option<tokio::sync::mpsc::Sender<crate::sniff::SniffEvent>>,
 ) -> std::io::Result<GreWorker> {
     let sock = RawIpv4Socket::bind(IPPROTO_GRE, local)?;
     sock.set_recv_timeout(Duration::from_millis(100))?;
@@ -60,7 +60,7 @@ pub fn start(
 fn run(
     sock: &RawIpv4Socket,
     dataplane: &Dataplane,
-    sniff: Option<tokio::sync::mpsc::Sender<Sniffed>>,
+    sniff: Option<tokio::sync::mpsc::Sender<crate::sniff::SniffEvent>>,
     stop: &AtomicBool,
     stats: &GreStats,
 ) {
@@ -80,7 +80,15 @@ fn run(
         let table = dataplane.table();
         let d = table.handle_gre(Instant::now(), IpAddr::V4(from), packet);
         if let (Some(s), Some(tx)) = (d.sniffed, &sniff) {
-            let _ = tx.try_send(s);
+            let _ = tx.try_send(crate::sniff::SniffEvent::Announcement(s));
+        }
+        if let (Action::Replicate { slot, .. }, Some(tx)) = (d.action, &sniff)
+            && let Some(v) = table.slots().get(slot).and_then(|s| {
+                let inner = vipcast_packet::gre::GrePacket::new_checked(packet).ok()?;
+                crate::sniff::vrrp_of(s.vni, IpAddr::V4(from), packet.get(inner.header_len()..)?)
+            })
+        {
+            let _ = tx.try_send(crate::sniff::SniffEvent::Vrrp(v));
         }
         match d.action {
             Action::Replicate { slot, skip } => {

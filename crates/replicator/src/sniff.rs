@@ -12,6 +12,12 @@
 //! keepalived sends its gratuitous ARPs in bursts of five; the first makes
 //! the claim, the other four are absorbed here. A claim that could not be
 //! delivered is forgotten, so the next announcement tries again.
+//!
+//! VRRP adverts crossing the replicator feed the VRRP view the same way:
+//! a master new or changed for its (VNI, VRID, family) is reported with
+//! `POST /v1/vrrp` for the chassis it came from (the same report that
+//! chassis' agent makes; the controller checks the MAC is a port there), so
+//! the view is kept even where an agent is down.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +30,84 @@ use vipcast_packet::MacAddr;
 
 use crate::engine::Sniffed;
 use crate::sync::Synced;
+use vipcast_packet::vrrp::{self, ChecksumPolicy, Version, VrrpRepr};
+
+/// A VRRP advert seen in a VNI's BUM stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VrrpSeen {
+    pub vni: u32,
+    /// Underlay IP of the chassis that sent it.
+    pub chassis_ip: std::net::IpAddr,
+    pub eth_src: MacAddr,
+    pub src: std::net::IpAddr,
+    pub dst: std::net::IpAddr,
+    pub advert: VrrpRepr,
+}
+
+/// What workers hand to the sniff task.
+#[derive(Debug, Clone)]
+pub enum SniffEvent {
+    Announcement(Sniffed),
+    Vrrp(VrrpSeen),
+}
+
+/// The VRRP advert in `inner` (an Ethernet frame), if it is one: a
+/// two-byte test first, so other frames cost next to nothing.
+pub fn vrrp_of(vni: u32, chassis_ip: std::net::IpAddr, inner: &[u8]) -> Option<VrrpSeen> {
+    let is_vrrp = match (inner.get(12), inner.get(13)) {
+        (Some(0x08), Some(0x00)) => inner.get(23) == Some(&112),
+        (Some(0x86), Some(0xdd)) => inner.get(20) == Some(&112),
+        _ => false,
+    };
+    if !is_vrrp {
+        return None;
+    }
+    let (eth, ip, advert) = vrrp::parse_frame(inner, ChecksumPolicy::AllowLegacyUnicast).ok()?;
+    Some(VrrpSeen { vni, chassis_ip, eth_src: eth.src, src: ip.src(), dst: ip.dst(), advert })
+}
+
+/// The masters last reported, by (VNI, VRID, IPv6?): source, MAC, advert
+/// and the destinations seen.
+type Reported =
+    HashMap<(u32, u8, bool), (std::net::IpAddr, MacAddr, VrrpRepr, std::collections::BTreeSet<std::net::IpAddr>)>;
+
+/// The report for `v` if it is a new master or tells something new.
+fn vrrp_report(reported: &mut Reported, state: &State, v: &VrrpSeen) -> Option<serde_json::Value> {
+    let key = (v.vni, v.advert.vrid, v.src.is_ipv6());
+    if v.advert.priority == 0 {
+        reported.remove(&key);
+        return None;
+    }
+    let dsts = match reported.get_mut(&key) {
+        Some((src, mac, advert, dsts)) if *src == v.src && *mac == v.eth_src && *advert == v.advert => {
+            if !dsts.insert(v.dst) {
+                return None;
+            }
+            dsts.clone()
+        }
+        _ => {
+            let dsts = std::collections::BTreeSet::from([v.dst]);
+            reported.insert(key, (v.src, v.eth_src, v.advert.clone(), dsts.clone()));
+            dsts
+        }
+    };
+    let vpc = state.vpcs.values().find(|p| p.vni == v.vni)?;
+    let chassis = state.chassis.values().find(|c| c.underlay_ip.to_canonical() == v.chassis_ip.to_canonical())?;
+    Some(serde_json::json!({
+        "vpc": vpc.name,
+        "vrid": v.advert.vrid,
+        "version": if v.advert.version == Version::V3 { 3 } else { 2 },
+        "master_ip": v.src,
+        "master_mac": v.eth_src,
+        "chassis": chassis.name,
+        "priority": v.advert.priority,
+        "interval_cs": v.advert.interval_cs,
+        "addresses": v.advert.addresses,
+        "destinations": dsts,
+        "auth_type": v.advert.auth_type,
+        "observed_at": vipcast_controller::now_ms(),
+    }))
+}
 
 /// Suppresses repeats of the last claim made for each VIP.
 #[derive(Debug)]
@@ -114,17 +198,37 @@ impl ClaimStats {
 pub async fn run(
     http: reqwest::Client,
     controller: String,
-    mut rx: mpsc::Receiver<Sniffed>,
+    mut rx: mpsc::Receiver<SniffEvent>,
     state: watch::Receiver<Synced>,
     stats: Arc<ClaimStats>,
     window: Duration,
 ) {
     let mut dedup = Dedup::new(window);
+    let mut reported = Reported::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(ClaimFor, bool)>();
     loop {
         tokio::select! {
             s = rx.recv() => {
-                let Some(s) = s else { return };
+                let s = match s {
+                    None => return,
+                    Some(SniffEvent::Announcement(s)) => s,
+                    Some(SniffEvent::Vrrp(v)) => {
+                        let report = vrrp_report(&mut reported, &state.borrow().state, &v);
+                        if let Some(body) = report {
+                            let (http, url) = (http.clone(), format!("{controller}/v1/vrrp"));
+                            tokio::spawn(async move {
+                                match http.post(&url).json(&body).send().await {
+                                    Ok(r) if r.status().is_success() => {
+                                        tracing::info!(vpc = %body["vpc"], vrid = %body["vrid"], master = %body["master_ip"], "VRRP master reported");
+                                    }
+                                    Ok(r) => tracing::warn!(status = %r.status(), "VRRP report refused"),
+                                    Err(e) => tracing::warn!(error = %e, "VRRP report failed"),
+                                }
+                            });
+                        }
+                        continue;
+                    }
+                };
                 stats.sniffed.fetch_add(1, Ordering::Relaxed);
                 let observed_at = vipcast_controller::now_ms();
                 let claim = resolve(&state.borrow().state, &s);
@@ -213,6 +317,79 @@ mod tests {
         assert!(d.should_claim(ms(1201), "other", A, "hv1"));
         d.forget("other", B, "hv1");
         assert!(!d.should_claim(ms(1202), "other", A, "hv1"));
+    }
+
+    #[test]
+    fn vrrp_adverts_are_reported_once_per_change() {
+        let mut s = State::default();
+        s.put(Object::Vpc(Vpc {
+            name: "prod".into(),
+            vni: 100,
+            bum: vipcast_model::BumMode::Replicator,
+            arp_suppression: false,
+            assist: false,
+            encap: vipcast_model::Encap::Vxlan,
+        }));
+        s.put(Object::Chassis(Chassis {
+            name: "hv1".into(),
+            underlay_ip: "10.0.0.1".parse().unwrap(),
+            role: Role::Hypervisor,
+            dataplane: vipcast_model::Dataplane::Kernel,
+            liveness: None,
+        }));
+        let advert = |priority| VrrpRepr {
+            version: Version::V3,
+            vrid: 51,
+            priority,
+            interval_cs: 10,
+            auth_type: 0,
+            auth_data: [0; 8],
+            addresses: vec!["192.168.10.100".parse().unwrap()],
+        };
+        let frame = |priority, dst: &str| {
+            vipcast_packet::build::vrrp_frame(
+                A,
+                None,
+                "192.168.10.11".parse().unwrap(),
+                dst.parse().unwrap(),
+                &advert(priority),
+            )
+            .unwrap()
+        };
+        let hv1: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let seen = |priority, dst: &str| vrrp_of(100, hv1, &frame(priority, dst)).unwrap();
+        // Not VRRP: nothing.
+        assert_eq!(
+            vrrp_of(
+                100,
+                hv1,
+                &vipcast_packet::build::garp(A, "192.168.10.100".parse().unwrap(), vipcast_packet::arp::ArpOp::Request)
+            ),
+            None
+        );
+        let mut r = Reported::new();
+        let first = vrrp_report(&mut r, &s, &seen(150, "224.0.0.18")).unwrap();
+        assert_eq!(
+            (first["vpc"].clone(), first["chassis"].clone(), first["priority"].clone()),
+            (serde_json::json!("prod"), serde_json::json!("hv1"), serde_json::json!(150))
+        );
+        // The same advert again: nothing; another destination or priority: a report.
+        assert!(vrrp_report(&mut r, &s, &seen(150, "224.0.0.18")).is_none());
+        assert!(vrrp_report(&mut r, &s, &seen(150, "192.168.10.12")).is_some());
+        assert!(vrrp_report(&mut r, &s, &seen(140, "224.0.0.18")).is_some());
+        // A master leaving is forgotten; its return is new again.
+        assert!(vrrp_report(&mut r, &s, &seen(0, "224.0.0.18")).is_none());
+        assert!(vrrp_report(&mut r, &s, &seen(140, "224.0.0.18")).is_some());
+        // From an unknown chassis or VNI: nothing to say.
+        assert!(
+            vrrp_report(
+                &mut Reported::new(),
+                &s,
+                &vrrp_of(100, "10.9.9.9".parse().unwrap(), &frame(150, "224.0.0.18")).unwrap()
+            )
+            .is_none()
+        );
+        assert!(vrrp_report(&mut Reported::new(), &s, &vrrp_of(7, hv1, &frame(150, "224.0.0.18")).unwrap()).is_none());
     }
 
     #[test]

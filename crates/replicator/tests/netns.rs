@@ -547,6 +547,15 @@ fn keepalived_elects_one_master_across_chassis_and_its_failover_is_claimed() {
         assert!(!has_vip(1), "vm2 holds the VIP too: the adverts did not cross");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // With no agent anywhere, the VRRP view comes from the replicator alone.
+    let master_port = |want: &str| {
+        let v = p.api("GET", "/v1/vips/pay-vip", Value::Null);
+        v["vrrp"][0]["master"]["port"] == want
+            && v["vrrp"][0]["vrid"] == 51
+            && v["vrrp"][0]["priority"].as_u64().is_some()
+            && v["vrrp"][0]["destinations"] == json!(["224.0.0.18"])
+    };
+    wait_for("the VRRP view naming vm1 master", Duration::from_secs(5), || master_port("vm1"));
     // vm1 dies (its port goes down): vm2 takes over and its GARPs move the VIP.
     let started = Instant::now();
     t.vms[0].ip(&["link", "set", &t.eth(0), "down"]).unwrap();
@@ -557,6 +566,7 @@ fn keepalived_elects_one_master_across_chassis_and_its_failover_is_claimed() {
     let hist = hist.as_array().unwrap();
     assert_eq!(hist.len(), 2, "{hist:?}");
     assert!(hist.iter().all(|h| h["source"] == "replicator"));
+    wait_for("the VRRP view naming vm2 master", Duration::from_secs(5), || master_port("vm2"));
     drop(daemons);
 }
 
