@@ -395,15 +395,24 @@ impl Agent {
         }
     }
 
-    /// POSTs `body` to the controller in the background (3 tries), logging
-    /// the outcome.
-    fn post(&self, path: String, body: serde_json::Value, what: &'static str) {
+    /// POSTs `body` to the controller in the background (3 tries, 50 ms
+    /// apart), handing the answer to `answered` and logging refusals.
+    fn post(
+        &self,
+        path: String,
+        body: serde_json::Value,
+        what: &'static str,
+        answered: impl FnOnce(serde_json::Value) + Send + 'static,
+    ) {
         let url = format!("{}{path}", self.cfg.controller.trim_end_matches('/'));
         let http = self.http.clone();
         tokio::spawn(async move {
             for attempt in 0..3 {
                 match http.post(&url).json(&body).send().await {
-                    Ok(r) if r.status().is_success() => return,
+                    Ok(r) if r.status().is_success() => {
+                        answered(r.json().await.unwrap_or_default());
+                        return;
+                    }
                     Ok(r) => {
                         let status = r.status();
                         let text = r.text().await.unwrap_or_default();
@@ -412,7 +421,7 @@ impl Agent {
                     }
                     Err(e) => tracing::warn!(what, attempt, error = %e, "controller unreachable; retrying"),
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
     }
@@ -426,7 +435,7 @@ impl Agent {
             "master": master,
             "at_ms": vipcast_controller::now_ms(),
         });
-        self.post(format!("/v1/vrrp/{vpc}/{id}/assists"), body, "assisted handover report");
+        self.post(format!("/v1/vrrp/{vpc}/{id}/assists"), body, "assisted handover report", |_| {});
     }
 
     /// Sends, three times, the master's priority-0 advert to each destination
@@ -563,21 +572,16 @@ impl Agent {
                 let Some(port) = self.synced.state.ports.get(&seen.port) else { return };
                 let origin = assist::Origin { vpc: port.vpc.clone(), port: seen.port.clone(), eth_src, src, dst };
                 if let Some(m) = self.masters.observe(origin, &advert, Instant::now()) {
-                    let report = serde_json::json!({
-                        "vpc": m.vpc,
-                        "vrid": m.advert.vrid,
-                        "version": if m.advert.version == vipcast_packet::vrrp::Version::V3 { 3 } else { 2 },
-                        "master_ip": m.src,
-                        "master_mac": m.eth_src,
-                        "chassis": self.cfg.chassis,
-                        "priority": m.advert.priority,
-                        "interval_cs": m.advert.interval_cs,
-                        "addresses": m.advert.addresses,
-                        "destinations": m.dsts,
-                        "auth_type": m.advert.auth_type,
-                        "observed_at": seen.at_ms,
-                    });
-                    self.post("/v1/vrrp".to_string(), report, "VRRP master report");
+                    let report = vipcast_controller::VrrpReport::new(
+                        &m.vpc,
+                        &self.cfg.chassis,
+                        m.eth_src,
+                        m.src,
+                        &m.advert,
+                        m.dsts.iter().copied(),
+                    );
+                    let report = serde_json::to_value(report).unwrap_or_default();
+                    self.post("/v1/vrrp".to_string(), report, "VRRP master report", |_| {});
                 }
                 if advert.priority > 0 {
                     for ip in &advert.addresses {
@@ -623,32 +627,16 @@ impl Agent {
         if self.recent_claims.len() > 4096 {
             self.recent_claims.retain(|_, t| t.elapsed() < Duration::from_secs(5));
         }
-        let url = format!("{}/v1/vips/{}/claims", self.cfg.controller.trim_end_matches('/'), vip.spec.name);
         let body = serde_json::json!({
             "mac": mac,
             "chassis": self.cfg.chassis,
             "source": ClaimSource::Agent,
             "observed_at": at_ms,
         });
-        let http = self.http.clone();
         let name = vip.spec.name.clone();
         tracing::info!(vip = name, %mac, port = port_name, why, "announcement sniffed; claiming");
-        tokio::spawn(async move {
-            for attempt in 0..3 {
-                match http.post(&url).json(&body).send().await {
-                    Ok(r) if r.status().is_success() => {
-                        let v: serde_json::Value = r.json().await.unwrap_or_default();
-                        tracing::info!(vip = name, result = %v["result"], generation = %v["owner"]["generation"], "claim answered");
-                        return;
-                    }
-                    Ok(r) => {
-                        tracing::warn!(vip = name, status = %r.status(), "claim refused");
-                        return;
-                    }
-                    Err(e) => tracing::warn!(vip = name, attempt, error = %e, "claim failed; retrying"),
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        self.post(format!("/v1/vips/{name}/claims"), body, "claim", move |v| {
+            tracing::info!(vip = name, result = %v["result"], generation = %v["owner"]["generation"], "claim answered");
         });
     }
 }

@@ -284,29 +284,26 @@ impl Ovs {
 
     /// Sends `frame` out of interface `ifname` (towards its VM).
     pub fn packet_out(&self, ifname: &str, frame: &[u8]) -> anyhow::Result<()> {
-        let conn = lock(&self.shared.conn).clone().ok_or_else(|| anyhow!("no switch connected"))?;
-        let port = self.port_number(ifname).ok_or_else(|| anyhow!("{ifname} is not a port of the bridge"))?;
-        conn.send(Body::PacketOut(PacketOut {
-            buffer_id: OFP_NO_BUFFER,
-            in_port: OFPP_CONTROLLER,
-            actions: vec![Action::output(port)],
-            data: frame.to_vec(),
-        }))?;
-        Ok(())
+        self.send_packet(ifname, frame, |port| (OFPP_CONTROLLER, Action::output(port)))
     }
-}
 
-impl Ovs {
     /// Sends `frame` through the pipeline as if it had come in on interface
     /// `ifname` (a VM port): forwarded and flooded like that VM's own
     /// frames, to local ports and over the tunnels.
     pub fn packet_out_from(&self, ifname: &str, frame: &[u8]) -> anyhow::Result<()> {
+        self.send_packet(ifname, frame, |port| (port, Action::output(vipcast_openflow::OFPP_TABLE)))
+    }
+
+    /// A PACKET_OUT of `frame`; `how` gives (in_port, action) from the port
+    /// number of `ifname`.
+    fn send_packet(&self, ifname: &str, frame: &[u8], how: impl FnOnce(u32) -> (u32, Action)) -> anyhow::Result<()> {
         let conn = lock(&self.shared.conn).clone().ok_or_else(|| anyhow!("no switch connected"))?;
         let port = self.port_number(ifname).ok_or_else(|| anyhow!("{ifname} is not a port of the bridge"))?;
+        let (in_port, action) = how(port);
         conn.send(Body::PacketOut(PacketOut {
             buffer_id: OFP_NO_BUFFER,
-            in_port: port,
-            actions: vec![Action::output(vipcast_openflow::OFPP_TABLE)],
+            in_port,
+            actions: vec![action],
             data: frame.to_vec(),
         }))?;
         Ok(())

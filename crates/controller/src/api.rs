@@ -533,30 +533,59 @@ async fn put_members(State(c): Ctl, Path(name): Path<String>, body: Bytes) -> Ap
 
 // ---- the VRRP view ----
 
-/// What an agent reports about a VRRP master it hosts.
-#[derive(Debug, Deserialize, ToSchema)]
+/// What an agent (or a replicator, for the chassis an advert came from)
+/// reports about a VRRP master: the body of `POST /v1/vrrp`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct VrrpReport {
-    vpc: String,
-    vrid: u8,
+pub struct VrrpReport {
+    pub vpc: String,
+    pub vrid: u8,
     /// 2 or 3.
-    version: u8,
+    pub version: u8,
     #[schema(value_type = String, format = "ip")]
-    master_ip: IpAddr,
+    pub master_ip: IpAddr,
     #[schema(value_type = String, format = "mac")]
-    master_mac: vipcast_packet::MacAddr,
-    /// The reporting chassis, which hosts the master.
-    chassis: String,
-    priority: u8,
-    interval_cs: u16,
+    pub master_mac: vipcast_packet::MacAddr,
+    /// The chassis hosting the master.
+    pub chassis: String,
+    pub priority: u8,
+    pub interval_cs: u16,
     #[schema(value_type = Vec<String>)]
-    addresses: Vec<IpAddr>,
+    pub addresses: Vec<IpAddr>,
     #[schema(value_type = Vec<String>)]
-    destinations: Vec<IpAddr>,
+    pub destinations: Vec<IpAddr>,
     #[serde(default)]
-    auth_type: u8,
-    /// ms since the epoch, the agent's clock.
-    observed_at: u64,
+    pub auth_type: u8,
+    /// ms since the epoch, the reporter's clock.
+    pub observed_at: u64,
+}
+
+impl VrrpReport {
+    /// The report of `advert`, sent from `master_ip` / `master_mac` on
+    /// `chassis` to `destinations`, seen now.
+    pub fn new(
+        vpc: &str,
+        chassis: &str,
+        master_mac: vipcast_packet::MacAddr,
+        master_ip: IpAddr,
+        advert: &vipcast_packet::vrrp::VrrpRepr,
+        destinations: impl IntoIterator<Item = IpAddr>,
+    ) -> VrrpReport {
+        VrrpReport {
+            vpc: vpc.to_string(),
+            vrid: advert.vrid,
+            version: if advert.version == vipcast_packet::vrrp::Version::V3 { 3 } else { 2 },
+            master_ip,
+            master_mac,
+            chassis: chassis.to_string(),
+            priority: advert.priority,
+            interval_cs: advert.interval_cs,
+            addresses: advert.addresses.clone(),
+            destinations: destinations.into_iter().collect(),
+            auth_type: advert.auth_type,
+            observed_at: now_ms(),
+        }
+    }
 }
 
 /// The VRRP view: every virtual router seen, by VPC and id.

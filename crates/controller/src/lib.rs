@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use vipcast_model::{Invalid, State};
 use vipcast_store::{Compare, Op, Revision, Store};
 
+pub use api::VrrpReport;
 pub use cache::{Applied, Cache, GUARD_KEY, Snapshot};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use openapi::document as openapi_document;

@@ -30,7 +30,7 @@ use vipcast_packet::MacAddr;
 
 use crate::engine::Sniffed;
 use crate::sync::Synced;
-use vipcast_packet::vrrp::{self, ChecksumPolicy, Version, VrrpRepr};
+use vipcast_packet::vrrp::{self, ChecksumPolicy, VrrpRepr};
 
 /// A VRRP advert seen in a VNI's BUM stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,20 +93,8 @@ fn vrrp_report(reported: &mut Reported, state: &State, v: &VrrpSeen) -> Option<s
     };
     let vpc = state.vpcs.values().find(|p| p.vni == v.vni)?;
     let chassis = state.chassis.values().find(|c| c.underlay_ip.to_canonical() == v.chassis_ip.to_canonical())?;
-    Some(serde_json::json!({
-        "vpc": vpc.name,
-        "vrid": v.advert.vrid,
-        "version": if v.advert.version == Version::V3 { 3 } else { 2 },
-        "master_ip": v.src,
-        "master_mac": v.eth_src,
-        "chassis": chassis.name,
-        "priority": v.advert.priority,
-        "interval_cs": v.advert.interval_cs,
-        "addresses": v.advert.addresses,
-        "destinations": dsts,
-        "auth_type": v.advert.auth_type,
-        "observed_at": vipcast_controller::now_ms(),
-    }))
+    let report = vipcast_controller::VrrpReport::new(&vpc.name, &chassis.name, v.eth_src, v.src, &v.advert, dsts);
+    serde_json::to_value(report).ok()
 }
 
 /// Suppresses repeats of the last claim made for each VIP.
@@ -294,6 +282,7 @@ mod tests {
     use super::*;
     use vipcast_model::{Chassis, Object, Owner, Port, Role, Vip, VipSpec, Vpc};
     use vipcast_packet::announce::AnnounceKind;
+    use vipcast_packet::vrrp::Version;
 
     const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
     const B: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
