@@ -10,7 +10,6 @@ packages=(
     tcpdump         # captures in the keepalived tests
     iputils-ping
     procps          # sysctl, kill
-    protobuf-compiler
     etcd-server
     openvswitch-switch  # OVS 3.1: the OpenFlow codec's tests program a real switch; lab OVS chassis
     ethtool         # TX checksum offload off on the veths whose frames reach OVS (lab, tests)
