@@ -433,7 +433,7 @@ impl Agent {
             "fault": fault,
             "by": self.cfg.chassis,
             "master": master,
-            "at_ms": vipcast_controller::now_ms(),
+            "at_ms": vipcast_api::now_ms(),
         });
         self.post(format!("/v1/vrrp/{vpc}/{id}/assists"), body, "assisted handover report", |_| {});
     }
@@ -572,7 +572,7 @@ impl Agent {
                 let Some(port) = self.synced.state.ports.get(&seen.port) else { return };
                 let origin = assist::Origin { vpc: port.vpc.clone(), port: seen.port.clone(), eth_src, src, dst };
                 if let Some(m) = self.masters.observe(origin, &advert, Instant::now()) {
-                    let report = vipcast_controller::VrrpReport::new(
+                    let report = vipcast_api::VrrpReport::new(
                         &m.vpc,
                         &self.cfg.chassis,
                         m.eth_src,

@@ -507,7 +507,7 @@ fn packet_in(shared: &Shared, pin: &vipcast_openflow::PacketIn) {
                 .map(|(eth, ip, advert)| Frame::Advert { eth_src: eth.src, src: ip.src(), dst: ip.dst(), advert }),
         };
     let Some(frame) = parsed else { return };
-    let seen = Seen { port, frame, at_ms: vipcast_controller::now_ms() };
+    let seen = Seen { port, frame, at_ms: vipcast_api::now_ms() };
     if let Err(e) = shared.seen.try_send(seen) {
         tracing::warn!(error = %e, "dropping a frame from the switch: the agent is not keeping up");
     }
@@ -535,7 +535,7 @@ fn delivered_from_tunnel(shared: &Shared, pin: &vipcast_openflow::PacketIn) {
             dst: ip.dst(),
             advert: advert.clone(),
         };
-        let seen = Seen { port, frame, at_ms: vipcast_controller::now_ms() };
+        let seen = Seen { port, frame, at_ms: vipcast_api::now_ms() };
         if let Err(e) = shared.seen.try_send(seen) {
             tracing::warn!(error = %e, "dropping a frame from the switch: the agent is not keeping up");
         }

@@ -115,7 +115,7 @@ async fn read_loop(port: String, sock: Arc<AsyncFd<PacketSocket>>, out: mpsc::Se
                         }
                     };
                     if let Some(frame) = parsed {
-                        let seen = Seen { port: port.clone(), frame, at_ms: vipcast_controller::now_ms() };
+                        let seen = Seen { port: port.clone(), frame, at_ms: vipcast_api::now_ms() };
                         if out.send(seen).await.is_err() {
                             return;
                         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::watch;
-use vipcast_controller::Message;
+use vipcast_api::Message;
 use vipcast_model::{Role, State};
 
 /// The local copy at one revision.
@@ -58,7 +58,7 @@ pub async fn register(http: &reqwest::Client, id: &Identity) -> anyhow::Result<(
 
 /// Sends a liveness heartbeat to the controller every `every`, forever
 /// (UDP to the controller's host and port number; see
-/// `vipcast_controller::liveness`). The address is resolved again after a
+/// `vipcast_api::heartbeat`). The address is resolved again after a
 /// send error, so a controller that moved is found.
 pub async fn heartbeats(id: Identity, every: Duration) {
     let target = match reqwest::Url::parse(&id.controller) {
@@ -101,7 +101,7 @@ pub async fn heartbeats(id: Identity, every: Duration) {
         loop {
             tick.tick().await;
             seq += 1;
-            if let Err(e) = sock.send(&vipcast_controller::liveness::encode_heartbeat(&id.chassis, seq)).await {
+            if let Err(e) = sock.send(&vipcast_api::heartbeat::encode_heartbeat(&id.chassis, seq)).await {
                 // ICMP unreachable (controller restarting) shows up here: go on.
                 if e.kind() != std::io::ErrorKind::ConnectionRefused {
                     tracing::warn!(error = %e, "sending a heartbeat");

@@ -7,7 +7,6 @@
 //! at a path other than the one it is served at.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, Query, Request, State};
@@ -23,10 +22,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use vipcast_model::claim::{self, Claim, Outcome};
 use vipcast_model::{
-    AssistRecord, Chassis, Invalid, Object, ObjectKey, OwnershipChange, Port, Replicator, Role, Subnet, Vip, VipSpec,
-    Vpc, VrrpMaster, VrrpRouter, view,
+    AssistRecord, Chassis, Invalid, Object, ObjectKey, OwnershipChange, Port, Replicator, Subnet, Vip, VipSpec, Vpc,
+    VrrpMaster, VrrpRouter, view,
 };
 use vipcast_store::Op;
+
+use vipcast_api::{ChassisRegistration, ClaimAnswer, ClaimResult, ReplicatorRegistration, VrrpReport};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::metrics::{ClaimLabels, RequestLabels};
@@ -285,22 +286,6 @@ async fn delete_subnet(State(c): Ctl, Path((vpc, name)): Path<(String, String)>)
 
 // ---- chassis ----
 
-/// A chassis registration (the name is the path's).
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct ChassisBody {
-    /// Tunnel endpoint address on the underlay.
-    #[schema(value_type = String, format = "ip", example = "172.31.0.1")]
-    underlay_ip: IpAddr,
-    #[serde(default)]
-    role: Role,
-    /// `kernel` (default) or `ovs`.
-    #[serde(default)]
-    dataplane: vipcast_model::Dataplane,
-    /// Optional; must equal the name in the path.
-    name: Option<String>,
-}
-
 /// Lists the chassis.
 #[utoipa::path(get, path = "/v1/chassis", tag = "chassis",
     responses((status = 200, description = "All of them, by name", body = Vec<Chassis>)))]
@@ -322,7 +307,7 @@ async fn get_chassis(State(c): Ctl, Path(name): Path<String>) -> ApiResult<Json<
 /// Registers a chassis, or updates its registration (idempotent).
 #[utoipa::path(put, path = "/v1/chassis/{name}", tag = "chassis",
     params(("name" = String, Path, description = "The chassis's name")),
-    request_body = ChassisBody,
+    request_body = ChassisRegistration,
     responses(
         (status = 200, description = "Registered", body = Chassis),
         (status = 400, description = "`malformed_json`, `invalid_body` (with `field` naming the JSON path at fault), `name_mismatch`, `invalid_name`, `invalid_underlay_ip`", body = ErrorBody),
@@ -330,7 +315,7 @@ async fn get_chassis(State(c): Ctl, Path(name): Path<String>) -> ApiResult<Json<
         (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
 ))]
 async fn put_chassis(State(c): Ctl, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<Chassis>> {
-    let b: ChassisBody = parse(&body)?;
+    let b: ChassisRegistration = parse(&body)?;
     if b.name.as_ref().is_some_and(|n| n != &name) {
         return Err(ApiError::bad_request(
             "name_mismatch",
@@ -533,61 +518,6 @@ async fn put_members(State(c): Ctl, Path(name): Path<String>, body: Bytes) -> Ap
 
 // ---- the VRRP view ----
 
-/// What an agent (or a replicator, for the chassis an advert came from)
-/// reports about a VRRP master: the body of `POST /v1/vrrp`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct VrrpReport {
-    pub vpc: String,
-    pub vrid: u8,
-    /// 2 or 3.
-    pub version: u8,
-    #[schema(value_type = String, format = "ip")]
-    pub master_ip: IpAddr,
-    #[schema(value_type = String, format = "mac")]
-    pub master_mac: vipcast_packet::MacAddr,
-    /// The chassis hosting the master.
-    pub chassis: String,
-    pub priority: u8,
-    pub interval_cs: u16,
-    #[schema(value_type = Vec<String>)]
-    pub addresses: Vec<IpAddr>,
-    #[schema(value_type = Vec<String>)]
-    pub destinations: Vec<IpAddr>,
-    #[serde(default)]
-    pub auth_type: u8,
-    /// ms since the epoch, the reporter's clock.
-    pub observed_at: u64,
-}
-
-impl VrrpReport {
-    /// The report of `advert`, sent from `master_ip` / `master_mac` on
-    /// `chassis` to `destinations`, seen now.
-    pub fn new(
-        vpc: &str,
-        chassis: &str,
-        master_mac: vipcast_packet::MacAddr,
-        master_ip: IpAddr,
-        advert: &vipcast_packet::vrrp::VrrpRepr,
-        destinations: impl IntoIterator<Item = IpAddr>,
-    ) -> VrrpReport {
-        VrrpReport {
-            vpc: vpc.to_string(),
-            vrid: advert.vrid,
-            version: if advert.version == vipcast_packet::vrrp::Version::V3 { 3 } else { 2 },
-            master_ip,
-            master_mac,
-            chassis: chassis.to_string(),
-            priority: advert.priority,
-            interval_cs: advert.interval_cs,
-            addresses: advert.addresses.clone(),
-            destinations: destinations.into_iter().collect(),
-            auth_type: advert.auth_type,
-            observed_at: now_ms(),
-        }
-    }
-}
-
 /// The VRRP view: every virtual router seen, by VPC and id.
 #[utoipa::path(get, path = "/v1/vrrp", tag = "vrrp",
     responses((status = 200, description = "All of them", body = Vec<VrrpRouter>)))]
@@ -717,26 +647,6 @@ async fn vip_history(State(c): Ctl, Path(name): Path<String>) -> ApiResult<Json<
     Ok(Json(changes))
 }
 
-/// The answer to a claim.
-#[derive(Debug, Serialize, ToSchema)]
-struct ClaimAnswer {
-    result: ClaimResult,
-    /// The VIP's owner after the claim.
-    owner: Option<vipcast_model::Owner>,
-    /// Store revision the answer reflects.
-    revision: i64,
-}
-
-/// What a claim did.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-enum ClaimResult {
-    /// The owner changed.
-    Accepted,
-    /// The claimant already was the owner.
-    Unchanged,
-}
-
 /// Reports a sniffed GARP / unsolicited NA for the VIP: the last valid claim wins.
 #[utoipa::path(post, path = "/v1/vips/{name}/claims", tag = "vips",
     params(("name" = String, Path, description = "The VIP's name")),
@@ -797,17 +707,6 @@ async fn post_claim(State(c): Ctl, Path(name): Path<String>, body: Bytes) -> Api
 
 // ---- replicators ----
 
-/// A replicator registration (the name is the path's).
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct ReplicatorBody {
-    /// Where it receives VXLAN (ip:port).
-    #[schema(value_type = String, example = "172.31.1.1:4789")]
-    address: SocketAddr,
-    /// Optional; must equal the name in the path.
-    name: Option<String>,
-}
-
 /// Lists the replicators.
 #[utoipa::path(get, path = "/v1/replicators", tag = "replicators",
     responses((status = 200, description = "All of them, by name", body = Vec<Replicator>)))]
@@ -836,7 +735,7 @@ async fn get_replicator(State(c): Ctl, Path(name): Path<String>) -> ApiResult<Js
 /// Registers a replicator, or updates its registration (idempotent).
 #[utoipa::path(put, path = "/v1/replicators/{name}", tag = "replicators",
     params(("name" = String, Path, description = "The replicator's name")),
-    request_body = ReplicatorBody,
+    request_body = ReplicatorRegistration,
     responses(
         (status = 200, description = "Registered", body = Replicator),
         (status = 400, description = "`malformed_json`, `invalid_body` (with `field` naming the JSON path at fault), `name_mismatch`, `invalid_name`, `invalid_address`", body = ErrorBody),
@@ -844,7 +743,7 @@ async fn get_replicator(State(c): Ctl, Path(name): Path<String>) -> ApiResult<Js
         (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
 ))]
 async fn put_replicator(State(c): Ctl, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<Replicator>> {
-    let b: ReplicatorBody = parse(&body)?;
+    let b: ReplicatorRegistration = parse(&body)?;
     if b.name.as_ref().is_some_and(|n| n != &name) {
         return Err(ApiError::bad_request(
             "name_mismatch",

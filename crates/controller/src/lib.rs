@@ -22,17 +22,16 @@ mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use vipcast_model::{Invalid, State};
 use vipcast_store::{Compare, Op, Revision, Store};
 
-pub use api::VrrpReport;
 pub use cache::{Applied, Cache, GUARD_KEY, Snapshot};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use openapi::document as openapi_document;
-pub use watch::{Message, WireKey};
+pub use vipcast_api::{Message, VrrpReport, WireKey, now_ms};
 
 /// Settings of a controller.
 #[derive(Debug, Clone)]
@@ -62,11 +61,6 @@ impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Controller").field("revision", &self.cache.current().revision).finish_non_exhaustive()
     }
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Controller {

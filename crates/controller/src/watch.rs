@@ -22,10 +22,9 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
-use utoipa::ToSchema;
+use vipcast_api::Message;
 use vipcast_model::view::{self, Subscriber};
 use vipcast_model::{Object, ObjectKey, State as ModelState};
 use vipcast_store::Revision;
@@ -35,71 +34,6 @@ use crate::api::FromQuery;
 
 /// Size of the pieces a snapshot is sent in.
 const SNAPSHOT_CHUNK: usize = 16 * 1024;
-
-/// [`Object`] under a name the `ToSchema` derive does not take for its
-/// free-form `Object` virtual type.
-type AnyObject = Object;
-
-/// A store key, as it appears in `deletes`.
-pub type WireKey = String;
-
-/// One line of a watch stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum Message {
-    /// Everything the subscriber should hold, replacing what it had.
-    Snapshot {
-        #[schema(value_type = i64)]
-        revision: Revision,
-        #[schema(value_type = Vec<AnyObject>)]
-        objects: Vec<Object>,
-    },
-    /// Changes since the previous message.
-    Delta {
-        #[schema(value_type = i64)]
-        revision: Revision,
-        #[schema(value_type = Vec<AnyObject>)]
-        upserts: Vec<Object>,
-        /// Store keys of objects to drop, e.g. `/vipcast/ports/pay1`.
-        #[schema(value_type = Vec<String>)]
-        deletes: Vec<WireKey>,
-    },
-    /// Keep-alive on an idle stream.
-    Ping {
-        #[schema(value_type = i64)]
-        revision: Revision,
-    },
-}
-
-impl Message {
-    /// What a subscriber holds after this message, given what it held: the
-    /// revision and the new state (a snapshot replaces, a delta applies), or
-    /// `None` for a ping.
-    pub fn apply(self, held: &ModelState) -> Option<(Revision, ModelState)> {
-        match self {
-            Message::Snapshot { revision, objects } => {
-                let mut state = ModelState::default();
-                for o in objects {
-                    state.put(o);
-                }
-                Some((revision, state))
-            }
-            Message::Delta { revision, upserts, deletes } => {
-                let mut state = held.clone();
-                for o in upserts {
-                    state.put(o);
-                }
-                for k in deletes {
-                    if let Some(key) = ObjectKey::parse(&k) {
-                        state.delete(&key);
-                    }
-                }
-                Some((revision, state))
-            }
-            Message::Ping { .. } => None,
-        }
-    }
-}
 
 /// The watch stream of one chassis' agent.
 ///

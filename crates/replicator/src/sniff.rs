@@ -93,7 +93,7 @@ fn vrrp_report(reported: &mut Reported, state: &State, v: &VrrpSeen) -> Option<s
     };
     let vpc = state.vpcs.values().find(|p| p.vni == v.vni)?;
     let chassis = state.chassis.values().find(|c| c.underlay_ip.to_canonical() == v.chassis_ip.to_canonical())?;
-    let report = vipcast_controller::VrrpReport::new(&vpc.name, &chassis.name, v.eth_src, v.src, &v.advert, dsts);
+    let report = vipcast_api::VrrpReport::new(&vpc.name, &chassis.name, v.eth_src, v.src, &v.advert, dsts);
     serde_json::to_value(report).ok()
 }
 
@@ -218,7 +218,7 @@ pub async fn run(
                     }
                 };
                 stats.sniffed.fetch_add(1, Ordering::Relaxed);
-                let observed_at = vipcast_controller::now_ms();
+                let observed_at = vipcast_api::now_ms();
                 let claim = resolve(&state.borrow().state, &s);
                 let Some(claim) = claim else {
                     stats.suppressed.fetch_add(1, Ordering::Relaxed);

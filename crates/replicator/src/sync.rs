@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::watch;
-use vipcast_controller::Message;
+use vipcast_api::Message;
 use vipcast_model::State;
 
 /// The local copy at one revision.
