@@ -19,8 +19,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use vipcast_model::RouterKey;
 use vipcast_packet::MacAddr;
 use vipcast_packet::vrrp::{Version, VrrpRepr};
+use vipcast_vrrp::timing;
 
 /// A virtual router's master as last seen: what it sends and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,12 +41,7 @@ impl Master {
     /// Master_Down_Interval of the backups (RFC 5798 §6.1; v2: RFC 3768 §6.1),
     /// computed with the master's own priority as the worst case.
     pub fn down_interval(&self) -> Duration {
-        let interval = Duration::from_millis(u64::from(self.advert.interval_cs) * 10);
-        let skew = match self.advert.version {
-            Version::V3 => interval * (256 - u32::from(self.advert.priority)) / 256,
-            Version::V2 => Duration::from_secs(1) * (256 - u32::from(self.advert.priority)) / 256,
-        };
-        interval * 3 + skew
+        timing::master_down_interval(self.advert.version, self.advert.priority, self.advert.interval_cs)
     }
 
     /// Whether the agent can speak for it.
@@ -68,9 +65,6 @@ pub struct Origin {
     pub dst: IpAddr,
 }
 
-/// Key of a virtual router: (VPC, VRID, IPv6?).
-pub type RouterKey = (String, u8, bool);
-
 /// The masters this chassis has seen.
 #[derive(Debug, Default)]
 pub struct Masters {
@@ -82,7 +76,7 @@ impl Masters {
     /// master if it is new or what it advertises (or where) changed.
     pub fn observe(&mut self, o: Origin, advert: &VrrpRepr, now: Instant) -> Option<&Master> {
         let Origin { vpc, port, eth_src, src, dst } = o;
-        let key = (vpc.clone(), advert.vrid, src.is_ipv6());
+        let key = RouterKey::new(&vpc, advert.vrid, src);
         if advert.priority == 0 {
             // The master is leaving by itself.
             if self.by_router.get(&key).is_some_and(|m| m.src == src) {
@@ -171,7 +165,7 @@ impl RemoteMaster {
 
     /// The advertised interval.
     pub fn interval(&self) -> Duration {
-        Duration::from_millis(u64::from(self.advert.interval_cs) * 10)
+        timing::centis(self.advert.interval_cs)
     }
 
     /// See [`Master::down_interval`].
@@ -204,7 +198,7 @@ pub struct Remotes {
 impl Remotes {
     /// Records an advert delivered to a local port.
     pub fn observe(&mut self, d: Delivery, advert: &VrrpRepr, now: Instant) {
-        let key = (d.vpc.clone(), advert.vrid, d.src.is_ipv6());
+        let key = RouterKey::new(&d.vpc, advert.vrid, d.src);
         if advert.priority == 0 {
             if self.by_router.get(&key).is_some_and(|m| m.src == d.src) {
                 self.by_router.remove(&key);

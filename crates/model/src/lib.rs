@@ -6,7 +6,8 @@
 //!   through ([`State::check`]) and the store key of each object;
 //! * [`claim`]: VIP ownership arbitration from sniffed GARP / NA claims;
 //! * [`view`]: the pure functions computing what one chassis must program
-//!   and what the replicators need.
+//!   and what the replicators need;
+//! * [`RouterKey`]: how a VRRP virtual router is named.
 //!
 //! Time enters only as arguments (`now_ms`, milliseconds since the Unix epoch).
 
@@ -14,8 +15,10 @@ pub mod claim;
 pub mod objects;
 #[cfg(feature = "openapi")]
 pub mod openapi;
+pub mod router;
 mod state;
 pub mod view;
 
 pub use objects::*;
+pub use router::RouterKey;
 pub use state::{Invalid, InvalidKind, Object, ObjectKey, State, history_prefix, objects_prefix};

@@ -76,7 +76,7 @@ pub fn start(
     sockets: Vec<UdpSocket>,
     admin_listener: Option<tokio::net::TcpListener>,
 ) -> anyhow::Result<(Running, impl Future<Output = anyhow::Error>)> {
-    let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).build()?;
+    let client = vipcast_client::ControllerClient::new(&opts.controller)?;
     let (sniff_tx, sniff_rx) = mpsc::channel::<sniff::SniffEvent>(4096);
     let sniff_tx_gre = sniff_tx.clone();
     let dataplane =
@@ -101,17 +101,10 @@ pub fn start(
         revision: AtomicI64::new(0),
         gre,
     });
-    let id = sync::Identity { controller: opts.controller.clone(), name: opts.name.clone(), address: opts.address };
+    let id = sync::Identity { name: opts.name.clone(), address: opts.address };
     let (state_tx, state_rx) = watch::channel(sync::Synced::default());
-    tokio::spawn(sync::follow(http.clone(), id.clone(), state_tx));
-    tokio::spawn(sniff::run(
-        http.clone(),
-        opts.controller.clone(),
-        sniff_rx,
-        state_rx.clone(),
-        claims,
-        opts.claim_window,
-    ));
+    tokio::spawn(vipcast_client::WatchFollower::replicator(client.clone(), &opts.name).run(state_tx));
+    tokio::spawn(sniff::run(client.clone(), sniff_rx, state_rx.clone(), claims, opts.claim_window));
     tokio::spawn(install_tables(state_rx, admin.clone()));
     if let Some(l) = admin_listener {
         let app = admin::router(admin.clone());
@@ -121,7 +114,7 @@ pub fn start(
             }
         });
     }
-    let heartbeat = tokio::spawn(sync::heartbeat(http, id, opts.heartbeat));
+    let heartbeat = tokio::spawn(sync::heartbeat(client, id, opts.heartbeat));
     let done = async move {
         match heartbeat.await {
             Ok(e) => e,

@@ -25,8 +25,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
-use vipcast_model::{ClaimSource, State};
+use vipcast_api::{Claim, ClaimResult, ClaimSource, Event, SniffedAt, VrrpReport};
+use vipcast_client::ControllerClient;
+use vipcast_model::{RouterKey, State};
 use vipcast_packet::MacAddr;
+use vipcast_packet::announce::AnnounceKind;
 
 use crate::engine::Sniffed;
 use crate::sync::Synced;
@@ -66,14 +69,14 @@ pub fn vrrp_of(vni: u32, chassis_ip: std::net::IpAddr, inner: &[u8]) -> Option<V
     Some(VrrpSeen { vni, chassis_ip, eth_src: eth.src, src: ip.src(), dst: ip.dst(), advert })
 }
 
-/// The masters last reported, by (VNI, VRID, IPv6?): source, MAC, advert
-/// and the destinations seen.
-type Reported =
-    HashMap<(u32, u8, bool), (std::net::IpAddr, MacAddr, VrrpRepr, std::collections::BTreeSet<std::net::IpAddr>)>;
+/// The masters last reported, by router: source, MAC, advert and the
+/// destinations seen.
+type Reported = HashMap<RouterKey, (std::net::IpAddr, MacAddr, VrrpRepr, std::collections::BTreeSet<std::net::IpAddr>)>;
 
 /// The report for `v` if it is a new master or tells something new.
-fn vrrp_report(reported: &mut Reported, state: &State, v: &VrrpSeen) -> Option<serde_json::Value> {
-    let key = (v.vni, v.advert.vrid, v.src.is_ipv6());
+fn vrrp_report_of(reported: &mut Reported, state: &State, v: &VrrpSeen) -> Option<VrrpReport> {
+    let vpc = state.vpcs.values().find(|p| p.vni == v.vni)?;
+    let key = RouterKey::new(&vpc.name, v.advert.vrid, v.src);
     if v.advert.priority == 0 {
         reported.remove(&key);
         return None;
@@ -91,51 +94,18 @@ fn vrrp_report(reported: &mut Reported, state: &State, v: &VrrpSeen) -> Option<s
             dsts
         }
     };
-    let vpc = state.vpcs.values().find(|p| p.vni == v.vni)?;
     let chassis = state.chassis.values().find(|c| c.underlay_ip.to_canonical() == v.chassis_ip.to_canonical())?;
-    let report = vipcast_api::VrrpReport::new(&vpc.name, &chassis.name, v.eth_src, v.src, &v.advert, dsts);
-    serde_json::to_value(report).ok()
+    Some(VrrpReport::new(&vpc.name, &chassis.name, v.eth_src, v.src, &v.advert, dsts))
+}
+
+/// [`vrrp_report_of`] as the JSON body sent.
+#[cfg(test)]
+fn vrrp_report(reported: &mut Reported, state: &State, v: &VrrpSeen) -> Option<serde_json::Value> {
+    vrrp_report_of(reported, state, v).and_then(|r| serde_json::to_value(r).ok())
 }
 
 /// Suppresses repeats of the last claim made for each VIP.
-#[derive(Debug)]
-pub struct Dedup {
-    window: Duration,
-    /// VIP -> (MAC, chassis) of the last claim made, and when.
-    last: HashMap<String, (MacAddr, String, Instant)>,
-}
-
-impl Dedup {
-    /// Repeats within `window` of the last claim for a VIP are suppressed.
-    pub fn new(window: Duration) -> Dedup {
-        Dedup { window, last: HashMap::new() }
-    }
-
-    /// Whether to claim `vip` for (`mac`, `chassis`) at `now`; if so it is
-    /// remembered as the VIP's last claim.
-    pub fn should_claim(&mut self, now: Instant, vip: &str, mac: MacAddr, chassis: &str) -> bool {
-        if let Some((m, c, t)) = self.last.get(vip)
-            && *m == mac
-            && c == chassis
-            && now.saturating_duration_since(*t) < self.window
-        {
-            return false;
-        }
-        if self.last.len() >= 65_536 {
-            let window = self.window;
-            self.last.retain(|_, (_, _, t)| now.saturating_duration_since(*t) < window);
-        }
-        self.last.insert(vip.to_string(), (mac, chassis.to_string(), now));
-        true
-    }
-
-    /// Forgets the last claim of `vip` if it is (`mac`, `chassis`) (it failed).
-    pub fn forget(&mut self, vip: &str, mac: MacAddr, chassis: &str) {
-        if self.last.get(vip).is_some_and(|(m, c, _)| *m == mac && c == chassis) {
-            self.last.remove(vip);
-        }
-    }
-}
+pub use vipcast_client::ClaimDedup as Dedup;
 
 /// A claim to make: which VIP, for whom.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,8 +154,7 @@ impl ClaimStats {
 
 /// Runs until `rx` closes: resolves, deduplicates and posts claims.
 pub async fn run(
-    http: reqwest::Client,
-    controller: String,
+    client: ControllerClient,
     mut rx: mpsc::Receiver<SniffEvent>,
     state: watch::Receiver<Synced>,
     stats: Arc<ClaimStats>,
@@ -201,16 +170,13 @@ pub async fn run(
                     None => return,
                     Some(SniffEvent::Announcement(s)) => s,
                     Some(SniffEvent::Vrrp(v)) => {
-                        let report = vrrp_report(&mut reported, &state.borrow().state, &v);
-                        if let Some(body) = report {
-                            let (http, url) = (http.clone(), format!("{controller}/v1/vrrp"));
+                        let report = vrrp_report_of(&mut reported, &state.borrow().state, &v);
+                        if let Some(report) = report {
+                            let client = client.clone();
                             tokio::spawn(async move {
-                                match http.post(&url).json(&body).send().await {
-                                    Ok(r) if r.status().is_success() => {
-                                        tracing::info!(vpc = %body["vpc"], vrid = %body["vrid"], master = %body["master_ip"], "VRRP master reported");
-                                    }
-                                    Ok(r) => tracing::warn!(status = %r.status(), "VRRP report refused"),
-                                    Err(e) => tracing::warn!(error = %e, "VRRP report failed"),
+                                match client.report_vrrp(&report).await {
+                                    Ok(()) => tracing::info!(vpc = report.vpc, vrid = report.vrid, master = %report.master_ip, "VRRP master reported"),
+                                    Err(e) => tracing::warn!(error = %e, "VRRP report not taken"),
                                 }
                             });
                         }
@@ -228,12 +194,16 @@ pub async fn run(
                     stats.suppressed.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                tracing::info!(vip = claim.vip, mac = %claim.mac, chassis = claim.chassis, kind = ?s.kind,
-                    "announcement sniffed; claiming");
-                let (http, stats, done) = (http.clone(), stats.clone(), done_tx.clone());
-                let url = format!("{controller}/v1/vips/{}/claims", claim.vip);
+                let why = match s.kind {
+                    AnnounceKind::GratuitousRequest => "gratuitous ARP request",
+                    AnnounceKind::GratuitousReply => "gratuitous ARP reply",
+                    AnnounceKind::BroadcastReply => "broadcast ARP reply",
+                    AnnounceKind::UnsolicitedNa => "unsolicited NA",
+                };
+                Event::Sniffed { vip: &claim.vip, mac: claim.mac, at: SniffedAt::Chassis(&claim.chassis), why }.log();
+                let (client, stats, done) = (client.clone(), stats.clone(), done_tx.clone());
                 tokio::spawn(async move {
-                    let ok = post(&http, &url, &claim, observed_at, &stats).await;
+                    let ok = post(&client, &claim, observed_at, &stats).await;
                     let _ = done.send((claim, ok));
                 });
             }
@@ -246,35 +216,31 @@ pub async fn run(
     }
 }
 
-/// Posts one claim (3 attempts); whether it was answered.
-async fn post(http: &reqwest::Client, url: &str, c: &ClaimFor, observed_at: u64, stats: &ClaimStats) -> bool {
-    let body = serde_json::json!({
-        "mac": c.mac,
-        "chassis": c.chassis,
-        "source": ClaimSource::Replicator,
-        "observed_at": observed_at,
-    });
-    for attempt in 0..3 {
-        match http.post(url).json(&body).send().await {
-            Ok(r) if r.status().is_success() => {
-                let v: serde_json::Value = r.json().await.unwrap_or_default();
-                let counter = if v["result"] == "accepted" { &stats.accepted } else { &stats.unchanged };
-                counter.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(vip = c.vip, result = %v["result"], generation = %v["owner"]["generation"], "claim answered");
-                return true;
-            }
-            Ok(r) if r.status().is_client_error() => {
-                stats.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(vip = c.vip, mac = %c.mac, chassis = c.chassis, status = %r.status(), "claim refused");
-                return true;
-            }
-            Ok(r) => tracing::warn!(vip = c.vip, attempt, status = %r.status(), "claim failed; retrying"),
-            Err(e) => tracing::warn!(vip = c.vip, attempt, error = %e, "claim failed; retrying"),
+/// Posts one claim ([`vipcast_client::Retry::FAILOVER`]); whether it was answered.
+async fn post(client: &ControllerClient, c: &ClaimFor, observed_at: u64, stats: &ClaimStats) -> bool {
+    let claim = Claim { mac: c.mac, chassis: c.chassis.clone(), source: ClaimSource::Replicator, observed_at };
+    match client.claim(&c.vip, &claim).await {
+        Ok(answer) => {
+            let counter = match answer.result {
+                ClaimResult::Accepted => &stats.accepted,
+                ClaimResult::Unchanged => &stats.unchanged,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            Event::ClaimAnswered { vip: &c.vip, result: answer.result, generation: answer.owner.map(|o| o.generation) }
+                .log();
+            true
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        Err(e @ vipcast_client::Error::Refused { .. }) => {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(vip = c.vip, mac = %c.mac, chassis = c.chassis, error = %e, "claim refused");
+            true
+        }
+        Err(e) => {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(vip = c.vip, error = %e, "claim failed");
+            false
+        }
     }
-    stats.failed.fetch_add(1, Ordering::Relaxed);
-    false
 }
 
 #[cfg(test)]

@@ -270,7 +270,4 @@ pub enum ConfigError {
     DifferentRouter,
 }
 
-/// `cs` centiseconds.
-pub(crate) fn centis(cs: u16) -> Duration {
-    Duration::from_millis(u64::from(cs) * 10)
-}
+pub(crate) use crate::timing::centis;

@@ -427,14 +427,9 @@ impl Instance {
         self.config.accept || self.config.priority == 255
     }
 
-    /// `(256 - p) / 256` of the interval the version uses, exactly in
-    /// nanoseconds: `p * cs * 10^7 / 256` (v3) or `p * 10^9 / 256` (v2).
+    /// `(256 - p) / 256` of the interval the version uses (see [`crate::timing`]).
     fn skew_for(&self, p: u64) -> Duration {
-        let nanos = match self.config.version {
-            Version::V3 => p * u64::from(self.master_adver_interval_cs) * 10_000_000 / 256,
-            Version::V2 => p * 1_000_000_000 / 256,
-        };
-        Duration::from_nanos(nanos)
+        crate::timing::skew_for_gap(self.config.version, self.master_adver_interval_cs, p)
     }
 
     fn down_duration(&self, kind: DownKind) -> Duration {

@@ -121,6 +121,7 @@
 mod config;
 mod instance;
 mod timer;
+pub mod timing;
 
 pub use config::{Config, ConfigError, GarpConfig, MAX_V2_INTERVAL_CS, MAX_WEIGHT, StartAs, Track, Tracked};
 pub use instance::{

@@ -1,0 +1,337 @@
+//! The agent's decisions in virtual time, executed against a recording data
+//! plane: claims and their de-duplication, re-announcing moved VIPs,
+//! link-down and dead-chassis assistance, and why an agent restart never
+//! moves a VIP.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vipcast_api::AssistFault;
+use vipcast_client::Synced;
+use vipcast_model::view::ChassisView;
+use vipcast_model::{Chassis, Liveness, Object, Owner, Port, Role, State, Subnet, Vip, VipSpec, Vpc};
+use vipcast_packet::MacAddr;
+use vipcast_packet::announce::{AnnounceKind, Announcement};
+use vipcast_packet::vrrp::{Version, VrrpRepr};
+
+use super::*;
+use crate::dataplane::Dataplane;
+use crate::plan::Plan;
+use crate::ports::{Frame, Seen};
+use crate::{Call, Config, perform};
+
+const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]); // pay1 on hv1 (this chassis)
+const B: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]); // pay2 on hv2
+const C: MacAddr = MacAddr([2, 0, 0, 0, 0, 3]); // client on hv1
+const VIP: &str = "192.168.10.100";
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// VPC prod (VNI 100): pay1 and client on hv1 (this chassis), pay2 on hv2;
+/// pay-vip's members are pay1 and pay2.
+fn state(owner: Option<(&str, MacAddr, &str, u64)>, hv2_dead: bool, assist: bool) -> Synced {
+    let mut s = State::default();
+    s.put(Object::Vpc(Vpc {
+        name: "prod".into(),
+        vni: 100,
+        bum: vipcast_model::BumMode::Headend,
+        arp_suppression: true,
+        assist,
+        encap: vipcast_model::Encap::Vxlan,
+    }));
+    s.put(Object::Subnet(Subnet {
+        vpc: "prod".into(),
+        name: "web".into(),
+        cidr: "192.168.10.0/24".parse().unwrap(),
+        gateway: None,
+    }));
+    for (name, underlay, dead) in [("hv1", "10.0.0.1", false), ("hv2", "10.0.0.2", hv2_dead)] {
+        s.put(Object::Chassis(Chassis {
+            name: name.into(),
+            underlay_ip: ip(underlay),
+            role: Role::Hypervisor,
+            dataplane: vipcast_model::Dataplane::Kernel,
+            liveness: dead.then_some(Liveness { alive: false, since_ms: 1, last_heard_ms: 1 }),
+        }));
+    }
+    for (name, chassis, mac, addr) in [
+        ("pay1", "hv1", A, "192.168.10.11"),
+        ("pay2", "hv2", B, "192.168.10.12"),
+        ("client", "hv1", C, "192.168.10.13"),
+    ] {
+        s.put(Object::Port(Port {
+            name: name.into(),
+            vpc: "prod".into(),
+            subnet: "web".into(),
+            chassis: chassis.into(),
+            mac,
+            ip: ip(addr),
+        }));
+    }
+    let mut vip = Vip::new(VipSpec {
+        name: "pay-vip".into(),
+        vpc: "prod".into(),
+        subnet: "web".into(),
+        ip: ip(VIP),
+        members: vec!["pay1".into(), "pay2".into()],
+    });
+    vip.owner = owner.map(|(port, mac, chassis, generation)| Owner {
+        port: port.into(),
+        mac,
+        chassis: chassis.into(),
+        generation,
+        since: 0,
+    });
+    s.put(Object::Vip(vip));
+    Synced { revision: 1, state: Arc::new(s), snapshot: true, received: true }
+}
+
+fn core() -> AgentCore {
+    AgentCore::new(CoreConfig { chassis: "hv1".into(), sniff: true, assist: true })
+}
+
+fn config() -> Config {
+    Config {
+        controller: "http://127.0.0.1:1".into(),
+        chassis: "hv1".into(),
+        underlay_ip: ip("10.0.0.1"),
+        role: Role::Hypervisor,
+        sniff: true,
+        announce_burst: 3,
+        assist: true,
+        heartbeat: ms(50),
+        dataplane: vipcast_model::Dataplane::Kernel,
+        openflow_listen: "127.0.0.1:6653".parse().unwrap(),
+    }
+}
+
+fn announcement(port: &str, mac: MacAddr) -> Seen {
+    let a = Announcement { kind: AnnounceKind::GratuitousRequest, ip: ip(VIP), mac, eth_src: mac, vlan: None };
+    Seen { port: port.into(), frame: Frame::Announcement(a), at_ms: 1000 }
+}
+
+fn advert(priority: u8) -> VrrpRepr {
+    VrrpRepr {
+        version: Version::V3,
+        vrid: 51,
+        priority,
+        interval_cs: 10,
+        auth_type: 0,
+        auth_data: [0; 8],
+        addresses: vec![ip(VIP)],
+    }
+}
+
+/// pay1's master advert, as sent by its VM.
+fn sent_advert(priority: u8) -> Seen {
+    Seen {
+        port: "pay1".into(),
+        frame: Frame::Advert { eth_src: A, src: ip("192.168.10.11"), dst: ip("224.0.0.18"), advert: advert(priority) },
+        at_ms: 1000,
+    }
+}
+
+/// pay2's (hv2) master advert, delivered to the client port here.
+fn delivered_advert() -> Seen {
+    Seen {
+        port: "client".into(),
+        frame: Frame::Delivered {
+            eth_src: B,
+            eth_dst: MacAddr([1, 0, 0x5e, 0, 0, 18]),
+            src: ip("192.168.10.12"),
+            dst: ip("224.0.0.18"),
+            advert: advert(150),
+        },
+        at_ms: 1000,
+    }
+}
+
+/// A data plane that records what it is asked to do.
+#[derive(Debug, Default)]
+struct Recording {
+    ports: Vec<String>,
+    programmed: usize,
+    into_port: Vec<(String, Vec<u8>)>,
+    from_port: Vec<(u32, String, Vec<u8>)>,
+}
+
+impl Dataplane for Recording {
+    async fn program(&mut self, _: &ChassisView, _: &Plan, _: &BTreeMap<u32, IpAddr>, _: &str, _: i64) {
+        self.programmed += 1;
+    }
+    fn port_of(&self, _: u32) -> Option<String> {
+        None
+    }
+    fn has_port(&self, port: &str) -> bool {
+        self.ports.iter().any(|p| p == port)
+    }
+    fn send_to_port(&mut self, port: &str, frame: &[u8]) -> anyhow::Result<()> {
+        self.into_port.push((port.into(), frame.to_vec()));
+        Ok(())
+    }
+    fn send_from_port(&mut self, vni: u32, port: &str, frame: &[u8]) -> anyhow::Result<()> {
+        self.from_port.push((vni, port.into(), frame.to_vec()));
+        Ok(())
+    }
+}
+
+fn recording() -> Recording {
+    Recording { ports: vec!["pay1".into(), "client".into()], ..Recording::default() }
+}
+
+fn claims(actions: &[Action]) -> Vec<(String, MacAddr)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Claim { vip, claim, .. } => Some((vip.clone(), claim.mac)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_announcement_is_claimed_once_per_burst_and_never_for_the_known_owner() {
+    let t0 = Instant::now();
+    let mut c = core();
+    assert_eq!(c.on_revision(state(None, false, true), t0), vec![Action::Reconcile { why: "watch" }]);
+    let first = c.on_seen(announcement("pay1", A), t0);
+    assert_eq!(claims(&first), vec![("pay-vip".to_string(), A)]);
+    let Action::Claim { claim, port, .. } = &first[0] else { unreachable!() };
+    assert_eq!((claim.chassis.as_str(), claim.observed_at, port.as_str()), ("hv1", 1000, "pay1"));
+    // keepalived's burst of five: the other four are absorbed.
+    for i in 1..5 {
+        assert!(c.on_seen(announcement("pay1", A), t0 + ms(i * 20)).is_empty());
+    }
+    // After the window the claim is made again; a failed claim at once.
+    assert_eq!(claims(&c.on_seen(announcement("pay1", A), t0 + ms(600))).len(), 1);
+    c.on_claim_failed("pay-vip", A);
+    assert_eq!(claims(&c.on_seen(announcement("pay1", A), t0 + ms(610))).len(), 1);
+    // The owner the view already shows is not claimed; nor an unknown port.
+    let _ = c.on_revision(state(Some(("pay1", A, "hv1", 1)), false, true), t0 + ms(700));
+    assert!(c.on_seen(announcement("pay1", A), t0 + ms(2000)).is_empty());
+    assert!(c.on_seen(announcement("nosuch", A), t0 + ms(2000)).is_empty());
+    // Sniffing off: never.
+    let mut off = AgentCore::new(CoreConfig { chassis: "hv1".into(), sniff: false, assist: true });
+    let _ = off.on_revision(state(None, false, true), t0);
+    assert!(off.on_seen(announcement("pay1", A), t0).is_empty());
+}
+
+#[test]
+fn a_moved_vip_is_reannounced_into_every_local_port_but_the_new_owners() {
+    let t0 = Instant::now();
+    let mut c = core();
+    // The first revision is what is, not a move.
+    let first = c.on_revision(state(Some(("pay2", B, "hv2", 1)), false, true), t0);
+    assert_eq!(first, vec![Action::Reconcile { why: "watch" }]);
+    // The same generation again: nothing to announce.
+    assert_eq!(c.on_revision(state(Some(("pay2", B, "hv2", 1)), false, true), t0).len(), 1);
+    let moved = c.on_revision(state(Some(("pay1", A, "hv1", 2)), false, true), t0);
+    let [Action::Reconcile { .. }, Action::Reannounce(r)] = moved.as_slice() else { panic!("{moved:?}") };
+    assert_eq!((r.vip.as_str(), r.mac, r.generation, r.ports.clone()), ("pay-vip", A, 2, vec!["client".to_string()]));
+    // Executed: the GARP goes into the client port, announce_burst times.
+    let mut dp = recording();
+    let call = perform(&mut dp, &config(), Action::Reannounce(r.clone()), t0);
+    assert_eq!(call, None);
+    assert_eq!(dp.into_port.len(), 3);
+    assert!(dp.into_port.iter().all(|(p, f)| p == "client" && *f == r.frame));
+    let garp = vipcast_packet::announce::classify(&r.frame).unwrap().unwrap();
+    assert_eq!((garp.ip, garp.mac), (ip(VIP), A));
+    // Moving to a remote owner: every local port hears it, pay1 included.
+    let back = c.on_revision(state(Some(("pay2", B, "hv2", 3)), false, true), t0);
+    let [_, Action::Reannounce(r)] = back.as_slice() else { panic!("{back:?}") };
+    assert_eq!(r.ports, vec!["client".to_string(), "pay1".to_string()]);
+}
+
+#[test]
+fn link_down_speaks_for_the_master_once_and_only_in_time() {
+    let t0 = Instant::now();
+    let mut c = core();
+    let _ = c.on_revision(state(Some(("pay1", A, "hv1", 1)), false, true), t0);
+    let seen = c.on_seen(sent_advert(150), t0);
+    // A new master is reported (at the time the frame was read); the VIP it
+    // advertises is already owned so: no claim.
+    let [Action::ReportVrrp(report)] = seen.as_slice() else { panic!("{seen:?}") };
+    assert_eq!((report.vrid, report.priority, report.chassis.as_str(), report.observed_at), (51, 150, "hv1", 1000));
+    assert!(c.on_seen(sent_advert(150), t0 + ms(10)).is_empty(), "the same master again: nothing to report");
+    // The port loses carrier 50 ms after the last advert: speak for it.
+    let down = c.on_link("pay1", false, t0 + ms(60));
+    let [Action::AssistPortDown { master, vni, frames }] = down.as_slice() else { panic!("{down:?}") };
+    assert_eq!((*vni, master.port.as_str(), frames.len()), (100, "pay1", 1));
+    let (_, _, zero) =
+        vipcast_packet::vrrp::parse_frame(&frames[0], vipcast_packet::vrrp::ChecksumPolicy::Strict).unwrap();
+    assert_eq!((zero.priority, zero.vrid, zero.addresses.clone()), (0, 51, vec![ip(VIP)]));
+    // Executed: three times from pay1 into VNI 100, then the record.
+    let mut dp = recording();
+    let call = perform(&mut dp, &config(), down[0].clone(), t0);
+    assert_eq!(dp.from_port.len(), 3);
+    assert!(dp.from_port.iter().all(|(v, p, _)| *v == 100 && p == "pay1"));
+    let Some(Call::ReportAssist { vpc, router_id, record }) = call else { panic!("{call:?}") };
+    assert_eq!(
+        (vpc.as_str(), router_id.as_str(), record.fault, record.by.as_str()),
+        ("prod", "51-ipv4", AssistFault::PortDown, "hv1")
+    );
+    // The same fault again, or the port coming back: nothing more.
+    assert!(c.on_link("pay1", false, t0 + ms(61)).is_empty());
+    assert!(c.on_link("pay1", true, t0 + ms(62)).is_empty());
+    // Too late (the last advert older than Master_Down_Interval, 341 ms).
+    let _ = c.on_seen(sent_advert(150), t0 + ms(100));
+    assert!(c.on_link("pay1", false, t0 + ms(100) + ms(342)).is_empty());
+    // Assistance off for the VPC: the master is not spoken for.
+    let mut off = core();
+    let _ = off.on_revision(state(Some(("pay1", A, "hv1", 1)), false, false), t0);
+    let _ = off.on_seen(sent_advert(150), t0);
+    assert!(off.on_link("pay1", false, t0 + ms(10)).is_empty());
+}
+
+#[test]
+fn a_dead_chassis_master_is_spoken_for_once_its_adverts_stop() {
+    let t0 = Instant::now();
+    let mut c = core();
+    let _ = c.on_revision(state(Some(("pay2", B, "hv2", 1)), false, true), t0);
+    assert!(c.on_seen(delivered_advert(), t0).is_empty());
+    assert!(!c.wants_tick());
+    // hv2 declared dead 50 ms after the advert: its adverts may still come.
+    let dead = c.on_revision(state(Some(("pay2", B, "hv2", 1)), true, true), t0 + ms(50));
+    assert_eq!(dead, vec![Action::Reconcile { why: "watch" }]);
+    assert!(c.wants_tick());
+    assert!(c.on_tick(t0 + ms(120)).is_empty(), "within 1.25 intervals of the last advert");
+    let spoken = c.on_tick(t0 + ms(130));
+    let [Action::AssistChassisDead { master, master_port, frames, silent_ms }] = spoken.as_slice() else {
+        panic!("{spoken:?}")
+    };
+    assert_eq!((master_port.as_deref(), *silent_ms, master.src), (Some("pay2"), 130, ip("192.168.10.12")));
+    assert_eq!(frames.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["client"]);
+    assert!(!c.wants_tick());
+    assert!(c.on_tick(t0 + ms(135)).is_empty(), "spoken for once");
+    let mut dp = recording();
+    let call = perform(&mut dp, &config(), spoken[0].clone(), t0);
+    assert_eq!(dp.into_port.len(), 3);
+    assert!(matches!(call, Some(Call::ReportAssist { record, .. }) if record.fault == AssistFault::ChassisDead));
+}
+
+#[test]
+fn an_agent_restart_never_speaks_for_anyone() {
+    let t0 = Instant::now();
+    // A restarted agent finds hv2 dead in its first revision: it has seen no
+    // advert of pay2's, so there is no one to speak for.
+    let mut c = core();
+    assert_eq!(c.on_revision(state(Some(("pay2", B, "hv2", 1)), true, true), t0).len(), 1);
+    assert!(!c.wants_tick());
+    assert!(c.on_tick(t0 + ms(200)).is_empty());
+    // Adverts seen, then the death comes after Master_Down_Interval: the
+    // backups may have taken over already, so it is refused.
+    let _ = c.on_seen(delivered_advert(), t0);
+    assert!(c.on_revision(state(Some(("pay2", B, "hv2", 1)), true, true), t0 + ms(400)).len() == 1);
+    assert!(!c.wants_tick());
+    // A master restarting on this chassis (its port flapping down before any
+    // advert was seen) is not spoken for either.
+    assert!(c.on_link("pay1", false, t0 + ms(500)).is_empty());
+}

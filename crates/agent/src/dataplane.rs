@@ -1,0 +1,235 @@
+//! What programs the chassis: the Linux kernel (rtnetlink, packet sockets
+//! on the VM ports) or a local Open vSwitch (OpenFlow), behind one trait.
+//!
+//! The agent's driver computes the plan and the BUM paths; a data plane
+//! programs them, names its local ports by interface index (for carrier
+//! events), and sends frames into a port (towards its VM) or as if from a
+//! port (through the VPC's switching, to local ports and the overlay).
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::IpAddr;
+
+use tokio::sync::{mpsc, watch};
+use vipcast_model::view::ChassisView;
+
+use crate::kernel::Kernel;
+use crate::plan::{self, Plan};
+use crate::ports::{PortIo, Seen};
+
+/// One chassis' data plane.
+pub trait Dataplane: Send {
+    /// Programs `view` as `plan` says (`bum`: the replicator's underlay IP
+    /// chosen for each replicator-mode VNI). Failures are logged, and
+    /// repaired by the next call.
+    fn program(
+        &mut self,
+        view: &ChassisView,
+        plan: &Plan,
+        bum: &BTreeMap<u32, IpAddr>,
+        why: &str,
+        revision: i64,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// The local port behind interface `ifindex`, if it is one.
+    fn port_of(&self, ifindex: u32) -> Option<String>;
+
+    /// Whether frames can be sent into local port `port`.
+    fn has_port(&self, port: &str) -> bool;
+
+    /// Sends `frame` into local port `port` (towards its VM).
+    fn send_to_port(&mut self, port: &str, frame: &[u8]) -> anyhow::Result<()>;
+
+    /// Sends `frame` into VNI `vni`'s switching as if it came from local
+    /// port `port` (so it reaches the other local ports and the overlay).
+    fn send_from_port(&mut self, vni: u32, port: &str, frame: &[u8]) -> anyhow::Result<()>;
+
+    /// Changes that call for a reconcile (a switch (re)connecting), if any.
+    fn reconnects(&self) -> Option<watch::Receiver<bool>> {
+        None
+    }
+}
+
+/// The kernel data plane: bridges and VXLAN devices over rtnetlink, and a
+/// sniffing/sending packet socket on each local VM port.
+#[derive(Debug)]
+pub struct KernelDataplane {
+    kernel: Kernel,
+    /// Open sockets on local ports (only if sniffing or re-announcing).
+    ports: BTreeMap<String, PortIo>,
+    /// Whether to open them.
+    port_sockets: bool,
+    seen: mpsc::Sender<Seen>,
+    /// VPCs this data plane cannot carry, as last reported.
+    unsupported: Vec<String>,
+    /// Send-only packet sockets on VPC bridges, by ifindex.
+    send_socks: HashMap<u32, vipcast_sys::PacketSocket>,
+}
+
+impl KernelDataplane {
+    /// `port_sockets`: open a socket on each local port (to sniff what VMs
+    /// send, and to send into them); sniffed frames go to `seen`.
+    pub fn new(kernel: Kernel, port_sockets: bool, seen: mpsc::Sender<Seen>) -> KernelDataplane {
+        KernelDataplane {
+            kernel,
+            ports: BTreeMap::new(),
+            port_sockets,
+            seen,
+            unsupported: Vec::new(),
+            send_socks: HashMap::new(),
+        }
+    }
+
+    /// Opens sockets on local ports that appeared, closes those that went.
+    async fn sync_ports(&mut self, view: &ChassisView) {
+        let wanted: BTreeMap<&str, ()> =
+            view.vpcs.values().flat_map(|v| v.local_ports.iter().map(|p| (p.name.as_str(), ()))).collect();
+        let present = match self.kernel.ports().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing ports");
+                return;
+            }
+        };
+        self.ports.retain(|name, io| {
+            wanted.contains_key(name.as_str()) && present.get(name).map(|p| p.0) == Some(io.ifindex)
+        });
+        for name in wanted.keys() {
+            if self.ports.contains_key(*name) {
+                continue;
+            }
+            let Some((ifindex, ifname)) = present.get(*name) else { continue };
+            match PortIo::open(name, *ifindex, self.seen.clone()) {
+                Ok(io) => {
+                    tracing::info!(port = name, ifname, "port sockets open");
+                    self.ports.insert(name.to_string(), io);
+                }
+                Err(e) => tracing::warn!(port = name, error = %e, "opening port sockets"),
+            }
+        }
+    }
+}
+
+impl Dataplane for KernelDataplane {
+    async fn program(
+        &mut self,
+        view: &ChassisView,
+        plan: &Plan,
+        _bum: &BTreeMap<u32, IpAddr>,
+        why: &str,
+        revision: i64,
+    ) {
+        if plan.unsupported != self.unsupported {
+            for vpc in &plan.unsupported {
+                tracing::warn!(vpc, "VPC uses GRE, which the kernel data plane cannot carry: not programmed here");
+            }
+            self.unsupported = plan.unsupported.clone();
+        }
+        match self.kernel.reconcile(plan).await {
+            Ok(ch) if ch.total() > 0 => tracing::info!(why, ?ch, revision, "data plane updated"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(why, error = %e, "reconciling the data plane"),
+        }
+        if self.port_sockets {
+            self.sync_ports(view).await;
+        }
+    }
+
+    fn port_of(&self, ifindex: u32) -> Option<String> {
+        self.ports.iter().find(|(_, io)| io.ifindex == ifindex).map(|(p, _)| p.clone())
+    }
+
+    fn has_port(&self, port: &str) -> bool {
+        self.ports.contains_key(port)
+    }
+
+    fn send_to_port(&mut self, port: &str, frame: &[u8]) -> anyhow::Result<()> {
+        let io = self.ports.get(port).ok_or_else(|| anyhow::anyhow!("no socket on port {port}"))?;
+        Ok(io.send(frame)?)
+    }
+
+    fn send_from_port(&mut self, vni: u32, _port: &str, frame: &[u8]) -> anyhow::Result<()> {
+        // Into the VPC's bridge, which switches it like a frame from the
+        // master's port. Kept per bridge, and bound with protocol 0 (send
+        // only): opening an ETH_P_ALL socket and binding it waits for an RCU
+        // grace period (~30 ms here), which would delay the advert that much.
+        let bridge = vipcast_sys::ifindex(&plan::bridge_name(vni))?;
+        let sock = match self.send_socks.entry(bridge) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(vipcast_sys::PacketSocket::bind(bridge, 0)?),
+        };
+        if let Err(e) = sock.send(frame) {
+            // The bridge may have been recreated: open again next time.
+            self.send_socks.remove(&bridge);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}
+
+/// The Open vSwitch data plane: the agent is the OpenFlow controller of a
+/// local switch; the kernel is only asked which VM interfaces exist.
+#[derive(Debug)]
+pub struct OvsDataplane {
+    ovs: crate::ovs::Ovs,
+    kernel: Kernel,
+    /// Local ports -> (ifindex, interface), as last listed.
+    vm_ifnames: BTreeMap<String, (u32, String)>,
+}
+
+impl OvsDataplane {
+    pub fn new(ovs: crate::ovs::Ovs, kernel: Kernel) -> OvsDataplane {
+        OvsDataplane { ovs, kernel, vm_ifnames: BTreeMap::new() }
+    }
+
+    fn ifname(&self, port: &str) -> anyhow::Result<&str> {
+        self.vm_ifnames
+            .get(port)
+            .map(|(_, n)| n.as_str())
+            .ok_or_else(|| anyhow::anyhow!("no interface for port {port}"))
+    }
+}
+
+impl Dataplane for OvsDataplane {
+    async fn program(
+        &mut self,
+        view: &ChassisView,
+        _plan: &Plan,
+        bum: &BTreeMap<u32, IpAddr>,
+        why: &str,
+        revision: i64,
+    ) {
+        match self.kernel.ports().await {
+            Ok(p) => self.vm_ifnames = p,
+            Err(e) => tracing::warn!(error = %e, "listing ports"),
+        }
+        let ifnames: BTreeMap<String, String> =
+            self.vm_ifnames.iter().map(|(p, (_, n))| (p.clone(), n.clone())).collect();
+        match self.ovs.apply(view, &ifnames, &|vni| bum.get(&vni).copied()).await {
+            Ok(ch) if ch.total() > 0 => tracing::info!(why, ?ch, revision, "data plane updated (Open vSwitch)"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(why, error = %e, "programming Open vSwitch"),
+        }
+    }
+
+    fn port_of(&self, ifindex: u32) -> Option<String> {
+        self.vm_ifnames.iter().find(|(_, (i, _))| *i == ifindex).map(|(p, _)| p.clone())
+    }
+
+    fn has_port(&self, port: &str) -> bool {
+        self.vm_ifnames.contains_key(port)
+    }
+
+    fn send_to_port(&mut self, port: &str, frame: &[u8]) -> anyhow::Result<()> {
+        self.ovs.packet_out(self.ifname(port)?, frame)
+    }
+
+    fn send_from_port(&mut self, _vni: u32, port: &str, frame: &[u8]) -> anyhow::Result<()> {
+        // Through the pipeline as if from the master's own port.
+        self.ovs.packet_out_from(self.ifname(port)?, frame)
+    }
+
+    fn reconnects(&self) -> Option<watch::Receiver<bool>> {
+        Some(self.ovs.subscribe())
+    }
+}

@@ -1,0 +1,71 @@
+//! The agent's liveness heartbeats (see `vipcast_api::heartbeat`).
+
+use std::time::Duration;
+
+/// Sends a liveness heartbeat for `chassis` every `every` until `shutdown`
+/// resolves (UDP to the controller's host and port number). The address is
+/// resolved again after a send error, so a controller that moved is found.
+pub async fn heartbeats(
+    controller: String,
+    chassis: String,
+    every: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    tokio::select! {
+        () = send_forever(&controller, &chassis, every) => {}
+        () = &mut shutdown => {}
+    }
+}
+
+async fn send_forever(controller: &str, chassis: &str, every: Duration) {
+    let target = match reqwest::Url::parse(controller) {
+        Ok(u) => match (u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()), u.port_or_known_default()) {
+            (Some(h), Some(p)) => (h, p),
+            _ => {
+                tracing::error!(controller, "no host and port in the controller URL: no heartbeats");
+                return std::future::pending().await;
+            }
+        },
+        Err(e) => {
+            tracing::error!(controller, error = %e, "bad controller URL: no heartbeats");
+            return std::future::pending().await;
+        }
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    'connect: loop {
+        let sock = async {
+            let addr = tokio::net::lookup_host((target.0.as_str(), target.1))
+                .await?
+                .next()
+                .ok_or_else(|| std::io::Error::other("no address"))?;
+            let any: std::net::SocketAddr =
+                if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+            let s = tokio::net::UdpSocket::bind(any).await?;
+            s.connect(addr).await?;
+            Ok::<_, std::io::Error>(s)
+        }
+        .await;
+        let sock = match sock {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat socket; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        loop {
+            tick.tick().await;
+            seq += 1;
+            if let Err(e) = sock.send(&vipcast_api::heartbeat::encode_heartbeat(chassis, seq)).await {
+                // ICMP unreachable (controller restarting) shows up here: go on.
+                if e.kind() != std::io::ErrorKind::ConnectionRefused {
+                    tracing::warn!(error = %e, "sending a heartbeat");
+                    continue 'connect;
+                }
+            }
+        }
+    }
+}
