@@ -26,7 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
-use vipcast_model::{Liveness, Object};
+use vipcast_model::Command;
+use vipcast_model::command;
 
 use crate::{Controller, now_ms};
 
@@ -109,19 +110,11 @@ pub async fn run(c: Arc<Controller>, sock: UdpSocket, cfg: LivenessConfig) -> st
 async fn set(c: &Controller, name: &str, alive: bool, last_heard_ms: u64) {
     let since_ms = now_ms();
     let started = Instant::now();
-    let r = c
-        .write(|s| {
-            let Some(ch) = s.chassis.get(name) else { return Ok(vec![]) };
-            if ch.liveness.map(|l| l.alive) == Some(alive) {
-                return Ok(vec![]);
-            }
-            let ch =
-                vipcast_model::Chassis { liveness: Some(Liveness { alive, since_ms, last_heard_ms }), ..ch.clone() };
-            Ok(vec![crate::api::put_op(&Object::Chassis(ch))])
-        })
-        .await;
+    let command = Command::SetLiveness { chassis: name.to_string(), alive, last_heard_ms };
+    let r = c.write_with(|s| command::apply(s, &command, since_ms)).await;
     match r {
-        Ok(revision) => {
+        Ok(written) => {
+            let revision = written.revision;
             c.metrics
                 .liveness_changes
                 .get_or_create(&crate::metrics::HeartbeatLabels { result: if alive { "alive" } else { "dead" } })
