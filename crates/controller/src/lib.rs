@@ -148,3 +148,43 @@ pub async fn serve(
     let app = api::router(controller);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
+
+#[cfg(test)]
+mod tests {
+    use vipcast_model::{BumMode, Encap, Vpc};
+    use vipcast_store::FileStore;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn write_returns_the_outcome_and_the_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Controller::new(Arc::new(FileStore::open(dir.path()).unwrap()), Config::default()).await.unwrap();
+        let vpc = Vpc {
+            name: "prod".into(),
+            vni: 100,
+            bum: BumMode::Headend,
+            arp_suppression: true,
+            assist: true,
+            encap: Encap::Vxlan,
+        };
+        let created = c.write(Command::CreateVpc(vpc.clone())).await.unwrap();
+        assert_eq!(created.outcome, Outcome::Created);
+        assert_eq!(c.cache().current().revision, created.revision, "answered once the cache has it");
+        assert_eq!(c.cache().current().state.vpcs.get("prod"), Some(&vpc));
+        // Nothing to write: the current revision, no new one.
+        let patch = Command::PatchVpc { name: "prod".into(), assist: Some(true), arp_suppression: None };
+        let same = c.write(patch).await.unwrap();
+        assert_eq!(same, Written { revision: created.revision, outcome: Outcome::Unchanged });
+        let patch = Command::PatchVpc { name: "prod".into(), assist: Some(false), arp_suppression: None };
+        let changed = c.write(patch).await.unwrap();
+        assert!(changed.revision > created.revision && changed.outcome == Outcome::Updated, "{changed:?}");
+        // Refused: nothing written.
+        let e = c.write(Command::CreateVpc(vpc)).await.unwrap_err();
+        assert_eq!((e.status, e.code), (axum::http::StatusCode::CONFLICT, "exists"));
+        assert_eq!(c.cache().current().revision, changed.revision);
+        // A plan at a fixed time.
+        let at = |s: &State| command::apply(s, &Command::DeleteVpc("prod".into()), 7);
+        assert_eq!(c.write_with(at).await.unwrap().outcome, Outcome::Deleted);
+    }
+}
