@@ -2,8 +2,9 @@
 //! streams, and VIP ownership arbitration, over a [`vipcast_store::Store`].
 //!
 //! ```text
-//!  REST (axum) ──parse/validate──► Controller::write(|state| ops) ──txn──► store
-//!                                                                            │
+//!  REST (axum) ──parse/validate──► Command ──► Controller::write ──txn──► store
+//!       ▲                 command::apply(state, command, now_ms)              │
+//!       └── HTTP answer ◄── Outcome          (vipcast-model: pure)            │
 //!  watch streams ◄── per-subscriber filter ◄── Cache (applied batches) ◄─watch┘
 //! ```
 //! [`serve`] takes a bound listener and a shutdown future, so tests bind
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use vipcast_model::command::{self, Command, Outcome};
 use vipcast_model::{Invalid, State};
 use vipcast_store::{Compare, Op, Revision, Store};
 
@@ -81,21 +83,35 @@ impl Controller {
         &self.cache
     }
 
-    /// Validates and applies a write. `plan` turns the current state into the
-    /// store operations of the write, or refuses it; it may be called again
-    /// (on a newer state) if another controller wrote in between. Returns the
-    /// revision the write was applied at (or the current one if `plan` asked
-    /// for nothing), once this controller's cache has reached it.
-    pub async fn write<F>(&self, plan: F) -> Result<Revision, ApiError>
+    /// Executes `command`: [`command::apply`] checks it against the current
+    /// state (with the clock read at each attempt) and says what to write,
+    /// which is written in one transaction guarded by [`GUARD_KEY`]. If
+    /// another controller wrote in between, the command is checked again
+    /// on the newer state. Returns what it did and the revision it was
+    /// applied at (the current one if it wrote nothing), once this
+    /// controller's cache has reached that revision.
+    pub async fn write(&self, command: Command) -> Result<Written, ApiError> {
+        self.write_with(|s| command::apply(s, &command, now_ms())).await
+    }
+
+    /// [`Controller::write`] with `plan` deciding what to write (for
+    /// instance a command applied at a fixed time); it may be called again
+    /// on a newer state if another controller wrote in between.
+    pub async fn write_with<F>(&self, plan: F) -> Result<Written, ApiError>
     where
-        F: Fn(&State) -> Result<Vec<Op>, Invalid>,
+        F: Fn(&State) -> Result<command::Applied, Invalid>,
     {
         let _one_at_a_time = self.write_lock.lock().await;
         for _ in 0..50 {
             let snap = self.cache.current();
-            let mut ops = plan(&snap.state)?;
+            let command::Applied { puts, deletes, outcome } = plan(&snap.state)?;
+            let mut ops: Vec<Op> = puts
+                .iter()
+                .map(|obj| Op::Put { key: obj.key().store_key(), value: obj.to_value(), lease: 0 })
+                .chain(deletes.iter().map(|key| Op::Delete { key: key.store_key() }))
+                .collect();
             if ops.is_empty() {
-                return Ok(snap.revision);
+                return Ok(Written { revision: snap.revision, outcome });
             }
             ops.push(Op::Put { key: GUARD_KEY.to_string(), value: Vec::new(), lease: 0 });
             let started = std::time::Instant::now();
@@ -106,12 +122,21 @@ impl Controller {
             self.metrics.store_txn_seconds.observe(started.elapsed().as_secs_f64());
             self.cache.wait_for(res.revision).await;
             if res.succeeded {
-                return Ok(res.revision);
+                return Ok(Written { revision: res.revision, outcome });
             }
             self.metrics.write_conflicts.inc();
         }
         Err(ApiError::unavailable("too many conflicting writes; try again"))
     }
+}
+
+/// A write done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The revision it was applied at (the current one if it wrote nothing).
+    pub revision: Revision,
+    /// What it did.
+    pub outcome: Outcome,
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
@@ -122,4 +147,44 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = api::router(controller);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use vipcast_model::{BumMode, Encap, Vpc};
+    use vipcast_store::FileStore;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn write_returns_the_outcome_and_the_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Controller::new(Arc::new(FileStore::open(dir.path()).unwrap()), Config::default()).await.unwrap();
+        let vpc = Vpc {
+            name: "prod".into(),
+            vni: 100,
+            bum: BumMode::Headend,
+            arp_suppression: true,
+            assist: true,
+            encap: Encap::Vxlan,
+        };
+        let created = c.write(Command::CreateVpc(vpc.clone())).await.unwrap();
+        assert_eq!(created.outcome, Outcome::Created);
+        assert_eq!(c.cache().current().revision, created.revision, "answered once the cache has it");
+        assert_eq!(c.cache().current().state.vpcs.get("prod"), Some(&vpc));
+        // Nothing to write: the current revision, no new one.
+        let patch = Command::PatchVpc { name: "prod".into(), assist: Some(true), arp_suppression: None };
+        let same = c.write(patch).await.unwrap();
+        assert_eq!(same, Written { revision: created.revision, outcome: Outcome::Unchanged });
+        let patch = Command::PatchVpc { name: "prod".into(), assist: Some(false), arp_suppression: None };
+        let changed = c.write(patch).await.unwrap();
+        assert!(changed.revision > created.revision && changed.outcome == Outcome::Updated, "{changed:?}");
+        // Refused: nothing written.
+        let e = c.write(Command::CreateVpc(vpc)).await.unwrap_err();
+        assert_eq!((e.status, e.code), (axum::http::StatusCode::CONFLICT, "exists"));
+        assert_eq!(c.cache().current().revision, changed.revision);
+        // A plan at a fixed time.
+        let at = |s: &State| command::apply(s, &Command::DeleteVpc("prod".into()), 7);
+        assert_eq!(c.write_with(at).await.unwrap().outcome, Outcome::Deleted);
+    }
 }

@@ -1,0 +1,537 @@
+//! The writes of a region as commands, and what each does to a [`State`].
+//!
+//! ```text
+//!  REST handler ──parse/validate──► Command ──apply(state, command, now_ms)──► Applied { puts, deletes, outcome }
+//!                                                                               │
+//!                       the controller writes puts + deletes in one guarded transaction
+//! ```
+//! [`apply`] is pure: no I/O and no clock (`now_ms`, milliseconds since the
+//! Unix epoch, is an argument). It checks the command against the state it
+//! would apply to, so a refused command changes nothing, and it may be
+//! applied again to a newer state when another writer won (the controller
+//! re-validates then). A command that finds the state already as it asks
+//! writes nothing and says [`Outcome::Unchanged`].
+
+use crate::claim::{self, Claim, Damping};
+use crate::objects::*;
+use crate::state::{Invalid, Object, ObjectKey, State};
+
+/// A state-changing operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Creates a VPC.
+    CreateVpc(Vpc),
+    /// Changes a VPC's settings that may change after creation; `None`
+    /// keeps a setting as it is.
+    PatchVpc { name: String, assist: Option<bool>, arp_suppression: Option<bool> },
+    /// Deletes a VPC (once it has no subnets).
+    DeleteVpc(String),
+    /// Creates a subnet in a VPC.
+    CreateSubnet(Subnet),
+    /// Deletes a subnet (once it has no ports or VIPs).
+    DeleteSubnet { vpc: String, name: String },
+    /// Registers a chassis or updates its registration. Its `liveness` is
+    /// ignored: the recorded one is kept (the controller's to decide), and
+    /// registering again with the same settings writes nothing.
+    PutChassis(Chassis),
+    /// Deletes a chassis (once it hosts no ports).
+    DeleteChassis(String),
+    /// Creates a port.
+    CreatePort(Port),
+    /// Deletes a port (once it is no VIP's member).
+    DeletePort(String),
+    /// Creates a VIP, with no owner.
+    CreateVip(VipSpec),
+    /// Deletes a VIP and the records of its history (which the state does
+    /// not hold: the caller lists their keys, as read from the store).
+    DeleteVip { name: String, history: Vec<ObjectKey> },
+    /// Replaces a VIP's member list; an owner that is no longer a member
+    /// loses the VIP.
+    PutMembers { vip: String, members: Vec<String> },
+    /// A VRRP master reported by a chassis (`master.port` is filled in from
+    /// the MAC; `assists` and `last_assist` are the recorded ones).
+    ReportVrrp(VrrpRouter),
+    /// Forgets a VRRP router.
+    DeleteVrrp { vpc: String, id: String },
+    /// Counts an assisted handover on a VRRP router.
+    RecordAssist { vpc: String, id: String, record: AssistRecord },
+    /// A sniffed GARP / unsolicited NA for a VIP (see [`claim::arbitrate`]).
+    Claim { vip: String, claim: Claim, damping: Damping },
+    /// Registers a replicator or updates its registration.
+    PutReplicator(Replicator),
+    /// Deletes a replicator.
+    DeleteReplicator(String),
+    /// Records a chassis alive or dead (since `now_ms`), with when its last
+    /// heartbeat before that decision arrived. Nothing for an unknown
+    /// chassis, or one already recorded so.
+    SetLiveness { chassis: String, alive: bool, last_heard_ms: u64 },
+}
+
+/// What a command did, beyond the objects it writes.
+#[must_use]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The state already is as asked: nothing to write.
+    Unchanged,
+    /// A new object.
+    Created,
+    /// An existing object changed.
+    Updated,
+    /// An object (and what goes with it) removed.
+    Deleted,
+    /// A VRRP report naming a master the router did not have (or a router
+    /// not seen before).
+    NewMaster,
+    /// A claim gave the VIP a new owner.
+    Moved { owner: Owner },
+}
+
+/// What applying a command writes, in one transaction: `puts` then
+/// `deletes`, both empty when the outcome is [`Outcome::Unchanged`].
+#[must_use]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub puts: Vec<Object>,
+    pub deletes: Vec<ObjectKey>,
+    pub outcome: Outcome,
+}
+
+impl Applied {
+    fn unchanged() -> Applied {
+        Applied { puts: Vec::new(), deletes: Vec::new(), outcome: Outcome::Unchanged }
+    }
+
+    fn put(obj: Object, outcome: Outcome) -> Applied {
+        Applied { puts: vec![obj], deletes: Vec::new(), outcome }
+    }
+
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty() && self.deletes.is_empty()
+    }
+}
+
+/// Checks `command` against `state` at time `now_ms` and says what it writes.
+pub fn apply(state: &State, command: &Command, now_ms: u64) -> Result<Applied, Invalid> {
+    match command {
+        Command::CreateVpc(v) => {
+            state.check_vpc(v)?;
+            Ok(Applied::put(Object::Vpc(v.clone()), Outcome::Created))
+        }
+        Command::PatchVpc { name, assist, arp_suppression } => {
+            let old = state.vpcs.get(name).ok_or_else(|| Invalid::not_found("VPC", name))?;
+            let new = Vpc {
+                assist: assist.unwrap_or(old.assist),
+                arp_suppression: arp_suppression.unwrap_or(old.arp_suppression),
+                ..old.clone()
+            };
+            Ok(if &new == old { Applied::unchanged() } else { Applied::put(Object::Vpc(new), Outcome::Updated) })
+        }
+        Command::CreateSubnet(s) => {
+            state.check_subnet(s)?;
+            Ok(Applied::put(Object::Subnet(s.clone()), Outcome::Created))
+        }
+        Command::PutChassis(ch) => {
+            let old = state.chassis.get(&ch.name);
+            // Liveness is the controller's to decide: registering keeps it.
+            let ch = Chassis { liveness: old.and_then(|o| o.liveness), ..ch.clone() };
+            state.check_chassis(&ch)?;
+            Ok(match old {
+                // Registering again with the same settings writes nothing.
+                Some(o) if *o == ch => Applied::unchanged(),
+                Some(_) => Applied::put(Object::Chassis(ch), Outcome::Updated),
+                None => Applied::put(Object::Chassis(ch), Outcome::Created),
+            })
+        }
+        Command::CreatePort(p) => {
+            state.check_port(p)?;
+            Ok(Applied::put(Object::Port(p.clone()), Outcome::Created))
+        }
+        Command::CreateVip(spec) => {
+            state.check_vip(spec)?;
+            Ok(Applied::put(Object::Vip(Vip::new(spec.clone())), Outcome::Created))
+        }
+        Command::PutMembers { vip: name, members } => {
+            let vip = state.vips.get(name).ok_or_else(|| Invalid::not_found("VIP", name))?;
+            let mut next = vip.clone();
+            next.spec.members = members.clone();
+            state.check_members(&next.spec)?;
+            // An owner that is no longer a member no longer owns the VIP.
+            if next.owner.as_ref().is_some_and(|o| !next.spec.members.contains(&o.port)) {
+                next.owner = None;
+            }
+            Ok(if &next == vip { Applied::unchanged() } else { Applied::put(Object::Vip(next), Outcome::Updated) })
+        }
+        Command::ReportVrrp(report) => {
+            let mut r = report.clone();
+            state.check_router(&mut r)?;
+            let old = state.routers.get(&(r.vpc.clone(), r.id.clone()));
+            if let Some(old) = old {
+                // Counted by the controller, not reported.
+                r.assists = old.assists;
+                r.last_assist = old.last_assist.clone();
+                // The same master advertising the same: only when it was seen differs.
+                if (VrrpRouter { observed_at: old.observed_at, ..r.clone() }) == *old {
+                    return Ok(Applied::unchanged());
+                }
+            }
+            let outcome = if old.is_none_or(|o| o.master != r.master) { Outcome::NewMaster } else { Outcome::Updated };
+            Ok(Applied::put(Object::Router(r), outcome))
+        }
+        Command::RecordAssist { vpc, id, record } => {
+            let key = (vpc.clone(), id.clone());
+            let r = state.routers.get(&key).ok_or_else(|| Invalid::not_found("VRRP router", &format!("{vpc}/{id}")))?;
+            let r = VrrpRouter { assists: r.assists + 1, last_assist: Some(record.clone()), ..r.clone() };
+            Ok(Applied::put(Object::Router(r), Outcome::Updated))
+        }
+        Command::Claim { vip, claim, damping } => Ok(match claim::arbitrate(state, vip, claim, now_ms, damping)? {
+            claim::Outcome::Unchanged => Applied::unchanged(),
+            claim::Outcome::Moved { vip, change } => Applied {
+                outcome: Outcome::Moved { owner: change.owner.clone() },
+                puts: vec![Object::Vip(*vip), Object::History(*change)],
+                deletes: Vec::new(),
+            },
+        }),
+        Command::PutReplicator(r) => {
+            state.check_replicator(r)?;
+            Ok(match state.replicators.get(&r.name) {
+                Some(o) if o == r => Applied::unchanged(),
+                Some(_) => Applied::put(Object::Replicator(r.clone()), Outcome::Updated),
+                None => Applied::put(Object::Replicator(r.clone()), Outcome::Created),
+            })
+        }
+        Command::SetLiveness { chassis, alive, last_heard_ms } => {
+            let Some(ch) = state.chassis.get(chassis) else { return Ok(Applied::unchanged()) };
+            if ch.liveness.map(|l| l.alive) == Some(*alive) {
+                return Ok(Applied::unchanged());
+            }
+            let liveness = Liveness { alive: *alive, since_ms: now_ms, last_heard_ms: *last_heard_ms };
+            Ok(Applied::put(Object::Chassis(Chassis { liveness: Some(liveness), ..ch.clone() }), Outcome::Updated))
+        }
+        Command::DeleteVip { name, history } => {
+            let key = ObjectKey::Vip(name.clone());
+            state.check_delete(&key)?;
+            // The history goes with the VIP (a new VIP of the same name starts over).
+            let deletes = std::iter::once(key).chain(history.iter().cloned()).collect();
+            Ok(Applied { puts: Vec::new(), deletes, outcome: Outcome::Deleted })
+        }
+        Command::DeleteVpc(n) => delete(state, ObjectKey::Vpc(n.clone())),
+        Command::DeleteSubnet { vpc, name } => delete(state, ObjectKey::Subnet(vpc.clone(), name.clone())),
+        Command::DeleteChassis(n) => delete(state, ObjectKey::Chassis(n.clone())),
+        Command::DeletePort(n) => delete(state, ObjectKey::Port(n.clone())),
+        Command::DeleteVrrp { vpc, id } => delete(state, ObjectKey::Router(vpc.clone(), id.clone())),
+        Command::DeleteReplicator(n) => delete(state, ObjectKey::Replicator(n.clone())),
+    }
+}
+
+/// Deletes `key`, once it exists and nothing refers to it.
+fn delete(state: &State, key: ObjectKey) -> Result<Applied, Invalid> {
+    state.check_delete(&key)?;
+    Ok(Applied { puts: Vec::new(), deletes: vec![key], outcome: Outcome::Deleted })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::InvalidKind;
+
+    fn sample() -> State {
+        crate::state::tests::sample()
+    }
+
+    /// Applies `command` to `s` as the store would (puts, then deletes).
+    fn run(s: &mut State, command: &Command, now_ms: u64) -> Result<Outcome, Invalid> {
+        let a = apply(s, command, now_ms)?;
+        assert_eq!(a.is_empty(), a.outcome == Outcome::Unchanged, "{a:?}");
+        for obj in a.puts {
+            s.put(obj);
+        }
+        for key in &a.deletes {
+            s.delete(key);
+        }
+        Ok(a.outcome)
+    }
+
+    fn chassis(name: &str, ip: &str) -> Chassis {
+        Chassis {
+            name: name.into(),
+            underlay_ip: ip.parse().unwrap(),
+            role: Role::Hypervisor,
+            dataplane: Dataplane::Kernel,
+            liveness: None,
+        }
+    }
+
+    fn claim(mac: &str, chassis: &str) -> Command {
+        Command::Claim {
+            vip: "pay-vip".into(),
+            claim: Claim {
+                mac: mac.parse().unwrap(),
+                chassis: chassis.into(),
+                source: ClaimSource::Agent,
+                observed_at: 1,
+            },
+            damping: Damping::default(),
+        }
+    }
+
+    fn report(chassis: &str, mac: &str, ip: &str, priority: u8, observed_at: u64) -> Command {
+        Command::ReportVrrp(VrrpRouter {
+            vpc: "prod".into(),
+            id: "51-ipv4".into(),
+            vrid: 51,
+            version: 3,
+            master: VrrpMaster {
+                ip: ip.parse().unwrap(),
+                mac: mac.parse().unwrap(),
+                port: String::new(),
+                chassis: chassis.into(),
+            },
+            priority,
+            interval_cs: 10,
+            addresses: vec!["192.168.10.100".parse().unwrap()],
+            destinations: vec!["224.0.0.18".parse().unwrap()],
+            auth_type: 0,
+            observed_at,
+            assists: 0,
+            last_assist: None,
+        })
+    }
+
+    fn assist(id: &str, at_ms: u64) -> Command {
+        Command::RecordAssist {
+            vpc: "prod".into(),
+            id: id.into(),
+            record: AssistRecord {
+                fault: AssistFault::ChassisDead,
+                by: "hv2".into(),
+                master: "192.168.10.11".parse().unwrap(),
+                at_ms,
+            },
+        }
+    }
+
+    #[test]
+    fn creations_are_checked_and_write_the_object() {
+        let mut s = sample();
+        let vpc = Vpc {
+            name: "dev".into(),
+            vni: 200,
+            bum: BumMode::Headend,
+            arp_suppression: false,
+            assist: true,
+            encap: Encap::Vxlan,
+        };
+        let a = apply(&s, &Command::CreateVpc(vpc.clone()), 0).unwrap();
+        assert_eq!((a.puts, a.deletes, a.outcome), (vec![Object::Vpc(vpc.clone())], vec![], Outcome::Created));
+        assert_eq!(run(&mut s, &Command::CreateVpc(vpc.clone()), 0), Ok(Outcome::Created));
+        // A refused command writes nothing: the same again clashes.
+        let e = apply(&s, &Command::CreateVpc(vpc), 0).unwrap_err();
+        assert_eq!((e.kind, e.code), (InvalidKind::Conflict, "exists"));
+        let spec = VipSpec {
+            name: "v2".into(),
+            vpc: "prod".into(),
+            subnet: "web".into(),
+            ip: "192.168.10.101".parse().unwrap(),
+            members: vec!["pay1".into()],
+        };
+        assert_eq!(run(&mut s, &Command::CreateVip(spec.clone()), 0), Ok(Outcome::Created));
+        assert_eq!(s.vips["v2"], Vip::new(spec), "a new VIP has no owner");
+    }
+
+    #[test]
+    fn a_vpc_patch_changes_only_its_settings() {
+        let mut s = sample();
+        let patch = |assist, arp_suppression| Command::PatchVpc { name: "prod".into(), assist, arp_suppression };
+        assert_eq!(run(&mut s, &patch(Some(false), None), 0), Ok(Outcome::Updated));
+        let v = &s.vpcs["prod"];
+        assert_eq!((v.assist, v.arp_suppression, v.vni), (false, true, 100));
+        assert_eq!(run(&mut s, &patch(Some(false), Some(true)), 0), Ok(Outcome::Unchanged));
+        assert_eq!(run(&mut s, &patch(None, None), 0), Ok(Outcome::Unchanged));
+        let nope = Command::PatchVpc { name: "nope".into(), assist: None, arp_suppression: None };
+        assert_eq!(apply(&s, &nope, 0).unwrap_err().kind, InvalidKind::NotFound);
+    }
+
+    #[test]
+    fn put_chassis_keeps_liveness_and_is_idempotent() {
+        let mut s = sample();
+        assert_eq!(run(&mut s, &Command::PutChassis(chassis("hv9", "172.31.0.9")), 0), Ok(Outcome::Created));
+        assert_eq!(run(&mut s, &Command::PutChassis(chassis("hv9", "172.31.0.9")), 0), Ok(Outcome::Unchanged));
+        let alive = Command::SetLiveness { chassis: "hv9".into(), alive: true, last_heard_ms: 40 };
+        assert_eq!(run(&mut s, &alive, 50), Ok(Outcome::Updated));
+        let recorded = Some(Liveness { alive: true, since_ms: 50, last_heard_ms: 40 });
+        assert_eq!(s.chassis["hv9"].liveness, recorded);
+        // Registering again, even claiming a liveness, keeps the recorded one and writes nothing.
+        let mut claimed = chassis("hv9", "172.31.0.9");
+        claimed.liveness = Some(Liveness { alive: false, since_ms: 1, last_heard_ms: 1 });
+        assert_eq!(run(&mut s, &Command::PutChassis(claimed), 60), Ok(Outcome::Unchanged));
+        // A changed registration is written, still with the recorded liveness.
+        let a = apply(&s, &Command::PutChassis(chassis("hv9", "172.31.0.99")), 70).unwrap();
+        assert_eq!(a.outcome, Outcome::Updated);
+        let [Object::Chassis(ch)] = a.puts.as_slice() else { panic!("{a:?}") };
+        assert_eq!((ch.underlay_ip.to_string().as_str(), ch.liveness), ("172.31.0.99", recorded));
+        // Validation is the registration's: another chassis' underlay address clashes.
+        let e = apply(&s, &Command::PutChassis(chassis("hv9", "172.31.0.1")), 0).unwrap_err();
+        assert_eq!(e.code, "duplicate_underlay_ip");
+    }
+
+    #[test]
+    fn liveness_is_written_only_when_it_changes() {
+        let mut s = sample();
+        let set = |alive, last_heard_ms| Command::SetLiveness { chassis: "hv1".into(), alive, last_heard_ms };
+        assert_eq!(run(&mut s, &set(false, 5), 10), Ok(Outcome::Updated));
+        assert_eq!(s.chassis["hv1"].liveness, Some(Liveness { alive: false, since_ms: 10, last_heard_ms: 5 }));
+        assert!(s.chassis["hv1"].is_dead());
+        assert_eq!(run(&mut s, &set(false, 7), 20), Ok(Outcome::Unchanged));
+        assert_eq!(run(&mut s, &set(true, 7), 30), Ok(Outcome::Updated));
+        assert_eq!(s.chassis["hv1"].liveness, Some(Liveness { alive: true, since_ms: 30, last_heard_ms: 7 }));
+        let ghost = Command::SetLiveness { chassis: "ghost".into(), alive: false, last_heard_ms: 0 };
+        assert_eq!(run(&mut s, &ghost, 40), Ok(Outcome::Unchanged));
+    }
+
+    #[test]
+    fn put_members_drops_an_owner_that_is_no_longer_a_member() {
+        let mut s = sample();
+        let members = |m: &[&str]| Command::PutMembers {
+            vip: "pay-vip".into(),
+            members: m.iter().map(|m| m.to_string()).collect(),
+        };
+        assert!(matches!(run(&mut s, &claim("02:00:00:00:00:01", "hv1"), 100), Ok(Outcome::Moved { .. })));
+        // The owner stays a member: it keeps the VIP.
+        let client = Port {
+            name: "pay3".into(),
+            mac: "02:00:00:00:00:09".parse().unwrap(),
+            ip: "192.168.10.19".parse().unwrap(),
+            ..s.ports["client"].clone()
+        };
+        s.put(Object::Port(client));
+        assert_eq!(run(&mut s, &members(&["pay1", "pay2", "pay3"]), 0), Ok(Outcome::Updated));
+        assert_eq!(s.vips["pay-vip"].owner.as_ref().map(|o| o.port.as_str()), Some("pay1"));
+        assert_eq!(run(&mut s, &members(&["pay1", "pay2", "pay3"]), 0), Ok(Outcome::Unchanged));
+        // It is no longer a member: nobody owns the VIP until the next claim.
+        assert_eq!(run(&mut s, &members(&["pay2", "pay3"]), 0), Ok(Outcome::Updated));
+        assert_eq!(s.vips["pay-vip"].owner, None);
+        assert_eq!(s.vips["pay-vip"].spec.members, ["pay2", "pay3"]);
+        for (m, code) in
+            [(&[][..], "no_members"), (&["ghost"][..], "unknown_port"), (&["pay2", "pay2"][..], "duplicate_member")]
+        {
+            assert_eq!(apply(&s, &members(m), 0).unwrap_err().code, code);
+        }
+        let e = apply(&s, &Command::PutMembers { vip: "nope".into(), members: vec!["pay1".into()] }, 0).unwrap_err();
+        assert_eq!(e.kind, InvalidKind::NotFound);
+    }
+
+    #[test]
+    fn claims_move_the_vip_once_and_write_its_history() {
+        let mut s = sample();
+        let a = apply(&s, &claim("02:00:00:00:00:01", "hv1"), 1000).unwrap();
+        let Outcome::Moved { owner } = &a.outcome else { panic!("{a:?}") };
+        assert_eq!((owner.port.as_str(), owner.generation, owner.since), ("pay1", 1, 1000));
+        let [Object::Vip(vip), Object::History(change)] = a.puts.as_slice() else { panic!("{a:?}") };
+        assert_eq!((vip.owner.as_ref(), &change.owner, change.accepted_at), (Some(owner), owner, 1000));
+        assert!(a.deletes.is_empty());
+        for obj in a.puts {
+            s.put(obj);
+        }
+        // The owner claiming again: nothing to write.
+        assert_eq!(run(&mut s, &claim("02:00:00:00:00:01", "hv1"), 1001), Ok(Outcome::Unchanged));
+        let moved = run(&mut s, &claim("02:00:00:00:00:02", "hv2"), 2000).unwrap();
+        assert!(
+            matches!(&moved, Outcome::Moved { owner } if owner.port == "pay2" && owner.generation == 2),
+            "{moved:?}"
+        );
+        // Spoofing is refused.
+        let e = apply(&s, &claim("02:00:00:00:00:03", "hv3"), 3000).unwrap_err();
+        assert_eq!((e.kind, e.code), (InvalidKind::Forbidden, "not_member"));
+    }
+
+    #[test]
+    fn vrrp_reports_merge_into_the_view() {
+        let mut s = sample();
+        // First report: a new master, its port found from the MAC on that chassis.
+        assert_eq!(
+            run(&mut s, &report("hv1", "02:00:00:00:00:01", "192.168.10.11", 150, 1), 0),
+            Ok(Outcome::NewMaster)
+        );
+        let key = ("prod".to_string(), "51-ipv4".to_string());
+        assert_eq!(s.routers[&key].master.port, "pay1");
+        // Only `observed_at` differs: nothing to write.
+        let a = apply(&s, &report("hv1", "02:00:00:00:00:01", "192.168.10.11", 150, 99), 0).unwrap();
+        assert_eq!(a, Applied::unchanged());
+        // The same master advertising something else: written, not a new master.
+        assert_eq!(run(&mut s, &report("hv1", "02:00:00:00:00:01", "192.168.10.11", 120, 2), 0), Ok(Outcome::Updated));
+        assert_eq!((s.routers[&key].priority, s.routers[&key].observed_at), (120, 2));
+        // Assists are counted on the router and kept across reports.
+        assert_eq!(run(&mut s, &assist("51-ipv4", 5), 0), Ok(Outcome::Updated));
+        assert_eq!(run(&mut s, &assist("51-ipv4", 6), 0), Ok(Outcome::Updated));
+        assert_eq!(s.routers[&key].assists, 2);
+        assert_eq!(
+            run(&mut s, &report("hv1", "02:00:00:00:00:01", "192.168.10.11", 120, 3), 0),
+            Ok(Outcome::Unchanged)
+        );
+        assert_eq!(
+            run(&mut s, &report("hv2", "02:00:00:00:00:02", "192.168.10.12", 100, 4), 0),
+            Ok(Outcome::NewMaster)
+        );
+        let r = &s.routers[&key];
+        assert_eq!((r.master.port.as_str(), r.assists, r.last_assist.as_ref().map(|a| a.at_ms)), ("pay2", 2, Some(6)));
+        // A chassis speaking for a port it does not host is refused.
+        let e = apply(&s, &report("hv2", "02:00:00:00:00:01", "192.168.10.11", 100, 5), 0).unwrap_err();
+        assert_eq!((e.kind, e.code), (InvalidKind::Forbidden, "not_a_local_port"));
+        // An assist for a router never reported.
+        assert_eq!(apply(&s, &assist("9-ipv4", 7), 0).unwrap_err().kind, InvalidKind::NotFound);
+        assert_eq!(
+            run(&mut s, &Command::DeleteVrrp { vpc: "prod".into(), id: "51-ipv4".into() }, 0),
+            Ok(Outcome::Deleted)
+        );
+        assert!(s.routers.is_empty());
+    }
+
+    #[test]
+    fn replicator_registration_is_idempotent() {
+        let mut s = sample();
+        let r = |name: &str, address: &str| Replicator { name: name.into(), address: address.parse().unwrap() };
+        assert_eq!(run(&mut s, &Command::PutReplicator(r("r1", "172.31.1.1:4789")), 0), Ok(Outcome::Created));
+        assert_eq!(run(&mut s, &Command::PutReplicator(r("r1", "172.31.1.1:4789")), 0), Ok(Outcome::Unchanged));
+        assert_eq!(run(&mut s, &Command::PutReplicator(r("r1", "172.31.1.2:4789")), 0), Ok(Outcome::Updated));
+        let e = apply(&s, &Command::PutReplicator(r("r2", "172.31.1.2:4789")), 0).unwrap_err();
+        assert_eq!(e.code, "duplicate_address");
+        assert_eq!(run(&mut s, &Command::DeleteReplicator("r1".into()), 0), Ok(Outcome::Deleted));
+        assert_eq!(apply(&s, &Command::DeleteReplicator("r1".into()), 0).unwrap_err().kind, InvalidKind::NotFound);
+    }
+
+    #[test]
+    fn deletions_are_refused_while_in_use_and_a_vip_takes_its_history() {
+        let mut s = sample();
+        for (command, code) in [
+            (Command::DeleteVpc("prod".into()), "in_use"),
+            (Command::DeleteSubnet { vpc: "prod".into(), name: "web".into() }, "in_use"),
+            (Command::DeleteChassis("hv1".into()), "in_use"),
+            (Command::DeletePort("pay1".into()), "in_use"),
+            (Command::DeletePort("ghost".into()), "not_found"),
+        ] {
+            assert_eq!(apply(&s, &command, 0).unwrap_err().code, code, "{command:?}");
+        }
+        let history = vec![ObjectKey::History("pay-vip".into(), 1), ObjectKey::History("pay-vip".into(), 2)];
+        let a = apply(&s, &Command::DeleteVip { name: "pay-vip".into(), history: history.clone() }, 0).unwrap();
+        let mut expected = vec![ObjectKey::Vip("pay-vip".into())];
+        expected.extend(history);
+        assert_eq!((a.puts, a.deletes, a.outcome), (vec![], expected, Outcome::Deleted));
+        assert_eq!(
+            run(&mut s, &Command::DeleteVip { name: "pay-vip".into(), history: vec![] }, 0),
+            Ok(Outcome::Deleted)
+        );
+        // Now nothing refers to the ports, then the chassis, subnet and VPC.
+        for command in [
+            Command::DeletePort("pay1".into()),
+            Command::DeletePort("pay2".into()),
+            Command::DeletePort("client".into()),
+            Command::DeleteChassis("hv1".into()),
+            Command::DeleteSubnet { vpc: "prod".into(), name: "web".into() },
+            Command::DeleteVpc("prod".into()),
+        ] {
+            assert_eq!(run(&mut s, &command, 0), Ok(Outcome::Deleted), "{command:?}");
+        }
+        assert!(s.vpcs.is_empty() && s.ports.is_empty() && s.subnets.is_empty());
+    }
+}
