@@ -180,7 +180,7 @@ fn replicator_down(target: &Target, master: &Member) -> Result<Injected> {
     check(Fault::ReplicatorDown, target)?;
     let running = ov.running_replicators();
     // The replicator the master's chassis uses for the VIP's VNI: the last
-    // `BUM via replicator` line of its agent's log for that VNI.
+    // `BumPath` event of its agent's log for that VNI.
     let chassis = master.chassis.as_deref().unwrap_or_default();
     let in_use = ov
         .agent_logs
@@ -190,7 +190,7 @@ fn replicator_down(target: &Target, master: &Member) -> Result<Injected> {
         .and_then(|text| {
             text.lines()
                 .map(crate::stages::strip_ansi)
-                .filter(|l| l.contains("BUM via replicator"))
+                .filter(|l| vipcast_api::EventKind::find(l).is_some_and(|(k, _)| k == vipcast_api::EventKind::BumPath))
                 .filter(|l| ov.vni.is_none_or(|v| l.contains(&format!("vni={v} "))))
                 .filter_map(|l| {
                     l.split_whitespace()

@@ -4,15 +4,17 @@
 //! - the agents' logs (`agent-<chassis>.log`, tracing's default format:
 //!   an RFC 3339 UTC timestamp, the level, the target, the message, then
 //!   `key=value` fields; ANSI colours are stripped if present):
-//!   `announcement sniffed; claiming` (the new master's GARP reached its
-//!   chassis), `VIP re-pointed and re-announced` (one agent programmed the
-//!   new owner, with its `generation`);
+//!   the events of `vipcast_api::EventKind` — `Sniffed` (the new master's
+//!   GARP reached its chassis), `Repointed` (one agent programmed the new
+//!   owner, with its `generation`), the assisted handovers — found by their
+//!   messages, with their `key=value` fields;
 //! - the controller's VIP history: each change's `observed_at` (the
 //!   sniffer's clock) and `accepted_at`, in ms.
 //!
 //! Everything runs on one machine, so all clocks are the same clock.
 
 use serde::Deserialize;
+use vipcast_api::EventKind;
 
 /// A line of an agent's log that a drill cares about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,13 +29,12 @@ pub struct AgentEvent {
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentEventKind {
-    /// `announcement sniffed; claiming`
+    /// [`EventKind::Sniffed`]
     Sniffed { vip: String, mac: String },
-    /// `VIP re-pointed and re-announced`
+    /// [`EventKind::Repointed`]
     Repointed { vip: String, mac: String, generation: u64 },
-    /// `port down: assisted handover, priority-0 advert sent for the master`
-    /// or `master's chassis dead: assisted handover, ...`; `port` is the
-    /// master's.
+    /// [`EventKind::AssistPortDown`] or [`EventKind::AssistChassisDead`];
+    /// `port` is the master's.
     Assisted { port: String },
 }
 
@@ -151,22 +152,19 @@ pub fn parse_agent_line(chassis: &str, line: &str) -> Option<AgentEvent> {
     let (ts, rest) = line.trim_start().split_once(' ')?;
     let at_us = parse_rfc3339_us(ts)?;
     let get = |f: &[(&str, &str)], k: &str| f.iter().find(|(key, _)| *key == k).map(|(_, v)| v.to_string());
-    let kind = if let Some((_, tail)) = rest.split_once("announcement sniffed; claiming") {
-        let f = fields(tail);
-        AgentEventKind::Sniffed { vip: get(&f, "vip")?, mac: get(&f, "mac")? }
-    } else if let Some((_, tail)) = rest.split_once("VIP re-pointed and re-announced") {
-        let f = fields(tail);
-        AgentEventKind::Repointed {
+    let (event, tail) = EventKind::find(rest)?;
+    let f = fields(tail);
+    let kind = match event {
+        EventKind::Sniffed => AgentEventKind::Sniffed { vip: get(&f, "vip")?, mac: get(&f, "mac")? },
+        EventKind::Repointed => AgentEventKind::Repointed {
             vip: get(&f, "vip")?,
             mac: get(&f, "mac")?,
             generation: get(&f, "generation")?.parse().ok()?,
-        }
-    } else if let Some((_, tail)) = rest.split_once("assisted handover, priority-0 advert sent for the master") {
-        // `port down: ...` (the master's own chassis) or `master's chassis
-        // dead: ...` (a backup's chassis); `port` is the master's either way.
-        AgentEventKind::Assisted { port: get(&fields(tail), "port")? }
-    } else {
-        return None;
+        },
+        // Port down (the master's own chassis) or its chassis dead (a
+        // backup's chassis); `port` is the master's either way.
+        EventKind::AssistPortDown | EventKind::AssistChassisDead => AgentEventKind::Assisted { port: get(&f, "port")? },
+        EventKind::ClaimAnswered | EventKind::BumPath => return None,
     };
     Some(AgentEvent { at_us, chassis: chassis.to_string(), kind })
 }

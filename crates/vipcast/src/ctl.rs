@@ -3,11 +3,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
-use reqwest::Method;
 use serde_json::{Value, json};
+use vipcast_client::Method;
 
 #[derive(Debug, Args)]
 pub struct Ctl {
@@ -331,24 +331,15 @@ fn request(what: What) -> Req {
 
 pub async fn run(ctl: Ctl) -> anyhow::Result<()> {
     let (method, path, body) = request(ctl.what);
-    let base = ctl.controller.trim_end_matches('/');
-    let url = format!("{base}{path}");
-    let client = reqwest::Client::new();
-    let mut req = client.request(method.clone(), &url);
-    if let Some(b) = &body {
-        req = req.json(b);
-    }
-    let resp = req.send().await.with_context(|| format!("cannot reach the controller at {base}"))?;
-    let status = resp.status();
-    let text = resp.text().await.context("reading the controller's answer")?;
-    let value: Value =
-        if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-    if !status.is_success() {
-        let msg =
-            value.pointer("/error/message").and_then(Value::as_str).map(str::to_string).unwrap_or(value.to_string());
-        let code = value.pointer("/error/code").and_then(Value::as_str).unwrap_or("error");
-        bail!("{method} {path}: {status}: {msg} ({code})");
-    }
+    let client = vipcast_client::ControllerClient::new(&ctl.controller)?;
+    let value = match client.call(method.clone(), &path, body.as_ref(), vipcast_client::Retry::ONCE).await {
+        Ok(v) => v,
+        Err(vipcast_client::Error::Refused { status, code, message, .. }) => {
+            let status = reqwest::StatusCode::from_u16(status).map(|s| s.to_string()).unwrap_or(status.to_string());
+            bail!("{method} {path}: {status}: {message} ({code})");
+        }
+        Err(e) => bail!("{method} {path}: {e}"),
+    };
     if ctl.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
