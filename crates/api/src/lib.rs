@@ -6,19 +6,22 @@
 //! * [`messages`]: registrations, claims and their answers, VRRP reports
 //!   (assist records and claims themselves are model types, re-exported);
 //! * [`heartbeat`]: the liveness datagram's codec;
-//! * [`event`]: the typed catalog of the events drills read from the logs.
+//! * [`event`]: the typed catalog of the events drills read from the logs;
+//! * [`identity`]: who a client certificate names (`vipcast://<role>/<name>`).
 //!
 //! With the feature `openapi` the types derive `utoipa::ToSchema` for the
 //! controller's OpenAPI document; agents and replicators build without it.
 
 pub mod event;
 pub mod heartbeat;
+pub mod identity;
 pub mod messages;
 pub mod watch;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use event::{Event, EventKind, SniffedAt};
+pub use identity::{Identity, PeerRole};
 pub use messages::{ChassisRegistration, ClaimAnswer, ClaimResult, ReplicatorRegistration, VrrpReport};
 pub use vipcast_model::claim::Claim;
 pub use vipcast_model::{AssistFault, AssistRecord, ClaimSource};

@@ -21,6 +21,7 @@ mod ctl;
 mod dissect;
 mod drill;
 mod lab;
+mod pki;
 
 /// Highly available virtual IPs for VXLAN overlays.
 #[derive(Debug, Parser)]
@@ -65,6 +66,9 @@ enum Command {
         #[arg(long)]
         legacy_unicast_checksum: bool,
     },
+    /// Certificates for mutual TLS: `init DIR` (a CA), `issue DIR --role R
+    /// --name N [--san ADDR]` (a certificate naming its holder).
+    Pki(pki::Pki),
     /// Network-namespace labs: `up FILE.toml`, `down NAME`, `status NAME`,
     /// `exec NAME NODE -- CMD...` (as root).
     Lab(lab::Lab),
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
         Command::Bench(b) => runtime().and_then(|rt| rt.block_on(bench::run(b))),
         Command::Ctl(c) => runtime().and_then(|rt| rt.block_on(ctl::run(c))),
         Command::Lab(l) => lab::run(l),
+        Command::Pki(p) => pki::run(p),
         Command::Replicator(r) => vipcast_replicator::cli::main(r),
         Command::Vrrpd(a) => vipcast_vrrpd::main(a),
         Command::Drill(d) => drill::drill(d),
