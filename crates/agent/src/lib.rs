@@ -74,12 +74,30 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     run_until(cfg, std::future::pending()).await
 }
 
+/// How the agent proves who it is.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// Mutual TLS to the controller (`https://` URL).
+    pub tls: Option<vipcast_tls::ClientFiles>,
+    /// The chassis' heartbeat key: heartbeats are signed.
+    pub heartbeat_key: Option<[u8; vipcast_tls::heartbeat::LEN]>,
+}
+
+/// Runs the agent (without TLS) until `shutdown` resolves; see [`run_with`].
+pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    run_with(cfg, Security::default(), shutdown).await
+}
+
 /// Runs the agent until `shutdown` resolves (then returns `Ok`), or until
 /// it cannot go on (the controller refused the chassis for good, the
 /// kernel cannot be opened).
-pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn run_with(
+    cfg: Config,
+    security: Security,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let kernel = Kernel::open()?;
-    let client = ControllerClient::new(&cfg.controller)?;
+    let client = ControllerClient::with_tls(&cfg.controller, security.tls.as_ref())?;
     let prober = probe::Prober::start(cfg.underlay_ip).await?;
     let registration =
         ChassisRegistration { underlay_ip: cfg.underlay_ip, role: cfg.role, dataplane: cfg.dataplane, name: None };
@@ -92,12 +110,12 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()> + Send) -
     match cfg.dataplane {
         vipcast_model::Dataplane::Kernel => {
             let dp = KernelDataplane::new(kernel, cfg.sniff || cfg.announce_burst > 0, seen_tx);
-            drive(cfg, client, prober, dp, seen_rx, shutdown).await
+            drive(cfg, client, prober, dp, seen_rx, security.heartbeat_key, shutdown).await
         }
         vipcast_model::Dataplane::Ovs => {
             let ovs = ovs::Ovs::start(cfg.openflow_listen, seen_tx)?;
             tracing::info!(listen = %cfg.openflow_listen, "waiting for Open vSwitch (OpenFlow 1.3)");
-            drive(cfg, client, prober, OvsDataplane::new(ovs, kernel), seen_rx, shutdown).await
+            drive(cfg, client, prober, OvsDataplane::new(ovs, kernel), seen_rx, security.heartbeat_key, shutdown).await
         }
     }
 }
@@ -109,6 +127,7 @@ async fn drive<D: Dataplane>(
     prober: probe::Prober,
     dp: D,
     mut seen_rx: mpsc::Receiver<Seen>,
+    heartbeat_key: Option<[u8; vipcast_tls::heartbeat::LEN]>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -118,7 +137,13 @@ async fn drive<D: Dataplane>(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    tokio::spawn(vipcast_client::heartbeats(cfg.controller.clone(), cfg.chassis.clone(), cfg.heartbeat, stopped));
+    tokio::spawn(vipcast_client::heartbeats(
+        cfg.controller.clone(),
+        cfg.chassis.clone(),
+        cfg.heartbeat,
+        heartbeat_key,
+        stopped,
+    ));
     let (tx, mut rx) = watch::channel(Synced::default());
     let follower = tokio::spawn(WatchFollower::chassis(client.clone(), &cfg.chassis).run(tx));
     let mut link_rx = links::watch()?;

@@ -3,22 +3,31 @@
 use std::time::Duration;
 
 /// Sends a liveness heartbeat for `chassis` every `every` until `shutdown`
-/// resolves (UDP to the controller's host and port number). The address is
-/// resolved again after a send error, so a controller that moved is found.
+/// resolves (UDP to the controller's host and port number). With `key`
+/// (the chassis' heartbeat key) each is signed, and the sequence starts at
+/// the clock in microseconds so that it keeps growing across restarts. The
+/// address is resolved again after a send error, so a controller that
+/// moved is found.
 pub async fn heartbeats(
     controller: String,
     chassis: String,
     every: Duration,
+    key: Option<[u8; vipcast_tls::heartbeat::LEN]>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     tokio::select! {
-        () = send_forever(&controller, &chassis, every) => {}
+        () = send_forever(&controller, &chassis, every, key) => {}
         () = &mut shutdown => {}
     }
 }
 
-async fn send_forever(controller: &str, chassis: &str, every: Duration) {
+async fn send_forever(
+    controller: &str,
+    chassis: &str,
+    every: Duration,
+    key: Option<[u8; vipcast_tls::heartbeat::LEN]>,
+) {
     let target = match reqwest::Url::parse(controller) {
         Ok(u) => match (u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()), u.port_or_known_default()) {
             (Some(h), Some(p)) => (h, p),
@@ -34,7 +43,13 @@ async fn send_forever(controller: &str, chassis: &str, every: Duration) {
     };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seq = 0u64;
+    let mut seq = match key {
+        Some(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0),
+        None => 0,
+    };
     'connect: loop {
         let sock = async {
             let addr = tokio::net::lookup_host((target.0.as_str(), target.1))
@@ -59,7 +74,11 @@ async fn send_forever(controller: &str, chassis: &str, every: Duration) {
         loop {
             tick.tick().await;
             seq += 1;
-            if let Err(e) = sock.send(&vipcast_api::heartbeat::encode_heartbeat(chassis, seq)).await {
+            let datagram = match &key {
+                Some(k) => vipcast_api::heartbeat::encode_signed(chassis, seq, |m| vipcast_tls::heartbeat::sign(k, m)),
+                None => vipcast_api::heartbeat::encode_heartbeat(chassis, seq),
+            };
+            if let Err(e) = sock.send(&datagram).await {
                 // ICMP unreachable (controller restarting) shows up here: go on.
                 if e.kind() != std::io::ErrorKind::ConnectionRefused {
                     tracing::warn!(error = %e, "sending a heartbeat");

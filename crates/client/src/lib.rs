@@ -85,17 +85,35 @@ pub struct ControllerClient {
 }
 
 impl ControllerClient {
-    /// A client of the controller at `base`.
+    /// A client of the controller at `base` (`http://host:port`).
     pub fn new(base: &str) -> Result<ControllerClient, Error> {
+        ControllerClient::with_tls(base, None)
+    }
+
+    /// A client of the controller at `base`; with `tls`, over mutual TLS
+    /// (`https://host:port`): the controller verified against the CA, this
+    /// client's certificate presented. Connections are kept alive, so a
+    /// claim on the failover path costs no handshake.
+    pub fn with_tls(base: &str, tls: Option<&vipcast_tls::ClientFiles>) -> Result<ControllerClient, Error> {
         let base = base.trim().trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() <= "http://".len() {
-            return Err(Error::Unavailable(format!("controller URL {base:?} is not http://host:port")));
+        let scheme = if tls.is_some() { "https://" } else { "http://" };
+        if !base.starts_with(scheme) || base.len() <= scheme.len() {
+            let hint = if tls.is_some() {
+                "with --ca/--cert/--key the URL is https://"
+            } else {
+                "without --ca/--cert/--key the URL is http://"
+            };
+            return Err(Error::Unavailable(format!("controller URL {base:?} is not {scheme}host:port ({hint})")));
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
-            .build()
-            .map_err(|e| Error::Unavailable(format!("HTTP client: {e}")))?;
+            .pool_idle_timeout(Duration::from_secs(90));
+        if let Some(files) = tls {
+            let config = files.config().map_err(|e| Error::Unavailable(format!("TLS: {e}")))?;
+            builder = builder.tls_backend_preconfigured(config);
+        }
+        let http = builder.build().map_err(|e| Error::Unavailable(format!("HTTP client: {e}")))?;
         Ok(ControllerClient { http, base })
     }
 

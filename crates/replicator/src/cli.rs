@@ -46,6 +46,16 @@ pub struct Args {
     /// Run inside this network namespace (as made by `ip netns add`).
     #[arg(long)]
     netns: Option<String>,
+    /// CA certificate the controller's is checked against (mutual TLS: the
+    /// controller URL is then https://).
+    #[arg(long, env = "VIPCAST_CA")]
+    ca: Option<std::path::PathBuf>,
+    /// This replicator's certificate (`vipcast pki issue --role replicator`).
+    #[arg(long, env = "VIPCAST_CERT")]
+    cert: Option<std::path::PathBuf>,
+    /// This replicator's private key.
+    #[arg(long, env = "VIPCAST_KEY")]
+    key: Option<std::path::PathBuf>,
 }
 
 /// Enters the namespace (before any thread starts), then runs the replicator.
@@ -65,6 +75,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     opts.engine.ipv6_sockets = a.listen.is_ipv6();
     opts.io.gso = a.gso;
     opts.io.batch = a.batch;
+    opts.tls = vipcast_tls::ClientFiles::from_parts(a.ca, a.cert, a.key)?;
     let sockets = bind_sockets(a.listen, workers).map_err(|e| anyhow::anyhow!("binding {}: {e}", a.listen))?;
     tracing::info!(listen = %a.listen, workers, "replicator starting");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -27,6 +27,8 @@ pub struct Options {
     pub heartbeat: Duration,
     /// Repeats of a VIP's last claim within this are not sent. Default 1 s.
     pub claim_window: Duration,
+    /// Mutual TLS to the controller (`https://` URL). Default none.
+    pub tls: Option<vipcast_tls::ClientFiles>,
 }
 
 impl Options {
@@ -40,6 +42,7 @@ impl Options {
             io: IoConfig::default(),
             heartbeat: Duration::from_secs(3),
             claim_window: Duration::from_secs(1),
+            tls: None,
         }
     }
 }
@@ -76,7 +79,7 @@ pub fn start(
     sockets: Vec<UdpSocket>,
     admin_listener: Option<tokio::net::TcpListener>,
 ) -> anyhow::Result<(Running, impl Future<Output = anyhow::Error>)> {
-    let client = vipcast_client::ControllerClient::new(&opts.controller)?;
+    let client = vipcast_client::ControllerClient::with_tls(&opts.controller, opts.tls.as_ref())?;
     let (sniff_tx, sniff_rx) = mpsc::channel::<sniff::SniffEvent>(4096);
     let sniff_tx_gre = sniff_tx.clone();
     let dataplane =

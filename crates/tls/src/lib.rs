@@ -94,6 +94,36 @@ pub fn server_config(cert: &Path, key: &Path, client_ca: &Path) -> Result<Arc<ru
     Ok(Arc::new(config))
 }
 
+/// The files a client presents and trusts: `--ca`, `--cert`, `--key`
+/// (env `VIPCAST_CA`, `VIPCAST_CERT`, `VIPCAST_KEY`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientFiles {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl ClientFiles {
+    /// The three files, if all are given; an error naming what is missing
+    /// if only some are.
+    pub fn from_parts(
+        ca: Option<std::path::PathBuf>,
+        cert: Option<std::path::PathBuf>,
+        key: Option<std::path::PathBuf>,
+    ) -> Result<Option<ClientFiles>, Error> {
+        match (ca, cert, key) {
+            (None, None, None) => Ok(None),
+            (Some(ca), Some(cert), Some(key)) => Ok(Some(ClientFiles { ca, cert, key })),
+            _ => Err(Error::Invalid("--ca, --cert and --key go together".into())),
+        }
+    }
+
+    /// Its rustls configuration.
+    pub fn config(&self) -> Result<rustls::ClientConfig, Error> {
+        client_config(&self.ca, &self.cert, &self.key)
+    }
+}
+
 /// A client's TLS configuration: servers verified against `ca`, and this
 /// client's certificate and key.
 pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<rustls::ClientConfig, Error> {

@@ -43,6 +43,13 @@ pub struct AgentArgs {
     /// With --dataplane ovs: where to accept the switch's OpenFlow connection.
     #[arg(long, default_value = "127.0.0.1:6653")]
     openflow_listen: std::net::SocketAddr,
+    #[command(flatten)]
+    tls: crate::tls_args::TlsArgs,
+    /// This chassis' heartbeat key (`vipcast pki issue --role agent` writes
+    /// NAME.hbkey beside the certificate; that one is used when this is not
+    /// given): heartbeats are signed.
+    #[arg(long, env = "VIPCAST_HEARTBEAT_KEY")]
+    heartbeat_key: Option<std::path::PathBuf>,
 }
 
 fn parse_dataplane(s: &str) -> Result<vipcast_model::Dataplane, String> {
@@ -69,7 +76,17 @@ impl AgentArgs {
 }
 
 pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
-    vipcast_agent::run(vipcast_agent::Config {
+    let tls = a.tls.files()?;
+    let key_file = a.heartbeat_key.clone().or_else(|| {
+        let beside = tls.as_ref()?.cert.with_extension("hbkey");
+        beside.exists().then_some(beside)
+    });
+    let heartbeat_key = match key_file {
+        Some(f) => Some(vipcast_tls::heartbeat::read_secret(&f)?),
+        None => None,
+    };
+    let security = vipcast_agent::Security { tls, heartbeat_key };
+    let cfg = vipcast_agent::Config {
         controller: a.controller,
         chassis: a.chassis,
         underlay_ip: a.underlay_ip,
@@ -80,6 +97,6 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
         heartbeat: std::time::Duration::from_millis(a.heartbeat_ms),
         dataplane: a.dataplane,
         openflow_listen: a.openflow_listen,
-    })
-    .await
+    };
+    vipcast_agent::run_with(cfg, security, std::future::pending()).await
 }

@@ -17,6 +17,8 @@ pub struct Ctl {
     /// Print the controller's JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    tls: crate::tls_args::TlsArgs,
     #[command(subcommand)]
     what: What,
 }
@@ -331,7 +333,7 @@ fn request(what: What) -> Req {
 
 pub async fn run(ctl: Ctl) -> anyhow::Result<()> {
     let (method, path, body) = request(ctl.what);
-    let client = vipcast_client::ControllerClient::new(&ctl.controller)?;
+    let client = vipcast_client::ControllerClient::with_tls(&ctl.controller, ctl.tls.files()?.as_ref())?;
     let value = match client.call(method.clone(), &path, body.as_ref(), vipcast_client::Retry::ONCE).await {
         Ok(v) => v,
         Err(vipcast_client::Error::Refused { status, code, message, .. }) => {

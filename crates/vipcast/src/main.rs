@@ -22,6 +22,7 @@ mod dissect;
 mod drill;
 mod lab;
 mod pki;
+mod tls_args;
 
 /// Highly available virtual IPs for VXLAN overlays.
 #[derive(Debug, Parser)]
