@@ -14,6 +14,7 @@
 //! against the same state (one retries on the newer state).
 
 mod api;
+pub mod authz;
 mod cache;
 mod error;
 pub mod liveness;

@@ -1,0 +1,348 @@
+//! Who may do what: the identity of the TLS peer (nothing else) against the
+//! endpoint, and for the calls agents and replicators make, against what
+//! the body claims and the current state. Pure: a request's method, path
+//! and body and the state in, a verdict out.
+//!
+//! | role | may |
+//! |---|---|
+//! | `admin` | everything |
+//! | `viewer` | every `GET`, nothing else |
+//! | `agent` *N* | `PUT /v1/chassis/N`; its own view and watch stream; claims (`source: agent`) as chassis *N* with the MAC of a port bound to *N* (or a VRRP virtual MAC for a VIP with a member on *N*); VRRP reports for masters on *N*; assist records by *N* in a VPC it has ports in |
+//! | `replicator` *R* | `PUT /v1/replicators/R`; its own watch stream and the replicators' view; claims with `source: replicator` and VRRP reports, only for VPCs in replicator mode |
+//! | `controller`, anyone else | nothing |
+//!
+//! `/healthz` and `/readyz` need no certificate; every other request without
+//! one is answered 401.
+
+use serde::Deserialize;
+use vipcast_api::{Identity, PeerRole};
+use vipcast_model::{BumMode, ClaimSource, State};
+use vipcast_packet::MacAddr;
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    /// 401 (no identity) or 403.
+    pub status: u16,
+    /// A closed set, for the metric's `reason` label.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Denied {
+    fn forbidden(reason: &'static str, message: impl Into<String>) -> Denied {
+        Denied { status: 403, reason, message: message.into() }
+    }
+}
+
+/// Endpoints that need no certificate.
+pub fn is_open(method: &str, path: &str) -> bool {
+    method == "GET" && matches!(path, "/healthz" | "/readyz")
+}
+
+/// The parts of bodies the rules look at (the handlers validate the rest).
+#[derive(Debug, Default, Deserialize)]
+struct Fields {
+    chassis: Option<String>,
+    mac: Option<MacAddr>,
+    source: Option<ClaimSource>,
+    vpc: Option<String>,
+    master_mac: Option<MacAddr>,
+    by: Option<String>,
+}
+
+/// Decides a request by `id` (`None`: no client certificate).
+pub fn authorize(id: Option<&Identity>, method: &str, path: &str, body: &[u8], state: &State) -> Result<(), Denied> {
+    if is_open(method, path) {
+        return Ok(());
+    }
+    let Some(id) = id else {
+        return Err(Denied {
+            status: 401,
+            reason: "no_certificate",
+            message: "a client certificate is required".into(),
+        });
+    };
+    let read = matches!(method, "GET" | "HEAD");
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match id.role {
+        PeerRole::Admin => Ok(()),
+        PeerRole::Viewer if read => Ok(()),
+        PeerRole::Viewer => Err(Denied::forbidden("read_only", format!("viewer:{} may only read", id.name))),
+        PeerRole::Controller => Err(Denied::forbidden("role", "a controller certificate is not a client's")),
+        PeerRole::Agent => agent(&id.name, method, &segs, body, state),
+        PeerRole::Replicator => replicator(&id.name, method, &segs, body, state),
+    }
+}
+
+fn fields(body: &[u8]) -> Result<Fields, Denied> {
+    // Malformed bodies are the handler's to refuse (with the field at
+    // fault); an unreadable body grants nothing here.
+    serde_json::from_slice(body).or_else(|_| Ok(Fields::default()))
+}
+
+fn agent(me: &str, method: &str, segs: &[&str], body: &[u8], state: &State) -> Result<(), Denied> {
+    let not_own = |what: &str| Denied::forbidden("not_own", format!("agent:{me} may not {what}"));
+    match (method, segs) {
+        ("PUT", ["v1", "chassis", name]) if *name == me => Ok(()),
+        ("PUT", ["v1", "chassis", name]) => Err(not_own(&format!("register chassis {name}"))),
+        ("GET", ["v1", "views" | "watch", "chassis", name]) if *name == me => Ok(()),
+        ("GET", ["v1", "views" | "watch", "chassis", name]) => Err(not_own(&format!("read chassis {name}'s objects"))),
+        ("POST", ["v1", "vips", vip, "claims"]) => {
+            let f = fields(body)?;
+            if f.chassis.as_deref() != Some(me) {
+                return Err(not_own("claim in another chassis' name"));
+            }
+            if f.source.is_some_and(|s| s != ClaimSource::Agent) {
+                return Err(Denied::forbidden("source", format!("agent:{me} claims only with source agent")));
+            }
+            let Some(mac) = f.mac else { return Ok(()) };
+            let bound = state.ports.values().any(|p| p.chassis == me && p.mac == mac);
+            let virtual_for_member = mac.vrrp_vrid().is_some()
+                && state.vips.get(*vip).is_some_and(|v| {
+                    v.spec.members.iter().any(|m| state.ports.get(m).is_some_and(|p| p.chassis == me))
+                });
+            if bound || virtual_for_member {
+                Ok(())
+            } else {
+                Err(Denied::forbidden(
+                    "not_own_port",
+                    format!("agent:{me} may claim only with the MAC of a port bound to it ({mac} is not)"),
+                ))
+            }
+        }
+        ("POST", ["v1", "vrrp"]) => {
+            let f = fields(body)?;
+            if f.chassis.as_deref() != Some(me) {
+                return Err(not_own("report a VRRP master on another chassis"));
+            }
+            let on_me = |mac: MacAddr| {
+                state
+                    .ports
+                    .values()
+                    .any(|p| p.chassis == me && p.mac == mac && f.vpc.as_deref().is_none_or(|v| v == p.vpc))
+            };
+            match f.master_mac {
+                Some(mac) if !on_me(mac) => Err(Denied::forbidden(
+                    "not_own_port",
+                    format!("agent:{me} may report only masters behind its own ports"),
+                )),
+                _ => Ok(()),
+            }
+        }
+        ("POST", ["v1", "vrrp", vpc, _, "assists"]) => {
+            let f = fields(body)?;
+            if f.by.as_deref() != Some(me) {
+                return Err(not_own("record an assist by another chassis"));
+            }
+            if state.ports.values().any(|p| p.chassis == me && p.vpc == *vpc) {
+                Ok(())
+            } else {
+                Err(Denied::forbidden("not_own_vpc", format!("agent:{me} hosts no port of VPC {vpc}")))
+            }
+        }
+        _ => Err(Denied::forbidden("role", format!("agent:{me} may not {method} /{}", segs.join("/")))),
+    }
+}
+
+fn replicator(me: &str, method: &str, segs: &[&str], body: &[u8], state: &State) -> Result<(), Denied> {
+    let replicated = |vpc: &str| state.vpcs.get(vpc).is_some_and(|v| v.bum == BumMode::Replicator);
+    match (method, segs) {
+        ("PUT", ["v1", "replicators", name]) | ("GET", ["v1", "watch", "replicators", name]) if *name == me => Ok(()),
+        ("PUT", ["v1", "replicators", name]) | ("GET", ["v1", "watch", "replicators", name]) => {
+            Err(Denied::forbidden("not_own", format!("replicator:{me} may not act as replicator {name}")))
+        }
+        ("GET", ["v1", "views", "replicators"]) => Ok(()),
+        ("POST", ["v1", "vips", vip, "claims"]) => {
+            let f = fields(body)?;
+            if f.source != Some(ClaimSource::Replicator) {
+                return Err(Denied::forbidden("source", format!("replicator:{me} claims only with source replicator")));
+            }
+            match state.vips.get(*vip) {
+                Some(v) if !replicated(&v.spec.vpc) => Err(Denied::forbidden(
+                    "not_replicated",
+                    format!("VIP {vip}'s VPC {} is not in replicator mode", v.spec.vpc),
+                )),
+                _ => Ok(()),
+            }
+        }
+        ("POST", ["v1", "vrrp"]) => {
+            let f = fields(body)?;
+            match f.vpc.as_deref() {
+                Some(vpc) if state.vpcs.contains_key(vpc) && !replicated(vpc) => {
+                    Err(Denied::forbidden("not_replicated", format!("VPC {vpc} is not in replicator mode")))
+                }
+                _ => Ok(()),
+            }
+        }
+        _ => Err(Denied::forbidden("role", format!("replicator:{me} may not {method} /{}", segs.join("/")))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vipcast_model::{Chassis, Object, Port, Role, Vip, VipSpec, Vpc};
+
+    const A: &str = "02:00:00:00:00:01"; // pay1 on hv1, VPC prod (head-end)
+    const B: &str = "02:00:00:00:00:02"; // pay2 on hv2, VPC prod
+    const C: &str = "02:00:00:00:00:03"; // r1 on hv1, VPC rep (replicator mode)
+
+    fn state() -> State {
+        let mut s = State::default();
+        for (name, vni, bum) in [("prod", 100, BumMode::Headend), ("rep", 200, BumMode::Replicator)] {
+            s.put(Object::Vpc(Vpc {
+                name: name.into(),
+                vni,
+                bum,
+                arp_suppression: true,
+                assist: true,
+                encap: vipcast_model::Encap::Vxlan,
+            }));
+        }
+        for (name, ip) in [("hv1", "10.0.0.1"), ("hv2", "10.0.0.2")] {
+            s.put(Object::Chassis(Chassis {
+                name: name.into(),
+                underlay_ip: ip.parse().unwrap(),
+                role: Role::Hypervisor,
+                dataplane: vipcast_model::Dataplane::Kernel,
+                liveness: None,
+            }));
+        }
+        for (name, vpc, chassis, mac, ip) in [
+            ("pay1", "prod", "hv1", A, "192.168.10.11"),
+            ("pay2", "prod", "hv2", B, "192.168.10.12"),
+            ("r1", "rep", "hv1", C, "192.168.20.11"),
+        ] {
+            s.put(Object::Port(Port {
+                name: name.into(),
+                vpc: vpc.into(),
+                subnet: "web".into(),
+                chassis: chassis.into(),
+                mac: mac.parse().unwrap(),
+                ip: ip.parse().unwrap(),
+            }));
+        }
+        for (name, vpc, ip, members) in [
+            ("pay-vip", "prod", "192.168.10.100", vec!["pay1", "pay2"]),
+            ("rep-vip", "rep", "192.168.20.100", vec!["r1"]),
+        ] {
+            s.put(Object::Vip(Vip::new(VipSpec {
+                name: name.into(),
+                vpc: vpc.into(),
+                subnet: "web".into(),
+                ip: ip.parse().unwrap(),
+                members: members.into_iter().map(String::from).collect(),
+            })));
+        }
+        s
+    }
+
+    fn claim(chassis: &str, mac: &str, source: &str) -> String {
+        format!(r#"{{"mac":"{mac}","chassis":"{chassis}","source":"{source}","observed_at":1}}"#)
+    }
+
+    fn report(vpc: &str, chassis: &str, mac: &str) -> String {
+        format!(
+            r#"{{"vpc":"{vpc}","vrid":51,"version":3,"master_ip":"192.168.10.11","master_mac":"{mac}","chassis":"{chassis}","priority":150,"interval_cs":10,"addresses":[],"destinations":[],"observed_at":1}}"#
+        )
+    }
+
+    #[test]
+    fn every_identity_against_every_endpoint() {
+        let s = state();
+        let ids = [
+            Some(Identity::new(PeerRole::Admin, "alice")),
+            Some(Identity::new(PeerRole::Viewer, "bob")),
+            Some(Identity::new(PeerRole::Agent, "hv1")),
+            Some(Identity::new(PeerRole::Agent, "hv2")),
+            Some(Identity::new(PeerRole::Replicator, "rep1")),
+            Some(Identity::new(PeerRole::Controller, "ctl")),
+            None,
+        ];
+        // Columns: admin, viewer, agent hv1, agent hv2, replicator rep1,
+        // a controller certificate, no certificate. y allowed, n 403, u 401.
+        let claim_hv1_own = claim("hv1", A, "agent");
+        let claim_hv1_with_hv2s_mac = claim("hv1", B, "agent");
+        let claim_as_hv2 = claim("hv2", B, "agent");
+        let claim_virtual = claim("hv1", "00:00:5e:00:01:33", "agent");
+        let rep_claim_rep = claim("hv1", C, "replicator");
+        let rep_claim_prod = claim("hv1", A, "replicator");
+        let report_hv1 = report("prod", "hv1", A);
+        let report_hv1_for_b = report("prod", "hv1", B);
+        let report_rep = report("rep", "hv1", C);
+        let assist_hv1 = r#"{"fault":"chassis-dead","by":"hv1","master":"192.168.10.12","at_ms":1}"#.to_string();
+        let assist_hv2_in_rep = r#"{"fault":"port-down","by":"hv2","master":"192.168.20.11","at_ms":1}"#.to_string();
+        let rows: Vec<(&str, &str, &str, &str)> = vec![
+            ("GET", "/healthz", "", "yyyyyyy"),
+            ("GET", "/readyz", "", "yyyyyyy"),
+            ("GET", "/metrics", "", "yynnnnu"),
+            ("GET", "/openapi.json", "", "yynnnnu"),
+            ("GET", "/v1/vpcs", "", "yynnnnu"),
+            ("POST", "/v1/vpcs", r#"{"name":"x","vni":5}"#, "ynnnnnu"),
+            ("GET", "/v1/vpcs/prod", "", "yynnnnu"),
+            ("PATCH", "/v1/vpcs/prod", r#"{"assist":false}"#, "ynnnnnu"),
+            ("DELETE", "/v1/vpcs/prod", "", "ynnnnnu"),
+            ("GET", "/v1/subnets", "", "yynnnnu"),
+            ("POST", "/v1/subnets", "{}", "ynnnnnu"),
+            ("GET", "/v1/subnets/prod/web", "", "yynnnnu"),
+            ("DELETE", "/v1/subnets/prod/web", "", "ynnnnnu"),
+            ("GET", "/v1/chassis", "", "yynnnnu"),
+            ("GET", "/v1/chassis/hv1", "", "yynnnnu"),
+            ("PUT", "/v1/chassis/hv1", r#"{"underlay_ip":"10.0.0.1"}"#, "ynynnnu"),
+            ("PUT", "/v1/chassis/hv2", r#"{"underlay_ip":"10.0.0.2"}"#, "ynnynnu"),
+            ("DELETE", "/v1/chassis/hv1", "", "ynnnnnu"),
+            ("GET", "/v1/ports", "", "yynnnnu"),
+            ("POST", "/v1/ports", "{}", "ynnnnnu"),
+            ("GET", "/v1/ports/pay1", "", "yynnnnu"),
+            ("DELETE", "/v1/ports/pay1", "", "ynnnnnu"),
+            ("GET", "/v1/vips", "", "yynnnnu"),
+            ("POST", "/v1/vips", "{}", "ynnnnnu"),
+            ("GET", "/v1/vips/pay-vip", "", "yynnnnu"),
+            ("DELETE", "/v1/vips/pay-vip", "", "ynnnnnu"),
+            ("PUT", "/v1/vips/pay-vip/members", r#"{"members":["pay1"]}"#, "ynnnnnu"),
+            ("GET", "/v1/vips/pay-vip/history", "", "yynnnnu"),
+            ("POST", "/v1/vips/pay-vip/claims", &claim_hv1_own, "ynynnnu"),
+            ("POST", "/v1/vips/pay-vip/claims", &claim_hv1_with_hv2s_mac, "ynnnnnu"),
+            ("POST", "/v1/vips/pay-vip/claims", &claim_as_hv2, "ynnynnu"),
+            ("POST", "/v1/vips/pay-vip/claims", &claim_virtual, "ynynnnu"),
+            ("POST", "/v1/vips/rep-vip/claims", &claim_virtual, "ynynnnu"),
+            ("POST", "/v1/vips/rep-vip/claims", &rep_claim_rep, "ynnnynu"),
+            ("POST", "/v1/vips/pay-vip/claims", &rep_claim_prod, "ynnnnnu"),
+            ("GET", "/v1/vrrp", "", "yynnnnu"),
+            ("POST", "/v1/vrrp", &report_hv1, "ynynnnu"),
+            ("POST", "/v1/vrrp", &report_hv1_for_b, "ynnnnnu"),
+            ("POST", "/v1/vrrp", &report_rep, "ynynynu"),
+            ("DELETE", "/v1/vrrp/prod/51-ipv4", "", "ynnnnnu"),
+            ("POST", "/v1/vrrp/prod/51-ipv4/assists", &assist_hv1, "ynynnnu"),
+            ("POST", "/v1/vrrp/rep/51-ipv4/assists", &assist_hv2_in_rep, "ynnnnnu"),
+            ("GET", "/v1/replicators", "", "yynnnnu"),
+            ("GET", "/v1/replicators/rep1", "", "yynnnnu"),
+            ("PUT", "/v1/replicators/rep1", r#"{"address":"10.0.1.1:4789"}"#, "ynnnynu"),
+            ("PUT", "/v1/replicators/rep2", r#"{"address":"10.0.1.2:4789"}"#, "ynnnnnu"),
+            ("DELETE", "/v1/replicators/rep1", "", "ynnnnnu"),
+            ("GET", "/v1/views/chassis/hv1", "", "yyynnnu"),
+            ("GET", "/v1/views/chassis/hv2", "", "yynynnu"),
+            ("GET", "/v1/views/replicators", "", "yynnynu"),
+            ("GET", "/v1/watch/chassis/hv1", "", "yyynnnu"),
+            ("GET", "/v1/watch/chassis/hv2", "", "yynynnu"),
+            ("GET", "/v1/watch/replicators/rep1", "", "yynnynu"),
+            ("GET", "/v1/watch/replicators/rep2", "", "yynnnnu"),
+            ("GET", "/v1/nosuch", "", "yynnnnu"),
+        ];
+        let mut wrong = Vec::new();
+        for (method, path, body, want) in &rows {
+            for (id, expect) in ids.iter().zip(want.chars()) {
+                let got = match authorize(id.as_ref(), method, path, body.as_bytes(), &s) {
+                    Ok(()) => 'y',
+                    Err(d) if d.status == 401 => 'u',
+                    Err(_) => 'n',
+                };
+                if got != expect {
+                    wrong.push(format!("{method} {path} {body} as {id:?}: got {got}, want {expect}"));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{} cells wrong:\n{}", wrong.len(), wrong.join("\n"));
+    }
+}
