@@ -179,6 +179,83 @@ fn replicator(me: &str, method: &str, segs: &[&str], body: &[u8], state: &State)
     }
 }
 
+/// Endpoints whose rules read the body.
+fn reads_body(method: &str, path: &str) -> bool {
+    method == "POST" && (path == "/v1/vrrp" || path.ends_with("/claims") || path.ends_with("/assists"))
+}
+
+/// The largest body read to decide (the handlers' own limits are smaller).
+const MAX_DECIDED_BODY: usize = 1 << 20;
+
+/// The layer in front of every route when the controller authorizes
+/// (`Config::authorize`): the peer's identity from the TLS handshake
+/// ([`crate::tls::Peer`]) against [`authorize`]; a refusal is answered 401 /
+/// 403 `{"error":{...}}`, counted in
+/// `vipcast_controller_requests_denied_total{role,reason}`, and changes
+/// nothing. Accepted writes are logged with their actor.
+pub(crate) async fn middleware(
+    axum::extract::State(c): axum::extract::State<std::sync::Arc<crate::Controller>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !c.config.authorize {
+        return next.run(req).await;
+    }
+    let identity =
+        req.extensions().get::<axum::extract::ConnectInfo<crate::tls::Peer>>().and_then(|p| p.0.identity.clone());
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let (req, body) = if reads_body(&method, &path)
+        && identity.as_ref().is_some_and(|i| matches!(i.role, PeerRole::Agent | PeerRole::Replicator))
+    {
+        let (parts, body) = req.into_parts();
+        match axum::body::to_bytes(body, MAX_DECIDED_BODY).await {
+            Ok(bytes) => (axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes.clone())), bytes),
+            Err(_) => {
+                return crate::error::ApiError {
+                    status: axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    code: "too_large",
+                    field: None,
+                    message: format!("the body is over {MAX_DECIDED_BODY} bytes"),
+                }
+                .into_response();
+            }
+        }
+    } else {
+        (req, bytes::Bytes::new())
+    };
+    let state = c.cache().current().state.clone();
+    match authorize(identity.as_ref(), &method, &path, &body, &state) {
+        Ok(()) => {
+            if let Some(id) = &identity
+                && !matches!(method.as_str(), "GET" | "HEAD")
+            {
+                tracing::debug!(actor = id.actor(), method, path, "request");
+            }
+            next.run(req).await
+        }
+        Err(d) => {
+            let role = identity.as_ref().map_or("none", |i| i.role.as_str());
+            c.metrics.denied.get_or_create(&crate::metrics::DeniedLabels { role, reason: d.reason }).inc();
+            tracing::warn!(
+                actor = identity.as_ref().map(Identity::actor),
+                method,
+                path,
+                reason = d.reason,
+                "denied: {}",
+                d.message
+            );
+            let (status, code) = if d.status == 401 {
+                (axum::http::StatusCode::UNAUTHORIZED, "unauthenticated")
+            } else {
+                (axum::http::StatusCode::FORBIDDEN, "forbidden")
+            };
+            crate::error::ApiError { status, code, field: None, message: d.message }.into_response()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

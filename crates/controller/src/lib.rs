@@ -20,6 +20,7 @@ mod error;
 pub mod liveness;
 mod metrics;
 mod openapi;
+pub mod tls;
 mod watch;
 
 use std::future::Future;
@@ -43,11 +44,15 @@ pub struct Config {
     pub damping: vipcast_model::claim::Damping,
     /// Interval of keep-alive lines on idle watch streams.
     pub watch_ping: Duration,
+    /// Authorize every request by the identity of its TLS client
+    /// certificate ([`authz`]); on with TLS. Default off (plain HTTP, for
+    /// tests and a loopback-only controller).
+    pub authorize: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { damping: Default::default(), watch_ping: Duration::from_secs(5) }
+        Config { damping: Default::default(), watch_ping: Duration::from_secs(5), authorize: false }
     }
 }
 
@@ -147,7 +152,22 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = api::router(controller);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app.into_make_service_with_connect_info::<tls::Peer>()).with_graceful_shutdown(shutdown).await
+}
+
+/// Like [`serve`], over mutual TLS: every connection's client certificate
+/// (if any) is verified against the CA and its identity handed to
+/// authorization (turn it on with [`Config::authorize`]).
+pub async fn serve_tls(
+    listener: TcpListener,
+    controller: Arc<Controller>,
+    tls: Arc<tls::TlsServer>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    controller.metrics.certificate_expiry.set(tls.not_after());
+    let app = api::router(controller);
+    let listener = tls::TlsListener::new(listener, tls)?;
+    axum::serve(listener, app.into_make_service_with_connect_info::<tls::Peer>()).with_graceful_shutdown(shutdown).await
 }
 
 #[cfg(test)]

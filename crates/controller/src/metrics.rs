@@ -31,6 +31,14 @@ pub struct FaultLabels {
     pub fault: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeniedLabels {
+    /// admin, viewer, agent, replicator, controller, none
+    pub role: &'static str,
+    /// no_certificate, read_only, role, not_own, not_own_port, not_own_vpc, source, not_replicated
+    pub reason: &'static str,
+}
+
 /// The controller's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -44,6 +52,9 @@ pub struct Metrics {
     pub vrrp_routers: Gauge,
     pub vrrp_master_changes: Counter,
     pub assists: Family<FaultLabels, Counter>,
+    pub denied: Family<DeniedLabels, Counter>,
+    /// When the TLS certificate in use expires (Unix seconds).
+    pub certificate_expiry: Gauge,
     registry: Registry,
 }
 
@@ -59,7 +70,15 @@ impl Default for Metrics {
         let vrrp_routers = Gauge::default();
         let vrrp_master_changes = Counter::default();
         let assists = Family::<FaultLabels, Counter>::default();
+        let denied = Family::<DeniedLabels, Counter>::default();
+        let certificate_expiry = Gauge::default();
         let mut registry = Registry::with_prefix("vipcast_controller");
+        registry.register("requests_denied", "Requests refused by authorization, by role and reason", denied.clone());
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the controller's TLS certificate expires (0 without TLS)",
+            certificate_expiry.clone(),
+        );
         registry.register("vrrp_routers", "VRRP virtual routers in the VRRP view", vrrp_routers.clone());
         registry.register("vrrp_master_changes", "New VRRP masters reported by agents", vrrp_master_changes.clone());
         registry.register(
@@ -85,6 +104,8 @@ impl Default for Metrics {
             vrrp_routers,
             vrrp_master_changes,
             assists,
+            denied,
+            certificate_expiry,
             registry,
         }
     }

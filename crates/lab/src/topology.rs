@@ -670,11 +670,17 @@ impl<'a> Builder<'a> {
             self.wait_ready(index, "etcd", || etcd_healthy(&ns))?;
             self.say(&format!("etcd in {ns} at {client}, data in {}", self.state_dir.join("etcd").display()));
         }
-        let args: Vec<OsString> =
-            ["controller", "--listen", &format!("0.0.0.0:{CONTROLLER_PORT}"), "--store", &self.store]
-                .iter()
-                .map(OsString::from)
-                .collect();
+        let args: Vec<OsString> = [
+            "controller",
+            "--listen",
+            &format!("0.0.0.0:{CONTROLLER_PORT}"),
+            "--store",
+            &self.store,
+            "--insecure-plaintext",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
         let exe = self.opts.exe.to_path_buf();
         self.spawn("controller", "net", &ns, &exe, &args, "controller.log")?;
         let index = self.children.len() - 1;

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use ring::hmac;
+use aws_lc_rs::hmac;
 
 use crate::Error;
 
@@ -17,7 +17,7 @@ const LABEL: &[u8] = b"vipcast heartbeat key v1\0";
 /// A new random secret, hex.
 pub fn new_secret() -> Result<String, Error> {
     let mut b = [0u8; LEN];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut b)
         .map_err(|_| Error::Invalid("no randomness for the heartbeat secret".into()))?;
     Ok(to_hex(&b))
 }

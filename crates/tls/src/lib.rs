@@ -6,7 +6,7 @@
 //!   ([`vipcast_api::Identity`]); the subject says the same for people
 //!   (CN = name, OU = role). The controller's certificate carries its IP
 //!   and DNS names instead.
-//! * [`server_config`] / [`client_config`]: rustls configurations (ring
+//! * [`server_config`] / [`client_config`]: rustls configurations (aws-lc-rs
 //!   provider, TLS 1.2 and 1.3). The server asks every client for a
 //!   certificate and verifies it against the CA; a certificate from another
 //!   CA never completes the handshake; no certificate is allowed through so
@@ -73,7 +73,7 @@ pub fn roots(ca: &Path) -> Result<Arc<RootCertStore>, Error> {
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// The controller's TLS configuration: its certificate and key, clients'

@@ -81,6 +81,7 @@ pub fn router(c: Arc<Controller>) -> Router {
                 message: "no such endpoint".into(),
             }
         })
+        .layer(middleware::from_fn_with_state(c.clone(), crate::authz::middleware))
         .layer(middleware::from_fn_with_state(c.clone(), count_requests))
         .with_state(c)
 }
