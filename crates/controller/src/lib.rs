@@ -17,6 +17,7 @@ mod api;
 pub mod authz;
 mod cache;
 mod error;
+pub mod heartbeat_auth;
 pub mod liveness;
 mod metrics;
 mod openapi;
