@@ -8,7 +8,8 @@
 //!  watch streams ◄── per-subscriber filter ◄── Cache (applied batches) ◄─watch┘
 //! ```
 //! [`serve`] takes a bound listener and a shutdown future, so tests bind
-//! `127.0.0.1:0`. Several controllers may share one etcd: every write is a
+//! `127.0.0.1:0`; it serves every connection under [`HttpLimits`] (timeouts,
+//! a connection cap, body and head sizes; see `http.rs`). Several controllers may share one etcd: every write is a
 //! transaction conditional on the revision of a guard key the writer's state
 //! was read at, so two controllers can never both apply writes validated
 //! against the same state (one retries on the newer state).
@@ -16,6 +17,7 @@
 mod api;
 mod cache;
 mod error;
+mod http;
 pub mod liveness;
 mod metrics;
 mod openapi;
@@ -32,6 +34,7 @@ use vipcast_store::{Compare, Op, Revision, Store};
 
 pub use cache::{Applied, Cache, GUARD_KEY, Snapshot};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use http::HttpLimits;
 pub use openapi::document as openapi_document;
 pub use vipcast_api::{Message, VrrpReport, WireKey, now_ms};
 
@@ -42,11 +45,13 @@ pub struct Config {
     pub damping: vipcast_model::claim::Damping,
     /// Interval of keep-alive lines on idle watch streams.
     pub watch_ping: Duration,
+    /// Limits on connections and requests.
+    pub http: HttpLimits,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { damping: Default::default(), watch_ping: Duration::from_secs(5) }
+        Config { damping: Default::default(), watch_ping: Duration::from_secs(5), http: HttpLimits::default() }
     }
 }
 
@@ -139,14 +144,16 @@ pub struct Written {
     pub outcome: Outcome,
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` until `shutdown` completes, under the
+/// controller's [`HttpLimits`]; then waits for requests in progress up to
+/// [`HttpLimits::shutdown_grace`] and closes what is left (watch streams).
 pub async fn serve(
     listener: TcpListener,
     controller: Arc<Controller>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = api::router(controller);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let app = api::router(controller.clone());
+    http::serve(listener, app, controller, shutdown).await
 }
 
 #[cfg(test)]
