@@ -48,7 +48,9 @@ pub struct ClaimLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HeartbeatLabels {
-    /// heartbeats: ok, malformed, unknown_chassis; liveness changes: alive, dead
+    /// heartbeats: ok, malformed, unknown_chassis, wrong_source (not from the
+    /// chassis' underlay address), too_soon (within the minimum gap of the
+    /// last one taken); liveness changes: alive, dead
     pub result: &'static str,
 }
 
@@ -70,6 +72,7 @@ pub struct Metrics {
     pub store_txn_seconds: Histogram,
     pub write_conflicts: Counter,
     pub heartbeats: Family<HeartbeatLabels, Counter>,
+    pub heartbeat_drops: Counter,
     pub liveness_changes: Family<HeartbeatLabels, Counter>,
     pub vrrp_routers: Gauge,
     pub vrrp_master_changes: Counter,
@@ -83,6 +86,7 @@ impl Default for Metrics {
         let connections = Gauge::default();
         let connections_closed = Family::<CloseLabels, Counter>::default();
         let accept_errors = Counter::default();
+        let heartbeat_drops = Counter::default();
         let claims = Family::<ClaimLabels, Counter>::default();
         let watchers = Gauge::default();
         let store_txn_seconds = Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]);
@@ -102,6 +106,11 @@ impl Default for Metrics {
         );
         registry.register("chassis_heartbeats", "Chassis heartbeat datagrams by result", heartbeats.clone());
         registry.register("chassis_liveness_changes", "Chassis declared alive or dead", liveness_changes.clone());
+        registry.register(
+            "heartbeat_socket_drops",
+            "Datagrams the kernel dropped at the heartbeat socket (receive queue full)",
+            heartbeat_drops.clone(),
+        );
         registry.register("http_requests", "HTTP requests by method, route and status", requests.clone());
         registry.register("http_connections", "Open HTTP connections", connections.clone());
         registry.register(
@@ -123,6 +132,7 @@ impl Default for Metrics {
             connections,
             connections_closed,
             accept_errors,
+            heartbeat_drops,
             claims,
             watchers,
             store_txn_seconds,
