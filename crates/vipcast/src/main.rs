@@ -44,6 +44,8 @@ enum Command {
         /// the API) for this long is declared dead.
         #[arg(long, default_value_t = 150, value_parser = clap::value_parser!(u64).range(20..=60_000))]
         liveness_timeout_ms: u64,
+        #[command(flatten)]
+        limits: controller::LimitArgs,
     },
     /// Run a chassis agent: program this chassis' kernel data plane from the
     /// controller, sniff VIP announcements on VM ports.
@@ -100,8 +102,8 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Dissect { file, legacy_unicast_checksum } => dissect::run(&file, legacy_unicast_checksum),
-        Command::Controller { listen, store, liveness_timeout_ms } => runtime().and_then(|rt| {
-            rt.block_on(controller::run(listen, store, std::time::Duration::from_millis(liveness_timeout_ms)))
+        Command::Controller { listen, store, liveness_timeout_ms, limits } => runtime().and_then(|rt| {
+            rt.block_on(controller::run(listen, store, std::time::Duration::from_millis(liveness_timeout_ms), limits))
         }),
         Command::Agent(a) => match a.netns().map(vipcast_sys::enter_netns) {
             Some(Err(e)) => Err(anyhow::anyhow!("entering network namespace {:?}: {e}", a.netns().unwrap_or_default())),
