@@ -8,7 +8,8 @@
 //!  watch streams ◄── per-subscriber filter ◄── Cache (applied batches) ◄─watch┘
 //! ```
 //! [`serve`] takes a bound listener and a shutdown future, so tests bind
-//! `127.0.0.1:0`. Several controllers may share one etcd: every write is a
+//! `127.0.0.1:0`; it serves every connection under [`HttpLimits`] (timeouts,
+//! a connection cap, body and head sizes; see `http.rs`). Several controllers may share one etcd: every write is a
 //! transaction conditional on the revision of a guard key the writer's state
 //! was read at, so two controllers can never both apply writes validated
 //! against the same state (one retries on the newer state).
@@ -18,6 +19,7 @@ pub mod authz;
 mod cache;
 mod error;
 pub mod heartbeat_auth;
+mod http;
 pub mod liveness;
 mod metrics;
 mod openapi;
@@ -35,6 +37,7 @@ use vipcast_store::{Compare, Op, Revision, Store};
 
 pub use cache::{Applied, Cache, GUARD_KEY, Snapshot};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use http::HttpLimits;
 pub use openapi::document as openapi_document;
 pub use vipcast_api::{Message, VrrpReport, WireKey, now_ms};
 
@@ -49,11 +52,18 @@ pub struct Config {
     /// certificate ([`authz`]); on with TLS. Default off (plain HTTP, for
     /// tests and a loopback-only controller).
     pub authorize: bool,
+    /// Limits on connections and requests.
+    pub http: HttpLimits,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { damping: Default::default(), watch_ping: Duration::from_secs(5), authorize: false }
+        Config {
+            damping: Default::default(),
+            watch_ping: Duration::from_secs(5),
+            authorize: false,
+            http: HttpLimits::default(),
+        }
     }
 }
 
@@ -146,14 +156,16 @@ pub struct Written {
     pub outcome: Outcome,
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` until `shutdown` completes, under the
+/// controller's [`HttpLimits`]; then waits for requests in progress up to
+/// [`HttpLimits::shutdown_grace`] and closes what is left (watch streams).
 pub async fn serve(
     listener: TcpListener,
     controller: Arc<Controller>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = api::router(controller);
-    axum::serve(listener, app.into_make_service_with_connect_info::<tls::Peer>()).with_graceful_shutdown(shutdown).await
+    let app = api::router(controller.clone());
+    http::serve(listener, app, controller, None, shutdown).await
 }
 
 /// Like [`serve`], over mutual TLS: every connection's client certificate
@@ -166,9 +178,8 @@ pub async fn serve_tls(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     controller.metrics.certificate_expiry.set(tls.not_after());
-    let app = api::router(controller);
-    let listener = tls::TlsListener::new(listener, tls)?;
-    axum::serve(listener, app.into_make_service_with_connect_info::<tls::Peer>()).with_graceful_shutdown(shutdown).await
+    let app = api::router(controller.clone());
+    http::serve(listener, app, controller, Some(tls), shutdown).await
 }
 
 #[cfg(test)]

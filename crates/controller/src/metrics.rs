@@ -1,4 +1,8 @@
 //! Counters the controller keeps, exported at `/metrics` in Prometheus text.
+//!
+//! Every label takes its values from a closed set (a method from a fixed
+//! list, a route template, a status, a result named in the code), never from
+//! what a client sends: the number of series cannot grow with the traffic.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -9,8 +13,31 @@ use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: String,
+    /// [`method_label`]: GET, PUT, POST, PATCH, DELETE or other.
+    pub method: &'static str,
+    /// The route template that matched (`/v1/vips/{name}`), or `unmatched`.
+    pub route: String,
     pub status: u16,
+}
+
+/// The `method` label of a request: one of five, or `other`.
+pub fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "other",
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    /// idle_timeout, header_timeout, evicted (to make room at the cap),
+    /// refused (at the cap with no idle connection)
+    pub reason: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -21,7 +48,9 @@ pub struct ClaimLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HeartbeatLabels {
-    /// heartbeats: ok, malformed, unknown_chassis; liveness changes: alive, dead
+    /// heartbeats: ok, malformed, unknown_chassis, wrong_source (not from the
+    /// chassis' underlay address), too_soon (within the minimum gap of the
+    /// last one taken); liveness changes: alive, dead
     pub result: &'static str,
 }
 
@@ -43,11 +72,15 @@ pub struct DeniedLabels {
 #[derive(Debug)]
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
+    pub connections: Gauge,
+    pub connections_closed: Family<CloseLabels, Counter>,
+    pub accept_errors: Counter,
     pub claims: Family<ClaimLabels, Counter>,
     pub watchers: Gauge,
     pub store_txn_seconds: Histogram,
     pub write_conflicts: Counter,
     pub heartbeats: Family<HeartbeatLabels, Counter>,
+    pub heartbeat_drops: Counter,
     pub liveness_changes: Family<HeartbeatLabels, Counter>,
     pub vrrp_routers: Gauge,
     pub vrrp_master_changes: Counter,
@@ -61,6 +94,10 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let requests = Family::<RequestLabels, Counter>::default();
+        let connections = Gauge::default();
+        let connections_closed = Family::<CloseLabels, Counter>::default();
+        let accept_errors = Counter::default();
+        let heartbeat_drops = Counter::default();
         let claims = Family::<ClaimLabels, Counter>::default();
         let watchers = Gauge::default();
         let store_txn_seconds = Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]);
@@ -88,13 +125,33 @@ impl Default for Metrics {
         );
         registry.register("chassis_heartbeats", "Chassis heartbeat datagrams by result", heartbeats.clone());
         registry.register("chassis_liveness_changes", "Chassis declared alive or dead", liveness_changes.clone());
-        registry.register("http_requests", "HTTP requests by method and status", requests.clone());
+        registry.register(
+            "heartbeat_socket_drops",
+            "Datagrams the kernel dropped at the heartbeat socket (receive queue full)",
+            heartbeat_drops.clone(),
+        );
+        registry.register("http_requests", "HTTP requests by method, route and status", requests.clone());
+        registry.register("http_connections", "Open HTTP connections", connections.clone());
+        registry.register(
+            "http_connections_closed",
+            "HTTP connections closed by the controller, by reason",
+            connections_closed.clone(),
+        );
+        registry.register(
+            "http_accept_errors",
+            "Failed accepts (out of descriptors, or another error than the connection's)",
+            accept_errors.clone(),
+        );
         registry.register("claims", "VIP claims by result", claims.clone());
         registry.register("watchers", "Open watch streams", watchers.clone());
         registry.register("store_txn_seconds", "Latency of store write transactions", store_txn_seconds.clone());
         registry.register("write_conflicts", "Writes retried because another writer won", write_conflicts.clone());
         Metrics {
             requests,
+            connections,
+            connections_closed,
+            accept_errors,
+            heartbeat_drops,
             claims,
             watchers,
             store_txn_seconds,

@@ -26,7 +26,17 @@ names as given (1-63 letters, digits, '.', '_' or '-'), times in milliseconds si
 Request bodies are strict: an unknown field is refused.\n\n\
 Every error is answered with the body `{\"error\":{\"code\",\"message\",\"field\"}}` \
 (`field` only when one request field is at fault); a path that matches no route is answered \
-404 with code `no_route`, and a method a path does not have with 405 and no body.",
+404 with code `no_route`, a method a path does not have 405 `method_not_allowed` (with `Allow`), \
+a query string that is not understood 400 `invalid_query`, and anything after a JSON body's value \
+400 `malformed_json`.\n\n\
+Limits (the controller's flags): a request target of at most 8 KiB (414 `uri_too_long`), headers of at \
+most 32 KiB (431 `headers_too_large`), a body of at most 1 MiB (413 `body_too_large`, refused from its \
+`Content-Length` before it is read) arriving within 10 s of the head (408 `body_timeout`). A connection \
+is closed when a request head is not complete 10 s after its first byte, or when it has no request in \
+progress and receives nothing for 60 s; a watch stream is a request in progress and is never cut. At \
+the connection cap the connection idle the longest is closed to make room (none idle: 503 \
+`too_many_connections`). Beyond 128 KiB of request head, more than 100 headers or a 64 KiB target, the \
+HTTP library answers 431 or 414 itself, with an empty body.",
     ),
     tags(
         (name = "meta", description = "Health, metrics and this document"),

@@ -31,6 +31,7 @@ use vipcast_store::Revision;
 
 use crate::Controller;
 use crate::api::FromQuery;
+use crate::error::ErrorBody;
 
 /// Size of the pieces a snapshot is sent in.
 const SNAPSHOT_CHUNK: usize = 16 * 1024;
@@ -47,8 +48,8 @@ const SNAPSHOT_CHUNK: usize = 16 * 1024;
     responses(
         (status = 200, description = "NDJSON stream, one Message per line", body = Message,
          content_type = "application/x-ndjson"),
-        (status = 400, description = "The query string is not understood (`from` must be an integer); plain text, not the JSON error body",
-         body = String, content_type = "text/plain"),
+        (status = 400, description = "`invalid_query` (`field` names the parameter): the query string is not understood (`from` must be an integer)",
+         body = ErrorBody),
 ))]
 pub async fn chassis(
     State(c): State<Arc<Controller>>,
@@ -69,8 +70,8 @@ pub async fn chassis(
     responses(
         (status = 200, description = "NDJSON stream, one Message per line", body = Message,
          content_type = "application/x-ndjson"),
-        (status = 400, description = "The query string is not understood (`from` must be an integer); plain text, not the JSON error body",
-         body = String, content_type = "text/plain"),
+        (status = 400, description = "`invalid_query` (`field` names the parameter): the query string is not understood (`from` must be an integer)",
+         body = ErrorBody),
 ))]
 pub async fn replicators(
     State(c): State<Arc<Controller>>,

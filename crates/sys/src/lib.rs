@@ -11,6 +11,9 @@
 //!   `SO_REUSEPORT` sockets and per-socket drop counters, for the replicator;
 //! * [`thread_cpu_time`], the CPU time the calling thread has used;
 //! * [`disable_transparent_huge_pages`], `prctl(PR_SET_THP_DISABLE)`;
+//! * [`attach_filter`], a classic BPF socket filter on any socket;
+//! * [`nofile_limit`] and [`raise_nofile_limit`]: `RLIMIT_NOFILE`, for a
+//!   server that sizes its connection cap by the descriptors it may open;
 //! * [`set_ipv6_recv_info`] and [`recv_ipv6`]: the destination, interface
 //!   and hop limit of packets on an IPv6 (raw) socket, for VRRP over IPv6.
 //!
@@ -239,22 +242,7 @@ pub const SNIFF_FILTER: [BpfInsn; 22] = [
 impl PacketSocket {
     /// Attaches a classic BPF filter: only frames it accepts are queued.
     pub fn attach_filter(&self, program: &[BpfInsn]) -> io::Result<()> {
-        let mut code: Vec<libc::sock_filter> =
-            program.iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect();
-        let len =
-            u16::try_from(code.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "filter too long"))?;
-        let prog = libc::sock_fprog { len, filter: code.as_mut_ptr() };
-        // SAFETY: `prog` points at `code`, which outlives the call; the kernel copies it.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                (&prog as *const libc::sock_fprog).cast(),
-                std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        attach_filter(&self.fd, program)
     }
 
     /// Registers the socket with the tokio reactor of the current runtime.
@@ -309,6 +297,56 @@ pub fn disable_transparent_huge_pages() -> io::Result<()> {
     let (on, unused): (libc::c_ulong, libc::c_ulong) = (1, 0);
     // SAFETY: plain syscall with integer arguments.
     let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, on, unused, unused, unused) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// The process's descriptor limit `RLIMIT_NOFILE`: (soft, hard).
+pub fn nofile_limit() -> io::Result<(u64, u64)> {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `r` is a live rlimit.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((r.rlim_cur, r.rlim_max))
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (what an unprivileged
+/// process may do; the usual soft limit of 1024 is there for `select(2)`,
+/// which nothing here uses). Returns the soft limit now in force.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let (soft, hard) = nofile_limit()?;
+    if soft >= hard {
+        return Ok(soft);
+    }
+    let r = libc::rlimit { rlim_cur: hard, rlim_max: hard };
+    // SAFETY: `r` is a live rlimit.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(hard)
+}
+
+/// Attaches a classic BPF filter (`SO_ATTACH_FILTER`) to any socket: only
+/// what it accepts is queued; the rest is dropped in the kernel, counted in
+/// the socket's drops. On a UDP socket the program sees the datagram from
+/// its UDP header on (the payload starts at offset 8).
+pub fn attach_filter(sock: &impl AsFd, program: &[BpfInsn]) -> io::Result<()> {
+    let mut code: Vec<libc::sock_filter> =
+        program.iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect();
+    let len = u16::try_from(code.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "filter too long"))?;
+    let prog = libc::sock_fprog { len, filter: code.as_mut_ptr() };
+    // SAFETY: `prog` points at `code`, which outlives the call; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
@@ -466,6 +504,14 @@ mod tests {
         assert!(ifindex("no-such-if0").is_err());
         assert!(ifindex("bad\0name").is_err());
         assert!(enter_netns("../etc").is_err());
+    }
+
+    #[test]
+    fn the_descriptor_limit_is_read_and_raised_to_the_hard_one() {
+        let (soft, hard) = nofile_limit().unwrap();
+        assert!(soft <= hard && soft > 0, "{soft} {hard}");
+        assert_eq!(raise_nofile_limit().unwrap(), hard);
+        assert_eq!(nofile_limit().unwrap(), (hard, hard));
     }
 
     #[test]

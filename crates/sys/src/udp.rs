@@ -489,6 +489,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_socket_filter_sees_the_udp_header_then_the_payload() {
+        use crate::BpfInsn;
+        // Accept datagrams whose payload starts with "ok" (offset 8: after the UDP header).
+        let prog = [
+            BpfInsn { code: 0x28, jt: 0, jf: 0, k: 8 },      // ldh [8]
+            BpfInsn { code: 0x15, jt: 0, jf: 1, k: 0x6f6b }, // jeq #"ok"
+            BpfInsn { code: 0x06, jt: 0, jf: 0, k: u32::MAX },
+            BpfInsn { code: 0x06, jt: 0, jf: 0, k: 0 },
+        ];
+        let rx = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        crate::attach_filter(&rx, &prog).unwrap();
+        set_recv_timeout(&rx, Duration::from_millis(500)).unwrap();
+        let tx = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        for d in [&b"no"[..], b"ok 1", b"xok", b"ok 2"] {
+            tx.send_to(d, rx.local_addr().unwrap()).unwrap();
+        }
+        let mut batch = RecvBatch::new(8, 64);
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let n = batch.recv(&rx).unwrap();
+            got.extend((0..n).map(|i| batch.get(i).unwrap().data.to_vec()));
+        }
+        assert_eq!(got, [b"ok 1".to_vec(), b"ok 2".to_vec()]);
+        assert_eq!(socket_drops(&rx).unwrap(), 2, "what the filter refuses counts as dropped");
+    }
+
+    #[test]
     fn addresses_round_trip() {
         for a in ["10.1.2.3:4789", "[fd00::1]:4789", "[fe80::1%3]:1"] {
             let a: SocketAddr = a.parse().unwrap();

@@ -2,8 +2,64 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::{Context, bail};
+use vipcast_controller::HttpLimits;
+use vipcast_controller::liveness::{LivenessConfig, SourcePolicy};
 use vipcast_store::{EtcdStore, FileStore, Store};
+
+/// Limits on the API's connections and requests, and on heartbeats.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Most HTTP connections open at once (at the cap a new one closes the
+    /// connection idle the longest); 0: all but a quarter (at most 256) of
+    /// the descriptors the process may open, after raising its soft limit
+    /// to the hard one.
+    #[arg(long, default_value_t = 0)]
+    pub max_connections: usize,
+    /// An HTTP connection with no request in progress is closed after this
+    /// long without receiving anything, ms.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub idle_timeout_ms: u64,
+    /// A request head must be complete this long after its first byte, ms.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub header_timeout_ms: u64,
+    /// A request body must be complete this long after its head, ms (408).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub body_timeout_ms: u64,
+    /// Largest request body, bytes (413, refused from Content-Length).
+    #[arg(long, default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=1 << 30))]
+    pub max_body_bytes: u64,
+    /// Which heartbeats count for a chassis: `underlay` (only from its
+    /// registered underlay_ip) or `any` (agents behind NAT or reaching the
+    /// controller from another address).
+    #[arg(long, default_value = "underlay", value_parser = ["underlay", "any"])]
+    pub heartbeat_source: String,
+}
+
+impl LimitArgs {
+    /// The HTTP limits, the connection cap fitted to `soft` descriptors
+    /// unless given.
+    pub fn http(&self, soft: u64) -> HttpLimits {
+        let mut l = HttpLimits {
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            max_body: usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
+            ..Default::default()
+        }
+        .fit_descriptors(soft);
+        if self.max_connections > 0 {
+            l.max_connections = self.max_connections;
+        }
+        l
+    }
+
+    pub fn heartbeat_source(&self) -> SourcePolicy {
+        if self.heartbeat_source == "any" { SourcePolicy::Any } else { SourcePolicy::Underlay }
+    }
+}
 
 /// Where the controller keeps its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +132,8 @@ pub struct TlsFlags {
 pub async fn run(
     listen: std::net::SocketAddr,
     store: StoreSpec,
-    liveness_timeout: std::time::Duration,
+    liveness_timeout: Duration,
+    limits: LimitArgs,
     tls: TlsFlags,
 ) -> anyhow::Result<()> {
     let server_tls = match (&tls.tls_cert, &tls.tls_key, &tls.client_ca) {
@@ -92,8 +149,18 @@ pub async fn run(
              or --insecure-plaintext"
         );
     }
+    // Descriptors first: the connection cap is sized by them.
+    let soft = match vipcast_sys::raise_nofile_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "raising the descriptor limit");
+            vipcast_sys::nofile_limit().map_or(1024, |(soft, _)| soft)
+        }
+    };
+    let http = limits.http(soft);
+    tracing::info!(descriptors = soft, max_connections = http.max_connections, "connection limits");
     let store = open_store(&store).await?;
-    let config = vipcast_controller::Config { authorize: server_tls.is_some(), ..Default::default() };
+    let config = vipcast_controller::Config { http, authorize: server_tls.is_some(), ..Default::default() };
     let controller = vipcast_controller::Controller::new(store, config).await.context("loading state")?;
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
@@ -104,7 +171,8 @@ pub async fn run(
         Ok(s) => s,
         Err(e) => bail!("cannot receive heartbeats on UDP {bound}: {e}"),
     };
-    let cfg = vipcast_controller::liveness::LivenessConfig { timeout: liveness_timeout, ..Default::default() };
+    let cfg =
+        LivenessConfig { timeout: liveness_timeout, source: limits.heartbeat_source(), ..LivenessConfig::hardened() };
     let c = controller.clone();
     tokio::spawn(async move {
         let e = vipcast_controller::liveness::run(c, heartbeats, cfg).await;
@@ -139,4 +207,46 @@ pub async fn run(
         None => vipcast_controller::serve(listener, controller, shutdown).await?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        limits: LimitArgs,
+    }
+
+    #[test]
+    fn limit_flags_default_to_the_documented_values_and_fit_the_descriptors() {
+        let f = Flags::try_parse_from(["x"]).unwrap().limits;
+        let l = f.http(1024);
+        assert_eq!(l.max_connections, 768);
+        assert_eq!(
+            (l.idle_timeout, l.header_timeout, l.body_timeout),
+            (Duration::from_secs(60), Duration::from_secs(10), Duration::from_secs(10))
+        );
+        assert_eq!(l.max_body, 1024 * 1024);
+        assert_eq!(f.heartbeat_source(), SourcePolicy::Underlay);
+        let f = Flags::try_parse_from([
+            "x",
+            "--max-connections",
+            "10",
+            "--heartbeat-source",
+            "any",
+            "--idle-timeout-ms",
+            "500",
+        ])
+        .unwrap()
+        .limits;
+        let l = f.http(1024);
+        assert_eq!((l.max_connections, l.idle_timeout), (10, Duration::from_millis(500)));
+        assert_eq!(f.heartbeat_source(), SourcePolicy::Any);
+        assert!(Flags::try_parse_from(["x", "--heartbeat-source", "nat"]).is_err());
+        assert!(Flags::try_parse_from(["x", "--max-body-bytes", "10"]).is_err());
+    }
 }

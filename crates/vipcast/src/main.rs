@@ -48,6 +48,8 @@ enum Command {
         liveness_timeout_ms: u64,
         #[command(flatten)]
         tls: controller::TlsFlags,
+        #[command(flatten)]
+        limits: controller::LimitArgs,
     },
     /// Run a chassis agent: program this chassis' kernel data plane from the
     /// controller, sniff VIP announcements on VM ports.
@@ -107,8 +109,14 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Dissect { file, legacy_unicast_checksum } => dissect::run(&file, legacy_unicast_checksum),
-        Command::Controller { listen, store, liveness_timeout_ms, tls } => runtime().and_then(|rt| {
-            rt.block_on(controller::run(listen, store, std::time::Duration::from_millis(liveness_timeout_ms), tls))
+        Command::Controller { listen, store, liveness_timeout_ms, limits, tls } => runtime().and_then(|rt| {
+            rt.block_on(controller::run(
+                listen,
+                store,
+                std::time::Duration::from_millis(liveness_timeout_ms),
+                limits,
+                tls,
+            ))
         }),
         Command::Agent(a) => match a.netns().map(vipcast_sys::enter_netns) {
             Some(Err(e)) => Err(anyhow::anyhow!("entering network namespace {:?}: {e}", a.netns().unwrap_or_default())),

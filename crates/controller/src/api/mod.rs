@@ -7,6 +7,13 @@
 //! path and methods from the handler's `#[utoipa::path]`: a route cannot be
 //! served without being in the OpenAPI document (`openapi.rs`), nor documented
 //! at a path other than the one it is served at.
+//!
+//! Every request, matched or not, goes through [`guard`]: the limits of
+//! [`HttpLimits`] on its target, headers and body (the body is read here,
+//! whole, under a deadline, so handlers never wait on a slow client), then
+//! whatever answered an error without the JSON error body (axum's 405 and
+//! extractor rejections) gets one, and the request is counted under labels
+//! from closed sets.
 
 mod chassis;
 mod meta;
@@ -20,12 +27,14 @@ mod vrrp;
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use bytes::Bytes;
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::IntoParams;
@@ -35,14 +44,15 @@ use vipcast_model::Command;
 
 use crate::Controller;
 use crate::error::ApiError;
-use crate::metrics::RequestLabels;
+use crate::http::HttpLimits;
+use crate::metrics::{RequestLabels, method_label};
 
 type Ctl = State<Arc<Controller>>;
 type ApiResult<T> = Result<T, ApiError>;
 
 /// Every route, with its OpenAPI description.
 pub fn routes() -> OpenApiRouter<Arc<Controller>> {
-    OpenApiRouter::with_openapi(crate::openapi::base())
+    let mut r = OpenApiRouter::with_openapi(crate::openapi::base())
         .routes(routes!(meta::healthz))
         .routes(routes!(meta::metrics))
         .routes(routes!(crate::openapi::openapi_json))
@@ -67,7 +77,39 @@ pub fn routes() -> OpenApiRouter<Arc<Controller>> {
         .routes(routes!(views::chassis_view))
         .routes(routes!(views::replicator_view))
         .routes(routes!(crate::watch::chassis))
-        .routes(routes!(crate::watch::replicators))
+        .routes(routes!(crate::watch::replicators));
+    document_limits(r.get_openapi_mut());
+    r
+}
+
+/// Adds the answers [`guard`] may give to every operation of `doc`: 414 and
+/// 431 to all, 408 and 413 to those taking a body.
+fn document_limits(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let error = |what: &str| {
+        let body = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+        RefOr::T(ResponseBuilder::new().description(what).content("application/json", body).build())
+    };
+    for item in doc.paths.paths.values_mut() {
+        let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+        for op in ops.into_iter().flatten() {
+            let mut add = |status: &str, what: &str| {
+                op.responses.responses.entry(status.to_string()).or_insert_with(|| error(what));
+            };
+            add("414", "`uri_too_long`: the path and query are longer than the limit (8 KiB by default)");
+            add("431", "`headers_too_large`: the headers are larger than the limit (32 KiB by default)");
+            if op.request_body.is_some() {
+                add(
+                    "408",
+                    "`body_timeout`: the body did not arrive within the limit (10 s by default); the connection is closed",
+                );
+                add(
+                    "413",
+                    "`body_too_large`: the body (or its `Content-Length`, refused before reading) is larger than the limit (1 MiB by default)",
+                );
+            }
+        }
+    }
 }
 
 pub fn router(c: Arc<Controller>) -> Router {
@@ -82,21 +124,113 @@ pub fn router(c: Arc<Controller>) -> Router {
             }
         })
         .layer(middleware::from_fn_with_state(c.clone(), crate::authz::middleware))
-        .layer(middleware::from_fn_with_state(c.clone(), count_requests))
+        .layer(middleware::from_fn_with_state(c.clone(), guard))
+        // The body is read (and limited) by `guard`.
+        .layer(DefaultBodyLimit::disable())
         .with_state(c)
 }
 
-async fn count_requests(State(c): Ctl, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
-    let resp = next.run(req).await;
-    c.metrics.requests.get_or_create(&RequestLabels { method, status: resp.status().as_u16() }).inc();
+/// Every request: limits, JSON errors, counting.
+async fn guard(State(c): Ctl, req: Request, next: Next) -> Response {
+    let method = method_label(req.method());
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |m| m.as_str().into());
+    let resp = match admit(&c.config.http, req).await {
+        Ok(req) => next.run(req).await,
+        Err(refused) => refused,
+    };
+    let resp = with_error_body(resp).await;
+    c.metrics.requests.get_or_create(&RequestLabels { method, route, status: resp.status().as_u16() }).inc();
     resp
 }
 
-/// Parses a JSON body; errors name the field at fault.
+/// Checks a request against `limits` and reads its body, whole, within
+/// `body_timeout`; or the answer refusing it.
+async fn admit(limits: &HttpLimits, req: Request) -> Result<Request, Response> {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > limits.max_uri {
+        let message = format!("the path and query are {target} bytes, more than {}", limits.max_uri);
+        return Err(ApiError::new(StatusCode::URI_TOO_LONG, "uri_too_long", message).into_response());
+    }
+    let headers: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if headers > limits.max_headers {
+        let message = format!("the headers are {headers} bytes, more than {}", limits.max_headers);
+        return Err(
+            ApiError::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large", message).into_response()
+        );
+    }
+    let too_large = |what: String| {
+        let message = format!("{what}, more than {} bytes", limits.max_body);
+        closing(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message))
+    };
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(n) = declared
+        && n > limits.max_body as u64
+    {
+        return Err(too_large(format!("the body is announced as {n} bytes")));
+    }
+    if axum::body::HttpBody::size_hint(req.body()).exact() == Some(0) {
+        return Ok(req);
+    }
+    let (parts, body) = req.into_parts();
+    let mut chunks = body.into_data_stream();
+    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    let read = tokio::time::timeout(limits.body_timeout, async {
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| {
+                closing(ApiError::bad_request("body_unreadable", None, format!("reading the body: {e}")))
+            })?;
+            if buf.len() + chunk.len() > limits.max_body {
+                return Err(too_large(format!("the body is at least {} bytes", buf.len() + chunk.len())));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(())
+    });
+    match read.await {
+        Ok(Ok(())) => Ok(Request::from_parts(parts, Body::from(buf))),
+        Ok(Err(refused)) => Err(refused),
+        Err(_) => {
+            let message = format!("the body did not arrive within {} ms", limits.body_timeout.as_millis());
+            Err(closing(ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", message)))
+        }
+    }
+}
+
+/// An answer after which the connection is closed (what is left of the
+/// request body is never read).
+fn closing(e: ApiError) -> Response {
+    ([(header::CONNECTION, HeaderValue::from_static("close"))], e).into_response()
+}
+
+/// `resp`, with the JSON error body if it is an error without one (axum's
+/// 405 and its extractors' rejections answer plain text or nothing).
+async fn with_error_body(resp: Response) -> Response {
+    let status = resp.status();
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let allow = parts.headers.get(header::ALLOW).and_then(|v| v.to_str().ok());
+    let e = ApiError::rejection(status, &String::from_utf8_lossy(&text), allow);
+    let fresh = e.into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (k, v) in fresh.headers() {
+        parts.headers.insert(k, v.clone());
+    }
+    Response::from_parts(parts, fresh.into_body())
+}
+
+/// Parses a JSON body; errors name the field at fault. Anything but
+/// whitespace after the value is refused as `malformed_json`.
 fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let code = if inner.is_syntax() || inner.is_eof() { "malformed_json" } else { "invalid_body" };
@@ -107,6 +241,7 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
         };
         ApiError::bad_request(code, field, message)
     })?;
+    de.end().map_err(|e| ApiError::bad_request("malformed_json", None, format!("after the JSON value: {e}")))?;
     Ok(value)
 }
 

@@ -41,8 +41,8 @@ pub(super) struct ReplicatorView {
     params(("from" = Option<i64>, Query, description = "Accepted and ignored: the view is always complete")),
     responses(
         (status = 200, description = "The replicators' view", body = ReplicatorView),
-        (status = 400, description = "The query string is not understood (`from` must be an integer); plain text, not the JSON error body",
-         body = String, content_type = "text/plain"),
+        (status = 400, description = "`invalid_query` (`field` names the parameter): the query string is not understood (`from` must be an integer)",
+         body = ErrorBody),
 ))]
 pub(super) async fn replicator_view(State(c): Ctl, Query(_q): Query<FromQuery>) -> Json<ReplicatorView> {
     let snap = c.cache.current();
