@@ -5,21 +5,22 @@
 //!
 //! A reconcile is three steps: [`Kernel::observe`] reads links, FDB,
 //! neighbours (and for gateways addresses) in one dump each, for every VPC
-//! at once; [`diff`] (pure: plain values in, operations out) turns plan and observation
-//! into [`KernelOp`]s; [`Kernel::apply`] carries them out in order.
+//! at once, decoding only what it looks at; [`diff`] (pure: plain values
+//! in, operations out) turns plan and observation into [`KernelOp`]s;
+//! [`Kernel::apply`] carries them out in order, with rtnetlink.
 
 mod diff;
+mod dump;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use netlink_packet_core::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload, Parseable,
 };
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -61,75 +62,13 @@ impl Changes {
     }
 }
 
-/// The messages an observation read, kept to delete exactly what was read.
+/// The messages an observation read (neighbour and FDB entries as the
+/// kernel sent them), kept to delete exactly what was read.
 #[derive(Debug, Default)]
 struct Raw {
-    fdb: HashMap<(u32, Fdb), NeighbourMessage>,
-    neigh: HashMap<(u32, IpAddr), NeighbourMessage>,
+    fdb: HashMap<(u32, Fdb), Vec<u8>>,
+    neigh: HashMap<(u32, IpAddr), Vec<u8>>,
     addrs: HashMap<(u32, IpNet), AddressMessage>,
-}
-
-fn link_of(m: &LinkMessage) -> Link {
-    let mut l = Link::new(m.header.index, "");
-    l.up = m.header.flags.contains(LinkFlags::Up);
-    for a in &m.attributes {
-        match a {
-            LinkAttribute::IfName(n) => l.name = n.clone(),
-            LinkAttribute::Controller(i) => l.master = Some(*i),
-            LinkAttribute::IfAlias(s) => l.alias = Some(s.clone()),
-            LinkAttribute::Address(a) => l.mac = <[u8; 6]>::try_from(a.as_slice()).ok().map(MacAddr),
-            LinkAttribute::LinkInfo(infos) => {
-                for i in infos {
-                    match i {
-                        LinkInfo::Kind(k) => {
-                            l.kind = Some(match k {
-                                InfoKind::Bridge => Kind::Bridge,
-                                InfoKind::Vxlan => Kind::Vxlan,
-                                _ => Kind::Other,
-                            })
-                        }
-                        LinkInfo::Data(InfoData::Vxlan(v)) => l.vxlan = vxlan_of(v),
-                        _ => {}
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    l
-}
-
-fn vxlan_of(infos: &[InfoVxlan]) -> VxlanConf {
-    let mut c = VxlanConf::default();
-    for i in infos {
-        match i {
-            InfoVxlan::Id(x) => c.id = Some(*x),
-            InfoVxlan::Local(a) => c.local = Some(IpAddr::V4(*a)),
-            InfoVxlan::Local6(a) => c.local = Some(IpAddr::V6(*a)),
-            InfoVxlan::Port(p) => c.port = Some(*p),
-            InfoVxlan::Learning(b) => c.learning = Some(*b),
-            InfoVxlan::Proxy(b) => c.proxy = Some(*b),
-            _ => {}
-        }
-    }
-    c
-}
-
-/// A permanent neighbour entry: (interface, address, MAC).
-fn neigh_of(m: &NeighbourMessage) -> Option<(u32, IpAddr, MacAddr)> {
-    if m.header.state != NeighbourState::Permanent {
-        return None;
-    }
-    let (mut ip, mut mac) = (None, None);
-    for a in &m.attributes {
-        match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => ip = Some(IpAddr::V4(*v4)),
-            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => ip = Some(IpAddr::V6(*v6)),
-            NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok().map(MacAddr),
-            _ => {}
-        }
-    }
-    Some((m.header.ifindex, ip?, mac?))
 }
 
 /// An address other than link-local IPv6: (interface, address/prefix).
@@ -143,45 +82,60 @@ fn addr_of(m: &AddressMessage) -> Option<(u32, IpNet)> {
     (!matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())).then_some((m.header.index, net))
 }
 
-/// The kernel handle.
+/// The kernel handle: rtnetlink for changes, a [`dump::Reader`] for dumps.
 #[derive(Debug, Clone)]
 pub struct Kernel {
     handle: Handle,
+    reader: dump::Reader,
 }
 
 impl Kernel {
-    /// Opens an rtnetlink connection in the current network namespace.
+    /// Opens rtnetlink connections in the current network namespace.
     pub fn open() -> std::io::Result<Kernel> {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
-        Ok(Kernel { handle })
+        Ok(Kernel { handle, reader: dump::Reader::open()? })
     }
 
+    /// Every link (read without statistics: nothing here looks at them).
     async fn links(&self) -> Result<Vec<Link>> {
-        // Without statistics: nothing here reads them, and they are most of a link's message.
-        let req = self.handle.link().get().set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats]);
-        let msgs: Vec<LinkMessage> = req.execute().try_collect().await.map_err(ctx(|| "listing links".into()))?;
-        Ok(msgs.iter().map(link_of).collect())
+        let mut s = self.reader.request(dump::RTM_GETLINK, dump::links_request(), true);
+        let mut links = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(ctx(|| "listing links".into()))? {
+            if m.kind == dump::RTM_NEWLINK
+                && let Some(l) = dump::link(&m.body)
+            {
+                links.push(l);
+            }
+        }
+        Ok(links)
     }
 
     async fn link_by_name(&self, name: &str) -> Result<Link> {
-        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut s = self.reader.request(dump::RTM_GETLINK, dump::link_request(name), false);
         match s.try_next().await.map_err(ctx(|| format!("reading link {name}")))? {
-            Some(m) => Ok(link_of(&m)),
-            None => Err(KernelError { what: format!("link {name} vanished"), source: rtnetlink::Error::RequestFailed }),
+            Some(m)
+                if m.kind == dump::RTM_NEWLINK
+                    && let Some(l) = dump::link(&m.body) =>
+            {
+                Ok(l)
+            }
+            _ => Err(KernelError { what: format!("link {name} vanished"), source: rtnetlink::Error::RequestFailed }),
         }
     }
 
-    /// Permanent neighbour entries on the interfaces `keep` accepts.
-    async fn neighbours(&self, keep: impl Fn(u32) -> bool) -> Result<Vec<(u32, IpAddr, MacAddr, NeighbourMessage)>> {
-        let mut s = self.handle.neighbours().get().execute();
+    /// Permanent neighbour entries (ARP, NDP) on the interfaces `keep`
+    /// accepts: (interface, address, MAC, the message).
+    async fn neighbours(&self, keep: impl Fn(u32) -> bool) -> Result<Vec<(u32, IpAddr, MacAddr, Vec<u8>)>> {
+        let mut s = self.reader.request(dump::RTM_GETNEIGH, dump::neigh_request(false), true);
         let mut out = Vec::new();
         while let Some(m) = s.try_next().await.map_err(ctx(|| "listing neighbours".into()))? {
-            if !keep(m.header.ifindex) {
+            let Some(h) = dump::neigh_header(&m.body).filter(|_| m.kind == dump::RTM_NEWNEIGH) else { continue };
+            if !keep(h.ifindex) || !h.is_permanent() {
                 continue;
             }
-            if let Some((dev, ip, mac)) = neigh_of(&m) {
-                out.push((dev, ip, mac, m));
+            if let Some((ip, mac)) = dump::neigh(&h, &m.body) {
+                out.push((h.ifindex, ip, mac, m.body));
             }
         }
         Ok(out)
@@ -199,17 +153,16 @@ impl Kernel {
             plan.vpcs.keys().flat_map(|vni| [plan::bridge_name(*vni), plan::vxlan_name(*vni)]).collect();
         let ours: BTreeSet<u32> = obs.links.iter().filter(|l| names.contains(&l.name)).map(|l| l.index).collect();
 
-        let req = self.handle.neighbours().get().set_address_family(AddressFamily::Bridge);
-        let mut s = req.execute();
+        let mut s = self.reader.request(dump::RTM_GETNEIGH, dump::neigh_request(true), true);
         while let Some(m) = s.try_next().await.map_err(ctx(|| "listing fdb".into()))? {
-            let dev = m.header.ifindex;
+            let Some(h) = dump::neigh_header(&m.body).filter(|_| m.kind == dump::RTM_NEWNEIGH) else { continue };
             // The device's own entries (`self`), not the bridge's.
-            if !ours.contains(&dev) || !m.header.flags.contains(NeighbourFlags::Own) {
+            if !ours.contains(&h.ifindex) || !h.is_own() {
                 continue;
             }
-            if let Some(f) = fdb_of(&m) {
-                obs.fdb.entry(dev).or_default().insert(f);
-                obs.raw.fdb.insert((dev, f), m);
+            if let Some(f) = dump::fdb(&m.body) {
+                obs.fdb.entry(h.ifindex).or_default().insert(f);
+                obs.raw.fdb.insert((h.ifindex, f), m.body);
             }
         }
 
@@ -326,13 +279,8 @@ impl Kernel {
                 ch.fdb += 1;
             }
             KernelOp::DelFdb { dev, fdb } => {
-                let m = read(obs.raw.fdb.get(&(*dev, *fdb)), || format!("fdb {fdb:?}"))?;
-                self.handle
-                    .neighbours()
-                    .del(m.clone())
-                    .execute()
-                    .await
-                    .map_err(ctx(|| format!("deleting fdb {fdb:?}")))?;
+                let m = decode(obs.raw.fdb.get(&(*dev, *fdb)), || format!("fdb {fdb:?}"))?;
+                self.handle.neighbours().del(m).execute().await.map_err(ctx(|| format!("deleting fdb {fdb:?}")))?;
                 ch.fdb += 1;
             }
             KernelOp::SetNeigh { dev, ip, mac } => {
@@ -340,7 +288,7 @@ impl Kernel {
                 ch.neigh += 1;
             }
             KernelOp::DelNeigh { dev, ip } => {
-                let m = read(obs.raw.neigh.get(&(*dev, *ip)), || format!("neighbour {ip}"))?;
+                let m = decode(obs.raw.neigh.get(&(*dev, *ip)), || format!("neighbour {ip}"))?;
                 self.del_neigh(m, *ip).await?;
                 ch.neigh += 1;
             }
@@ -373,7 +321,7 @@ impl Kernel {
                 }
                 let (gone, set) = set_diff(&have, want);
                 for ip in gone {
-                    self.del_neigh(&msgs[ip], *ip).await?;
+                    self.del_neigh(decode(msgs.get(ip), || format!("neighbour {ip}"))?, *ip).await?;
                     ch.neigh += 1;
                 }
                 for (ip, mac) in set {
@@ -453,8 +401,8 @@ impl Kernel {
             .map_err(ctx(|| format!("setting neighbour {ip} -> {mac}")))
     }
 
-    async fn del_neigh(&self, m: &NeighbourMessage, ip: IpAddr) -> Result<()> {
-        self.handle.neighbours().del(m.clone()).execute().await.map_err(ctx(|| format!("deleting neighbour {ip}")))
+    async fn del_neigh(&self, m: NeighbourMessage, ip: IpAddr) -> Result<()> {
+        self.handle.neighbours().del(m).execute().await.map_err(ctx(|| format!("deleting neighbour {ip}")))
     }
 
     /// The interface index of the VM port named `port`, if it is here.
@@ -487,32 +435,17 @@ fn read<T>(m: Option<&T>, what: impl FnOnce() -> String) -> Result<&T> {
     m.ok_or_else(|| KernelError { what: format!("{} was not read", what()), source: rtnetlink::Error::RequestFailed })
 }
 
+/// A neighbour or FDB entry as read, decoded as rtnetlink decodes it.
+fn decode(body: Option<&Vec<u8>>, what: impl Fn() -> String) -> Result<NeighbourMessage> {
+    NeighbourMessage::parse(&read(body, &what)?[..])
+        .map_err(|_| KernelError { what: format!("decoding {}", what()), source: rtnetlink::Error::RequestFailed })
+}
+
 fn addr(ip: IpAddr) -> NeighbourAddress {
     match ip {
         IpAddr::V4(a) => NeighbourAddress::Inet(a),
         IpAddr::V6(a) => NeighbourAddress::Inet6(a),
     }
-}
-
-fn fdb_of(m: &NeighbourMessage) -> Option<Fdb> {
-    let (mut mac, mut dst, mut port) = (None, None, None);
-    for a in &m.attributes {
-        match a {
-            NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok().map(MacAddr),
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => dst = Some(IpAddr::V4(*v4)),
-            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => dst = Some(IpAddr::V6(*v6)),
-            // Bridge-family messages carry the VXLAN destination as raw bytes.
-            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
-                dst = <[u8; 4]>::try_from(b.as_slice())
-                    .map(IpAddr::from)
-                    .or_else(|_| <[u8; 16]>::try_from(b.as_slice()).map(IpAddr::from))
-                    .ok();
-            }
-            NeighbourAttribute::Port(p) => port = Some(*p),
-            _ => {}
-        }
-    }
-    Some(Fdb { mac: mac?, dst: dst?, port: port.filter(|p| *p != VXLAN_PORT) })
 }
 
 fn set_forwarding() {
