@@ -407,19 +407,49 @@ mod reconcile {
         s.lines().filter(|l| !l.trim().is_empty()).count()
     }
 
-    /// Wall-clock quantiles of the samples, in milliseconds.
-    fn summary(h: &Histogram<u64>) -> Value {
-        let ms = |us: u64| us as f64 / 1000.0;
-        json!({
-            "p50_ms": ms(h.value_at_quantile(0.5)),
-            "p99_ms": ms(h.value_at_quantile(0.99)),
-            "max_ms": ms(h.max()),
-            "runs": h.len(),
-        })
+    /// A point in time: the wall clock, and this thread's CPU time (the
+    /// netlink connections run on this thread, and the kernel dumps and
+    /// changes its tables inside this thread's system calls).
+    struct Clock {
+        wall: Instant,
+        cpu: Duration,
     }
 
-    fn record(h: &mut Histogram<u64>, d: Duration) -> anyhow::Result<()> {
-        Ok(h.record(d.as_micros().max(1) as u64)?)
+    fn now() -> Clock {
+        Clock { wall: Instant::now(), cpu: vipcast_sys::thread_cpu_time().unwrap_or_default() }
+    }
+
+    /// Wall-clock and CPU times of a timed section, in microseconds.
+    struct Samples {
+        wall: Histogram<u64>,
+        cpu: Histogram<u64>,
+    }
+
+    impl Samples {
+        fn new() -> anyhow::Result<Samples> {
+            let h = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3);
+            Ok(Samples { wall: h()?, cpu: h()? })
+        }
+
+        fn record(&mut self, from: &Clock, to: &Clock) -> anyhow::Result<()> {
+            let us = |d: Duration| d.as_micros().max(1) as u64;
+            self.wall.record(us(to.wall - from.wall))?;
+            self.cpu.record(us(to.cpu.saturating_sub(from.cpu)))?;
+            Ok(())
+        }
+
+        /// Quantiles in milliseconds.
+        fn summary(&self) -> Value {
+            let ms = |us: u64| us as f64 / 1000.0;
+            json!({
+                "p50_ms": ms(self.wall.value_at_quantile(0.5)),
+                "p99_ms": ms(self.wall.value_at_quantile(0.99)),
+                "max_ms": ms(self.wall.max()),
+                "cpu_p50_ms": ms(self.cpu.value_at_quantile(0.5)),
+                "cpu_p99_ms": ms(self.cpu.value_at_quantile(0.99)),
+                "runs": self.wall.len(),
+            })
+        }
     }
 
     pub fn run(r: Reconcile) -> anyhow::Result<()> {
@@ -516,13 +546,15 @@ mod reconcile {
         );
         let mut t = comfy_table::Table::new();
         t.load_preset(comfy_table::presets::ASCII_MARKDOWN);
-        t.set_header(["reconcile", "p50 ms", "p99 ms", "max ms", "runs"]);
+        t.set_header(["reconcile", "p50 ms", "p99 ms", "max ms", "CPU p50 ms", "CPU p99 ms", "runs"]);
         let mut row = |name: &str, s: &Value| {
             t.add_row([
                 name.to_string(),
                 s["p50_ms"].to_string(),
                 s["p99_ms"].to_string(),
                 s["max_ms"].to_string(),
+                s["cpu_p50_ms"].to_string(),
+                s["cpu_p99_ms"].to_string(),
                 s["runs"].to_string(),
             ]);
         };
@@ -545,24 +577,23 @@ mod reconcile {
         if again.total() != 0 {
             bail!("a second reconcile of the same plan changed {again:?}");
         }
-        let hist = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3);
         // Warm up, then the two kinds interleaved so that both see the same machine.
         for _ in 0..5 {
             k.reconcile(&plans[0]).await?;
         }
-        let (mut same, mut moved) = (hist()?, hist()?);
+        let (mut same, mut moved) = (Samples::new()?, Samples::new()?);
         let mut at = 0;
         for _ in 0..runs {
-            let t = Instant::now();
+            let t = now();
             let ch = k.reconcile(&plans[at]).await?;
-            record(&mut same, t.elapsed())?;
+            same.record(&t, &now())?;
             if ch.total() != 0 {
                 bail!("an unchanged plan changed {ch:?}");
             }
             at = 1 - at;
-            let t = Instant::now();
+            let t = now();
             let ch = k.reconcile(&plans[at]).await?;
-            record(&mut moved, t.elapsed())?;
+            moved.record(&t, &now())?;
             if (ch.neigh, ch.total()) != (1, 1) {
                 bail!("a VIP move changed {ch:?}, not one neighbour entry");
             }
@@ -571,8 +602,8 @@ mod reconcile {
         Ok(json!({
             "initial_ms": (initial.as_secs_f64() * 1e6).round() / 1e3,
             "initial_changes": first.total(),
-            "unchanged": summary(&same),
-            "vip_move": summary(&moved),
+            "unchanged": same.summary(),
+            "vip_move": moved.summary(),
             "phases": phases,
         }))
     }
@@ -581,29 +612,28 @@ mod reconcile {
     /// applying (for a VIP move: the kernel work of the move itself).
     async fn phases(k: &Kernel, plans: &[Plan; 2], at: &mut usize, runs: usize) -> anyhow::Result<Value> {
         use vipcast_agent::kernel::diff;
-        let hist = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3);
-        let (mut observe, mut diffs, mut apply) = (hist()?, hist()?, hist()?);
+        let (mut observe, mut diffs, mut apply) = (Samples::new()?, Samples::new()?, Samples::new()?);
         for _ in 0..runs {
             *at = 1 - *at;
             let plan = &plans[*at];
-            let t = Instant::now();
+            let t0 = now();
             let obs = k.observe(plan).await?;
-            let t1 = Instant::now();
+            let t1 = now();
             let ops = diff(plan, &obs);
-            let t2 = Instant::now();
+            let t2 = now();
             let ch = k.apply(&obs, &ops).await?;
-            let t3 = Instant::now();
+            let t3 = now();
             if ch.total() != 1 {
                 bail!("a VIP move changed {ch:?}");
             }
-            record(&mut observe, t1 - t)?;
-            record(&mut diffs, t2 - t1)?;
-            record(&mut apply, t3 - t2)?;
+            observe.record(&t0, &t1)?;
+            diffs.record(&t1, &t2)?;
+            apply.record(&t2, &t3)?;
         }
         Ok(json!({
-            "move_observe": summary(&observe),
-            "move_diff": summary(&diffs),
-            "move_apply": summary(&apply),
+            "move_observe": observe.summary(),
+            "move_diff": diffs.summary(),
+            "move_apply": apply.summary(),
         }))
     }
 }
