@@ -2,15 +2,25 @@
 //! changes only what differs from the [`Plan`]. Running it twice in a row
 //! changes nothing the second time; a restarted agent with the same plan
 //! touches nothing (established flows lose no packet).
+//!
+//! A reconcile is three steps: [`Kernel::observe`] reads links, FDB,
+//! neighbours (and for gateways addresses) in one dump each, for every VPC
+//! at once, decoding only what it looks at; [`diff`] (pure: plain values
+//! in, operations out) turns plan and observation into [`KernelOp`]s;
+//! [`Kernel::apply`] carries them out in order, with rtnetlink.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod diff;
+mod dump;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use netlink_packet_core::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
-use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload, Parseable,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -19,7 +29,8 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan};
 use vipcast_packet::MacAddr;
 
-use crate::plan::{self, Fdb, PORT_ALIAS_PREFIX, Plan, VXLAN_PORT, VpcPlan};
+pub use self::diff::{Dev, KernelOp, Kind, Link, Observed, VxlanConf, diff, set_diff};
+use crate::plan::{self, Fdb, PORT_ALIAS_PREFIX, Plan, VXLAN_PORT};
 
 /// A failed netlink operation, with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -51,274 +62,299 @@ impl Changes {
     }
 }
 
-/// One link as read from the kernel.
-#[derive(Debug, Clone)]
-struct Link {
-    index: u32,
-    name: String,
-    kind: Option<InfoKind>,
-    master: Option<u32>,
-    alias: Option<String>,
-    up: bool,
-    mac: Option<MacAddr>,
-    vxlan: Vec<InfoVxlan>,
+/// The messages an observation read (neighbour and FDB entries as the
+/// kernel sent them), kept to delete exactly what was read.
+#[derive(Debug, Default)]
+struct Raw {
+    fdb: HashMap<(u32, Fdb), Vec<u8>>,
+    neigh: HashMap<(u32, IpAddr), Vec<u8>>,
+    addrs: HashMap<(u32, IpNet), AddressMessage>,
 }
 
-impl Link {
-    fn from_message(m: &LinkMessage) -> Link {
-        let mut l = Link {
-            index: m.header.index,
-            name: String::new(),
-            kind: None,
-            master: None,
-            alias: None,
-            up: m.header.flags.contains(LinkFlags::Up),
-            mac: None,
-            vxlan: Vec::new(),
-        };
-        for a in &m.attributes {
-            match a {
-                LinkAttribute::IfName(n) => l.name = n.clone(),
-                LinkAttribute::Controller(i) => l.master = Some(*i),
-                LinkAttribute::IfAlias(s) => l.alias = Some(s.clone()),
-                LinkAttribute::Address(a) => l.mac = <[u8; 6]>::try_from(a.as_slice()).ok().map(MacAddr),
-                LinkAttribute::LinkInfo(infos) => {
-                    for i in infos {
-                        match i {
-                            LinkInfo::Kind(k) => l.kind = Some(k.clone()),
-                            LinkInfo::Data(InfoData::Vxlan(v)) => l.vxlan = v.clone(),
-                            _ => {}
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        l
-    }
-
-    /// Whether this VXLAN device is configured as `v` needs.
-    fn vxlan_matches(&self, v: &VpcPlan, local: Option<IpAddr>) -> bool {
-        let mut id = None;
-        let (mut loc, mut port, mut learning, mut proxy) = (None, None, None, None);
-        for i in &self.vxlan {
-            match i {
-                InfoVxlan::Id(x) => id = Some(*x),
-                InfoVxlan::Local(a) => loc = Some(IpAddr::V4(*a)),
-                InfoVxlan::Local6(a) => loc = Some(IpAddr::V6(*a)),
-                InfoVxlan::Port(p) => port = Some(*p),
-                InfoVxlan::Learning(b) => learning = Some(*b),
-                InfoVxlan::Proxy(b) => proxy = Some(*b),
-                _ => {}
-            }
-        }
-        self.kind == Some(InfoKind::Vxlan)
-            && id == Some(v.vni)
-            && loc == local
-            && port == Some(VXLAN_PORT)
-            && learning == Some(false)
-            && proxy.unwrap_or(false) == v.proxy
-    }
+/// An address other than link-local IPv6: (interface, address/prefix).
+fn addr_of(m: &AddressMessage) -> Option<(u32, IpNet)> {
+    let ip = m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(ip) => Some(*ip),
+        AddressAttribute::Address(ip) => Some(*ip),
+        _ => None,
+    })?;
+    let net = IpNet::new(ip, m.header.prefix_len).ok()?;
+    (!matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())).then_some((m.header.index, net))
 }
 
-/// The kernel handle.
+/// The kernel handle: rtnetlink for changes, a [`dump::Reader`] for dumps.
 #[derive(Debug, Clone)]
 pub struct Kernel {
     handle: Handle,
+    reader: dump::Reader,
 }
 
 impl Kernel {
-    /// Opens an rtnetlink connection in the current network namespace.
+    /// Opens rtnetlink connections in the current network namespace.
     pub fn open() -> std::io::Result<Kernel> {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
-        Ok(Kernel { handle })
+        Ok(Kernel { handle, reader: dump::Reader::open()? })
     }
 
+    /// Every link (read without statistics: nothing here looks at them).
     async fn links(&self) -> Result<Vec<Link>> {
-        let msgs: Vec<LinkMessage> =
-            self.handle.link().get().execute().try_collect().await.map_err(ctx(|| "listing links".into()))?;
-        Ok(msgs.iter().map(Link::from_message).collect())
+        let mut s = self.reader.request(dump::RTM_GETLINK, dump::links_request(), true);
+        let mut links = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(ctx(|| "listing links".into()))? {
+            if m.kind == dump::RTM_NEWLINK
+                && let Some(l) = dump::link(&m.body)
+            {
+                links.push(l);
+            }
+        }
+        Ok(links)
     }
 
     async fn link_by_name(&self, name: &str) -> Result<Link> {
-        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut s = self.reader.request(dump::RTM_GETLINK, dump::link_request(name), false);
         match s.try_next().await.map_err(ctx(|| format!("reading link {name}")))? {
-            Some(m) => Ok(Link::from_message(&m)),
-            None => Err(KernelError { what: format!("link {name} vanished"), source: rtnetlink::Error::RequestFailed }),
+            Some(m)
+                if m.kind == dump::RTM_NEWLINK
+                    && let Some(l) = dump::link(&m.body) =>
+            {
+                Ok(l)
+            }
+            _ => Err(KernelError { what: format!("link {name} vanished"), source: rtnetlink::Error::RequestFailed }),
         }
     }
 
-    /// Brings the kernel in line with `plan`.
+    /// Permanent neighbour entries (ARP, NDP) on the interfaces `keep`
+    /// accepts: (interface, address, MAC, the message).
+    async fn neighbours(&self, keep: impl Fn(u32) -> bool) -> Result<Vec<(u32, IpAddr, MacAddr, Vec<u8>)>> {
+        let mut s = self.reader.request(dump::RTM_GETNEIGH, dump::neigh_request(false), true);
+        let mut out = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(ctx(|| "listing neighbours".into()))? {
+            let Some(h) = dump::neigh_header(&m.body).filter(|_| m.kind == dump::RTM_NEWNEIGH) else { continue };
+            if !keep(h.ifindex) || !h.is_permanent() {
+                continue;
+            }
+            if let Some((ip, mac)) = dump::neigh(&h, &m.body) {
+                out.push((h.ifindex, ip, mac, m.body));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads what [`diff`] needs for `plan`: every link, then one dump each
+    /// of the FDB, the neighbours and (gateways) the addresses, kept for the
+    /// plan's devices only.
+    pub async fn observe(&self, plan: &Plan) -> Result<Observed> {
+        let mut obs = Observed { links: self.links().await?, ..Default::default() };
+        if plan.vpcs.is_empty() {
+            return Ok(obs);
+        }
+        let names: BTreeSet<String> =
+            plan.vpcs.keys().flat_map(|vni| [plan::bridge_name(*vni), plan::vxlan_name(*vni)]).collect();
+        let ours: BTreeSet<u32> = obs.links.iter().filter(|l| names.contains(&l.name)).map(|l| l.index).collect();
+
+        let mut s = self.reader.request(dump::RTM_GETNEIGH, dump::neigh_request(true), true);
+        while let Some(m) = s.try_next().await.map_err(ctx(|| "listing fdb".into()))? {
+            let Some(h) = dump::neigh_header(&m.body).filter(|_| m.kind == dump::RTM_NEWNEIGH) else { continue };
+            // The device's own entries (`self`), not the bridge's.
+            if !ours.contains(&h.ifindex) || !h.is_own() {
+                continue;
+            }
+            if let Some(f) = dump::fdb(&m.body) {
+                obs.fdb.entry(h.ifindex).or_default().insert(f);
+                obs.raw.fdb.insert((h.ifindex, f), m.body);
+            }
+        }
+
+        for (dev, ip, mac, m) in self.neighbours(|i| ours.contains(&i)).await? {
+            obs.neigh.entry(dev).or_default().insert(ip, mac);
+            obs.raw.neigh.insert((dev, ip), m);
+        }
+
+        if plan.forwarding || plan.vpcs.values().any(|v| !v.bridge_addrs.is_empty()) {
+            let mut s = self.handle.address().get().execute();
+            while let Some(m) = s.try_next().await.map_err(ctx(|| "listing addresses".into()))? {
+                if let Some((dev, net)) = addr_of(&m)
+                    && ours.contains(&dev)
+                {
+                    obs.addrs.entry(dev).or_default().insert(net);
+                    obs.raw.addrs.insert((dev, net), m);
+                }
+            }
+        }
+        Ok(obs)
+    }
+
+    /// Brings the kernel in line with `plan`: [`Kernel::observe`], [`diff`], [`Kernel::apply`].
     pub async fn reconcile(&self, plan: &Plan) -> Result<Changes> {
-        let mut ch = Changes::default();
-        let links = self.links().await?;
-        let by_name: BTreeMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
-        let mut wanted_ports: BTreeMap<String, u32> = BTreeMap::new(); // port name -> bridge index
-        for v in plan.vpcs.values() {
-            let br = self
-                .ensure_bridge(
-                    &plan::bridge_name(v.vni),
-                    by_name.get(plan::bridge_name(v.vni).as_str()),
-                    v.bridge_mac,
-                    &mut ch,
-                )
-                .await?;
-            let vx_name = plan::vxlan_name(v.vni);
-            let vx = match by_name.get(vx_name.as_str()) {
-                Some(l) if l.vxlan_matches(v, plan.local_ip) => (*l).clone(),
-                existing => {
-                    if let Some(l) = existing {
-                        // The proxy flag (and the rest) cannot change on a live device.
-                        self.handle
-                            .link()
-                            .del(l.index)
-                            .execute()
-                            .await
-                            .map_err(ctx(|| format!("deleting {vx_name}")))?;
-                        ch.links += 1;
-                    }
-                    let mut b = LinkVxlan::new(&vx_name, v.vni).port(VXLAN_PORT).learning(false).proxy(v.proxy);
-                    match plan.local_ip {
-                        Some(IpAddr::V4(a)) => b = b.local(a),
-                        Some(IpAddr::V6(a)) => b = b.local6(a),
-                        None => {}
-                    }
-                    self.handle.link().add(b.build()).execute().await.map_err(ctx(|| format!("creating {vx_name}")))?;
-                    ch.links += 1;
-                    self.link_by_name(&vx_name).await?
-                }
-            };
-            self.ensure_port(&vx, br, &mut ch).await?;
-            for p in &v.ports {
-                wanted_ports.insert(p.clone(), br);
-            }
-            ch.fdb += self.sync_fdb(vx.index, &v.fdb).await?;
-            ch.neigh += self.sync_neigh(vx.index, &v.neigh).await?;
-            if plan.forwarding || !v.bridge_addrs.is_empty() {
-                ch.addrs += self.sync_addrs(br, &v.bridge_addrs).await?;
-                ch.neigh += self.sync_neigh(br, &v.bridge_neigh).await?;
-            }
-        }
-        // VM ports: into their VPC's bridge; out of ours when no longer wanted.
-        let our_bridges: BTreeSet<u32> = links
-            .iter()
-            .filter(|l| l.name.starts_with("vc-br-") && l.kind == Some(InfoKind::Bridge))
-            .map(|l| l.index)
-            .collect();
-        for l in &links {
-            let Some(port) = l.alias.as_deref().and_then(|a| a.strip_prefix(PORT_ALIAS_PREFIX)) else { continue };
-            match wanted_ports.get(port) {
-                Some(&br) => self.ensure_port(l, br, &mut ch).await?,
-                None if l.master.is_some_and(|m| our_bridges.contains(&m)) => {
-                    let msg = LinkUnspec::new_with_index(l.index).nocontroller().build();
-                    self.handle.link().set(msg).execute().await.map_err(ctx(|| format!("detaching {}", l.name)))?;
-                    ch.links += 1;
-                }
-                None => {}
-            }
-        }
-        // Devices of VPCs this chassis no longer takes part in.
-        for l in &links {
-            if let Some(vni) = plan::our_vni(&l.name)
-                && !plan.vpcs.contains_key(&vni)
-            {
-                self.handle.link().del(l.index).execute().await.map_err(ctx(|| format!("deleting {}", l.name)))?;
-                ch.links += 1;
-            }
-        }
+        let obs = self.observe(plan).await?;
+        let ops = diff(plan, &obs);
+        let ch = self.apply(&obs, &ops).await?;
         if plan.forwarding {
             set_forwarding();
         }
         Ok(ch)
     }
 
-    async fn ensure_bridge(
-        &self,
-        name: &str,
-        existing: Option<&&Link>,
-        mac: Option<MacAddr>,
-        ch: &mut Changes,
-    ) -> Result<u32> {
-        if let Some(l) = existing {
-            if l.kind == Some(InfoKind::Bridge) {
-                let wrong_mac = mac.is_some_and(|m| l.mac != Some(m));
-                if !l.up || wrong_mac {
-                    let mut b = LinkUnspec::new_with_index(l.index).up();
-                    if let Some(m) = mac.filter(|_| wrong_mac) {
-                        b = b.address(m.0.to_vec());
-                    }
-                    self.handle.link().set(b.build()).execute().await.map_err(ctx(|| format!("setting up {name}")))?;
-                    ch.links += 1;
-                }
-                return Ok(l.index);
-            }
-            self.handle.link().del(l.index).execute().await.map_err(ctx(|| format!("deleting {name}")))?;
-            ch.links += 1;
+    /// Carries out `ops` (from [`diff`] of `obs`) in their order, stopping
+    /// at the first that fails.
+    pub async fn apply(&self, obs: &Observed, ops: &[KernelOp]) -> Result<Changes> {
+        let mut ch = Changes::default();
+        let mut created: BTreeMap<String, u32> = BTreeMap::new();
+        for op in ops {
+            self.apply_one(obs, op, &mut created, &mut ch).await?;
         }
-        let mut b = LinkBridge::new(name).up();
-        if let Some(m) = mac {
-            b = b.address(m.0.to_vec());
-        }
-        self.handle.link().add(b.build()).execute().await.map_err(ctx(|| format!("creating {name}")))?;
-        ch.links += 1;
-        let l = self.link_by_name(name).await?;
-        // Switch off IPv6 on the bridge itself: it needs no address there, and
-        // it would send its own router solicitations into the VPC.
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
-        Ok(l.index)
+        Ok(ch)
     }
 
-    /// `l` enslaved to bridge `br` and up. A VM port is brought up only
-    /// when it is attached: once attached, its administrative state is the
-    /// operator's (a port set down stays down — that is how a dead VM looks).
-    async fn ensure_port(&self, l: &Link, br: u32, ch: &mut Changes) -> Result<()> {
-        let is_vm_port = l.alias.as_deref().is_some_and(|a| a.starts_with(PORT_ALIAS_PREFIX));
-        if l.master != Some(br) || (!l.up && !is_vm_port) {
-            let msg = LinkUnspec::new_with_index(l.index).controller(br).up().build();
-            self.handle
-                .link()
-                .set(msg)
-                .execute()
-                .await
-                .map_err(ctx(|| format!("attaching {} to its bridge", l.name)))?;
-            ch.links += 1;
+    async fn apply_one(
+        &self,
+        obs: &Observed,
+        op: &KernelOp,
+        created: &mut BTreeMap<String, u32>,
+        ch: &mut Changes,
+    ) -> Result<()> {
+        let resolve = |dev: &Dev| -> Result<u32> {
+            match dev {
+                Dev::Index(i) => Ok(*i),
+                Dev::New(name) => created.get(name).copied().ok_or_else(|| KernelError {
+                    what: format!("{name} was not created"),
+                    source: rtnetlink::Error::RequestFailed,
+                }),
+            }
+        };
+        match op {
+            KernelOp::DelLink { index, name } => {
+                self.del_link(*index, name).await?;
+                ch.links += 1;
+            }
+            KernelOp::CreateBridge { name, mac } => {
+                let mut b = LinkBridge::new(name).up();
+                if let Some(m) = mac {
+                    b = b.address(m.0.to_vec());
+                }
+                self.handle.link().add(b.build()).execute().await.map_err(ctx(|| format!("creating {name}")))?;
+                ch.links += 1;
+                let l = self.link_by_name(name).await?;
+                created.insert(name.clone(), l.index);
+                // Switch off IPv6 on the bridge itself: it needs no address there, and
+                // it would send its own router solicitations into the VPC.
+                let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+            }
+            KernelOp::SetBridge { index, name, mac } => {
+                let mut b = LinkUnspec::new_with_index(*index).up();
+                if let Some(m) = mac {
+                    b = b.address(m.0.to_vec());
+                }
+                self.handle.link().set(b.build()).execute().await.map_err(ctx(|| format!("setting up {name}")))?;
+                ch.links += 1;
+            }
+            KernelOp::CreateVxlan { name, vni, local, proxy } => {
+                self.create_vxlan(name, *vni, *local, *proxy, created).await?;
+                ch.links += 1;
+            }
+            KernelOp::RecreateVxlan { index, name, vni, local, proxy } => {
+                self.del_link(*index, name).await?;
+                ch.links += 1;
+                self.create_vxlan(name, *vni, *local, *proxy, created).await?;
+                ch.links += 1;
+            }
+            KernelOp::SetMaster { dev, name, bridge } => {
+                let msg = LinkUnspec::new_with_index(resolve(dev)?).controller(resolve(bridge)?).up().build();
+                self.handle
+                    .link()
+                    .set(msg)
+                    .execute()
+                    .await
+                    .map_err(ctx(|| format!("attaching {name} to its bridge")))?;
+                ch.links += 1;
+            }
+            KernelOp::Detach { index, name } => {
+                let msg = LinkUnspec::new_with_index(*index).nocontroller().build();
+                self.handle.link().set(msg).execute().await.map_err(ctx(|| format!("detaching {name}")))?;
+                ch.links += 1;
+            }
+            KernelOp::AddFdb { dev, fdb } => {
+                self.add_fdb(resolve(dev)?, fdb).await?;
+                ch.fdb += 1;
+            }
+            KernelOp::DelFdb { dev, fdb } => {
+                let m = decode(obs.raw.fdb.get(&(*dev, *fdb)), || format!("fdb {fdb:?}"))?;
+                self.handle.neighbours().del(m).execute().await.map_err(ctx(|| format!("deleting fdb {fdb:?}")))?;
+                ch.fdb += 1;
+            }
+            KernelOp::SetNeigh { dev, ip, mac } => {
+                self.set_neigh(resolve(dev)?, *ip, *mac).await?;
+                ch.neigh += 1;
+            }
+            KernelOp::DelNeigh { dev, ip } => {
+                let m = decode(obs.raw.neigh.get(&(*dev, *ip)), || format!("neighbour {ip}"))?;
+                self.del_neigh(m, *ip).await?;
+                ch.neigh += 1;
+            }
+            KernelOp::AddAddr { dev, net } => {
+                self.handle
+                    .address()
+                    .add(resolve(dev)?, net.addr(), net.prefix_len())
+                    .execute()
+                    .await
+                    .map_err(ctx(|| format!("adding address {net}")))?;
+                ch.addrs += 1;
+            }
+            KernelOp::DelAddr { dev, net } => {
+                let m = read(obs.raw.addrs.get(&(*dev, *net)), || format!("address {net}"))?;
+                self.handle
+                    .address()
+                    .del(m.clone())
+                    .execute()
+                    .await
+                    .map_err(ctx(|| format!("deleting address {net}")))?;
+                ch.addrs += 1;
+            }
+            KernelOp::SyncNeigh { dev, want } => {
+                let dev = resolve(dev)?;
+                let mut have = BTreeMap::new();
+                let mut msgs = HashMap::new();
+                for (_, ip, mac, m) in self.neighbours(|i| i == dev).await? {
+                    have.insert(ip, mac);
+                    msgs.insert(ip, m);
+                }
+                let (gone, set) = set_diff(&have, want);
+                for ip in gone {
+                    self.del_neigh(decode(msgs.get(ip), || format!("neighbour {ip}"))?, *ip).await?;
+                    ch.neigh += 1;
+                }
+                for (ip, mac) in set {
+                    self.set_neigh(dev, *ip, *mac).await?;
+                    ch.neigh += 1;
+                }
+            }
         }
         Ok(())
     }
 
-    async fn sync_fdb(&self, vx: u32, want: &BTreeSet<Fdb>) -> Result<usize> {
-        let mut req = self.handle.neighbours().get();
-        req = req.set_address_family(AddressFamily::Bridge);
-        let msgs: Vec<NeighbourMessage> = req.execute().try_collect().await.map_err(ctx(|| "listing fdb".into()))?;
-        let mut have: BTreeMap<Fdb, NeighbourMessage> = BTreeMap::new();
-        for m in msgs {
-            if m.header.ifindex != vx || !m.header.flags.contains(NeighbourFlags::Own) {
-                continue;
-            }
-            if let Some(f) = fdb_of(&m) {
-                have.insert(f, m);
-            }
+    async fn del_link(&self, index: u32, name: &str) -> Result<()> {
+        self.handle.link().del(index).execute().await.map_err(ctx(|| format!("deleting {name}")))
+    }
+
+    async fn create_vxlan(
+        &self,
+        name: &str,
+        vni: u32,
+        local: Option<IpAddr>,
+        proxy: bool,
+        created: &mut BTreeMap<String, u32>,
+    ) -> Result<()> {
+        let mut b = LinkVxlan::new(name, vni).port(VXLAN_PORT).learning(false).proxy(proxy);
+        match local {
+            Some(IpAddr::V4(a)) => b = b.local(a),
+            Some(IpAddr::V6(a)) => b = b.local6(a),
+            None => {}
         }
-        let mut n = 0;
-        for (f, m) in &have {
-            if !want.contains(f) {
-                self.handle
-                    .neighbours()
-                    .del(m.clone())
-                    .execute()
-                    .await
-                    .map_err(ctx(|| format!("deleting fdb {f:?}")))?;
-                n += 1;
-            }
-        }
-        for f in want {
-            if !have.contains_key(f) {
-                self.add_fdb(vx, f).await?;
-                n += 1;
-            }
-        }
-        Ok(n)
+        self.handle.link().add(b.build()).execute().await.map_err(ctx(|| format!("creating {name}")))?;
+        let l = self.link_by_name(name).await?;
+        created.insert(name.to_string(), l.index);
+        Ok(())
     }
 
     /// `bridge fdb append <mac> dev <vx> dst <ip> [port <p>] self permanent`
@@ -352,114 +388,21 @@ impl Kernel {
         Ok(())
     }
 
-    /// Permanent neighbour entries on `dev`: exactly `want`.
-    async fn sync_neigh(&self, dev: u32, want: &BTreeMap<IpAddr, MacAddr>) -> Result<usize> {
-        let msgs: Vec<NeighbourMessage> = self
-            .handle
+    /// `ip neigh replace <ip> lladdr <mac> dev <dev> nud permanent`
+    async fn set_neigh(&self, dev: u32, ip: IpAddr, mac: MacAddr) -> Result<()> {
+        self.handle
             .neighbours()
-            .get()
+            .add(dev, ip)
+            .link_layer_address(&mac.0)
+            .state(NeighbourState::Permanent)
+            .replace()
             .execute()
-            .try_collect()
             .await
-            .map_err(ctx(|| "listing neighbours".into()))?;
-        let mut have: BTreeMap<IpAddr, (MacAddr, NeighbourMessage)> = BTreeMap::new();
-        for m in msgs {
-            if m.header.ifindex != dev || m.header.state != NeighbourState::Permanent {
-                continue;
-            }
-            let (mut ip, mut mac) = (None, None);
-            for a in &m.attributes {
-                match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => ip = Some(IpAddr::V4(*v4)),
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => ip = Some(IpAddr::V6(*v6)),
-                    NeighbourAttribute::LinkLayerAddress(l) => {
-                        mac = <[u8; 6]>::try_from(l.as_slice()).ok().map(MacAddr)
-                    }
-                    _ => {}
-                }
-            }
-            if let (Some(ip), Some(mac)) = (ip, mac) {
-                have.insert(ip, (mac, m));
-            }
-        }
-        let mut n = 0;
-        for (ip, (_, m)) in &have {
-            if !want.contains_key(ip) {
-                self.handle
-                    .neighbours()
-                    .del(m.clone())
-                    .execute()
-                    .await
-                    .map_err(ctx(|| format!("deleting neighbour {ip}")))?;
-                n += 1;
-            }
-        }
-        for (ip, mac) in want {
-            if have.get(ip).map(|(m, _)| m) != Some(mac) {
-                self.handle
-                    .neighbours()
-                    .add(dev, *ip)
-                    .link_layer_address(&mac.0)
-                    .state(NeighbourState::Permanent)
-                    .replace()
-                    .execute()
-                    .await
-                    .map_err(ctx(|| format!("setting neighbour {ip} -> {mac}")))?;
-                n += 1;
-            }
-        }
-        Ok(n)
+            .map_err(ctx(|| format!("setting neighbour {ip} -> {mac}")))
     }
 
-    /// Addresses on `dev`: exactly `want` (link-local IPv6 left alone).
-    async fn sync_addrs(&self, dev: u32, want: &BTreeSet<IpNet>) -> Result<usize> {
-        let msgs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(dev)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(ctx(|| "listing addresses".into()))?;
-        let mut have = BTreeMap::new();
-        for m in msgs {
-            let ip = m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(ip) => Some(*ip),
-                AddressAttribute::Address(ip) => Some(*ip),
-                _ => None,
-            });
-            if let Some(ip) = ip
-                && let Ok(net) = IpNet::new(ip, m.header.prefix_len)
-                && !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())
-            {
-                have.insert(net, m);
-            }
-        }
-        let mut n = 0;
-        for (net, m) in &have {
-            if !want.contains(net) {
-                self.handle
-                    .address()
-                    .del(m.clone())
-                    .execute()
-                    .await
-                    .map_err(ctx(|| format!("deleting address {net}")))?;
-                n += 1;
-            }
-        }
-        for net in want {
-            if !have.contains_key(net) {
-                self.handle
-                    .address()
-                    .add(dev, net.addr(), net.prefix_len())
-                    .execute()
-                    .await
-                    .map_err(ctx(|| format!("adding address {net}")))?;
-                n += 1;
-            }
-        }
-        Ok(n)
+    async fn del_neigh(&self, m: NeighbourMessage, ip: IpAddr) -> Result<()> {
+        self.handle.neighbours().del(m).execute().await.map_err(ctx(|| format!("deleting neighbour {ip}")))
     }
 
     /// The interface index of the VM port named `port`, if it is here.
@@ -480,11 +423,22 @@ impl Kernel {
             .await?
             .into_iter()
             .filter_map(|l| {
-                let p = l.alias.as_deref()?.strip_prefix(PORT_ALIAS_PREFIX)?.to_string();
+                let p = l.port()?.to_string();
                 Some((p, (l.index, l.name)))
             })
             .collect())
     }
+}
+
+/// The message an observation read for what is to be deleted.
+fn read<T>(m: Option<&T>, what: impl FnOnce() -> String) -> Result<&T> {
+    m.ok_or_else(|| KernelError { what: format!("{} was not read", what()), source: rtnetlink::Error::RequestFailed })
+}
+
+/// A neighbour or FDB entry as read, decoded as rtnetlink decodes it.
+fn decode(body: Option<&Vec<u8>>, what: impl Fn() -> String) -> Result<NeighbourMessage> {
+    NeighbourMessage::parse(&read(body, &what)?[..])
+        .map_err(|_| KernelError { what: format!("decoding {}", what()), source: rtnetlink::Error::RequestFailed })
 }
 
 fn addr(ip: IpAddr) -> NeighbourAddress {
@@ -492,27 +446,6 @@ fn addr(ip: IpAddr) -> NeighbourAddress {
         IpAddr::V4(a) => NeighbourAddress::Inet(a),
         IpAddr::V6(a) => NeighbourAddress::Inet6(a),
     }
-}
-
-fn fdb_of(m: &NeighbourMessage) -> Option<Fdb> {
-    let (mut mac, mut dst, mut port) = (None, None, None);
-    for a in &m.attributes {
-        match a {
-            NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok().map(MacAddr),
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => dst = Some(IpAddr::V4(*v4)),
-            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => dst = Some(IpAddr::V6(*v6)),
-            // Bridge-family messages carry the VXLAN destination as raw bytes.
-            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
-                dst = <[u8; 4]>::try_from(b.as_slice())
-                    .map(IpAddr::from)
-                    .or_else(|_| <[u8; 16]>::try_from(b.as_slice()).map(IpAddr::from))
-                    .ok();
-            }
-            NeighbourAttribute::Port(p) => port = Some(*p),
-            _ => {}
-        }
-    }
-    Some(Fdb { mac: mac?, dst: dst?, port: port.filter(|p| *p != VXLAN_PORT) })
 }
 
 fn set_forwarding() {

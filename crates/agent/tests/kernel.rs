@@ -119,3 +119,116 @@ fn reconcile_is_idempotent_minimal_and_visible_to_iproute2() {
     assert!(!ns.ip(&["-d", "link", "show"]).unwrap().contains("vc-"), "devices left behind");
     assert!(!ns.ip(&["link", "show", &format!("vca{id}p")]).unwrap().contains("master"), "port still enslaved");
 }
+
+fn gateway_plan() -> Plan {
+    let mut p = base_plan();
+    p.forwarding = true;
+    let v = p.vpcs.get_mut(&4200).unwrap();
+    v.ports.clear();
+    v.bridge_mac = Some(mac("06:76:63:00:10:68"));
+    v.bridge_addrs = BTreeSet::from(["192.168.10.1/24".parse().unwrap(), "192.168.20.1/24".parse().unwrap()]);
+    v.bridge_neigh = BTreeMap::from([(ip("192.168.10.100"), mac("02:00:00:00:00:01"))]);
+    p
+}
+
+/// Runs `f` with a kernel handle in `ns`, on a runtime of its own.
+fn with_kernel<T: Send + 'static, F: Future<Output = T>>(
+    ns: &Netns,
+    f: impl FnOnce(Kernel) -> F + Send + 'static,
+) -> T {
+    in_ns(ns, || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async { f(Kernel::open().unwrap()).await })
+    })
+}
+
+#[test]
+fn gateway_addresses_and_bridge_neighbours_survive_the_kernel_flushing_them() {
+    let id = unique_id();
+    let ns = Netns::new(format!("vcg-{id}")).unwrap();
+    let _underlay = Veth::new(&format!("vcg{id}u"), Some(&ns), &format!("vcg{id}v"), Some(&ns)).unwrap();
+    ns.ip(&["addr", "add", "10.255.0.11/24", "dev", &format!("vcg{id}u")]).unwrap();
+
+    let first = with_kernel(&ns, |k| async move {
+        let a = k.reconcile(&gateway_plan()).await.unwrap();
+        let b = k.reconcile(&gateway_plan()).await.unwrap();
+        (a, b)
+    });
+    assert_eq!(first.0.addrs, 2, "{:?}", first.0);
+    assert_eq!(first.1.total(), 0, "{:?}", first.1);
+    let br = ns.ip(&["addr", "show", "dev", "vc-br-4200"]).unwrap();
+    assert!(
+        br.contains("06:76:63:00:10:68") && br.contains("192.168.10.1/24") && br.contains("192.168.20.1/24"),
+        "{br}"
+    );
+    let neigh = ns.ip(&["neigh", "show", "dev", "vc-br-4200"]).unwrap();
+    assert!(neigh.contains("192.168.10.100 lladdr 02:00:00:00:00:01 PERMANENT"), "{neigh}");
+
+    // The bridge's MAC changed behind the agent's back: set back, and the
+    // neighbour entry the kernel flushed with it is there again.
+    ns.ip(&["link", "set", "vc-br-4200", "address", "02:00:00:00:0b:0b"]).unwrap();
+    assert!(!ns.ip(&["neigh", "show", "dev", "vc-br-4200"]).unwrap().contains("192.168.10.100"));
+    // Then the last addresses go (the kernel flushes the bridge's
+    // neighbours again): the entry stays.
+    let after = with_kernel(&ns, |k| async move {
+        let a = k.reconcile(&gateway_plan()).await.unwrap();
+        let mut p = gateway_plan();
+        p.vpcs.get_mut(&4200).unwrap().bridge_addrs.clear();
+        let b = k.reconcile(&p).await.unwrap();
+        let c = k.reconcile(&p).await.unwrap();
+        (a, b, c)
+    });
+    assert_eq!((after.0.links, after.0.neigh, after.0.total()), (1, 1, 2), "{:?}", after.0);
+    assert_eq!((after.1.addrs, after.1.neigh, after.1.total()), (2, 1, 3), "{:?}", after.1);
+    assert_eq!(after.2.total(), 0, "{:?}", after.2);
+    let br = ns.ip(&["addr", "show", "dev", "vc-br-4200"]).unwrap();
+    assert!(br.contains("06:76:63:00:10:68") && !br.contains("192.168."), "{br}");
+    let neigh = ns.ip(&["neigh", "show", "dev", "vc-br-4200"]).unwrap();
+    assert!(neigh.contains("192.168.10.100 lladdr 02:00:00:00:00:01 PERMANENT"), "{neigh}");
+    assert_eq!(ns.run("cat", &["/proc/sys/net/ipv4/ip_forward"]).unwrap().trim(), "1");
+}
+
+#[test]
+fn entries_that_are_not_the_plans_are_left_alone_across_vpcs() {
+    let id = unique_id();
+    let ns = Netns::new(format!("vcf-{id}")).unwrap();
+    let _underlay = Veth::new(&format!("vcf{id}u"), Some(&ns), &format!("vcf{id}v"), Some(&ns)).unwrap();
+    let under = format!("vcf{id}u");
+    ns.ip(&["addr", "add", "10.255.0.11/24", "dev", &under]).unwrap();
+    let mut plan = base_plan();
+    for vni in [4201, 4202] {
+        let mut v = plan.vpcs[&4200].clone();
+        v.vni = vni;
+        v.ports.clear();
+        plan.vpcs.insert(vni, v);
+    }
+    let p = plan.clone();
+    let first = with_kernel(&ns, move |k| async move { k.reconcile(&p).await.unwrap() });
+    assert!(first.fdb == 9 && first.neigh == 9, "{first:?}");
+
+    // Not ours: a neighbour the kernel resolved (not permanent) on a VXLAN
+    // device, a permanent one on the underlay, an FDB entry on a bridge port.
+    ns.ip(&["neigh", "add", "192.168.10.77", "lladdr", "02:00:00:00:00:77", "dev", "vc-vx-4201", "nud", "reachable"])
+        .unwrap();
+    ns.ip(&["neigh", "add", "10.255.0.77", "lladdr", "02:00:00:00:00:78", "dev", &under, "nud", "permanent"]).unwrap();
+    ns.run("bridge", &["fdb", "add", "02:00:00:00:00:79", "dev", "vc-vx-4202", "master", "static"]).unwrap();
+    // Ours and stale: a permanent neighbour and a VXLAN FDB entry on another VPC's device.
+    ns.ip(&["neigh", "add", "192.168.10.88", "lladdr", "02:00:00:00:00:88", "dev", "vc-vx-4202", "nud", "permanent"])
+        .unwrap();
+    ns.run(
+        "bridge",
+        &["fdb", "append", "00:00:00:00:00:00", "dev", "vc-vx-4201", "dst", "10.255.0.88", "self", "permanent"],
+    )
+    .unwrap();
+    let p = plan.clone();
+    let second =
+        with_kernel(&ns, move |k| async move { (k.reconcile(&p).await.unwrap(), k.reconcile(&p).await.unwrap()) });
+    assert_eq!((second.0.fdb, second.0.neigh, second.0.total()), (1, 1, 2), "{:?}", second.0);
+    assert_eq!(second.1.total(), 0, "{:?}", second.1);
+    assert!(ns.ip(&["neigh", "show", "dev", "vc-vx-4201"]).unwrap().contains("192.168.10.77"));
+    assert!(!ns.ip(&["neigh", "show", "dev", "vc-vx-4202"]).unwrap().contains("192.168.10.88"));
+    assert!(ns.ip(&["neigh", "show", "dev", &under]).unwrap().contains("10.255.0.77"));
+    let fdb = ns.run("bridge", &["fdb", "show"]).unwrap();
+    assert!(fdb.contains("02:00:00:00:00:79 dev vc-vx-4202 master vc-br-4202 static"), "{fdb}");
+    assert!(!fdb.contains("10.255.0.88"), "{fdb}");
+}

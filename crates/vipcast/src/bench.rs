@@ -12,6 +12,15 @@
 //!    ▲                   │
 //!    └── N NDJSON watch streams (one per chassis) ◄──┘
 //! ```
+//!
+//! `reconcile`: the agent's kernel data plane on one chassis, in a network
+//! namespace of its own (as root): V VPCs, P local VM ports (veth pairs,
+//! the VM ends in a second namespace), and per VPC R remote ports on C
+//! remote chassis (head-end BUM to each) and I VIPs. After programming, it
+//! times `Kernel::reconcile` of the unchanged plan and of plans that each
+//! move one VIP between two remote ports (what every other chassis of the
+//! VPC does on a failover). Nothing leaves the namespaces: the remote
+//! chassis are addresses only.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -41,6 +50,33 @@ enum What {
     Replicate(vipcast_replicator::bench::Args),
     /// CPU and memory of `vipcast vrrpd` and keepalived running the same VRRP instances.
     Vrrp(vipcast_vrrpd::bench::Args),
+    /// Kernel data plane: reconcile time of an unchanged plan and of a one-VIP move (as root).
+    Reconcile(Reconcile),
+}
+
+#[derive(Debug, Args)]
+struct Reconcile {
+    /// VPCs on the chassis.
+    #[arg(long, default_value_t = 50)]
+    vpcs: usize,
+    /// Local VM ports, spread evenly over the VPCs.
+    #[arg(long, default_value_t = 500)]
+    ports: usize,
+    /// Remote ports per VPC (an FDB and a neighbour entry each).
+    #[arg(long, default_value_t = 40)]
+    remote_ports: usize,
+    /// Remote chassis per VPC (an all-zeros FDB entry each: head-end BUM).
+    #[arg(long, default_value_t = 20)]
+    chassis: usize,
+    /// VIPs per VPC; every fifth is owned by a local port (no neighbour entry).
+    #[arg(long, default_value_t = 10)]
+    vips: usize,
+    /// Reconciles to time, of each kind.
+    #[arg(long, default_value_t = 200)]
+    runs: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -73,6 +109,7 @@ pub async fn run(b: Bench) -> anyhow::Result<()> {
         What::ControlPlane(c) => control_plane(c).await,
         What::Replicate(r) => vipcast_replicator::bench::run(r).await,
         What::Vrrp(v) => tokio::task::spawn_blocking(move || vipcast_vrrpd::bench::main(v)).await?,
+        What::Reconcile(r) => tokio::task::spawn_blocking(move || reconcile::run(r)).await?,
     }
 }
 
@@ -286,4 +323,317 @@ async fn wait_up(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+mod reconcile {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Context, bail};
+    use hdrhistogram::Histogram;
+    use serde_json::{Value, json};
+    use vipcast_agent::kernel::Kernel;
+    use vipcast_agent::plan::{Fdb, Plan, VpcPlan};
+    use vipcast_lab::{Netns, unique_id};
+    use vipcast_packet::MacAddr;
+
+    use super::Reconcile;
+
+    const LOCAL_IP: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 11);
+
+    fn mac(kind: u8, vpc: usize, n: usize) -> MacAddr {
+        MacAddr([0x02, kind, (vpc >> 8) as u8, vpc as u8, (n >> 8) as u8, n as u8])
+    }
+
+    fn v4(a: u8, b: u8, n: usize) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, (n >> 8) as u8, n as u8))
+    }
+
+    /// Port names of VPC `vpc`: `v<vpc>p<j>`.
+    fn local_ports(r: &Reconcile, vpc: usize) -> Vec<String> {
+        let (each, extra) = (r.ports / r.vpcs, r.ports % r.vpcs);
+        (0..each + usize::from(vpc < extra)).map(|j| format!("v{vpc}p{j}")).collect()
+    }
+
+    /// The plan, with VIP 1 of the middle VPC owned by remote port `owner`.
+    fn plan(r: &Reconcile, owner: usize) -> Plan {
+        let mut vpcs = BTreeMap::new();
+        for i in 0..r.vpcs {
+            let vni = 1000 + i as u32;
+            let chassis = |n: usize| v4(10, 255, 256 + n % r.chassis);
+            let mut fdb: BTreeSet<Fdb> =
+                (0..r.chassis).map(|c| Fdb { mac: MacAddr::ZERO, dst: chassis(c), port: None }).collect();
+            let mut neigh = BTreeMap::new();
+            for p in 0..r.remote_ports {
+                fdb.insert(Fdb { mac: mac(0x20, i, p), dst: chassis(p), port: None });
+                neigh.insert(v4(192, 168, 256 + p), mac(0x20, i, p));
+            }
+            for k in 0..r.vips {
+                // Owned by a local port: no entry on the device (the plan leaves those out).
+                if k % 5 == 0 {
+                    continue;
+                }
+                let o = if i == r.vpcs / 2 && k == 1 { owner } else { k % r.remote_ports.max(1) };
+                neigh.insert(v4(192, 168, 512 + k), mac(0x20, i, o));
+            }
+            vpcs.insert(
+                vni,
+                VpcPlan {
+                    name: format!("vpc{i}"),
+                    vni,
+                    proxy: true,
+                    ports: local_ports(r, i).into_iter().collect(),
+                    fdb,
+                    neigh,
+                    bridge_addrs: BTreeSet::new(),
+                    bridge_neigh: BTreeMap::new(),
+                    bridge_mac: None,
+                },
+            );
+        }
+        Plan { local_ip: Some(IpAddr::V4(LOCAL_IP)), vpcs, forwarding: false, unrouted: vec![], unsupported: vec![] }
+    }
+
+    fn batch(ns: &Netns, lines: &[String]) -> anyhow::Result<()> {
+        let f = tempfile::NamedTempFile::new()?;
+        std::fs::write(f.path(), lines.join("\n") + "\n")?;
+        let path = f.path().to_string_lossy().into_owned();
+        ns.ip(&["-batch", &path])?;
+        Ok(())
+    }
+
+    fn count_lines(s: &str) -> usize {
+        s.lines().filter(|l| !l.trim().is_empty()).count()
+    }
+
+    /// A point in time: the wall clock, and this thread's CPU time (the
+    /// netlink connections run on this thread, and the kernel dumps and
+    /// changes its tables inside this thread's system calls).
+    struct Clock {
+        wall: Instant,
+        cpu: Duration,
+    }
+
+    fn now() -> Clock {
+        Clock { wall: Instant::now(), cpu: vipcast_sys::thread_cpu_time().unwrap_or_default() }
+    }
+
+    /// Wall-clock and CPU times of a timed section, in microseconds.
+    struct Samples {
+        wall: Histogram<u64>,
+        cpu: Histogram<u64>,
+    }
+
+    impl Samples {
+        fn new() -> anyhow::Result<Samples> {
+            let h = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3);
+            Ok(Samples { wall: h()?, cpu: h()? })
+        }
+
+        fn record(&mut self, from: &Clock, to: &Clock) -> anyhow::Result<()> {
+            let us = |d: Duration| d.as_micros().max(1) as u64;
+            self.wall.record(us(to.wall - from.wall))?;
+            self.cpu.record(us(to.cpu.saturating_sub(from.cpu)))?;
+            Ok(())
+        }
+
+        /// Quantiles in milliseconds.
+        fn summary(&self) -> Value {
+            let ms = |us: u64| us as f64 / 1000.0;
+            json!({
+                "p50_ms": ms(self.wall.value_at_quantile(0.5)),
+                "p99_ms": ms(self.wall.value_at_quantile(0.99)),
+                "max_ms": ms(self.wall.max()),
+                "cpu_p50_ms": ms(self.cpu.value_at_quantile(0.5)),
+                "cpu_p99_ms": ms(self.cpu.value_at_quantile(0.99)),
+                "runs": self.wall.len(),
+            })
+        }
+    }
+
+    pub fn run(r: Reconcile) -> anyhow::Result<()> {
+        if r.vpcs == 0 || r.vpcs > 9000 || r.runs == 0 || r.chassis == 0 || r.remote_ports < 4 || r.vips < 2 {
+            bail!("need --vpcs 1..=9000, --runs >= 1, --chassis >= 1, --remote-ports >= 4 and --vips >= 2");
+        }
+        let id = unique_id();
+        let ns = Netns::new(format!("vcb-{id}")).context("creating the chassis namespace (as root)")?;
+        let vm = Netns::new(format!("vcb-{id}-vm"))?;
+        eprintln!(
+            "bench: namespace {}: {} VPCs, {} local ports, {} remote ports on {} chassis and {} VIPs per VPC",
+            ns.name(),
+            r.vpcs,
+            r.ports,
+            r.remote_ports,
+            r.chassis,
+            r.vips
+        );
+        // Quiet namespaces: no IPv6 router solicitations or DAD flooding
+        // the bridges while timing.
+        for n in [&ns, &vm] {
+            n.run("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])?;
+        }
+        // The underlay, and the VM ports: the VM ends in `vm`, the chassis
+        // ends marked by their alias.
+        let mut vm_lines = vec![format!("link add ul1 type veth peer name ul0 netns {}", ns.name())];
+        let mut ns_lines =
+            vec!["link set ul0 up".to_string(), format!("addr add {LOCAL_IP}/16 dev ul0"), "link set lo up".into()];
+        let mut n = 0;
+        for i in 0..r.vpcs {
+            for port in local_ports(&r, i) {
+                vm_lines.push(format!("link add e{n} type veth peer name t{n} netns {}", ns.name()));
+                vm_lines.push(format!("link set e{n} up"));
+                ns_lines.push(format!("link set t{n} alias vipcast-port:{port}"));
+                n += 1;
+            }
+        }
+        vm_lines.push("link set ul1 up".into());
+        batch(&vm, &vm_lines)?;
+        batch(&ns, &ns_lines)?;
+
+        let plans = [plan(&r, 2), plan(&r, 3)];
+        let runs = r.runs;
+        let name = ns.name().to_string();
+        let timed = std::thread::spawn(move || -> anyhow::Result<Value> {
+            vipcast_sys::enter_netns(&name)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(measure(&plans, runs))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the measuring thread panicked"))??;
+
+        let links = count_lines(&ns.ip(&["-o", "link", "show"])?);
+        let fdb = count_lines(&ns.run("bridge", &["fdb", "show"])?);
+        let own_fdb =
+            ns.run("bridge", &["fdb", "show"])?.lines().filter(|l| l.contains(" self ") && l.contains(" dst ")).count();
+        let neigh = count_lines(&ns.ip(&["neigh", "show", "nud", "permanent"])?);
+        let mut result = json!({
+            "vpcs": r.vpcs,
+            "local_ports": r.ports,
+            "remote_ports_per_vpc": r.remote_ports,
+            "remote_chassis_per_vpc": r.chassis,
+            "vips_per_vpc": r.vips,
+            "kernel": {"links": links, "fdb_entries": fdb, "vxlan_fdb_entries": own_fdb, "permanent_neighbours": neigh},
+        });
+        if let (Value::Object(m), Value::Object(t)) = (&mut result, timed) {
+            m.extend(t);
+        }
+        if r.json {
+            println!("{}", serde_json::to_string_pretty(&result)?);
+        } else {
+            print_table(&result);
+        }
+        drop(vm);
+        drop(ns);
+        Ok(())
+    }
+
+    fn print_table(v: &Value) {
+        let k = &v["kernel"];
+        println!(
+            "reconcile: {} VPCs, {} local ports, {} remote ports / {} chassis / {} VIPs per VPC\n  kernel holds {} links, {} FDB entries ({} on the VXLAN devices), {} permanent neighbours\n  first programming: {} ms ({} changes)",
+            v["vpcs"],
+            v["local_ports"],
+            v["remote_ports_per_vpc"],
+            v["remote_chassis_per_vpc"],
+            v["vips_per_vpc"],
+            k["links"],
+            k["fdb_entries"],
+            k["vxlan_fdb_entries"],
+            k["permanent_neighbours"],
+            v["initial_ms"],
+            v["initial_changes"],
+        );
+        let mut t = comfy_table::Table::new();
+        t.load_preset(comfy_table::presets::ASCII_MARKDOWN);
+        t.set_header(["reconcile", "p50 ms", "p99 ms", "max ms", "CPU p50 ms", "CPU p99 ms", "runs"]);
+        let mut row = |name: &str, s: &Value| {
+            t.add_row([
+                name.to_string(),
+                s["p50_ms"].to_string(),
+                s["p99_ms"].to_string(),
+                s["max_ms"].to_string(),
+                s["cpu_p50_ms"].to_string(),
+                s["cpu_p99_ms"].to_string(),
+                s["runs"].to_string(),
+            ]);
+        };
+        row("unchanged plan", &v["unchanged"]);
+        row("one VIP moved", &v["vip_move"]);
+        for (key, name) in [("move_observe", "  observe"), ("move_diff", "  diff"), ("move_apply", "  apply")] {
+            if v["phases"][key].is_object() {
+                row(name, &v["phases"][key]);
+            }
+        }
+        println!("{t}");
+    }
+
+    async fn measure(plans: &[Plan; 2], runs: usize) -> anyhow::Result<Value> {
+        let k = Kernel::open()?;
+        let t = Instant::now();
+        let first = k.reconcile(&plans[0]).await?;
+        let initial = t.elapsed();
+        let again = k.reconcile(&plans[0]).await?;
+        if again.total() != 0 {
+            bail!("a second reconcile of the same plan changed {again:?}");
+        }
+        // Warm up, then the two kinds interleaved so that both see the same machine.
+        for _ in 0..5 {
+            k.reconcile(&plans[0]).await?;
+        }
+        let (mut same, mut moved) = (Samples::new()?, Samples::new()?);
+        let mut at = 0;
+        for _ in 0..runs {
+            let t = now();
+            let ch = k.reconcile(&plans[at]).await?;
+            same.record(&t, &now())?;
+            if ch.total() != 0 {
+                bail!("an unchanged plan changed {ch:?}");
+            }
+            at = 1 - at;
+            let t = now();
+            let ch = k.reconcile(&plans[at]).await?;
+            moved.record(&t, &now())?;
+            if (ch.neigh, ch.total()) != (1, 1) {
+                bail!("a VIP move changed {ch:?}, not one neighbour entry");
+            }
+        }
+        let phases = phases(&k, plans, &mut at, runs).await?;
+        Ok(json!({
+            "initial_ms": (initial.as_secs_f64() * 1e6).round() / 1e3,
+            "initial_changes": first.total(),
+            "unchanged": same.summary(),
+            "vip_move": moved.summary(),
+            "phases": phases,
+        }))
+    }
+
+    /// Where a reconcile's time goes: reading the kernel, the diff, and
+    /// applying (for a VIP move: the kernel work of the move itself).
+    async fn phases(k: &Kernel, plans: &[Plan; 2], at: &mut usize, runs: usize) -> anyhow::Result<Value> {
+        use vipcast_agent::kernel::diff;
+        let (mut observe, mut diffs, mut apply) = (Samples::new()?, Samples::new()?, Samples::new()?);
+        for _ in 0..runs {
+            *at = 1 - *at;
+            let plan = &plans[*at];
+            let t0 = now();
+            let obs = k.observe(plan).await?;
+            let t1 = now();
+            let ops = diff(plan, &obs);
+            let t2 = now();
+            let ch = k.apply(&obs, &ops).await?;
+            let t3 = now();
+            if ch.total() != 1 {
+                bail!("a VIP move changed {ch:?}");
+            }
+            observe.record(&t0, &t1)?;
+            diffs.record(&t1, &t2)?;
+            apply.record(&t2, &t3)?;
+        }
+        Ok(json!({
+            "move_observe": observe.summary(),
+            "move_diff": diffs.summary(),
+            "move_apply": apply.summary(),
+        }))
+    }
 }
