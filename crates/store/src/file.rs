@@ -143,6 +143,9 @@ struct Inner {
     min_free: u64,
     /// The open database, or why there is none.
     slot: RwLock<Slot>,
+    /// When the file was last opened: it is opened again at most once per
+    /// [`REOPEN_INTERVAL`].
+    opened: Mutex<std::time::Instant>,
     /// Set by a redb failure during a call: the database is closed when the
     /// call ends.
     broken: Mutex<Option<String>>,
@@ -240,6 +243,7 @@ impl FileStore {
             history: i64::try_from(options.history.max(1)).unwrap_or(i64::MAX),
             min_free: options.min_free,
             slot: RwLock::new(Slot::Open(db)),
+            opened: Mutex::new(std::time::Instant::now()),
             broken: Mutex::new(None),
             writer: Mutex::new(()),
             sent: AtomicI64::new(revision),
@@ -448,7 +452,8 @@ impl Inner {
         let mut slot = self.slot.write().unwrap_or_else(PoisonError::into_inner);
         if let Slot::Open(_) = &*slot {
             tracing::warn!(path = %self.path.display(), reason, "store: closing the file after a failure; it is opened again on the next call");
-            let old = std::mem::replace(&mut *slot, Slot::Closed { reason, retry: std::time::Instant::now() });
+            let retry = *self.opened.lock().unwrap_or_else(PoisonError::into_inner) + REOPEN_INTERVAL;
+            let old = std::mem::replace(&mut *slot, Slot::Closed { reason, retry });
             if let Slot::Open(db) = old {
                 // Errors here are the failure's own; the reopen repairs.
                 match catch_unwind(AssertUnwindSafe(|| db.close())) {
@@ -479,6 +484,7 @@ impl Inner {
         if std::time::Instant::now() < *retry {
             return Err(self.closed(reason));
         }
+        *self.opened.lock().unwrap_or_else(PoisonError::into_inner) = std::time::Instant::now();
         let opened = catch_unwind(AssertUnwindSafe(|| {
             let db = check::open(&self.path, false, false, &mut Vec::new())?;
             check::verify(&db, &self.path, false)?;

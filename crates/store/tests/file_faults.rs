@@ -234,6 +234,9 @@ async fn a_full_disk_fails_writes_and_they_resume_once_there_is_room() {
     // second, and each attempt finds the disk full).
     assert!(store.txn(vec![], vec![put("/vipcast/again", "1")]).await.is_err());
     assert!(store.probe().await.is_err());
+    // Reads go on meanwhile.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(store.get("/vipcast/first").await.unwrap().unwrap().value, value.as_bytes());
 
     std::fs::remove_file(disk.path().join("filler")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
