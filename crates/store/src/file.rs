@@ -219,7 +219,10 @@ impl FileStore {
         let (revision, restored) = {
             let verified = catch_unwind(AssertUnwindSafe(|| check::verify(&db, &path, options.recover)));
             let verified = verified.unwrap_or_else(|panic| {
-                Err(Error::Corrupt { path: path.display().to_string(), message: panicked("verifying it", &panic) })
+                Err(Error::Corrupt {
+                    what: format!("store file {}", path.display()),
+                    message: panicked("verifying it", &panic),
+                })
             });
             let (state, dropped) = match verified {
                 Ok(v) => v,
@@ -405,7 +408,7 @@ impl Inner {
     fn corrupt(&self, what: &str) -> Error {
         let message = format!("corrupt record: {what}");
         self.set_broken(message.clone());
-        Error::Corrupt { path: self.path.display().to_string(), message }
+        Error::Corrupt { what: format!("store file {}", self.path.display()), message }
     }
 
     fn set_broken(&self, reason: String) {
@@ -567,7 +570,18 @@ impl Inner {
         meta.get(key).map_err(|e| self.redb(e))?.map(|g| g.value()).ok_or_else(|| self.corrupt("missing meta"))
     }
 
+    /// The revision in the file; while the file is closed after a failure
+    /// and not due to be opened again, the last revision committed (nothing
+    /// else writes the file, and nothing can while it is closed).
     fn revision(&self) -> Result<Revision> {
+        {
+            let slot = self.slot.read().unwrap_or_else(PoisonError::into_inner);
+            if let Slot::Closed { retry, .. } = &*slot
+                && std::time::Instant::now() < *retry
+            {
+                return Ok(self.sent.load(Ordering::SeqCst));
+            }
+        }
         self.with_db(|db| {
             let rtx = db.begin_read().map_err(|e| self.redb(e))?;
             let meta = rtx.open_table(META).map_err(|e| self.redb(e))?;

@@ -130,11 +130,13 @@ pub enum Error {
     /// failure and is not open again yet.
     #[error("store file {path}: {message}")]
     File { path: String, message: String },
-    /// The embedded store file cannot be trusted: empty, refused by redb
-    /// (a page checksum, a truncation), or its records do not decode or add
-    /// up. Nothing is served from it (see [`FileOptions::recover`]).
-    #[error("store file {path} cannot be trusted: {message}")]
-    Corrupt { path: String, message: String },
+    /// What the store holds cannot be trusted: the embedded store file is
+    /// empty, refused by redb (a page checksum, a truncation), or its
+    /// records do not decode or add up (see [`FileOptions::recover`]); or a
+    /// stored value cannot be read by its user. `what` names it (`store
+    /// file /var/lib/vipcast/store.redb`).
+    #[error("{what} cannot be trusted: {message}")]
+    Corrupt { what: String, message: String },
     /// The request is malformed (an empty key, a key written twice in one
     /// transaction, more operations than etcd accepts in one transaction).
     #[error("invalid request: {0}")]

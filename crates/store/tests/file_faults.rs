@@ -36,8 +36,8 @@ async fn populate(dir: &Path) -> (Vec<KeyValue>, Revision) {
 
 fn expect_corrupt(result: vipcast_store::Result<FileStore>) -> String {
     match result {
-        Err(Error::Corrupt { path, message }) => {
-            assert!(path.ends_with("store.redb"), "{path}");
+        Err(Error::Corrupt { what, message }) => {
+            assert!(what.starts_with("store file ") && what.ends_with("store.redb"), "{what}");
             message
         }
         Err(other) => panic!("expected a corrupt store, got {other}"),

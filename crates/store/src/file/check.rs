@@ -33,7 +33,7 @@ enum Failure {
 }
 
 fn corrupt(path: &Path, message: impl Into<String>) -> Error {
-    Error::Corrupt { path: path.display().to_string(), message: message.into() }
+    Error::Corrupt { what: format!("store file {}", path.display()), message: message.into() }
 }
 
 /// Opens the store file at `path` (making a new one if there is none and
