@@ -12,9 +12,13 @@
 //!
 //! A stored object that cannot be decoded stops the load (nothing is served
 //! from a state with objects missing), unless recovering, which deletes it.
+//! The cache also keeps which objects the latest revisions changed (up to
+//! [`RECENT_KEYS`] keys), so a watch stream resuming from a recent revision
+//! is answered from memory ([`Cache::changed_between`]).
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -54,6 +58,7 @@ pub struct Applied {
 pub struct Cache {
     current: watch::Receiver<Arc<Snapshot>>,
     applied: broadcast::Sender<Arc<Applied>>,
+    recent: Arc<Mutex<Recent>>,
     /// Whether the store's watch is established (false while it is being
     /// re-established after a failure).
     following: Arc<AtomicBool>,
@@ -61,6 +66,51 @@ pub struct Cache {
 
 /// Capacity of the per-subscriber backlog before it must resynchronise.
 const BACKLOG: usize = 256;
+
+/// How many changed keys the window of recent revisions holds (about 1.5
+/// MiB at most); a resume from before it gets a snapshot.
+pub const RECENT_KEYS: usize = 16 * 1024;
+
+/// Which objects each of the latest revisions changed.
+#[derive(Debug)]
+struct Recent {
+    /// Every change after this revision is in `revisions`.
+    since: Revision,
+    revisions: VecDeque<(Revision, Vec<ObjectKey>)>,
+    keys: usize,
+}
+
+impl Recent {
+    fn new(since: Revision) -> Recent {
+        Recent { since, revisions: VecDeque::new(), keys: 0 }
+    }
+
+    fn push(&mut self, revision: Revision, keys: Vec<ObjectKey>) {
+        if keys.is_empty() {
+            return;
+        }
+        self.keys += keys.len();
+        self.revisions.push_back((revision, keys));
+        while self.keys > RECENT_KEYS {
+            let Some((oldest, keys)) = self.revisions.pop_front() else { break };
+            self.keys -= keys.len();
+            self.since = oldest;
+        }
+    }
+
+    fn changed_between(&self, from: Revision, to: Revision) -> Option<BTreeSet<ObjectKey>> {
+        if from < self.since {
+            return None;
+        }
+        let mut out = BTreeSet::new();
+        for (revision, keys) in &self.revisions {
+            if *revision > from && *revision <= to {
+                out.extend(keys.iter().cloned());
+            }
+        }
+        Some(out)
+    }
+}
 
 impl Cache {
     /// Loads the state and starts following the store; a stored object
@@ -75,12 +125,20 @@ impl Cache {
     pub async fn start_with(store: Arc<dyn Store>, recover: bool) -> vipcast_store::Result<(Cache, Vec<String>)> {
         let (first, bad) = load(store.as_ref()).await?;
         let dropped = drop_undecodable(store.as_ref(), bad, recover).await?;
+        let recent = Arc::new(Mutex::new(Recent::new(first.revision)));
         let following = Arc::new(AtomicBool::new(true));
         let (tx, rx) = watch::channel(Arc::new(first));
         let (applied, _) = broadcast::channel(BACKLOG);
-        let cache = Cache { current: rx, applied: applied.clone(), following: following.clone() };
-        tokio::spawn(follow(store, tx, applied, following));
+        let cache =
+            Cache { current: rx, applied: applied.clone(), recent: recent.clone(), following: following.clone() };
+        tokio::spawn(follow(store, tx, applied, recent, following));
         Ok((cache, dropped))
+    }
+
+    /// The objects changed by the revisions after `from` up to `to`, or
+    /// `None` if `from` is older than the window of recent revisions kept.
+    pub fn changed_between(&self, from: Revision, to: Revision) -> Option<BTreeSet<ObjectKey>> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner).changed_between(from, to)
     }
 
     /// Whether the cache's watch of the store is established.
@@ -170,6 +228,7 @@ async fn follow(
     store: Arc<dyn Store>,
     tx: watch::Sender<Arc<Snapshot>>,
     applied: broadcast::Sender<Arc<Applied>>,
+    recent: Arc<Mutex<Recent>>,
     following: Arc<AtomicBool>,
 ) {
     loop {
@@ -179,7 +238,7 @@ async fn follow(
             Err(e) => {
                 tracing::warn!(error = %e, "store watch failed; reloading");
                 following.store(false, Ordering::Relaxed);
-                reload(store.as_ref(), &tx, &applied).await;
+                reload(store.as_ref(), &tx, &applied, &recent).await;
                 continue;
             }
         };
@@ -196,7 +255,7 @@ async fn follow(
                 Err(e) => {
                     tracing::warn!(error = %e, "store watch broke; reloading");
                     following.store(false, Ordering::Relaxed);
-                    reload(store.as_ref(), &tx, &applied).await;
+                    reload(store.as_ref(), &tx, &applied, &recent).await;
                     break;
                 }
             };
@@ -232,6 +291,12 @@ async fn follow(
                 }
             }
             let state = Arc::new(state);
+            // Before the revision is published: a resume that sees it as
+            // current finds its changes.
+            recent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(batch.revision, changes.iter().map(|(k, _)| k.clone()).collect());
             let _ = applied.send(Arc::new(Applied {
                 revision: batch.revision,
                 changes,
@@ -248,13 +313,20 @@ async fn follow(
     }
 }
 
-async fn reload(store: &dyn Store, tx: &watch::Sender<Arc<Snapshot>>, applied: &broadcast::Sender<Arc<Applied>>) {
+async fn reload(
+    store: &dyn Store,
+    tx: &watch::Sender<Arc<Snapshot>>,
+    applied: &broadcast::Sender<Arc<Applied>>,
+    recent: &Mutex<Recent>,
+) {
     loop {
         match load(store).await {
             Ok((s, bad)) => {
                 for (key, _, error) in bad {
                     tracing::warn!(key, error, "skipping undecodable object");
                 }
+                // What changed across the reload is not known.
+                *recent.lock().unwrap_or_else(PoisonError::into_inner) = Recent::new(s.revision);
                 let s = Arc::new(s);
                 let _ = applied.send(Arc::new(Applied {
                     revision: s.revision,
