@@ -44,6 +44,14 @@ enum Command {
         /// the API) for this long is declared dead.
         #[arg(long, default_value_t = 150, value_parser = clap::value_parser!(u64).range(20..=60_000))]
         liveness_timeout_ms: u64,
+        /// Start even from a store that fails verification, dropping what
+        /// cannot be read, and say what was dropped: a store file that is
+        /// empty or refused by redb is moved aside and an empty store
+        /// started, undecodable records and objects are deleted. Without it,
+        /// such a store stops the controller with an error and is left as
+        /// it is.
+        #[arg(long)]
+        store_recover: bool,
     },
     /// Run a chassis agent: program this chassis' kernel data plane from the
     /// controller, sniff VIP announcements on VM ports.
@@ -100,8 +108,9 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Dissect { file, legacy_unicast_checksum } => dissect::run(&file, legacy_unicast_checksum),
-        Command::Controller { listen, store, liveness_timeout_ms } => runtime().and_then(|rt| {
-            rt.block_on(controller::run(listen, store, std::time::Duration::from_millis(liveness_timeout_ms)))
+        Command::Controller { listen, store, liveness_timeout_ms, store_recover } => runtime().and_then(|rt| {
+            let liveness_timeout = std::time::Duration::from_millis(liveness_timeout_ms);
+            rt.block_on(controller::run(listen, store, liveness_timeout, store_recover))
         }),
         Command::Agent(a) => match a.netns().map(vipcast_sys::enter_netns) {
             Some(Err(e)) => Err(anyhow::anyhow!("entering network namespace {:?}: {e}", a.netns().unwrap_or_default())),

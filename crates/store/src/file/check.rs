@@ -48,7 +48,7 @@ pub(super) fn open(path: &Path, create_missing: bool, recover: bool, report: &mu
         }
         Err(e) => return Err(file_error(path, format!("cannot read it: {e}"))),
         Ok(m) if m.len() == 0 => {
-            let reason = "the file is empty (0 bytes): truncated, or never written";
+            let reason = "the file is empty (0 bytes)";
             if !recover {
                 return Err(corrupt(path, reason));
             }
