@@ -9,14 +9,22 @@
 //! own included, so all of them serve the same reads and watch streams.
 //! Writers wait until the cache has reached their write's revision before
 //! answering (read-your-writes).
+//!
+//! A stored object that cannot be decoded stops the load (nothing is served
+//! from a state with objects missing), unless recovering, which deletes it.
+//! The cache also keeps which objects the latest revisions changed (up to
+//! [`RECENT_KEYS`] keys), so a watch stream resuming from a recent revision
+//! is answered from memory ([`Cache::changed_between`]).
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::{broadcast, watch};
 use vipcast_model::{Object, ObjectKey, State};
-use vipcast_store::{Event, Revision, Store};
+use vipcast_store::{Compare, Error, Event, Op, Revision, Store};
 
 /// Key every write transaction bumps, so that a transaction validated against
 /// the state at one revision fails if anything was written since.
@@ -50,20 +58,92 @@ pub struct Applied {
 pub struct Cache {
     current: watch::Receiver<Arc<Snapshot>>,
     applied: broadcast::Sender<Arc<Applied>>,
+    recent: Arc<Mutex<Recent>>,
+    /// Whether the store's watch is established (false while it is being
+    /// re-established after a failure).
+    following: Arc<AtomicBool>,
 }
 
 /// Capacity of the per-subscriber backlog before it must resynchronise.
 const BACKLOG: usize = 256;
 
+/// How many changed keys the window of recent revisions holds (about 1.5
+/// MiB at most); a resume from before it gets a snapshot.
+pub const RECENT_KEYS: usize = 16 * 1024;
+
+/// Which objects each of the latest revisions changed.
+#[derive(Debug)]
+struct Recent {
+    /// Every change after this revision is in `revisions`.
+    since: Revision,
+    revisions: VecDeque<(Revision, Vec<ObjectKey>)>,
+    keys: usize,
+}
+
+impl Recent {
+    fn new(since: Revision) -> Recent {
+        Recent { since, revisions: VecDeque::new(), keys: 0 }
+    }
+
+    fn push(&mut self, revision: Revision, keys: Vec<ObjectKey>) {
+        if keys.is_empty() {
+            return;
+        }
+        self.keys += keys.len();
+        self.revisions.push_back((revision, keys));
+        while self.keys > RECENT_KEYS {
+            let Some((oldest, keys)) = self.revisions.pop_front() else { break };
+            self.keys -= keys.len();
+            self.since = oldest;
+        }
+    }
+
+    fn changed_between(&self, from: Revision, to: Revision) -> Option<BTreeSet<ObjectKey>> {
+        if from < self.since {
+            return None;
+        }
+        let mut out = BTreeSet::new();
+        for (revision, keys) in &self.revisions {
+            if *revision > from && *revision <= to {
+                out.extend(keys.iter().cloned());
+            }
+        }
+        Some(out)
+    }
+}
+
 impl Cache {
-    /// Loads the state and starts following the store.
+    /// Loads the state and starts following the store; a stored object
+    /// that cannot be decoded is an [`Error::Corrupt`].
     pub async fn start(store: Arc<dyn Store>) -> vipcast_store::Result<Cache> {
-        let first = load(store.as_ref()).await?;
+        Ok(Cache::start_with(store, false).await?.0)
+    }
+
+    /// Like [`Cache::start`]; with `recover`, objects that cannot be
+    /// decoded are deleted from the store instead, and said (one sentence
+    /// each, also logged).
+    pub async fn start_with(store: Arc<dyn Store>, recover: bool) -> vipcast_store::Result<(Cache, Vec<String>)> {
+        let (first, bad) = load(store.as_ref()).await?;
+        let dropped = drop_undecodable(store.as_ref(), bad, recover).await?;
+        let recent = Arc::new(Mutex::new(Recent::new(first.revision)));
+        let following = Arc::new(AtomicBool::new(true));
         let (tx, rx) = watch::channel(Arc::new(first));
         let (applied, _) = broadcast::channel(BACKLOG);
-        let cache = Cache { current: rx, applied: applied.clone() };
-        tokio::spawn(follow(store, tx, applied));
-        Ok(cache)
+        let cache =
+            Cache { current: rx, applied: applied.clone(), recent: recent.clone(), following: following.clone() };
+        tokio::spawn(follow(store, tx, applied, recent, following));
+        Ok((cache, dropped))
+    }
+
+    /// The objects changed by the revisions after `from` up to `to`, or
+    /// `None` if `from` is older than the window of recent revisions kept.
+    pub fn changed_between(&self, from: Revision, to: Revision) -> Option<BTreeSet<ObjectKey>> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner).changed_between(from, to)
+    }
+
+    /// Whether the cache's watch of the store is established.
+    pub fn following(&self) -> bool {
+        self.following.load(Ordering::Relaxed)
     }
 
     /// The latest state.
@@ -86,10 +166,16 @@ impl Cache {
     }
 }
 
-async fn load(store: &dyn Store) -> vipcast_store::Result<Snapshot> {
+/// A stored object that cannot be decoded: its key, mod revision and why.
+type Undecodable = (String, Revision, String);
+
+/// The state in the store, and the objects in it that cannot be decoded
+/// (left out of the state).
+async fn load(store: &dyn Store) -> vipcast_store::Result<(Snapshot, Vec<Undecodable>)> {
     let (kvs, revision) = store.range(vipcast_model::objects_prefix()).await?;
     let mut state = State::default();
     let mut guard = 0;
+    let mut bad = Vec::new();
     for kv in kvs {
         if kv.key == GUARD_KEY {
             guard = kv.mod_revision;
@@ -98,30 +184,78 @@ async fn load(store: &dyn Store) -> vipcast_store::Result<Snapshot> {
         if let Some(key) = ObjectKey::parse(&kv.key) {
             match Object::from_value(&key, &kv.value) {
                 Ok(obj) => state.put(obj),
-                Err(e) => tracing::warn!(key = kv.key, error = %e, "skipping undecodable object"),
+                Err(e) => bad.push((kv.key, kv.mod_revision, e.to_string())),
             }
         }
     }
-    Ok(Snapshot { revision, state: Arc::new(state), guard })
+    Ok((Snapshot { revision, state: Arc::new(state), guard }, bad))
 }
 
-async fn follow(store: Arc<dyn Store>, tx: watch::Sender<Arc<Snapshot>>, applied: broadcast::Sender<Arc<Applied>>) {
+/// Refuses undecodable objects, or (recovering) deletes each, unless it
+/// changed since it was read; what was deleted.
+async fn drop_undecodable(
+    store: &dyn Store,
+    bad: Vec<Undecodable>,
+    recover: bool,
+) -> vipcast_store::Result<Vec<String>> {
+    let Some((key, _, error)) = bad.first() else { return Ok(Vec::new()) };
+    if !recover {
+        let more = match bad.len() {
+            1 => String::new(),
+            n => format!(" (and {} more objects)", n - 1),
+        };
+        return Err(Error::Corrupt {
+            what: format!("stored object {key}"),
+            message: format!("it cannot be decoded: {error}{more}"),
+        });
+    }
+    let mut dropped = Vec::new();
+    for (key, revision, error) in bad {
+        let compare = vec![Compare::ModRevision { key: key.clone(), revision }];
+        let res = store.txn(compare, vec![Op::Delete { key: key.clone() }]).await?;
+        let line = if res.succeeded {
+            format!("deleted stored object {key}: it cannot be decoded ({error})")
+        } else {
+            format!("left stored object {key}, rewritten meanwhile (it could not be decoded: {error})")
+        };
+        tracing::warn!("store recovery: {line}");
+        dropped.push(line);
+    }
+    Ok(dropped)
+}
+
+async fn follow(
+    store: Arc<dyn Store>,
+    tx: watch::Sender<Arc<Snapshot>>,
+    applied: broadcast::Sender<Arc<Applied>>,
+    recent: Arc<Mutex<Recent>>,
+    following: Arc<AtomicBool>,
+) {
     loop {
         let from = tx.borrow().revision + 1;
         let mut stream = match store.watch(vipcast_model::objects_prefix(), from).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "store watch failed; reloading");
-                reload(store.as_ref(), &tx, &applied).await;
+                following.store(false, Ordering::Relaxed);
+                reload(store.as_ref(), &tx, &applied, &recent).await;
                 continue;
             }
         };
-        while let Some(item) = stream.next().await {
+        following.store(true, Ordering::Relaxed);
+        loop {
+            // Ends with the last handle (the controller), releasing the store.
+            let item = tokio::select! {
+                item = stream.next() => item,
+                _ = tx.closed() => return,
+            };
+            let Some(item) = item else { break };
             let batch = match item {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(error = %e, "store watch broke; reloading");
-                    reload(store.as_ref(), &tx, &applied).await;
+                    following.store(false, Ordering::Relaxed);
+                    reload(store.as_ref(), &tx, &applied, &recent).await;
                     break;
                 }
             };
@@ -157,6 +291,12 @@ async fn follow(store: Arc<dyn Store>, tx: watch::Sender<Arc<Snapshot>>, applied
                 }
             }
             let state = Arc::new(state);
+            // Before the revision is published: a resume that sees it as
+            // current finds its changes.
+            recent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(batch.revision, changes.iter().map(|(k, _)| k.clone()).collect());
             let _ = applied.send(Arc::new(Applied {
                 revision: batch.revision,
                 changes,
@@ -173,10 +313,20 @@ async fn follow(store: Arc<dyn Store>, tx: watch::Sender<Arc<Snapshot>>, applied
     }
 }
 
-async fn reload(store: &dyn Store, tx: &watch::Sender<Arc<Snapshot>>, applied: &broadcast::Sender<Arc<Applied>>) {
+async fn reload(
+    store: &dyn Store,
+    tx: &watch::Sender<Arc<Snapshot>>,
+    applied: &broadcast::Sender<Arc<Applied>>,
+    recent: &Mutex<Recent>,
+) {
     loop {
         match load(store).await {
-            Ok(s) => {
+            Ok((s, bad)) => {
+                for (key, _, error) in bad {
+                    tracing::warn!(key, error, "skipping undecodable object");
+                }
+                // What changed across the reload is not known.
+                *recent.lock().unwrap_or_else(PoisonError::into_inner) = Recent::new(s.revision);
                 let s = Arc::new(s);
                 let _ = applied.send(Arc::new(Applied {
                     revision: s.revision,

@@ -94,10 +94,17 @@ impl From<Invalid> for ApiError {
     }
 }
 
+/// A store failure (a full disk, etcd not answering, a file that cannot be
+/// trusted) is a 503 with code `store_unavailable` and the store's reason.
 impl From<vipcast_store::Error> for ApiError {
     fn from(e: vipcast_store::Error) -> Self {
         tracing::warn!(error = %e, "store error");
-        ApiError::unavailable(format!("store: {e}"))
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "store_unavailable",
+            field: None,
+            message: format!("store: {e}"),
+        }
     }
 }
 

@@ -18,6 +18,7 @@ mod api;
 pub mod authz;
 mod cache;
 mod error;
+pub mod health;
 pub mod heartbeat_auth;
 mod http;
 pub mod liveness;
@@ -54,6 +55,16 @@ pub struct Config {
     pub authorize: bool,
     /// Limits on connections and requests.
     pub http: HttpLimits,
+    /// Interval of the store probes behind `/healthz` and `/readyz` (a
+    /// write that creates no revision, and a read). Default 1 s.
+    pub store_probe: Duration,
+    /// How long a store probe may take before the store counts as unable
+    /// to answer. Default 1 s.
+    pub store_probe_timeout: Duration,
+    /// Start even if stored objects cannot be decoded, deleting them (each
+    /// is logged and listed by [`Controller::recovery`]); otherwise
+    /// [`Controller::new`] refuses them. Default `false`.
+    pub recover: bool,
 }
 
 impl Default for Config {
@@ -63,6 +74,9 @@ impl Default for Config {
             watch_ping: Duration::from_secs(5),
             authorize: false,
             http: HttpLimits::default(),
+            store_probe: Duration::from_secs(1),
+            store_probe_timeout: Duration::from_secs(1),
+            recover: false,
         }
     }
 }
@@ -74,6 +88,8 @@ pub struct Controller {
     config: Config,
     write_lock: tokio::sync::Mutex<()>,
     metrics: metrics::Metrics,
+    health: Arc<health::Health>,
+    recovery: Vec<String>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -83,16 +99,36 @@ impl std::fmt::Debug for Controller {
 }
 
 impl Controller {
-    /// Loads the state from `store` and starts following it.
+    /// Loads the state from `store` and starts following it, and probing
+    /// the store's health (probed once before this returns). A stored object
+    /// that cannot be decoded fails with [`vipcast_store::Error::Corrupt`],
+    /// unless [`Config::recover`].
     pub async fn new(store: Arc<dyn Store>, config: Config) -> vipcast_store::Result<Arc<Controller>> {
-        let cache = Cache::start(store.clone()).await?;
-        Ok(Arc::new(Controller {
+        let (cache, recovery) = Cache::start_with(store.clone(), config.recover).await?;
+        let stale = config.store_probe * 3 + config.store_probe_timeout;
+        let c = Arc::new(Controller {
             store,
             cache,
             config,
             write_lock: tokio::sync::Mutex::new(()),
             metrics: metrics::Metrics::default(),
-        }))
+            health: Arc::new(health::Health::new(stale)),
+            recovery,
+        });
+        health::probe(&c).await;
+        tokio::spawn(health::run(Arc::downgrade(&c), c.health.clone()));
+        Ok(c)
+    }
+
+    /// What [`Config::recover`] deleted, one sentence each; empty when every
+    /// stored object could be decoded.
+    pub fn recovery(&self) -> &[String] {
+        &self.recovery
+    }
+
+    /// The store's health now (what `/healthz` and `/readyz` answer).
+    pub fn store_health(&self) -> health::Status {
+        self.health.status(self.cache.following())
     }
 
     /// The cache.
@@ -135,7 +171,9 @@ impl Controller {
             let res = self
                 .store
                 .txn(vec![Compare::ModRevision { key: GUARD_KEY.to_string(), revision: snap.guard }], ops)
-                .await?;
+                .await;
+            self.health.wrote(&res);
+            let res = res?;
             self.metrics.store_txn_seconds.observe(started.elapsed().as_secs_f64());
             self.cache.wait_for(res.revision).await;
             if res.succeeded {

@@ -9,14 +9,14 @@
 //! ```
 //! A subscriber keeps the objects it was sent and the last revision; on
 //! reconnect with `?from=REV` it gets one delta of what changed after REV
-//! (read back from the store's history) instead of a snapshot, unless ports
-//! or chassis changed meanwhile (which can change what it should hold) or
-//! the store no longer has REV. A VIP move reaches each subscriber as a
-//! delta holding that one VIP.
+//! (the keys the cache's window of recent revisions lists, with their
+//! current values) instead of a snapshot, unless ports or chassis changed
+//! meanwhile (which can change what it should hold) or REV is older than
+//! the window ([`crate::cache::RECENT_KEYS`] changed keys). A VIP move
+//! reaches each subscriber as a delta holding that one VIP.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -208,7 +208,7 @@ async fn run(c: &Controller, sub: Subscriber, from: Option<Revision>, tx: mpsc::
     let snap = c.cache.current();
     let mut s = Stream { sub, vpcs: BTreeSet::new(), revision: 0 };
     let first = match from {
-        Some(rev) => resume(c, &mut s, rev, &snap.state, snap.revision).await,
+        Some(rev) => resume(c, &mut s, rev, &snap.state, snap.revision),
         None => None,
     };
     match first {
@@ -242,36 +242,15 @@ async fn run(c: &Controller, sub: Subscriber, from: Option<Revision>, tx: mpsc::
     }
 }
 
-/// The delta from `from` to `now` read from the store's history, or `None`
-/// when a snapshot is needed instead.
-async fn resume(c: &Controller, s: &mut Stream, from: Revision, state: &ModelState, now: Revision) -> Option<Message> {
+/// The delta from `from` to `now`, from the cache's window of recent
+/// revisions (memory only: no store reads, so concurrent resumes cost no
+/// more than snapshots), or `None` when a snapshot is needed instead: `from`
+/// is older than the window, or ahead of `now`.
+fn resume(c: &Controller, s: &mut Stream, from: Revision, state: &ModelState, now: Revision) -> Option<Message> {
     if from > now || from < 0 {
         return None;
     }
-    let mut changed = BTreeSet::new();
-    if from < now {
-        let mut w = c.store.watch(vipcast_model::objects_prefix(), from + 1).await.ok()?;
-        let deadline = tokio::time::sleep(Duration::from_secs(2));
-        tokio::pin!(deadline);
-        loop {
-            let batch = tokio::select! {
-                b = w.next() => b?.ok()?,
-                _ = &mut deadline => return None,
-            };
-            for ev in &batch.events {
-                let key = match ev {
-                    vipcast_store::Event::Put(kv) => &kv.key,
-                    vipcast_store::Event::Delete { key, .. } => key,
-                };
-                if let Some(k) = ObjectKey::parse(key) {
-                    changed.insert(k);
-                }
-            }
-            if batch.revision >= now {
-                break;
-            }
-        }
-    }
+    let changed = c.cache.changed_between(from, now)?;
     // Ports and chassis decide what a chassis holds; a change to them since
     // `from` means the subscriber's set may differ in ways history cannot tell.
     if changed.iter().any(|k| matches!(k, ObjectKey::Port(_) | ObjectKey::Chassis(_)))

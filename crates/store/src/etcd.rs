@@ -37,6 +37,10 @@ use crate::{
 /// [`Error::Unavailable`].
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Ttl of the lease a probe grants and revokes at once (if the revoke does
+/// not get through, etcd ends it soon anyway).
+const PROBE_LEASE_TTL: Duration = Duration::from_secs(5);
+
 /// How long opening a TCP connection to one endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -334,6 +338,14 @@ impl Store for EtcdStore {
             }
             Err(e) => Err(e.into_store()),
         }
+    }
+
+    /// A lease granted and revoked: two writes through etcd's consensus,
+    /// each acknowledged once a quorum has it in its log and applied (refused
+    /// under etcd's `NOSPACE` alarm), creating no revision.
+    async fn probe(&self) -> Result<()> {
+        let lease = self.lease_grant(PROBE_LEASE_TTL).await?;
+        self.lease_revoke(lease).await
     }
 }
 

@@ -1,7 +1,9 @@
 //! vipcast's store: one trait with etcd semantics, two backends.
 //!
 //! * [`FileStore`]: embedded, a redb file owned by one controller process
-//!   (the default; every acknowledged write is fsynced before the call returns);
+//!   (the default; every acknowledged write is fsynced before the call returns;
+//!   a file that fails verification is refused, and the file is reopened
+//!   after an I/O error such as a full disk);
 //! * [`EtcdStore`]: etcd v3 (Debian `etcd-server`), shared by several controllers.
 //!
 //! Both pass one conformance suite (`tests/conformance.rs`). With the cargo
@@ -124,9 +126,17 @@ pub enum Error {
     #[error("store unavailable: {0}")]
     Unavailable(String),
     /// The embedded store file cannot be opened (locked by another process,
-    /// unreadable), is corrupt, or failed an I/O.
+    /// unreadable), failed an I/O (a full disk), or was closed after a
+    /// failure and is not open again yet.
     #[error("store file {path}: {message}")]
     File { path: String, message: String },
+    /// What the store holds cannot be trusted: the embedded store file is
+    /// empty, refused by redb (a page checksum, a truncation), or its
+    /// records do not decode or add up (see [`FileOptions::recover`]); or a
+    /// stored value cannot be read by its user. `what` names it (`store
+    /// file /var/lib/vipcast/store.redb`).
+    #[error("{what} cannot be trusted: {message}")]
+    Corrupt { what: String, message: String },
     /// The request is malformed (an empty key, a key written twice in one
     /// transaction, more operations than etcd accepts in one transaction).
     #[error("invalid request: {0}")]
@@ -171,4 +181,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Ends a lease now, deleting its keys.
     async fn lease_revoke(&self, lease: LeaseId) -> Result<()>;
+
+    /// Whether the store can acknowledge a write now: a write that goes
+    /// through the store's own durability path (fsync, consensus) and
+    /// creates no revision, and a read. For health checks; callers bound it
+    /// with their own timeout.
+    async fn probe(&self) -> Result<()>;
 }

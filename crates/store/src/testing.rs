@@ -1,4 +1,5 @@
-//! Test helpers (cargo feature `testing`): a throwaway etcd.
+//! Test helpers (cargo feature `testing`): a throwaway etcd, and a small
+//! tmpfs to fill.
 //!
 //! ```no_run
 //! # async fn demo() -> vipcast_store::Result<()> {
@@ -70,6 +71,83 @@ impl Etcd {
     /// The temporary directory holding etcd's data and its log (`etcd.log`).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// A small tmpfs mounted on a new temporary directory (a disk a test can
+/// fill), unmounted and removed on drop, also when a test panics. Needs root
+/// (`mount -t tmpfs`).
+#[derive(Debug)]
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `bytes` (rounded up to whole pages by the kernel).
+    pub fn mount(bytes: u64) -> Result<Tmpfs, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("vipcast-tmpfs-")
+            .tempdir()
+            .map_err(|e| format!("cannot make a directory for a tmpfs: {e}"))?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes},mode=0700"), "vipcast-test"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs on {} failed (tests filling a disk need root): {}",
+                dir.path().display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs { dir })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes the file `name` until the filesystem is full; the bytes
+    /// written. Removing the file frees them.
+    pub fn fill(&self, name: &str) -> std::io::Result<u64> {
+        let mut file = std::fs::File::create(self.path().join(name))?;
+        let chunk = vec![0u8; 64 << 10];
+        let mut written = 0u64;
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => return Err(e),
+            }
+        }
+        // The last pages a short write left.
+        let small = [0u8; 512];
+        while let Ok(n) = file.write(&small) {
+            if n == 0 {
+                break;
+            }
+            written += n as u64;
+        }
+        Ok(written)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let umount = |lazy: bool| {
+            let mut cmd = Command::new("umount");
+            if lazy {
+                cmd.arg("-l");
+            }
+            cmd.arg(self.dir.path()).status().is_ok_and(|s| s.success())
+        };
+        // Lazily if something still has a file open on it.
+        if !umount(false) && !umount(true) {
+            eprintln!("vipcast-store testing: cannot unmount the tmpfs on {}", self.dir.path().display());
+        }
     }
 }
 

@@ -80,6 +80,7 @@ conformance!(
     lease_keep_alive_outlives_ttl,
     unknown_lease,
     race_of_cas_increments,
+    probe_writes_without_a_revision,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -462,6 +463,18 @@ async fn race_of_cas_increments(a: Dyn, b: Dyn) {
     // Failed compares wrote nothing.
     assert_eq!(a.revision().await.unwrap(), r0 + total as Revision);
     eprintln!("race: {total} increments, {conflicts} failed compares retried");
+}
+
+async fn probe_writes_without_a_revision(a: Dyn, b: Dyn) {
+    let revision = write(&a, vec![put("h/k", "1")]).await;
+    let mut watch = b.watch("", 0).await.unwrap();
+    for _ in 0..3 {
+        a.probe().await.unwrap();
+        b.probe().await.unwrap();
+    }
+    assert_eq!(a.revision().await.unwrap(), revision, "a probe creates no revision");
+    assert_quiet(&mut watch).await;
+    assert_eq!(a.range("").await.unwrap().0.len(), 1, "and no key");
 }
 
 // ---------------------------------------------------------------- file only

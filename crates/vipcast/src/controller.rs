@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use vipcast_controller::HttpLimits;
 use vipcast_controller::liveness::{LivenessConfig, SourcePolicy};
-use vipcast_store::{EtcdStore, FileStore, Store};
+use vipcast_store::{EtcdStore, FileOptions, FileStore, Store};
 
 /// Limits on the API's connections and requests, and on heartbeats.
 #[derive(Debug, Clone, clap::Args)]
@@ -98,10 +98,31 @@ impl std::str::FromStr for StoreSpec {
     }
 }
 
-pub async fn open_store(spec: &StoreSpec) -> anyhow::Result<Arc<dyn Store>> {
+/// What to do about a store that cannot be trusted.
+const RECOVER_HINT: &str = "nothing was changed. Start with --store-recover to drop what cannot be read (the \
+     controller then says what it dropped), or put back a copy of the store from before";
+
+/// The error for a store that failed verification, with what to do.
+fn refused(e: vipcast_store::Error) -> anyhow::Error {
+    match e {
+        vipcast_store::Error::Corrupt { .. } => anyhow::anyhow!("{e}; {RECOVER_HINT}"),
+        other => other.into(),
+    }
+}
+
+/// Opens the store; with `recover`, a file store that fails verification is
+/// opened anyway, what was dropped being logged.
+pub async fn open_store(spec: &StoreSpec, recover: bool) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match spec {
         StoreSpec::File(dir) => {
-            Arc::new(FileStore::open(dir).with_context(|| format!("opening store in {}", dir.display()))?)
+            let options = FileOptions { recover, ..FileOptions::default() };
+            let store = FileStore::open_with(dir, options)
+                .map_err(refused)
+                .with_context(|| format!("opening store in {}", dir.display()))?;
+            if recover {
+                report_recovery("store file", store.recovery());
+            }
+            Arc::new(store)
         }
         StoreSpec::Etcd(eps) => {
             Arc::new(EtcdStore::connect(eps).await.with_context(|| format!("connecting to etcd at {}", eps.join(",")))?)
@@ -129,12 +150,22 @@ pub struct TlsFlags {
     pub insecure_plaintext: bool,
 }
 
+/// Logs what `--store-recover` dropped (each line was logged as it was done).
+fn report_recovery(what: &str, dropped: &[String]) {
+    if dropped.is_empty() {
+        tracing::info!("--store-recover: the {what} needed no recovery");
+    } else {
+        tracing::warn!(changes = dropped.len(), "--store-recover: the {what} was recovered: {}", dropped.join("; "));
+    }
+}
+
 pub async fn run(
     listen: std::net::SocketAddr,
     store: StoreSpec,
     liveness_timeout: Duration,
     limits: LimitArgs,
     tls: TlsFlags,
+    recover: bool,
 ) -> anyhow::Result<()> {
     let server_tls = match (&tls.tls_cert, &tls.tls_key, &tls.client_ca) {
         (Some(cert), Some(key), Some(ca)) => Some(
@@ -159,9 +190,13 @@ pub async fn run(
     };
     let http = limits.http(soft);
     tracing::info!(descriptors = soft, max_connections = http.max_connections, "connection limits");
-    let store = open_store(&store).await?;
-    let config = vipcast_controller::Config { http, authorize: server_tls.is_some(), ..Default::default() };
-    let controller = vipcast_controller::Controller::new(store, config).await.context("loading state")?;
+    let store = open_store(&store, recover).await?;
+    let config = vipcast_controller::Config { http, authorize: server_tls.is_some(), recover, ..Default::default() };
+    let controller =
+        vipcast_controller::Controller::new(store, config).await.map_err(refused).context("loading state")?;
+    if recover {
+        report_recovery("stored objects", controller.recovery());
+    }
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => bail!("cannot listen on {listen}: {e}"),

@@ -50,6 +50,14 @@ enum Command {
         tls: controller::TlsFlags,
         #[command(flatten)]
         limits: controller::LimitArgs,
+        /// Start even from a store that fails verification, dropping what
+        /// cannot be read, and say what was dropped: a store file that is
+        /// empty or refused by redb is moved aside and an empty store
+        /// started, undecodable records and objects are deleted. Without it,
+        /// such a store stops the controller with an error and is left as
+        /// it is.
+        #[arg(long)]
+        store_recover: bool,
     },
     /// Run a chassis agent: program this chassis' kernel data plane from the
     /// controller, sniff VIP announcements on VM ports.
@@ -109,15 +117,12 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Dissect { file, legacy_unicast_checksum } => dissect::run(&file, legacy_unicast_checksum),
-        Command::Controller { listen, store, liveness_timeout_ms, limits, tls } => runtime().and_then(|rt| {
-            rt.block_on(controller::run(
-                listen,
-                store,
-                std::time::Duration::from_millis(liveness_timeout_ms),
-                limits,
-                tls,
-            ))
-        }),
+        Command::Controller { listen, store, liveness_timeout_ms, limits, tls, store_recover } => {
+            runtime().and_then(|rt| {
+                let liveness_timeout = std::time::Duration::from_millis(liveness_timeout_ms);
+                rt.block_on(controller::run(listen, store, liveness_timeout, limits, tls, store_recover))
+            })
+        }
         Command::Agent(a) => match a.netns().map(vipcast_sys::enter_netns) {
             Some(Err(e)) => Err(anyhow::anyhow!("entering network namespace {:?}: {e}", a.netns().unwrap_or_default())),
             _ => runtime().and_then(|rt| rt.block_on(agent::run(a))),

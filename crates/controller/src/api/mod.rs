@@ -54,6 +54,7 @@ type ApiResult<T> = Result<T, ApiError>;
 pub fn routes() -> OpenApiRouter<Arc<Controller>> {
     let mut r = OpenApiRouter::with_openapi(crate::openapi::base())
         .routes(routes!(meta::healthz))
+        .routes(routes!(meta::readyz))
         .routes(routes!(meta::metrics))
         .routes(routes!(crate::openapi::openapi_json))
         .routes(routes!(vpcs::list_vpcs, vpcs::create_vpc))
