@@ -93,6 +93,11 @@ pub struct LivenessConfig {
     /// dropped by the kernel (counted in the socket's drops, not as
     /// `malformed`). Default off.
     pub socket_filter: bool,
+    /// The heartbeat secret: only heartbeats signed with the chassis' key
+    /// derived from it, with a sequence never taken before, count (see
+    /// [`crate::heartbeat_auth`]; others are counted `unsigned`, `bad_tag`,
+    /// `replayed`). Default none: every well-formed heartbeat counts.
+    pub secret: Option<[u8; vipcast_tls::heartbeat::LEN]>,
 }
 
 impl LivenessConfig {
@@ -136,6 +141,7 @@ impl Default for LivenessConfig {
             min_gap: Duration::from_millis(5),
             recv_buffer: 16 * 1024 * 1024,
             socket_filter: false,
+            secret: None,
         }
     }
 }
@@ -157,7 +163,9 @@ pub enum Datagram<'a> {
 /// What `datagram`, received from `from`, is to the liveness of the
 /// chassis in `state`.
 pub fn classify<'a>(datagram: &'a [u8], from: Option<IpAddr>, state: &State, policy: SourcePolicy) -> Datagram<'a> {
-    let Ok((name, _seq)) = decode_heartbeat(datagram) else { return Datagram::Malformed };
+    let Ok(vipcast_api::heartbeat::Heartbeat { chassis: name, .. }) = vipcast_api::heartbeat::parse(datagram) else {
+        return Datagram::Malformed;
+    };
     let Some(ch) = state.chassis.get(name) else { return Datagram::UnknownChassis };
     if policy == SourcePolicy::Underlay && from.map(|a| a.to_canonical()) != Some(ch.underlay_ip.to_canonical()) {
         return Datagram::WrongSource;
@@ -387,6 +395,9 @@ struct Counters {
     unknown: Counter,
     wrong_source: Counter,
     too_soon: Counter,
+    unsigned: Counter,
+    bad_tag: Counter,
+    replayed: Counter,
 }
 
 impl Counters {
@@ -398,6 +409,9 @@ impl Counters {
             unknown: get("unknown_chassis"),
             wrong_source: get("wrong_source"),
             too_soon: get("too_soon"),
+            unsigned: get("unsigned"),
+            bad_tag: get("bad_tag"),
+            replayed: get("replayed"),
         }
     }
 }
@@ -406,8 +420,9 @@ impl Counters {
 /// driver is dropped.
 fn receive(c: &Controller, sock: &std::net::UdpSocket, cfg: LivenessConfig, shared: &Shared) -> std::io::Error {
     let mut tracker = Tracker::new(cfg.timeout).with_min_gap(cfg.min_gap);
-    // A heartbeat is at most 14 + 63 bytes (names are at most 63 long): a
-    // longer datagram is not one.
+    let mut auth = crate::heartbeat_auth::HeartbeatAuth::new(cfg.secret);
+    // A heartbeat is at most 14 + 63 bytes (names are at most 63 long),
+    // 32 more when signed: a longer datagram is not one.
     let mut batch = vipcast_sys::udp::RecvBatch::new(256, 128);
     let counters = Counters::new(c);
     let mut drops = vipcast_sys::udp::socket_drops(sock).unwrap_or(0);
@@ -419,7 +434,7 @@ fn receive(c: &Controller, sock: &std::net::UdpSocket, cfg: LivenessConfig, shar
                 backlog.received(n == batch.slots(), Instant::now());
                 let snap = c.cache.current();
                 let (now, wall) = (Instant::now(), now_ms());
-                let mut counts = [0u64; 5];
+                let mut counts = [0u64; 8];
                 for d in (0..n).filter_map(|i| batch.get(i)) {
                     let kind = if d.truncated {
                         Datagram::Malformed
@@ -431,19 +446,36 @@ fn receive(c: &Controller, sock: &std::net::UdpSocket, cfg: LivenessConfig, shar
                         Datagram::UnknownChassis => 2,
                         Datagram::WrongSource => 3,
                         Datagram::Heartbeat { chassis, recorded_alive } => {
-                            match tracker.offer(chassis, recorded_alive, now, wall) {
-                                Heard::TooSoon => 4,
-                                Heard::Taken(t) => {
-                                    t.into_iter().for_each(|t| shared.push(t));
-                                    0
-                                }
+                            let verdict = match vipcast_api::heartbeat::parse(d.data) {
+                                Ok(beat) => auth.check(&beat),
+                                Err(_) => Err(crate::heartbeat_auth::Refused::Unsigned),
+                            };
+                            match verdict {
+                                Err(crate::heartbeat_auth::Refused::Unsigned) => 5,
+                                Err(crate::heartbeat_auth::Refused::BadTag) => 6,
+                                Err(crate::heartbeat_auth::Refused::Replayed) => 7,
+                                Ok(()) => match tracker.offer(chassis, recorded_alive, now, wall) {
+                                    Heard::TooSoon => 4,
+                                    Heard::Taken(t) => {
+                                        t.into_iter().for_each(|t| shared.push(t));
+                                        0
+                                    }
+                                },
                             }
                         }
                     };
                     counts[slot] += 1;
                 }
-                let all =
-                    [&counters.ok, &counters.malformed, &counters.unknown, &counters.wrong_source, &counters.too_soon];
+                let all = [
+                    &counters.ok,
+                    &counters.malformed,
+                    &counters.unknown,
+                    &counters.wrong_source,
+                    &counters.too_soon,
+                    &counters.unsigned,
+                    &counters.bad_tag,
+                    &counters.replayed,
+                ];
                 for (counter, n) in all.into_iter().zip(counts) {
                     if n > 0 {
                         counter.inc_by(n);

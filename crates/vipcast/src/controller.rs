@@ -148,6 +148,11 @@ pub struct TlsFlags {
     /// reach it can change anything).
     #[arg(long, conflicts_with = "tls_cert")]
     pub insecure_plaintext: bool,
+    /// The heartbeat secret (`heartbeat.secret` of `vipcast pki init`):
+    /// only heartbeats signed with a chassis' key derived from it, never
+    /// seen before, keep that chassis alive.
+    #[arg(long)]
+    pub heartbeat_secret: Option<std::path::PathBuf>,
 }
 
 /// Logs what `--store-recover` dropped (each line was logged as it was done).
@@ -180,6 +185,10 @@ pub async fn run(
              or --insecure-plaintext"
         );
     }
+    let secret = match &tls.heartbeat_secret {
+        Some(f) => Some(vipcast_tls::heartbeat::read_secret(f).context("reading the heartbeat secret")?),
+        None => None,
+    };
     // Descriptors first: the connection cap is sized by them.
     let soft = match vipcast_sys::raise_nofile_limit() {
         Ok(n) => n,
@@ -206,8 +215,12 @@ pub async fn run(
         Ok(s) => s,
         Err(e) => bail!("cannot receive heartbeats on UDP {bound}: {e}"),
     };
-    let cfg =
-        LivenessConfig { timeout: liveness_timeout, source: limits.heartbeat_source(), ..LivenessConfig::hardened() };
+    let cfg = LivenessConfig {
+        timeout: liveness_timeout,
+        source: limits.heartbeat_source(),
+        secret,
+        ..LivenessConfig::hardened()
+    };
     let c = controller.clone();
     tokio::spawn(async move {
         let e = vipcast_controller::liveness::run(c, heartbeats, cfg).await;
