@@ -13,6 +13,8 @@
 #           The commit under test is cloned into /root/vipcast (committed
 #           work only: uncommitted changes are not part of the proof).
 # 2. demo:  the README's first command, `bash scripts/demo.sh --runs 1`.
+#    readme: the README's other `vipcast ...` commands as written
+#           (scripts/readme-walk.sh: controller and ctl, each store, the lab, a drill).
 # 3. tests: the README's install step for the tests, `source scripts/setup.sh`,
 #           then `cargo test --workspace --no-run --locked`.
 #
@@ -183,6 +185,7 @@ in_root() {
 echo "fresh-root: commit $commit in $root"
 phase root build_root
 phase demo in_root 'bash scripts/demo.sh --runs 1'
+phase readme in_root 'bash scripts/readme-walk.sh'
 phase tests in_root 'source scripts/setup.sh && cargo test --workspace --no-run --locked'
 report
 echo "fresh-root: the README works on a clean Debian 12 root (commit ${commit:0:12})"
