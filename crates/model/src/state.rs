@@ -37,6 +37,8 @@ pub enum ObjectKey {
     History(String, u64),
     /// (vpc, `<vrid>-ipv4|ipv6`): the VRRP view.
     Router(String, String),
+    /// What claim arbitration keeps about a VIP (never sent to agents).
+    Arbitration(String),
 }
 
 impl ObjectKey {
@@ -51,6 +53,7 @@ impl ObjectKey {
             ObjectKey::Replicator(n) => format!("{PREFIX}replicators/{n}"),
             ObjectKey::History(v, g) => format!("{PREFIX}history/{v}/{g:020}"),
             ObjectKey::Router(v, id) => format!("{PREFIX}vrrp/{v}/{id}"),
+            ObjectKey::Arbitration(n) => format!("{PREFIX}arbitration/{n}"),
         }
     }
 
@@ -73,6 +76,7 @@ impl ObjectKey {
             ("replicators", None) => ObjectKey::Replicator(a),
             ("history", Some(g)) => ObjectKey::History(a, g.parse().ok()?),
             ("vrrp", Some(id)) => ObjectKey::Router(a, id.to_string()),
+            ("arbitration", None) => ObjectKey::Arbitration(a),
             _ => return None,
         })
     }
@@ -91,6 +95,7 @@ pub enum Object {
     Replicator(Replicator),
     History(OwnershipChange),
     Router(VrrpRouter),
+    Arbitration(Arbitration),
 }
 
 impl Object {
@@ -105,6 +110,7 @@ impl Object {
             Object::Replicator(o) => ObjectKey::Replicator(o.name.clone()),
             Object::History(o) => ObjectKey::History(o.vip.clone(), o.generation),
             Object::Router(o) => ObjectKey::Router(o.vpc.clone(), o.id.clone()),
+            Object::Arbitration(o) => ObjectKey::Arbitration(o.vip.clone()),
         }
     }
 
@@ -119,6 +125,7 @@ impl Object {
             Object::Replicator(o) => serde_json::to_vec(o),
             Object::History(o) => serde_json::to_vec(o),
             Object::Router(o) => serde_json::to_vec(o),
+            Object::Arbitration(o) => serde_json::to_vec(o),
         };
         // Serializing these plain structs to a Vec cannot fail.
         r.unwrap_or_default()
@@ -135,6 +142,7 @@ impl Object {
             ObjectKey::Replicator(_) => Object::Replicator(serde_json::from_slice(value)?),
             ObjectKey::History(..) => Object::History(serde_json::from_slice(value)?),
             ObjectKey::Router(..) => Object::Router(serde_json::from_slice(value)?),
+            ObjectKey::Arbitration(_) => Object::Arbitration(serde_json::from_slice(value)?),
         })
     }
 }
@@ -197,6 +205,8 @@ pub struct State {
     pub replicators: OrdMap<String, Replicator>,
     /// The VRRP view, by (vpc, id).
     pub routers: OrdMap<(String, String), VrrpRouter>,
+    /// Claim arbitration's records, by VIP.
+    pub arbitration: OrdMap<String, Arbitration>,
 }
 
 /// Largest VNI.
@@ -262,6 +272,9 @@ impl State {
             Object::Router(o) => {
                 self.routers.insert((o.vpc.clone(), o.id.clone()), o);
             }
+            Object::Arbitration(o) => {
+                self.arbitration.insert(o.vip.clone(), o);
+            }
         }
     }
 
@@ -276,6 +289,7 @@ impl State {
             ObjectKey::Replicator(n) => self.replicators.remove(n).map(Object::Replicator),
             ObjectKey::History(..) => None,
             ObjectKey::Router(v, id) => self.routers.remove(&(v.clone(), id.clone())).map(Object::Router),
+            ObjectKey::Arbitration(n) => self.arbitration.remove(n).map(Object::Arbitration),
         }
     }
 
@@ -290,6 +304,7 @@ impl State {
             ObjectKey::Replicator(n) => self.replicators.get(n).cloned().map(Object::Replicator),
             ObjectKey::History(..) => None,
             ObjectKey::Router(v, id) => self.routers.get(&(v.clone(), id.clone())).cloned().map(Object::Router),
+            ObjectKey::Arbitration(n) => self.arbitration.get(n).cloned().map(Object::Arbitration),
         }
     }
 
@@ -593,6 +608,11 @@ impl State {
                 }
             }
             ObjectKey::History(v, _) => return Err(Invalid::not_found("history of", v)),
+            ObjectKey::Arbitration(n) => {
+                if !self.arbitration.contains_key(n) {
+                    return Err(Invalid::not_found("arbitration record of", n));
+                }
+            }
             ObjectKey::Router(v, id) => {
                 if !self.routers.contains_key(&(v.clone(), id.clone())) {
                     return Err(Invalid::not_found("VRRP router", &format!("{v}/{id}")));
