@@ -15,7 +15,7 @@ pub struct RequestLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClaimLabels {
-    /// accepted, unchanged, refused
+    /// accepted, unchanged, damped, refused
     pub result: &'static str,
 }
 
@@ -44,6 +44,12 @@ pub struct Metrics {
     pub vrrp_routers: Gauge,
     pub vrrp_master_changes: Counter,
     pub assists: Family<FaultLabels, Counter>,
+    /// Changes of a VIP's owner to another (a VIP's first owner is none).
+    pub vip_moves: Counter,
+    /// Claims damped: the VIP was on hold.
+    pub vip_damped: Counter,
+    /// VIPs flagged split-brain now (set when scraped).
+    pub vip_split_brain: Gauge,
     registry: Registry,
 }
 
@@ -59,7 +65,15 @@ impl Default for Metrics {
         let vrrp_routers = Gauge::default();
         let vrrp_master_changes = Counter::default();
         let assists = Family::<FaultLabels, Counter>::default();
+        let (vip_moves, vip_damped, vip_split_brain) = (Counter::default(), Counter::default(), Gauge::default());
         let mut registry = Registry::with_prefix("vipcast_controller");
+        registry.register("vip_moves", "Changes of a VIP's owner to another member", vip_moves.clone());
+        registry.register("vip_damped", "Claims damped because their VIP was on hold (flapping)", vip_damped.clone());
+        registry.register(
+            "vip_split_brain",
+            "VIPs whose members keep taking them from each other",
+            vip_split_brain.clone(),
+        );
         registry.register("vrrp_routers", "VRRP virtual routers in the VRRP view", vrrp_routers.clone());
         registry.register("vrrp_master_changes", "New VRRP masters reported by agents", vrrp_master_changes.clone());
         registry.register(
@@ -85,6 +99,9 @@ impl Default for Metrics {
             vrrp_routers,
             vrrp_master_changes,
             assists,
+            vip_moves,
+            vip_damped,
+            vip_split_brain,
             registry,
         }
     }
