@@ -63,6 +63,10 @@ pub enum ClaimResult {
     Accepted,
     /// The claimant already was the owner.
     Unchanged,
+    /// The VIP is on hold (flap damping): it stays with `owner`, nothing
+    /// changed. Not an error: the claim need not be retried before the
+    /// VIP's `damping.held_until`.
+    Damped,
 }
 
 impl ClaimResult {
@@ -70,6 +74,7 @@ impl ClaimResult {
         match self {
             ClaimResult::Accepted => "accepted",
             ClaimResult::Unchanged => "unchanged",
+            ClaimResult::Damped => "damped",
         }
     }
 }

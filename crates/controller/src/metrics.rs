@@ -42,7 +42,7 @@ pub struct CloseLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClaimLabels {
-    /// accepted, unchanged, refused
+    /// accepted, unchanged, damped, refused
     pub result: &'static str,
 }
 
@@ -88,6 +88,12 @@ pub struct Metrics {
     pub denied: Family<DeniedLabels, Counter>,
     /// When the TLS certificate in use expires (Unix seconds).
     pub certificate_expiry: Gauge,
+    /// Changes of a VIP's owner to another (a VIP's first owner is none).
+    pub vip_moves: Counter,
+    /// Claims damped: the VIP was on hold.
+    pub vip_damped: Counter,
+    /// VIPs flagged split-brain now (set when scraped).
+    pub vip_split_brain: Gauge,
     registry: Registry,
 }
 
@@ -107,6 +113,7 @@ impl Default for Metrics {
         let vrrp_routers = Gauge::default();
         let vrrp_master_changes = Counter::default();
         let assists = Family::<FaultLabels, Counter>::default();
+        let (vip_moves, vip_damped, vip_split_brain) = (Counter::default(), Counter::default(), Gauge::default());
         let denied = Family::<DeniedLabels, Counter>::default();
         let certificate_expiry = Gauge::default();
         let mut registry = Registry::with_prefix("vipcast_controller");
@@ -115,6 +122,13 @@ impl Default for Metrics {
             "certificate_expiry_timestamp_seconds",
             "When the controller's TLS certificate expires (0 without TLS)",
             certificate_expiry.clone(),
+        );
+        registry.register("vip_moves", "Changes of a VIP's owner to another member", vip_moves.clone());
+        registry.register("vip_damped", "Claims damped because their VIP was on hold (flapping)", vip_damped.clone());
+        registry.register(
+            "vip_split_brain",
+            "VIPs whose members keep taking them from each other",
+            vip_split_brain.clone(),
         );
         registry.register("vrrp_routers", "VRRP virtual routers in the VRRP view", vrrp_routers.clone());
         registry.register("vrrp_master_changes", "New VRRP masters reported by agents", vrrp_master_changes.clone());
@@ -163,6 +177,9 @@ impl Default for Metrics {
             assists,
             denied,
             certificate_expiry,
+            vip_moves,
+            vip_damped,
+            vip_split_brain,
             registry,
         }
     }

@@ -263,7 +263,7 @@ fn resume(c: &Controller, s: &mut Stream, from: Revision, state: &ModelState, no
     let mut upserts = Vec::new();
     let mut deletes = Vec::new();
     for k in changed {
-        if matches!(k, ObjectKey::History(..) | ObjectKey::Router(..)) {
+        if matches!(k, ObjectKey::History(..) | ObjectKey::Router(..) | ObjectKey::Arbitration(..)) {
             continue;
         }
         match state.get(&k) {

@@ -11,6 +11,20 @@ use vipcast_controller::{Config, Controller, Message, serve};
 use vipcast_model::Object;
 use vipcast_store::{EtcdStore, FileStore, Store};
 
+/// When the tests' claims were observed: one instant for all of them (so
+/// racing claims never look stale to each other), within the controller's
+/// clock window (±30 s; renewed after 20 s).
+fn observed_at() -> u64 {
+    static AT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = vipcast_controller::now_ms();
+    let at = AT.load(std::sync::atomic::Ordering::Relaxed);
+    if now.saturating_sub(at) < 20_000 {
+        return at;
+    }
+    AT.store(now, std::sync::atomic::Ordering::Relaxed);
+    now
+}
+
 /// A controller serving on 127.0.0.1:<random>, stopped on drop.
 struct Server {
     url: String,
@@ -123,7 +137,7 @@ impl Api {
     async fn claim(&self, mac: &str, chassis: &str) -> (StatusCode, Value) {
         self.post(
             "/v1/vips/pay-vip/claims",
-            json!({"mac": mac, "chassis": chassis, "source": "agent", "observed_at": 1}),
+            json!({"mac": mac, "chassis": chassis, "source": "agent", "observed_at": observed_at()}),
         )
         .await
     }

@@ -481,12 +481,14 @@ async fn a_session_matches_the_document() {
         .await;
 
     // Claims: accepted, unchanged, refused.
-    let claim = |mac: &str, ch: &str| json!({"mac": mac, "chassis": ch, "source": "agent", "observed_at": 1});
+    // Observed now: the controller refuses claims more than 30 s off its clock.
+    let now = vipcast_controller::now_ms();
+    let claim = |mac: &str, ch: &str| json!({"mac": mac, "chassis": ch, "source": "agent", "observed_at": now});
     let a = api.ok("post", "/v1/vips/{name}/claims", &["pay-vip"], Some(claim("02:00:00:00:00:01", "hv1"))).await;
     assert_eq!(a["result"], "accepted");
     let a = api.ok("post", "/v1/vips/{name}/claims", &["pay-vip"], Some(claim("02:00:00:00:00:01", "hv1"))).await;
     assert_eq!(a["result"], "unchanged");
-    let b = json!({"mac": "00:00:5e:00:01:07", "chassis": "hv2", "source": "replicator", "observed_at": 2});
+    let b = json!({"mac": "00:00:5e:00:01:07", "chassis": "hv2", "source": "replicator", "observed_at": now + 1});
     api.ok("post", "/v1/vips/{name}/claims", &["pay-vip"], Some(b)).await;
     let (status, e) =
         api.call("post", "/v1/vips/{name}/claims", &["pay-vip"], Some(claim("02:00:00:00:00:03", "hv3"))).await;

@@ -12,7 +12,7 @@
 //! re-validates then). A command that finds the state already as it asks
 //! writes nothing and says [`Outcome::Unchanged`].
 
-use crate::claim::{self, Claim, Damping};
+use crate::claim::{self, Claim, Damping, Decision, Hold};
 use crate::objects::*;
 use crate::state::{Invalid, Object, ObjectKey, State};
 
@@ -40,11 +40,19 @@ pub enum Command {
     CreatePort(Port),
     /// Deletes a port (once it is no VIP's member).
     DeletePort(String),
-    /// Creates a VIP, with no owner.
+    /// Creates a VIP, with no owner (and its arbitration record).
     CreateVip(VipSpec),
-    /// Deletes a VIP and the records of its history (which the state does
-    /// not hold: the caller lists their keys, as read from the store).
+    /// Deletes a VIP, its arbitration record and the records of its
+    /// history: those its arbitration record says exist, at the state the
+    /// command applies to (so a claim committed before it cannot leave one
+    /// behind), and `history`, keys the caller read from the store (records
+    /// written before arbitration records existed).
     DeleteVip { name: String, history: Vec<ObjectKey> },
+    /// Deletes a VIP's history records older than generation `keep_from`
+    /// (which must be retained; the latest always is), and records that
+    /// `keep_from` was accepted at `keep_from_at` (ms). The caller reads
+    /// the records' ages from the store ([`claim::HISTORY_MAX_AGE_MS`]).
+    ExpireHistory { vip: String, keep_from: u64, keep_from_at: u64 },
     /// Replaces a VIP's member list; an owner that is no longer a member
     /// loses the VIP.
     PutMembers { vip: String, members: Vec<String> },
@@ -55,7 +63,8 @@ pub enum Command {
     DeleteVrrp { vpc: String, id: String },
     /// Counts an assisted handover on a VRRP router.
     RecordAssist { vpc: String, id: String, record: AssistRecord },
-    /// A sniffed GARP / unsolicited NA for a VIP (see [`claim::arbitrate`]).
+    /// A sniffed GARP / unsolicited NA for a VIP (see [`claim::decide`],
+    /// with the default hold policy [`Hold::DEFAULT`]).
     Claim { vip: String, claim: Claim, damping: Damping },
     /// Registers a replicator or updates its registration.
     PutReplicator(Replicator),
@@ -84,10 +93,14 @@ pub enum Outcome {
     NewMaster,
     /// A claim gave the VIP a new owner.
     Moved { owner: Owner },
+    /// A claim that would have moved the VIP, damped: it stays with
+    /// `owner`, on hold until `held_until` (ms). Nothing to write.
+    Damped { owner: Owner, held_until: u64 },
 }
 
 /// What applying a command writes, in one transaction: `puts` then
-/// `deletes`, both empty when the outcome is [`Outcome::Unchanged`].
+/// `deletes`, both empty when the outcome is [`Outcome::Unchanged`] or
+/// [`Outcome::Damped`].
 #[must_use]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
@@ -149,7 +162,9 @@ pub fn apply(state: &State, command: &Command, now_ms: u64) -> Result<Applied, I
         }
         Command::CreateVip(spec) => {
             state.check_vip(spec)?;
-            Ok(Applied::put(Object::Vip(Vip::new(spec.clone())), Outcome::Created))
+            let vip = Vip::new(spec.clone());
+            let arbitration = Object::Arbitration(Arbitration::new(&vip));
+            Ok(Applied { puts: vec![Object::Vip(vip), arbitration], deletes: Vec::new(), outcome: Outcome::Created })
         }
         Command::PutMembers { vip: name, members } => {
             let vip = state.vips.get(name).ok_or_else(|| Invalid::not_found("VIP", name))?;
@@ -157,10 +172,20 @@ pub fn apply(state: &State, command: &Command, now_ms: u64) -> Result<Applied, I
             next.spec.members = members.clone();
             state.check_members(&next.spec)?;
             // An owner that is no longer a member no longer owns the VIP.
+            let mut puts = Vec::new();
             if next.owner.as_ref().is_some_and(|o| !next.spec.members.contains(&o.port)) {
                 next.owner = None;
+                // Its generation lives on in the arbitration record (the next
+                // owner's is one more; no history record is written over).
+                if !state.arbitration.contains_key(name) {
+                    puts.push(Object::Arbitration(Arbitration::new(vip)));
+                }
             }
-            Ok(if &next == vip { Applied::unchanged() } else { Applied::put(Object::Vip(next), Outcome::Updated) })
+            if &next == vip {
+                return Ok(Applied::unchanged());
+            }
+            puts.insert(0, Object::Vip(next));
+            Ok(Applied { puts, deletes: Vec::new(), outcome: Outcome::Updated })
         }
         Command::ReportVrrp(report) => {
             let mut r = report.clone();
@@ -184,14 +209,27 @@ pub fn apply(state: &State, command: &Command, now_ms: u64) -> Result<Applied, I
             let r = VrrpRouter { assists: r.assists + 1, last_assist: Some(record.clone()), ..r.clone() };
             Ok(Applied::put(Object::Router(r), Outcome::Updated))
         }
-        Command::Claim { vip, claim, damping } => Ok(match claim::arbitrate(state, vip, claim, now_ms, damping)? {
-            claim::Outcome::Unchanged => Applied::unchanged(),
-            claim::Outcome::Moved { vip, change } => Applied {
-                outcome: Outcome::Moved { owner: change.owner.clone() },
-                puts: vec![Object::Vip(*vip), Object::History(*change)],
-                deletes: Vec::new(),
-            },
-        }),
+        Command::Claim { vip, claim, damping } => {
+            Ok(claim::decide(state, vip, claim, now_ms, damping, &Hold::DEFAULT)?.applied())
+        }
+        Command::ExpireHistory { vip, keep_from, keep_from_at } => {
+            let a = state.arbitration.get(vip).ok_or_else(|| Invalid::not_found("arbitration record of", vip))?;
+            let span = a.history;
+            if !span.contains(*keep_from) {
+                return Err(Invalid::bad(
+                    "not_retained",
+                    "keep_from",
+                    format!("generation {keep_from} of VIP {vip:?} is not retained ({}..={})", span.first, span.last),
+                ));
+            }
+            if *keep_from == span.first && *keep_from_at == span.first_at {
+                return Ok(Applied::unchanged());
+            }
+            let deletes = (span.first..*keep_from).map(|g| ObjectKey::History(vip.clone(), g)).collect();
+            let history = HistorySpan { first: *keep_from, first_at: *keep_from_at, ..span };
+            let puts = vec![Object::Arbitration(Arbitration { history, ..a.clone() })];
+            Ok(Applied { puts, deletes, outcome: Outcome::Updated })
+        }
         Command::PutReplicator(r) => {
             state.check_replicator(r)?;
             Ok(match state.replicators.get(&r.name) {
@@ -211,8 +249,22 @@ pub fn apply(state: &State, command: &Command, now_ms: u64) -> Result<Applied, I
         Command::DeleteVip { name, history } => {
             let key = ObjectKey::Vip(name.clone());
             state.check_delete(&key)?;
-            // The history goes with the VIP (a new VIP of the same name starts over).
-            let deletes = std::iter::once(key).chain(history.iter().cloned()).collect();
+            // The history goes with the VIP (a new VIP of the same name starts
+            // over): every record the state says exists, and those listed.
+            let span = match (state.arbitration.get(name), state.vips.get(name)) {
+                (Some(a), _) => a.history,
+                (None, Some(v)) => Arbitration::new(v).history,
+                (None, None) => HistorySpan::default(),
+            };
+            let mut records: std::collections::BTreeSet<ObjectKey> = history.iter().cloned().collect();
+            if span.last != 0 {
+                records.extend((span.first..=span.last).map(|g| ObjectKey::History(name.clone(), g)));
+            }
+            let mut deletes = vec![key];
+            if state.arbitration.contains_key(name) {
+                deletes.push(ObjectKey::Arbitration(name.clone()));
+            }
+            deletes.extend(records);
             Ok(Applied { puts: Vec::new(), deletes, outcome: Outcome::Deleted })
         }
         Command::DeleteVpc(n) => delete(state, ObjectKey::Vpc(n.clone())),
@@ -221,6 +273,25 @@ pub fn apply(state: &State, command: &Command, now_ms: u64) -> Result<Applied, I
         Command::DeletePort(n) => delete(state, ObjectKey::Port(n.clone())),
         Command::DeleteVrrp { vpc, id } => delete(state, ObjectKey::Router(vpc.clone(), id.clone())),
         Command::DeleteReplicator(n) => delete(state, ObjectKey::Replicator(n.clone())),
+    }
+}
+
+impl Decision {
+    /// What the decision writes, and its outcome.
+    pub fn applied(&self) -> Applied {
+        match self {
+            Decision::Unchanged => Applied::unchanged(),
+            Decision::Damped { owner, held_until } => Applied {
+                puts: Vec::new(),
+                deletes: Vec::new(),
+                outcome: Outcome::Damped { owner: owner.clone(), held_until: *held_until },
+            },
+            Decision::Moved(m) => {
+                let mut puts = vec![Object::Vip(m.vip.clone()), Object::History(m.change.clone())];
+                puts.extend(m.arbitration.clone().map(Object::Arbitration));
+                Applied { puts, deletes: m.expired.clone(), outcome: Outcome::Moved { owner: m.change.owner.clone() } }
+            }
+        }
     }
 }
 
@@ -533,5 +604,125 @@ mod tests {
             assert_eq!(run(&mut s, &command, 0), Ok(Outcome::Deleted), "{command:?}");
         }
         assert!(s.vpcs.is_empty() && s.ports.is_empty() && s.subnets.is_empty());
+    }
+
+    /// The sample state as the controller makes it: the VIP created by its command.
+    fn created() -> State {
+        let mut s = sample();
+        let spec = s.vips["pay-vip"].spec.clone();
+        s.delete(&ObjectKey::Vip("pay-vip".into()));
+        assert_eq!(run(&mut s, &Command::CreateVip(spec), 0), Ok(Outcome::Created));
+        assert!(s.arbitration.contains_key("pay-vip"));
+        s
+    }
+
+    fn claim_at(mac: &str, chassis: &str, now: u64) -> Command {
+        let Command::Claim { vip, mut claim, damping } = claim(mac, chassis) else { unreachable!() };
+        claim.observed_at = now;
+        Command::Claim { vip, claim, damping }
+    }
+
+    #[test]
+    fn a_deleted_vip_takes_every_history_record_the_state_knows_of() {
+        let mut s = created();
+        let mut now = 1_000;
+        for (mac, ch) in [("02:00:00:00:00:01", "hv1"), ("02:00:00:00:00:02", "hv2"), ("02:00:00:00:00:01", "hv1")] {
+            now += 10;
+            assert!(matches!(run(&mut s, &claim_at(mac, ch, now), now), Ok(Outcome::Moved { .. })));
+        }
+        // The caller read only generation 1 from the store (claims were still
+        // arriving): the state knows of 1..=3, and the command deletes them all.
+        let read = vec![ObjectKey::History("pay-vip".into(), 1)];
+        let a = apply(&s, &Command::DeleteVip { name: "pay-vip".into(), history: read }, now).unwrap();
+        let h = |g| ObjectKey::History("pay-vip".into(), g);
+        let expected =
+            vec![ObjectKey::Vip("pay-vip".into()), ObjectKey::Arbitration("pay-vip".into()), h(1), h(2), h(3)];
+        assert_eq!(a.deletes, expected);
+        for k in &a.deletes {
+            s.delete(k);
+        }
+        // A VIP created again under the name starts over: no record of the old one's.
+        let spec = sample().vips["pay-vip"].spec.clone();
+        assert_eq!(run(&mut s, &Command::CreateVip(spec), now), Ok(Outcome::Created));
+        assert_eq!(s.arbitration["pay-vip"].history, HistorySpan::default());
+        let Outcome::Moved { owner } = run(&mut s, &claim_at("02:00:00:00:00:02", "hv2", now), now).unwrap() else {
+            panic!()
+        };
+        assert_eq!(owner.generation, 1);
+    }
+
+    #[test]
+    fn generations_go_on_after_the_owner_is_dropped() {
+        let mut s = created();
+        let members = |m: &[&str]| Command::PutMembers {
+            vip: "pay-vip".into(),
+            members: m.iter().map(|m| m.to_string()).collect(),
+        };
+        assert!(matches!(run(&mut s, &claim_at("02:00:00:00:00:01", "hv1", 10), 10), Ok(Outcome::Moved { .. })));
+        assert!(matches!(run(&mut s, &claim_at("02:00:00:00:00:02", "hv2", 20), 20), Ok(Outcome::Moved { .. })));
+        assert_eq!(run(&mut s, &members(&["pay1"]), 30), Ok(Outcome::Updated));
+        assert_eq!(s.vips["pay-vip"].owner, None);
+        // The next owner is generation 3: history record 1 is not written over.
+        let Outcome::Moved { owner } = run(&mut s, &claim_at("02:00:00:00:00:01", "hv1", 5), 40).unwrap() else {
+            panic!()
+        };
+        assert_eq!(owner.generation, 3, "a new owner after none is not stale either");
+        // A VIP stored before arbitration records: dropping its owner records its generation.
+        let mut s = sample();
+        assert!(matches!(run(&mut s, &claim_at("02:00:00:00:00:02", "hv2", 10), 10), Ok(Outcome::Moved { .. })));
+        let a = apply(&s, &members(&["pay1"]), 20).unwrap();
+        assert!(matches!(a.puts.as_slice(), [Object::Vip(_), Object::Arbitration(r)] if r.history.last == 1), "{a:?}");
+    }
+
+    #[test]
+    fn a_damped_claim_writes_nothing() {
+        let mut s = created();
+        let mut now = 1_000;
+        let mut outcomes = Vec::new();
+        for i in 0..=claim::Hold::DEFAULT.after_moves + 1 {
+            now += 1;
+            let m = i % 2 + 1;
+            let c = claim_at(&format!("02:00:00:00:00:0{m}"), &format!("hv{m}"), now);
+            let a = apply(&s, &c, now).unwrap();
+            for obj in a.puts.clone() {
+                s.put(obj);
+            }
+            outcomes.push(a);
+        }
+        let last = outcomes.pop().unwrap();
+        assert!(last.is_empty(), "{last:?}");
+        let Outcome::Damped { owner, held_until } = last.outcome else { panic!("{last:?}") };
+        assert_eq!((owner, held_until), (s.vips["pay-vip"].owner.clone().unwrap(), now - 1 + 30_000));
+        // The move that began the hold wrote the VIP, its history and its arbitration record.
+        let began = outcomes.pop().unwrap();
+        assert!(matches!(
+            began.puts.as_slice(),
+            [Object::Vip(_), Object::History(_), Object::Arbitration(a)] if a.damping.held_until == held_until
+        ));
+    }
+
+    #[test]
+    fn expired_history_is_deleted_up_to_a_retained_record() {
+        let mut s = created();
+        for i in 0..5u64 {
+            let m = i % 2 + 1;
+            let now = 1_000 + i;
+            assert!(matches!(
+                run(&mut s, &claim_at(&format!("02:00:00:00:00:0{m}"), &format!("hv{m}"), now), now),
+                Ok(Outcome::Moved { .. })
+            ));
+        }
+        let expire =
+            |keep_from, keep_from_at| Command::ExpireHistory { vip: "pay-vip".into(), keep_from, keep_from_at };
+        let a = apply(&s, &expire(4, 1_003), 0).unwrap();
+        let h = |g| ObjectKey::History("pay-vip".into(), g);
+        assert_eq!(a.deletes, [h(1), h(2), h(3)]);
+        assert_eq!(run(&mut s, &expire(4, 1_003), 0), Ok(Outcome::Updated));
+        assert_eq!(s.arbitration["pay-vip"].history, HistorySpan { first: 4, last: 5, first_at: 1_003 });
+        assert_eq!(run(&mut s, &expire(4, 1_003), 0), Ok(Outcome::Unchanged));
+        // The latest is always retained; nothing outside the span can be named.
+        for g in [3, 6] {
+            assert_eq!(apply(&s, &expire(g, 0), 0).unwrap_err().code, "not_retained");
+        }
     }
 }

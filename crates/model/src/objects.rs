@@ -201,7 +201,10 @@ pub struct Vip {
     #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::vip_spec_flattened))]
     pub spec: VipSpec,
     pub owner: Option<Owner>,
-    /// Owner changes accepted recently (ms), for split-brain detection.
+    /// When the last changes of owner were accepted (ms, oldest first): at
+    /// most [`Damping::moves`](crate::claim::Damping::moves) of them, for
+    /// split-brain detection. (Records written before this was bounded may
+    /// hold more; the next change of owner trims them.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_moves: Vec<u64>,
     /// Split-brain is reported until this time (ms), 0 for never.
@@ -222,6 +225,72 @@ impl Vip {
     /// Whether members have been alternating as owner recently.
     pub fn split_brain(&self, now_ms: u64) -> bool {
         now_ms < self.split_brain_until
+    }
+}
+
+/// What claim arbitration keeps about a VIP between claims, beside the VIP
+/// (`/vipcast/arbitration/<vip>`): the controller's bookkeeping, never sent
+/// to agents, so that it can change on every move without growing what
+/// they are pushed. Fixed size: counters, no lists. See [`crate::claim`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Arbitration {
+    pub vip: String,
+    /// `observed_at` of the claim that made the current owner (ms, its
+    /// sniffer's clock): a claim observed before it is stale.
+    #[serde(default)]
+    pub owner_observed_at: u64,
+    #[serde(default)]
+    pub damping: DampingState,
+    #[serde(default)]
+    pub history: HistorySpan,
+}
+
+impl Arbitration {
+    /// The record of a new VIP, or of a VIP stored before arbitration
+    /// records existed (`vip`'s owner says how far its history went).
+    pub fn new(vip: &Vip) -> Arbitration {
+        let history = match &vip.owner {
+            // Its history may reach back to generation 1.
+            Some(o) => HistorySpan { first: 1, last: o.generation, first_at: 0 },
+            None => HistorySpan::default(),
+        };
+        Arbitration { vip: vip.spec.name.clone(), owner_observed_at: 0, damping: DampingState::default(), history }
+    }
+}
+
+/// Flap damping counters of a VIP (the policy is in [`crate::claim`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DampingState {
+    /// When the current counting window opened (ms; its first move).
+    pub window_start: u64,
+    /// Changes of owner accepted since `window_start`.
+    pub moves_in_window: u32,
+    /// Claims that would move the VIP are damped until then (ms), unless
+    /// its owner has a certain fault; 0 when it never was held.
+    pub held_until: u64,
+    /// Holds served in a row (each doubles the next one); back to 0 once
+    /// the VIP has been calm as long as its last hold lasted.
+    pub holds: u32,
+}
+
+/// Which generations of a VIP's history are stored: `first..=last`
+/// (`/vipcast/history/<vip>/<generation>`), none when `last` is 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HistorySpan {
+    pub first: u64,
+    pub last: u64,
+    /// No later than when `first` was accepted (ms; 0: unknown): while it
+    /// is older than the age retention, the oldest records may be due.
+    pub first_at: u64,
+}
+
+impl HistorySpan {
+    /// Whether generation `g` is retained.
+    pub fn contains(&self, g: u64) -> bool {
+        self.last != 0 && (self.first..=self.last).contains(&g)
     }
 }
 

@@ -37,6 +37,8 @@ pub enum ObjectKey {
     History(String, u64),
     /// (vpc, `<vrid>-ipv4|ipv6`): the VRRP view.
     Router(String, String),
+    /// What claim arbitration keeps about a VIP (never sent to agents).
+    Arbitration(String),
 }
 
 impl ObjectKey {
@@ -51,6 +53,7 @@ impl ObjectKey {
             ObjectKey::Replicator(n) => format!("{PREFIX}replicators/{n}"),
             ObjectKey::History(v, g) => format!("{PREFIX}history/{v}/{g:020}"),
             ObjectKey::Router(v, id) => format!("{PREFIX}vrrp/{v}/{id}"),
+            ObjectKey::Arbitration(n) => format!("{PREFIX}arbitration/{n}"),
         }
     }
 
@@ -73,6 +76,7 @@ impl ObjectKey {
             ("replicators", None) => ObjectKey::Replicator(a),
             ("history", Some(g)) => ObjectKey::History(a, g.parse().ok()?),
             ("vrrp", Some(id)) => ObjectKey::Router(a, id.to_string()),
+            ("arbitration", None) => ObjectKey::Arbitration(a),
             _ => return None,
         })
     }
@@ -91,6 +95,7 @@ pub enum Object {
     Replicator(Replicator),
     History(OwnershipChange),
     Router(VrrpRouter),
+    Arbitration(Arbitration),
 }
 
 impl Object {
@@ -105,6 +110,7 @@ impl Object {
             Object::Replicator(o) => ObjectKey::Replicator(o.name.clone()),
             Object::History(o) => ObjectKey::History(o.vip.clone(), o.generation),
             Object::Router(o) => ObjectKey::Router(o.vpc.clone(), o.id.clone()),
+            Object::Arbitration(o) => ObjectKey::Arbitration(o.vip.clone()),
         }
     }
 
@@ -119,6 +125,7 @@ impl Object {
             Object::Replicator(o) => serde_json::to_vec(o),
             Object::History(o) => serde_json::to_vec(o),
             Object::Router(o) => serde_json::to_vec(o),
+            Object::Arbitration(o) => serde_json::to_vec(o),
         };
         // Serializing these plain structs to a Vec cannot fail.
         r.unwrap_or_default()
@@ -135,6 +142,7 @@ impl Object {
             ObjectKey::Replicator(_) => Object::Replicator(serde_json::from_slice(value)?),
             ObjectKey::History(..) => Object::History(serde_json::from_slice(value)?),
             ObjectKey::Router(..) => Object::Router(serde_json::from_slice(value)?),
+            ObjectKey::Arbitration(_) => Object::Arbitration(serde_json::from_slice(value)?),
         })
     }
 }
@@ -197,6 +205,8 @@ pub struct State {
     pub replicators: OrdMap<String, Replicator>,
     /// The VRRP view, by (vpc, id).
     pub routers: OrdMap<(String, String), VrrpRouter>,
+    /// Claim arbitration's records, by VIP.
+    pub arbitration: OrdMap<String, Arbitration>,
 }
 
 /// Largest VNI.
@@ -262,6 +272,9 @@ impl State {
             Object::Router(o) => {
                 self.routers.insert((o.vpc.clone(), o.id.clone()), o);
             }
+            Object::Arbitration(o) => {
+                self.arbitration.insert(o.vip.clone(), o);
+            }
         }
     }
 
@@ -276,6 +289,7 @@ impl State {
             ObjectKey::Replicator(n) => self.replicators.remove(n).map(Object::Replicator),
             ObjectKey::History(..) => None,
             ObjectKey::Router(v, id) => self.routers.remove(&(v.clone(), id.clone())).map(Object::Router),
+            ObjectKey::Arbitration(n) => self.arbitration.remove(n).map(Object::Arbitration),
         }
     }
 
@@ -290,6 +304,7 @@ impl State {
             ObjectKey::Replicator(n) => self.replicators.get(n).cloned().map(Object::Replicator),
             ObjectKey::History(..) => None,
             ObjectKey::Router(v, id) => self.routers.get(&(v.clone(), id.clone())).cloned().map(Object::Router),
+            ObjectKey::Arbitration(n) => self.arbitration.get(n).cloned().map(Object::Arbitration),
         }
     }
 
@@ -380,14 +395,33 @@ impl State {
     pub fn check_chassis(&self, c: &Chassis) -> Result<(), Invalid> {
         check_name("name", &c.name)?;
         let ip = c.underlay_ip;
+        let refuse =
+            |code, why: &str| Err(Invalid::bad(code, "underlay_ip", format!("{ip} cannot be a tunnel endpoint{why}")));
         if ip.is_unspecified() || ip.is_multicast() {
-            return Err(Invalid::bad(
-                "invalid_underlay_ip",
-                "underlay_ip",
-                format!("{ip} cannot be a tunnel endpoint"),
-            ));
+            return refuse("invalid_underlay_ip", "");
         }
-        if let Some(o) = self.chassis.values().find(|o| o.underlay_ip == ip && o.name != c.name) {
+        if let IpAddr::V6(v6) = ip
+            && let Some(v4) = v6.to_ipv4_mapped()
+        {
+            let why = format!(": an IPv4-mapped IPv6 address is the IPv4 address {v4}; register that");
+            return refuse("ipv4_mapped_underlay_ip", &why);
+        }
+        if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
+            return refuse("broadcast_underlay_ip", ": it is the limited broadcast address");
+        }
+        if ip.is_loopback() {
+            return refuse("loopback_underlay_ip", ": a loopback address is every host's own");
+        }
+        let link_local = match ip {
+            IpAddr::V4(v4) => v4.is_link_local(),
+            IpAddr::V6(v6) => v6.is_unicast_link_local(),
+        };
+        if link_local {
+            return refuse("link_local_underlay_ip", ": a link-local address does not identify a host on the underlay");
+        }
+        // Compared as the addresses they are (`::ffff:a.b.c.d` is a.b.c.d).
+        let same = |o: &Chassis| o.underlay_ip.to_canonical() == ip.to_canonical();
+        if let Some(o) = self.chassis.values().find(|o| same(o) && o.name != c.name) {
             return Err(Invalid::conflict(
                 "duplicate_underlay_ip",
                 Some("underlay_ip"),
@@ -417,6 +451,13 @@ impl State {
         }
         if !p.mac.is_unicast() {
             return Err(Invalid::bad("invalid_mac", "mac", format!("mac {} is multicast or zero", p.mac)));
+        }
+        if let Some(vrid) = p.mac.vrrp_vrid() {
+            return Err(Invalid::bad(
+                "vrrp_virtual_mac",
+                "mac",
+                format!("mac {} is the VRRP virtual MAC of VRID {vrid} (RFC 5798 §7.3), not a port's own", p.mac),
+            ));
         }
         if !host_in(&subnet.cidr, p.ip) {
             return Err(Invalid::bad(
@@ -567,6 +608,11 @@ impl State {
                 }
             }
             ObjectKey::History(v, _) => return Err(Invalid::not_found("history of", v)),
+            ObjectKey::Arbitration(n) => {
+                if !self.arbitration.contains_key(n) {
+                    return Err(Invalid::not_found("arbitration record of", n));
+                }
+            }
             ObjectKey::Router(v, id) => {
                 if !self.routers.contains_key(&(v.clone(), id.clone())) {
                     return Err(Invalid::not_found("VRRP router", &format!("{v}/{id}")));
@@ -617,6 +663,17 @@ impl State {
         }
         if r.id != crate::objects::vrrp_router_id(r.vrid, v6) {
             return Err(Invalid::bad("invalid_id", "id", "id must be <vrid>-ipv4 or <vrid>-ipv6"));
+        }
+        // Adverts come from the master's address in one of the VPC's
+        // subnets, or over IPv6 from its link-local address (RFC 5798 §5.1.2.1).
+        let ip = r.master.ip;
+        let in_subnet = self.subnets.values().any(|s| s.vpc == r.vpc && host_in(&s.cidr, ip));
+        if !in_subnet && !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()) {
+            return Err(Invalid::bad(
+                "master_outside_subnet",
+                "master_ip",
+                format!("master ip {ip} is not a host address of any subnet of VPC {:?}", r.vpc),
+            ));
         }
         let port = self
             .ports
@@ -781,5 +838,92 @@ pub(crate) mod tests {
         assert_eq!(s.check_delete(&ObjectKey::Chassis("hv1".into())).unwrap_err().code, "in_use");
         assert_eq!(s.check_delete(&ObjectKey::Vpc("ghost".into())).unwrap_err().kind, InvalidKind::NotFound);
         assert!(s.check_delete(&ObjectKey::Port("client".into())).is_ok());
+    }
+
+    #[test]
+    fn underlay_addresses_that_cannot_be_tunnel_endpoints_are_refused() {
+        let s = sample();
+        let ch = |ip: &str| Chassis {
+            name: "hv9".into(),
+            underlay_ip: ip.parse().unwrap(),
+            role: Role::Hypervisor,
+            dataplane: Dataplane::Kernel,
+            liveness: None,
+        };
+        for (ip, code) in [
+            ("0.0.0.0", "invalid_underlay_ip"),
+            ("224.0.0.1", "invalid_underlay_ip"),
+            ("::ffff:172.31.0.1", "ipv4_mapped_underlay_ip"),
+            ("::ffff:172.31.9.9", "ipv4_mapped_underlay_ip"),
+            ("255.255.255.255", "broadcast_underlay_ip"),
+            ("127.0.0.1", "loopback_underlay_ip"),
+            ("127.1.2.3", "loopback_underlay_ip"),
+            ("::1", "loopback_underlay_ip"),
+            ("169.254.1.1", "link_local_underlay_ip"),
+            ("fe80::1", "link_local_underlay_ip"),
+            ("172.31.0.1", "duplicate_underlay_ip"),
+        ] {
+            let e = s.check_chassis(&ch(ip)).unwrap_err();
+            assert_eq!((e.code, e.field), (code, Some("underlay_ip")), "{ip}");
+        }
+        for ip in ["172.31.0.9", "10.255.0.11", "fd00::9", "2001:db8::9"] {
+            assert!(s.check_chassis(&ch(ip)).is_ok(), "{ip}");
+        }
+        // A mapped address stored before it was refused still clashes with its IPv4 form.
+        let mut s = s;
+        s.put(Object::Chassis(Chassis { name: "old".into(), ..ch("::ffff:172.31.0.7") }));
+        assert_eq!(s.check_chassis(&ch("172.31.0.7")).unwrap_err().code, "duplicate_underlay_ip");
+    }
+
+    #[test]
+    fn a_vrrp_virtual_mac_is_no_port_mac() {
+        let s = sample();
+        let p = |mac: &str| Port {
+            name: "new".into(),
+            vpc: "prod".into(),
+            subnet: "web".into(),
+            chassis: "hv1".into(),
+            mac: mac.parse().unwrap(),
+            ip: "192.168.10.50".parse().unwrap(),
+        };
+        for mac in ["00:00:5e:00:01:33", "00:00:5e:00:02:01"] {
+            let e = s.check_port(&p(mac)).unwrap_err();
+            assert_eq!((e.code, e.field), ("vrrp_virtual_mac", Some("mac")), "{mac}");
+        }
+        assert!(s.check_port(&p("00:00:5e:00:03:01")).is_ok());
+    }
+
+    #[test]
+    fn a_vrrp_master_must_be_in_a_subnet_of_its_vpc() {
+        let s = sample();
+        let r = |ip: &str, addr: &str, dest: &str| VrrpRouter {
+            vpc: "prod".into(),
+            id: vrrp_router_id(51, ip.contains(':')),
+            vrid: 51,
+            version: 3,
+            master: VrrpMaster {
+                ip: ip.parse().unwrap(),
+                mac: "02:00:00:00:00:01".parse().unwrap(),
+                port: String::new(),
+                chassis: "hv1".into(),
+            },
+            priority: 150,
+            interval_cs: 10,
+            addresses: vec![addr.parse().unwrap()],
+            destinations: vec![dest.parse().unwrap()],
+            auth_type: 0,
+            observed_at: 1,
+            assists: 0,
+            last_assist: None,
+        };
+        for ip in ["10.9.9.9", "192.168.11.1", "192.168.10.0", "192.168.10.255"] {
+            let e = s.check_router(&mut r(ip, "192.168.10.100", "224.0.0.18")).unwrap_err();
+            assert_eq!((e.code, e.field), ("master_outside_subnet", Some("master_ip")), "{ip}");
+        }
+        assert!(s.check_router(&mut r("192.168.10.11", "192.168.10.100", "224.0.0.18")).is_ok());
+        // IPv6 adverts come from the link-local address.
+        assert!(s.check_router(&mut r("fe80::1", "fd00::100", "ff02::12")).is_ok());
+        let e = s.check_router(&mut r("fd00::1", "fd00::100", "ff02::12")).unwrap_err();
+        assert_eq!(e.code, "master_outside_subnet");
     }
 }

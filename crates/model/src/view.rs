@@ -276,7 +276,7 @@ pub fn objects_for(state: &State, sub: &Subscriber) -> BTreeSet<ObjectKey> {
 /// participation did not change.
 pub fn concerns(state: &State, sub: &Subscriber, vpcs: &BTreeSet<String>, key: &ObjectKey) -> bool {
     match (sub, key) {
-        (_, ObjectKey::History(..) | ObjectKey::Router(..)) => false,
+        (_, ObjectKey::History(..) | ObjectKey::Router(..) | ObjectKey::Arbitration(_)) => false,
         (_, ObjectKey::Replicator(_)) => true,
         (Subscriber::Replicator, ObjectKey::Subnet(..)) => false,
         (Subscriber::Replicator, _) => true,

@@ -223,7 +223,8 @@ async fn post(client: &ControllerClient, c: &ClaimFor, observed_at: u64, stats: 
         Ok(answer) => {
             let counter = match answer.result {
                 ClaimResult::Accepted => &stats.accepted,
-                ClaimResult::Unchanged => &stats.unchanged,
+                // Damped: the VIP is on hold, nothing changed.
+                ClaimResult::Unchanged | ClaimResult::Damped => &stats.unchanged,
             };
             counter.fetch_add(1, Ordering::Relaxed);
             Event::ClaimAnswered { vip: &c.vip, result: answer.result, generation: answer.owner.map(|o| o.generation) }

@@ -201,9 +201,12 @@ async fn control_plane(c: ControlPlane) -> anyhow::Result<()> {
             &http,
             "POST",
             &format!("{base}/v1/vips/{name}/claims"),
-            json!({"mac": mac(member), "chassis": format!("hv{member}"), "source": "agent", "observed_at": 0}),
+            json!({"mac": mac(member), "chassis": format!("hv{member}"), "source": "agent", "observed_at": vipcast_api::now_ms()}),
         )
         .await?;
+        if r["result"] == "damped" {
+            bail!("move {m}: {name} is on hold (flap damping: 30 moves in 10 s); spread the moves over more --vips");
+        }
         let g = r["owner"]["generation"].as_u64().context("claim answer without generation")?;
         generation[v] = g;
         // Wait until every subscriber holds generation g of this VIP.

@@ -34,7 +34,7 @@ pub(super) async fn get_chassis(State(c): Ctl, Path(name): Path<String>) -> ApiR
     request_body = ChassisRegistration,
     responses(
         (status = 200, description = "Registered", body = Chassis),
-        (status = 400, description = "`malformed_json`, `invalid_body` (with `field` naming the JSON path at fault), `name_mismatch`, `invalid_name`, `invalid_underlay_ip`", body = ErrorBody),
+        (status = 400, description = "`malformed_json`, `invalid_body` (with `field` naming the JSON path at fault), `name_mismatch`, `invalid_name`, `invalid_underlay_ip` (unspecified or multicast), `ipv4_mapped_underlay_ip` (`::ffff:a.b.c.d`: register a.b.c.d), `broadcast_underlay_ip`, `loopback_underlay_ip`, `link_local_underlay_ip`", body = ErrorBody),
         (status = 409, description = "`duplicate_underlay_ip`", body = ErrorBody),
         (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
 ))]

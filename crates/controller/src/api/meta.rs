@@ -97,6 +97,7 @@ pub(super) async fn readyz(State(c): Ctl) -> ApiResult<Json<Health>> {
 ))]
 pub(super) async fn metrics(State(c): Ctl) -> Response {
     c.metrics.vrrp_routers.set(c.cache.current().state.routers.len() as i64);
+    super::vips::set_split_brain_gauge(&c);
     let mut body = c.metrics.encode();
     if body.is_empty() {
         body.push_str("# EOF\n");

@@ -31,7 +31,7 @@ pub(super) async fn get_port(State(c): Ctl, Path(name): Path<String>) -> ApiResu
 /// Creates a port.
 #[utoipa::path(post, path = "/v1/ports", tag = "ports", request_body = Port, responses(
     (status = 201, description = "Created", body = Port),
-    (status = 400, description = "`malformed_json`, `invalid_body` (with `field` naming the JSON path at fault), `invalid_name`, `unknown_vpc`, `unknown_subnet`, `unknown_chassis`, `invalid_mac`, `ip_outside_subnet`", body = ErrorBody),
+    (status = 400, description = "`malformed_json`, `invalid_body` (with `field` naming the JSON path at fault), `invalid_name`, `unknown_vpc`, `unknown_subnet`, `unknown_chassis`, `invalid_mac` (multicast or zero), `vrrp_virtual_mac` (`00:00:5e:00:01:xx` / `00:00:5e:00:02:xx` is VRRP's, not a port's), `ip_outside_subnet`", body = ErrorBody),
     (status = 409, description = "`exists` (name), `duplicate_ip`, `duplicate_mac`", body = ErrorBody),
     (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
 ))]

@@ -56,7 +56,7 @@ fn stored(c: &Controller, key: &(String, String)) -> ApiResult<Json<VrrpRouter>>
 /// changes). Writes nothing when only `observed_at` differs.
 #[utoipa::path(post, path = "/v1/vrrp", tag = "vrrp", request_body = VrrpReport, responses(
     (status = 200, description = "The router as stored", body = VrrpRouter),
-    (status = 400, description = "`malformed_json`, `invalid_body`, `unknown_vpc`, `invalid_vrid`, `invalid_version`, `invalid_interval`, `invalid_addresses`, `invalid_destinations`, `too_many`", body = ErrorBody),
+    (status = 400, description = "`malformed_json`, `invalid_body`, `unknown_vpc`, `invalid_vrid`, `invalid_version`, `invalid_interval`, `invalid_addresses`, `invalid_destinations`, `too_many`, `master_outside_subnet` (`master_ip` is in no subnet of the VPC; IPv6 masters may use their link-local address)", body = ErrorBody),
     (status = 403, description = "`not_a_local_port`: the reporting chassis hosts no port of the VPC with that MAC", body = ErrorBody),
     (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
 ))]
