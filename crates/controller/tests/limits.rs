@@ -533,10 +533,7 @@ fn a_junk_flood_without_the_socket_filter() {
 /// interface holds the chassis' underlay addresses 10.88.0.11-14 (a chassis'
 /// `underlay_ip` may not be a loopback address); the controller listens on
 /// the namespace's 127.0.0.1. The namespace goes when the test ends.
-fn in_netns<F: std::future::Future<Output = Flood>>(f: impl FnOnce() -> F + Send + 'static) -> Flood
-where
-    F: 'static,
-{
+fn in_netns<F: std::future::Future<Output = Flood> + 'static>(f: impl FnOnce() -> F + Send + 'static) -> Flood {
     let ns = vipcast_lab::Netns::new(format!("vcfl{}", vipcast_lab::unique_id())).unwrap();
     ns.ip(&["link", "set", "lo", "up"]).unwrap();
     // (No dummy driver in this kernel: a veth pair inside the namespace.)
