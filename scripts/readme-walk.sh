@@ -73,9 +73,9 @@ echo "$up"
 run vipcast lab status shop
 run vipcast lab exec shop client -- ping -c 3 192.168.10.100
 run vipcast lab exec shop net -- ss -ltn
-url=$(echo "$up" | awk '$1 == "controller:" {print $2; exit}')
-[ -n "$url" ] || { echo "readme-walk: lab up printed no controller URL" >&2; exit 1; }
-export VIPCAST_CONTROLLER=$url
+say 'eval "$(vipcast lab env shop)"'
+eval "$(vipcast lab env shop)"
+case $VIPCAST_CONTROLLER in https://*) ;; *) echo "readme-walk: the lab's controller is not over TLS: $VIPCAST_CONTROLLER" >&2; exit 1 ;; esac
 run vipcast ctl vip show pay-vip
 run vipcast drill --lab shop --vip pay-vip --fault link-down --runs 1
 run vipcast lab down shop

@@ -9,7 +9,7 @@ use crate::baseline::Baseline;
 use crate::fault::{self, Fault};
 use crate::report::DrillReport;
 use crate::session::{Options, Session};
-use crate::target::Target;
+use crate::target::{Overlay, Target};
 use crate::{Error, Result};
 
 /// What to compare.
@@ -62,9 +62,11 @@ impl Assist {
 
 /// Sets a VPC's assisted handover through the controller; its agents follow
 /// within their watch latency (milliseconds), given a moment here.
-fn set_assist(url: &str, vpc: &str, on: bool) -> Result<()> {
+fn set_assist(ov: &Overlay, on: bool) -> Result<()> {
+    let (url, vpc) = (&ov.controller_url, &ov.vpc);
     let body = serde_json::json!({ "assist": on });
-    vipcast_lab::state::http_patch_json(&format!("{url}/v1/vpcs/{vpc}"), &body, std::time::Duration::from_secs(5))
+    let timeout = std::time::Duration::from_secs(5);
+    vipcast_lab::state::http_patch_json(&format!("{url}/v1/vpcs/{vpc}"), ov.tls.as_ref(), &body, timeout)
         .map_err(|e| Error::Failed(format!("PATCH /v1/vpcs/{vpc}: {e}")))?;
     std::thread::sleep(std::time::Duration::from_millis(300));
     Ok(())
@@ -72,15 +74,14 @@ fn set_assist(url: &str, vpc: &str, on: bool) -> Result<()> {
 
 /// Sets a VPC's assisted handover back on drop.
 struct RestoreAssist<'a> {
-    url: &'a str,
-    vpc: &'a str,
+    ov: &'a Overlay,
     was: bool,
 }
 
 impl Drop for RestoreAssist<'_> {
     fn drop(&mut self) {
-        if let Err(e) = set_assist(self.url, self.vpc, self.was) {
-            eprintln!("could not set assist back to {} on VPC {}: {e}", self.was, self.vpc);
+        if let Err(e) = set_assist(self.ov, self.was) {
+            eprintln!("could not set assist back to {} on VPC {}: {e}", self.was, self.ov.vpc);
         }
     }
 }
@@ -120,13 +121,13 @@ fn drill_assist(
 ) -> Result<DrillReport> {
     let ov = overlay.overlay.as_ref().ok_or_else(|| Error::Failed("--assist needs an overlay VIP".into()))?;
     let was = overlay.variant.ends_with("+assist");
-    let _restore = RestoreAssist { url: &ov.controller_url, vpc: &ov.vpc, was };
+    let _restore = RestoreAssist { ov, was };
     let baseline =
         if variants.baseline && fault.has_baseline() { Some(Baseline::build(overlay, opts.progress)?) } else { None };
     let settings = assist.settings();
     let mut report: Option<DrillReport> = None;
     for (i, &on) in settings.iter().enumerate() {
-        set_assist(&ov.controller_url, &ov.vpc, on)?;
+        set_assist(ov, on)?;
         (opts.progress)(&format!("VPC {}: assisted handover {}", ov.vpc, if on { "on" } else { "off" }));
         let target = Target { variant: if on { "overlay+assist" } else { "overlay" }.into(), ..overlay.clone() };
         let last = i + 1 == settings.len();

@@ -7,14 +7,15 @@ use std::time::Duration;
 use serde_json::Value;
 use vipcast_lab::plan::{self, VM_IF};
 use vipcast_lab::state::{Root, http_get};
+use vipcast_tls::ClientFiles;
 
 use crate::target::{Member, Node, Overlay, Target, keepalived_params};
 use crate::{Error, Result};
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(3);
 
-fn get_json(url: &str) -> Result<Value> {
-    let body = http_get(url, HTTP_TIMEOUT).map_err(|e| Error::Failed(format!("GET {url}: {e}")))?;
+fn get_json(url: &str, tls: Option<&ClientFiles>) -> Result<Value> {
+    let body = http_get(url, tls, HTTP_TIMEOUT).map_err(|e| Error::Failed(format!("GET {url}: {e}")))?;
     serde_json::from_str(&body).map_err(|e| Error::Failed(format!("GET {url}: {e}")))
 }
 
@@ -26,7 +27,8 @@ pub fn resolve(root: &Root, lab: &str, vip: &str, from: Option<&str>) -> Result<
         return Err(vipcast_lab::state::not_up(lab).into());
     };
     let url = state.controller_url.trim_end_matches('/').to_string();
-    let vips = get_json(&format!("{url}/v1/vips"))?;
+    let tls = state.client_files();
+    let vips = get_json(&format!("{url}/v1/vips"), tls.as_ref())?;
     let vips = vips.as_array().cloned().unwrap_or_default();
     let Some(v) = vips.iter().find(|v| v["name"] == vip || v["ip"] == vip).cloned() else {
         let names: Vec<String> = vips.iter().filter_map(|v| v["name"].as_str().map(str::to_string)).collect();
@@ -41,7 +43,7 @@ pub fn resolve(root: &Root, lab: &str, vip: &str, from: Option<&str>) -> Result<
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| Error::Failed(format!("VIP {vip_name}: no address in {v}")))?;
     let vpc = v["vpc"].as_str().unwrap_or_default().to_string();
-    let ports = get_json(&format!("{url}/v1/ports"))?;
+    let ports = get_json(&format!("{url}/v1/ports"), tls.as_ref())?;
     let ports = ports.as_array().cloned().unwrap_or_default();
     let port = |name: &str| ports.iter().find(|p| p["name"] == name).cloned();
     let net_ns = plan::net_namespace(lab);
@@ -89,7 +91,7 @@ pub fn resolve(root: &Root, lab: &str, vip: &str, from: Option<&str>) -> Result<
     let client = pick_client(&state, lab, &vpc, &members, &ports, from)?;
     let agent_logs =
         state.processes.iter().filter(|p| p.role == "agent").map(|p| (p.node.clone(), p.log.clone())).collect();
-    let vpc_json = get_json(&format!("{url}/v1/vpcs/{vpc}")).ok();
+    let vpc_json = get_json(&format!("{url}/v1/vpcs/{vpc}"), tls.as_ref()).ok();
     let vni = vpc_json.as_ref().and_then(|v| v["vni"].as_u64()).and_then(|n| u32::try_from(n).ok());
     // Platform-assisted handover (absent from older controllers: off).
     let assist = vpc_json.as_ref().and_then(|v| v["assist"].as_bool()).unwrap_or(false);
@@ -105,6 +107,7 @@ pub fn resolve(root: &Root, lab: &str, vip: &str, from: Option<&str>) -> Result<
         overlay: Some(Overlay {
             lab: lab.to_string(),
             controller_url: url,
+            tls,
             agent_logs,
             vpc,
             vni,

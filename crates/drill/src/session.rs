@@ -219,14 +219,18 @@ impl<'a> Session<'a> {
     fn owner(&self) -> Option<(String, u64)> {
         let ov = self.target.overlay.as_ref()?;
         let url = format!("{}/v1/vips/{}", ov.controller_url, self.target.vip_name);
-        let v: serde_json::Value = serde_json::from_str(&http_get(&url, Duration::from_secs(2)).ok()?).ok()?;
+        let v: serde_json::Value =
+            serde_json::from_str(&http_get(&url, ov.tls.as_ref(), Duration::from_secs(2)).ok()?).ok()?;
         Some((v["owner"]["port"].as_str()?.to_string(), v["owner"]["generation"].as_u64()?))
     }
 
     fn history(&self) -> Vec<HistoryEntry> {
         let Some(ov) = &self.target.overlay else { return Vec::new() };
         let url = format!("{}/v1/vips/{}/history", ov.controller_url, self.target.vip_name);
-        http_get(&url, Duration::from_secs(2)).ok().and_then(|b| serde_json::from_str(&b).ok()).unwrap_or_default()
+        http_get(&url, ov.tls.as_ref(), Duration::from_secs(2))
+            .ok()
+            .and_then(|b| serde_json::from_str(&b).ok())
+            .unwrap_or_default()
     }
 
     /// Sends a gratuitous ARP / unsolicited NA for the VIP from `m`.

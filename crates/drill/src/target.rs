@@ -63,6 +63,8 @@ pub struct Overlay {
     pub lab: String,
     /// The controller, as the host reaches it.
     pub controller_url: String,
+    /// The host's client files when the lab runs over mutual TLS.
+    pub tls: Option<vipcast_tls::ClientFiles>,
     /// (chassis, agent log)
     pub agent_logs: Vec<(String, PathBuf)>,
     /// The VIP's VPC and its VNI.

@@ -57,11 +57,23 @@ pub struct LabConfig {
 }
 
 /// `[controller]`
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerConfig {
     #[serde(default)]
     pub store: StoreKind,
+    /// The whole control plane over mutual TLS (default true): the lab
+    /// issues a CA, the controller's certificate and one per agent,
+    /// replicator and the host (`admin:lab`), and signs heartbeats.
+    /// `false` runs it over plain HTTP (`--insecure-plaintext`).
+    #[serde(default = "yes")]
+    pub tls: bool,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> ControllerConfig {
+        ControllerConfig { store: StoreKind::File, tls: true }
+    }
 }
 
 /// `[controller] store`

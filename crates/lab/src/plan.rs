@@ -73,8 +73,8 @@ pub fn namespace(lab: &str, node: &str) -> String {
 }
 
 /// The controller's URL as agents (inside the lab) use it.
-pub fn inner_controller_url() -> String {
-    format!("http://{UNDERLAY_GW}:{CONTROLLER_PORT}")
+pub fn inner_controller_url(tls: bool) -> String {
+    format!("{}://{UNDERLAY_GW}:{CONTROLLER_PORT}", if tls { "https" } else { "http" })
 }
 
 /// Underlay address of chassis number `index`.
@@ -142,6 +142,8 @@ pub struct Plan {
     pub lab: String,
     pub net_ns: String,
     pub store: StoreKind,
+    /// The control plane over mutual TLS (`[controller] tls`).
+    pub tls: bool,
     pub chassis: Vec<ChassisPlan>,
     pub replicators: Vec<ReplicatorPlan>,
     pub vms: Vec<VmPlan>,
@@ -326,6 +328,7 @@ impl Plan {
             net_ns: net_namespace(&lab),
             lab,
             store: c.controller.store,
+            tls: c.controller.tls,
             chassis,
             replicators,
             vms,

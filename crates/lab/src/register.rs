@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use vipcast_tls::ClientFiles;
 
 use crate::config::LabConfig;
 use crate::plan::Plan;
@@ -73,14 +74,11 @@ pub fn calls(cfg: &LabConfig, plan: &Plan) -> Vec<ApiCall> {
 }
 
 /// Makes `calls` against the controller at `base` (e.g.
-/// `http://10.254.3.2:7600`), stopping at the first refusal with the
+/// `https://10.254.3.2:7600`, with the host's client files), stopping at the first refusal with the
 /// controller's message.
-pub fn register(base: &str, calls: &[ApiCall]) -> Result<()> {
-    let client = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| Error::Lab(format!("http client: {e}")))?;
+pub fn register(base: &str, tls: Option<&ClientFiles>, calls: &[ApiCall]) -> Result<()> {
+    let client =
+        crate::state::http_client(tls, Duration::from_secs(10)).map_err(|e| Error::Lab(format!("http client: {e}")))?;
     for call in calls {
         let url = format!("{base}{}", call.path);
         let req = match call.method {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use vipcast_tls::ClientFiles;
 
 use crate::{Error, Result};
 
@@ -72,12 +73,41 @@ pub struct LabState {
     pub inner_controller_url: String,
     /// The controller's `--store`.
     pub store: String,
+    /// The lab's PKI and the host's client identity, when the control plane
+    /// runs over mutual TLS (absent with `tls = false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsState>,
     /// The host's veth into the underlay namespace.
     pub host_link: HostLinkState,
     /// Every namespace of the lab.
     pub namespaces: Vec<String>,
     pub nodes: Vec<NodeState>,
     pub processes: Vec<ProcessState>,
+}
+
+impl LabState {
+    /// The files the host presents to the controller (`None` over plain HTTP).
+    pub fn client_files(&self) -> Option<ClientFiles> {
+        self.tls.as_ref().map(TlsState::files)
+    }
+}
+
+/// The lab's certificate authority (`<state dir>/pki`) and the identity
+/// the host uses for `ctl`, the drill and registration (`admin:lab`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsState {
+    /// The PKI directory (`vipcast pki` layout).
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsState {
+    /// `--ca`, `--cert`, `--key` of a client.
+    pub fn files(&self) -> ClientFiles {
+        ClientFiles { ca: self.ca.clone(), cert: self.cert.clone(), key: self.key.clone() }
+    }
 }
 
 /// The host end of the management veth and its peer in `<lab>-net`.
@@ -166,7 +196,8 @@ pub fn status(root: &Root, name: &str) -> Result<Status> {
     let existing = crate::teardown::list_namespaces().unwrap_or_default();
     let namespaces = state.namespaces.iter().map(|n| (n.clone(), existing.contains(n))).collect();
     let processes = state.processes.iter().map(|p| (p.clone(), p.is_running())).collect();
-    let controller = http_get(&format!("{}/healthz", state.controller_url), Duration::from_secs(2));
+    let controller =
+        http_get(&format!("{}/healthz", state.controller_url), state.client_files().as_ref(), Duration::from_secs(2));
     Ok(Status { state, namespaces, processes, controller })
 }
 
@@ -201,19 +232,36 @@ pub fn node_namespace(name: &str, node: &str) -> Result<String> {
     Err(Error::NotUp(format!("lab {name:?} has no node {node:?} (nodes: {})", nodes.join(", "))))
 }
 
-/// A plain HTTP GET (proxies ignored): the body of a 2xx answer, or why not.
-pub fn http_get(url: &str, timeout: Duration) -> std::result::Result<String, String> {
-    let client = reqwest::blocking::Client::builder().no_proxy().timeout(timeout).build().map_err(|e| e.to_string())?;
-    let resp = client.get(url).send().map_err(|e| e.to_string())?;
+/// A blocking HTTP client (proxies ignored); with `tls`, over mutual TLS
+/// (the controller verified against the CA, the client's certificate
+/// presented).
+pub fn http_client(
+    tls: Option<&ClientFiles>,
+    timeout: Duration,
+) -> std::result::Result<reqwest::blocking::Client, String> {
+    let mut builder = reqwest::blocking::Client::builder().no_proxy().timeout(timeout);
+    if let Some(files) = tls {
+        builder = builder.tls_backend_preconfigured(files.config().map_err(|e| format!("TLS: {e}"))?);
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// A GET: the body of a 2xx answer, or why not.
+pub fn http_get(url: &str, tls: Option<&ClientFiles>, timeout: Duration) -> std::result::Result<String, String> {
+    let resp = http_client(tls, timeout)?.get(url).send().map_err(|e| e.to_string())?;
     let status = resp.status();
     let body = resp.text().map_err(|e| e.to_string())?;
     if status.is_success() { Ok(body) } else { Err(format!("{status}: {body}")) }
 }
 
 /// PATCHes `body` (JSON) to `url`; the response body, or the error.
-pub fn http_patch_json(url: &str, body: &serde_json::Value, timeout: Duration) -> std::result::Result<String, String> {
-    let client = reqwest::blocking::Client::builder().no_proxy().timeout(timeout).build().map_err(|e| e.to_string())?;
-    let resp = client.patch(url).json(body).send().map_err(|e| e.to_string())?;
+pub fn http_patch_json(
+    url: &str,
+    tls: Option<&ClientFiles>,
+    body: &serde_json::Value,
+    timeout: Duration,
+) -> std::result::Result<String, String> {
+    let resp = http_client(tls, timeout)?.patch(url).json(body).send().map_err(|e| e.to_string())?;
     let status = resp.status();
     let text = resp.text().map_err(|e| e.to_string())?;
     if status.is_success() { Ok(text) } else { Err(format!("{status}: {text}")) }

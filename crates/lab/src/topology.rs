@@ -19,8 +19,11 @@ use crate::plan::{
     self, CONTROLLER_PORT, ChassisPlan, HOST_ALIAS_PREFIX, MGMT_IF, OPENFLOW_LISTEN, OVS_INT_BRIDGE, OVS_PHY_BRIDGE,
     PORT_ALIAS_PREFIX, Plan, UNDERLAY_GW, UNDERLAY_IF, UNDERLAY_MTU, UNDERLAY_PREFIX, VM_IF, VM_MTU,
 };
-use crate::state::{HostLinkState, LabState, NodeState, ProcessState, Root, http_get, log_tail};
+use crate::state::{HostLinkState, LabState, NodeState, ProcessState, Root, TlsState, http_get, log_tail};
 use crate::{Child, Error, Netns, Result, ip, unique_id};
+
+/// The name of the host's client certificate in a TLS lab (role admin).
+pub const HOST_IDENTITY: &str = "lab";
 
 /// How long a daemon must stay up after it is started to count as started.
 pub const START_CHECK: Duration = Duration::from_millis(300);
@@ -118,6 +121,8 @@ pub struct Builder<'a> {
     namespaces: Vec<Netns>,
     nodes: Vec<NodeState>,
     store: String,
+    /// The lab's PKI, once the controller step has created it (TLS labs).
+    tls: Option<TlsState>,
 }
 
 impl std::fmt::Debug for Builder<'_> {
@@ -186,6 +191,7 @@ impl<'a> Builder<'a> {
             namespaces: Vec::new(),
             nodes: Vec::new(),
             store,
+            tls: None,
         })
     }
 
@@ -201,7 +207,53 @@ impl<'a> Builder<'a> {
 
     /// The controller's URL from the host, once the host link exists.
     pub fn controller_url(&self) -> Option<String> {
-        self.host.as_ref().map(|h| format!("http://{}:{CONTROLLER_PORT}", h.peer_addr.addr()))
+        let scheme = if self.plan.tls { "https" } else { "http" };
+        self.host.as_ref().map(|h| format!("{scheme}://{}:{CONTROLLER_PORT}", h.peer_addr.addr()))
+    }
+
+    /// The files the host presents to the controller, once the PKI exists.
+    pub fn client_files(&self) -> Option<vipcast_tls::ClientFiles> {
+        self.tls.as_ref().map(TlsState::files)
+    }
+
+    /// Issues `name`'s certificate (and, for an agent, heartbeat key) from
+    /// the lab's CA (created on first use); returns `--ca/--cert/--key` for it.
+    fn issue(&mut self, role: vipcast_api::PeerRole, name: &str, sans: Vec<String>) -> Result<Vec<OsString>> {
+        if self.tls.is_none() {
+            self.pki()?;
+        }
+        let Some(tls) = &self.tls else {
+            return Err(Error::Lab("the lab's CA is missing".into()));
+        };
+        let req =
+            vipcast_tls::pki::Request { role, name: name.to_string(), sans, days: vipcast_tls::pki::DEFAULT_DAYS };
+        vipcast_tls::pki::issue(&tls.dir, &req)
+            .map_err(|e| Error::Lab(format!("issuing the certificate of {role} {name}: {e}")))?;
+        let d = vipcast_tls::pki::Dir(tls.dir.clone());
+        Ok(vec![
+            "--ca".into(),
+            d.ca_cert().into_os_string(),
+            "--cert".into(),
+            d.cert(name).into_os_string(),
+            "--key".into(),
+            d.key(name).into_os_string(),
+        ])
+    }
+
+    /// Creates the lab's CA in `<state dir>/pki` and the host's identity,
+    /// `admin:lab`.
+    fn pki(&mut self) -> Result<()> {
+        let dir = self.state_dir.join("pki");
+        let d = vipcast_tls::pki::init(&dir).map_err(|e| Error::Lab(format!("creating the lab's CA: {e}")))?;
+        self.tls = Some(TlsState {
+            dir: dir.clone(),
+            ca: d.ca_cert(),
+            cert: d.cert(HOST_IDENTITY),
+            key: d.key(HOST_IDENTITY),
+        });
+        self.issue(vipcast_api::PeerRole::Admin, HOST_IDENTITY, Vec::new())?;
+        self.say(&format!("CA in {}; the host is admin:{HOST_IDENTITY}", dir.display()));
+        Ok(())
     }
 
     /// The Open vSwitch of chassis `chassis` (its run directory is
@@ -670,23 +722,37 @@ impl<'a> Builder<'a> {
             self.wait_ready(index, "etcd", || etcd_healthy(&ns))?;
             self.say(&format!("etcd in {ns} at {client}, data in {}", self.state_dir.join("etcd").display()));
         }
-        let args: Vec<OsString> = [
-            "controller",
-            "--listen",
-            &format!("0.0.0.0:{CONTROLLER_PORT}"),
-            "--store",
-            &self.store,
-            "--insecure-plaintext",
-        ]
-        .iter()
-        .map(OsString::from)
-        .collect();
+        let mut args: Vec<OsString> =
+            ["controller", "--listen", &format!("0.0.0.0:{CONTROLLER_PORT}"), "--store", &self.store]
+                .iter()
+                .map(OsString::from)
+                .collect();
+        if self.plan.tls {
+            let host = self.host.as_ref().map(|h| h.peer_addr.addr().to_string()).unwrap_or_default();
+            let sans = vec![host, UNDERLAY_GW.to_string(), "127.0.0.1".to_string()];
+            let files = self.issue(vipcast_api::PeerRole::Controller, "controller", sans)?;
+            let d = vipcast_tls::pki::Dir(self.tls.as_ref().map(|t| t.dir.clone()).unwrap_or_default());
+            args.extend([
+                "--tls-cert".into(),
+                d.cert("controller").into_os_string(),
+                "--tls-key".into(),
+                d.key("controller").into_os_string(),
+                "--client-ca".into(),
+                files[1].clone(),
+                "--heartbeat-secret".into(),
+                d.secret().into_os_string(),
+            ]);
+        } else {
+            args.push("--insecure-plaintext".into());
+        }
         let exe = self.opts.exe.to_path_buf();
         self.spawn("controller", "net", &ns, &exe, &args, "controller.log")?;
         let index = self.children.len() - 1;
         let health = format!("{url}/healthz");
-        self.wait_ready(index, "the controller", || http_get(&health, Duration::from_secs(1)).is_ok())?;
-        self.say(&format!("controller in {ns} (store {}) answers at {url}", self.store));
+        let files = self.client_files();
+        self.wait_ready(index, "the controller", || http_get(&health, files.as_ref(), Duration::from_secs(1)).is_ok())?;
+        let how = if self.plan.tls { "mutual TLS" } else { "plain HTTP" };
+        self.say(&format!("controller in {ns} (store {}) answers at {url} ({how})", self.store));
         Ok(())
     }
 
@@ -697,7 +763,7 @@ impl<'a> Builder<'a> {
             return Err(Error::Lab("registration needs the controller first".into()));
         };
         let calls = crate::register::calls(&self.cfg, &self.plan);
-        crate::register::register(&url, &calls)?;
+        crate::register::register(&url, self.client_files().as_ref(), &calls)?;
         self.say(&format!(
             "registered {} VPCs, {} subnets, {} chassis, {} ports, {} VIPs",
             self.cfg.vpc.len(),
@@ -719,18 +785,21 @@ impl<'a> Builder<'a> {
         let first = self.children.len();
         let exe = self.opts.exe.to_path_buf();
         for r in self.plan.replicators.clone() {
-            let args: Vec<OsString> = [
+            let mut args: Vec<OsString> = [
                 "replicator",
                 "--name",
                 &r.name,
                 "--listen",
                 &format!("{}:4789", r.underlay_ip),
                 "--controller",
-                &plan::inner_controller_url(),
+                &plan::inner_controller_url(self.plan.tls),
             ]
             .iter()
             .map(OsString::from)
             .collect();
+            if self.plan.tls {
+                args.extend(self.issue(vipcast_api::PeerRole::Replicator, &r.name, Vec::new())?);
+            }
             self.spawn("replicator", &r.name, &r.ns, &exe, &args, &format!("replicator-{}.log", r.name))?;
         }
         if self.plan.replicators.is_empty() {
@@ -755,7 +824,11 @@ impl<'a> Builder<'a> {
         let first = self.children.len();
         let exe = self.opts.exe.to_path_buf();
         for ch in self.plan.chassis.clone() {
-            let args = agent_args(&ch);
+            let mut args = agent_args(&ch, self.plan.tls);
+            if self.plan.tls {
+                // The heartbeat key is NAME.hbkey beside the certificate.
+                args.extend(self.issue(vipcast_api::PeerRole::Agent, &ch.name, Vec::new())?);
+            }
             self.spawn("agent", &ch.name, &ch.ns, &exe, &args, &format!("agent-{}.log", ch.name))?;
         }
         if self.plan.chassis.is_empty() {
@@ -924,9 +997,10 @@ impl<'a> Builder<'a> {
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                 .unwrap_or(0),
             state_dir: self.state_dir.clone(),
-            controller_url: format!("http://{}:{CONTROLLER_PORT}", host.peer_addr.addr()),
-            inner_controller_url: plan::inner_controller_url(),
+            controller_url: self.controller_url().unwrap_or_default(),
+            inner_controller_url: plan::inner_controller_url(self.plan.tls),
             store: self.store.clone(),
+            tls: self.tls.clone(),
             host_link: HostLinkState {
                 name: host.name.clone(),
                 addr: host.addr.to_string(),
@@ -976,8 +1050,8 @@ impl Drop for Builder<'_> {
     }
 }
 
-/// The arguments of chassis `ch`'s agent.
-pub fn agent_args(ch: &ChassisPlan) -> Vec<OsString> {
+/// The arguments of chassis `ch`'s agent (without its certificate files).
+pub fn agent_args(ch: &ChassisPlan, tls: bool) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "agent",
         "--chassis",
@@ -985,7 +1059,7 @@ pub fn agent_args(ch: &ChassisPlan) -> Vec<OsString> {
         "--underlay-ip",
         &ch.underlay_ip.to_string(),
         "--controller",
-        &plan::inner_controller_url(),
+        &plan::inner_controller_url(tls),
         "--role",
         ch.role.as_str(),
     ]

@@ -162,6 +162,23 @@ fn the_small_lab_is_valid() {
 }
 
 #[test]
+fn the_control_plane_runs_over_mutual_tls_unless_the_file_opts_out() {
+    let plan = Plan::new(&LabConfig::parse(SMALL).unwrap());
+    assert!(plan.tls);
+    let args = |plan: &Plan| -> String {
+        let args = vipcast_lab::topology::agent_args(&plan.chassis[0], plan.tls);
+        args.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+    };
+    assert!(args(&plan).contains("--controller https://10.255.0.254:7600"), "{}", args(&plan));
+    let plain = SMALL.replace("name = \"small\"", "name = \"small\"\n[controller]\ntls = false");
+    let plan = Plan::new(&LabConfig::parse(&plain).unwrap());
+    assert!(!plan.tls);
+    assert!(args(&plan).contains("--controller http://10.255.0.254:7600"), "{}", args(&plan));
+    let bad = SMALL.replace("name = \"small\"", "name = \"small\"\n[controller]\ntls = \"yes\"");
+    assert!(LabConfig::parse(&bad).is_err());
+}
+
+#[test]
 fn references_to_unknown_objects_name_the_key() {
     assert_problem(
         &SMALL.replace(
@@ -359,14 +376,15 @@ fn ovs_chassis_and_gre_vpcs_are_planned_and_registered() {
     assert_ne!(br_phy_mac("small", 0), br_phy_mac("other", 0));
     assert!(plan.vms.iter().all(|vm| vm.dataplane == Dataplane::Ovs));
 
-    let args: Vec<String> = vipcast_lab::topology::agent_args(hv1).iter().map(|a| a.to_string_lossy().into()).collect();
+    let args: Vec<String> =
+        vipcast_lab::topology::agent_args(hv1, plan.tls).iter().map(|a| a.to_string_lossy().into()).collect();
     assert_eq!(
         args.join(" "),
-        "agent --chassis hv1 --underlay-ip 10.255.0.10 --controller http://10.255.0.254:7600 --role hypervisor \
+        "agent --chassis hv1 --underlay-ip 10.255.0.10 --controller https://10.255.0.254:7600 --role hypervisor \
          --dataplane ovs --openflow-listen 127.0.0.1:6653"
     );
     let gw1: Vec<String> =
-        vipcast_lab::topology::agent_args(&plan.chassis[1]).iter().map(|a| a.to_string_lossy().into()).collect();
+        vipcast_lab::topology::agent_args(&plan.chassis[1], false).iter().map(|a| a.to_string_lossy().into()).collect();
     assert!(!gw1.iter().any(|a| a.contains("dataplane") || a.contains("openflow")), "{gw1:?}");
 
     let calls = vipcast_lab::register::calls(&cfg, &plan);

@@ -171,7 +171,7 @@ fn builds_the_documented_topology_and_down_removes_it() {
     assert!(host_addr[0].starts_with("10.254.") && host_addr[0].ends_with(".1/30"), "{host_addr:?}");
     let mgmt = addrs(&net, "mgmt0");
     assert_eq!(mgmt, [host_addr[0].replace(".1/30", ".2/30")]);
-    assert_eq!(url, format!("http://{}:7600", mgmt[0].trim_end_matches("/30")));
+    assert_eq!(url, format!("https://{}:7600", mgmt[0].trim_end_matches("/30")));
     assert!(
         Command::new("ping")
             .args(["-c", "1", "-W", "2", mgmt[0].trim_end_matches("/30")])

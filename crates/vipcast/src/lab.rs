@@ -44,6 +44,12 @@ enum What {
         #[arg(long)]
         json: bool,
     },
+    /// Print the shell exports that point `vipcast ctl` at lab NAME's
+    /// controller with the lab's admin identity: `eval "$(vipcast lab env NAME)"`.
+    Env {
+        /// The lab's name.
+        name: String,
+    },
     /// Run a command in the namespace of node NODE of lab NAME (`net` is the
     /// underlay namespace holding the controller).
     Exec {
@@ -64,6 +70,7 @@ pub fn run(lab: Lab) -> anyhow::Result<()> {
         What::Down { name } => down(&root, &name),
         What::Status { name, json } => status(&root, &name, json),
         What::Exec { name, node, command } => exec(&name, &node, &command),
+        What::Env { name } => env(&root, &name),
     }
 }
 
@@ -80,7 +87,8 @@ fn up(root: &Root, file: &std::path::Path) -> anyhow::Result<()> {
     let opts = UpOptions { root, exe: &exe, file: Some(&file), progress: &progress, cancel: Some(&cancel) };
     let state = vipcast_lab::topology::up(&cfg, opts)?;
     print_summary(&state, None);
-    println!("controller: {}    (export VIPCAST_CONTROLLER={})", state.controller_url, state.controller_url);
+    let how = if state.tls.is_some() { "mutual TLS" } else { "plain HTTP" };
+    println!("controller: {} ({how})    ctl: eval \"$(vipcast lab env {})\"", state.controller_url, state.name);
     println!("state: {}  logs: {}", root.state_file(&state.name).display(), state.state_dir.display());
     Ok(())
 }
@@ -147,6 +155,32 @@ fn status(root: &Root, name: &str, json: bool) -> anyhow::Result<()> {
         bail!("lab {name} is degraded: {}", why.join("; "));
     }
     Ok(())
+}
+
+/// `export VIPCAST_CONTROLLER=... VIPCAST_CA=... VIPCAST_CERT=... VIPCAST_KEY=...`
+fn env(root: &Root, name: &str) -> anyhow::Result<()> {
+    let Some(state) = root.read(name)? else {
+        return Err(vipcast_lab::state::not_up(name).into());
+    };
+    println!("export VIPCAST_CONTROLLER={}", shell_word(&state.controller_url));
+    match state.client_files() {
+        Some(f) => {
+            for (var, path) in [("VIPCAST_CA", &f.ca), ("VIPCAST_CERT", &f.cert), ("VIPCAST_KEY", &f.key)] {
+                println!("export {var}={}", shell_word(&path.to_string_lossy()));
+            }
+        }
+        None => println!("unset VIPCAST_CA VIPCAST_CERT VIPCAST_KEY"),
+    }
+    Ok(())
+}
+
+/// `s` quoted for a POSIX shell.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._:-".contains(&b)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 fn exec(name: &str, node: &str, command: &[OsString]) -> anyhow::Result<()> {

@@ -77,12 +77,32 @@ fn up_status_exec_down(store: &str) {
     );
     assert!(all.contains("registered 1 VPCs, 1 subnets"), "{all}");
     let url = controller_url(&String::from_utf8_lossy(&out.stdout));
-    assert!(url.starts_with("http://10.254.") && url.ends_with(".2:7600"), "{url}");
+    assert!(url.starts_with("https://10.254.") && url.ends_with(".2:7600"), "{url}");
+    assert!(all.contains("(mutual TLS)"), "{all}");
 
-    let health = http_get(&format!("{url}/healthz"), std::time::Duration::from_secs(2)).unwrap();
+    // The controller answers only clients with a certificate of the lab's CA.
+    let files = Root::default().read(&lab.name).unwrap().unwrap().client_files().expect("a TLS lab");
+    let health = http_get(&format!("{url}/healthz"), Some(&files), std::time::Duration::from_secs(2)).unwrap();
     assert!(health.contains("\"ok\""), "{health}");
-    let vpcs = vipcast(&["ctl", "--json", "--controller", &url, "vpc", "list"]);
+    assert!(http_get(&format!("{url}/healthz"), None, std::time::Duration::from_secs(2)).is_err());
+    let tls_args = [
+        "--ca",
+        files.ca.to_str().unwrap(),
+        "--cert",
+        files.cert.to_str().unwrap(),
+        "--key",
+        files.key.to_str().unwrap(),
+    ];
+    let vpcs = vipcast(&[&["ctl", "--json", "--controller", &url][..], &tls_args, &["vpc", "list"]].concat());
     assert!(text(&vpcs).contains("\"prod\""), "{}", text(&vpcs));
+    let anonymous = vipcast(&["ctl", "--json", "--controller", &url, "vpc", "list"]);
+    assert!(!anonymous.status.success(), "{}", text(&anonymous));
+    // `lab env` prints exactly those settings for a shell.
+    let env = vipcast(&["lab", "env", &lab.name]);
+    let env = text(&env);
+    for want in [format!("export VIPCAST_CONTROLLER={url}"), format!("export VIPCAST_CA={}", files.ca.display())] {
+        assert!(env.contains(&want), "{want} not in:\n{env}");
+    }
 
     let status = vipcast(&["lab", "status", &lab.name]);
     assert!(status.status.success(), "{}", text(&status));

@@ -181,6 +181,13 @@ gateway = "gw1"
         let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
         let url = st["controller_url"].as_str().unwrap().to_string();
         let mut full = vec!["ctl", "--json", "--controller", &url];
+        // The lab's admin identity, when its control plane runs over mutual TLS.
+        let tls = &st["tls"];
+        for (flag, key) in [("--ca", "ca"), ("--cert", "cert"), ("--key", "key")] {
+            if let Some(path) = tls[key].as_str() {
+                full.extend([flag, path]);
+            }
+        }
         full.extend_from_slice(args);
         let o = vipcast(&full);
         assert!(o.status.success(), "{}", text(&o));
