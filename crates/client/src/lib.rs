@@ -123,7 +123,7 @@ impl ControllerClient {
     }
 
     /// The underlying HTTP client (for streams).
-    pub(crate) fn http(&self) -> &reqwest::Client {
+    pub fn http(&self) -> &reqwest::Client {
         &self.http
     }
 

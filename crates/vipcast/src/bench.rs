@@ -6,6 +6,11 @@
 //! its other member; the latency of a move is from the claim being sent to the
 //! last of the N subscribers holding the new owner (so it includes the claim's
 //! HTTP round trip and the store's commit). Moves run one at a time.
+//! `--tls both` (the default) runs it twice in one process, plain HTTP and
+//! mutual TLS, each against a controller of its own: with TLS every chassis
+//! has its own agent certificate (its watch stream and its claims go over
+//! its own connections, kept alive as the agent keeps them), registration
+//! is done as an admin.
 //!
 //! ```text
 //!  bench ──claims──► controller ──txn──► store (redb file | etcd)
@@ -99,9 +104,19 @@ struct ControlPlane {
     /// Store backend; etcd is started by the benchmark on loopback.
     #[arg(long, value_enum, default_value_t = StoreKind::File)]
     store: StoreKind,
+    /// Plain HTTP, mutual TLS, or both one after the other (with their ratio).
+    #[arg(long, value_enum, default_value_t = TlsMode::Both)]
+    tls: TlsMode,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TlsMode {
+    Off,
+    On,
+    Both,
 }
 
 pub async fn run(b: Bench) -> anyhow::Result<()> {
@@ -125,6 +140,48 @@ async fn control_plane(c: ControlPlane) -> anyhow::Result<()> {
     if c.chassis < 2 || c.vips == 0 || c.vips * 2 > c.chassis {
         bail!("need at least 2 chassis and 2 chassis per VIP (--chassis >= 2 x --vips)");
     }
+    let modes: &[bool] = match c.tls {
+        TlsMode::Off => &[false],
+        TlsMode::On => &[true],
+        TlsMode::Both => &[false, true],
+    };
+    let mut runs = Vec::new();
+    for &tls in modes {
+        let r = control_plane_once(&c, tls).await?;
+        if !c.json {
+            println!(
+                "control-plane ({} store, {}): {} subscribers, {} VIPs, {} moves\n  claim -> last subscriber: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n  controller RSS: {}",
+                r["store"].as_str().unwrap_or("?"),
+                r["transport"].as_str().unwrap_or("?"),
+                c.chassis,
+                c.vips,
+                c.moves,
+                r["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                r["p99_ms"].as_f64().unwrap_or(f64::NAN),
+                r["max_ms"].as_f64().unwrap_or(f64::NAN),
+                r["controller_rss_mib"].as_f64().map_or("unknown".into(), |m| format!("{m:.1} MiB")),
+            );
+        }
+        runs.push(r);
+    }
+    let ratio = |key: &str| match runs.as_slice() {
+        [plain, tls] => Some(tls[key].as_f64()? / plain[key].as_f64()?),
+        _ => None,
+    };
+    let (p50, p99) = (ratio("p50_ms"), ratio("p99_ms"));
+    if c.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"runs": runs, "tls_over_plain": {"p50": p50, "p99": p99}}))?
+        );
+    } else if let (Some(p50), Some(p99)) = (p50, p99) {
+        println!("  mutual TLS / plain: p50 x{p50:.2}  p99 x{p99:.2}");
+    }
+    Ok(())
+}
+
+/// One benchmark run against a controller of its own; `tls`: mutual TLS.
+async fn control_plane_once(c: &ControlPlane, tls: bool) -> anyhow::Result<Value> {
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let etcd = match c.store {
@@ -138,13 +195,44 @@ async fn control_plane(c: ControlPlane) -> anyhow::Result<()> {
         ),
         None => format!("file:{}", dir.path().join("store").display()),
     };
+    let pki = dir.path().join("pki");
+    let mut args: Vec<String> =
+        ["controller", "--listen", &format!("127.0.0.1:{port}"), "--store", &store_arg].map(String::from).into();
+    if tls {
+        eprintln!("bench: issuing {} agent certificates", c.chassis);
+        let d = vipcast_tls::pki::init(&pki)?;
+        let issue = |role, name: &str, sans: &[&str]| {
+            let sans = sans.iter().map(|s| s.to_string()).collect();
+            let req = vipcast_tls::pki::Request { role, name: name.to_string(), sans, days: 1 };
+            vipcast_tls::pki::issue(&pki, &req)
+        };
+        issue(vipcast_api::PeerRole::Controller, "controller", &["127.0.0.1"])?;
+        issue(vipcast_api::PeerRole::Admin, "bench", &[])?;
+        for i in 0..c.chassis {
+            issue(vipcast_api::PeerRole::Agent, &format!("hv{i}"), &[])?;
+        }
+        for (flag, path) in [
+            ("--tls-cert", d.cert("controller")),
+            ("--tls-key", d.key("controller")),
+            ("--client-ca", d.ca_cert()),
+            ("--heartbeat-secret", d.secret()),
+        ] {
+            args.extend([flag.to_string(), path.display().to_string()]);
+        }
+    }
+    let scheme = if tls { "https" } else { "http" };
+    let base = format!("{scheme}://127.0.0.1:{port}");
+    // The client of identity `name` (plain HTTP: one like any other).
+    let client = |name: &str| -> anyhow::Result<reqwest::Client> {
+        let d = vipcast_tls::pki::Dir(pki.clone());
+        let files = tls.then(|| vipcast_tls::ClientFiles { ca: d.ca_cert(), cert: d.cert(name), key: d.key(name) });
+        Ok(vipcast_client::ControllerClient::with_tls(&base, files.as_ref())?.http().clone())
+    };
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
-    cmd.args(["controller", "--listen", &format!("127.0.0.1:{port}"), "--store", &store_arg])
-        .env("VIPCAST_LOG", "warn");
+    cmd.args(&args).env("VIPCAST_LOG", "warn");
     let controller = vipcast_lab::Child::spawn(&mut cmd, &dir.path().join("controller.log"))?;
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let http = client("bench")?;
     wait_up(&http, &base).await?;
 
     eprintln!("bench: registering {} chassis, {} ports, {} VIPs ({:?} store)", c.chassis, c.chassis, c.vips, c.store);
@@ -178,18 +266,26 @@ async fn control_plane(c: ControlPlane) -> anyhow::Result<()> {
     }
     eprintln!("bench: registered in {:.1} s; opening {} watch streams", t.elapsed().as_secs_f64(), c.chassis);
 
+    // Each chassis: its own client, its watch stream, and (for VIP
+    // members) a claim connection opened before the moves, as an agent's is.
     let seen = Arc::new(Seen::default());
     let mut subs = Vec::new();
+    let mut clients = Vec::with_capacity(c.chassis);
     let ready = Arc::new(tokio::sync::Semaphore::new(0));
     for i in 0..c.chassis {
+        let http = client(&format!("hv{i}"))?;
         let url = format!("{base}/v1/watch/chassis/hv{i}");
-        let (seen, ready, http) = (seen.clone(), ready.clone(), http.clone());
-        subs.push(tokio::spawn(async move { subscribe(http, url, seen, ready).await }));
+        let (seen, ready, h) = (seen.clone(), ready.clone(), http.clone());
+        subs.push(tokio::spawn(async move { subscribe(h, url, seen, ready).await }));
+        if i < 2 * c.vips {
+            http.get(format!("{base}/healthz")).send().await?.error_for_status()?;
+        }
+        clients.push(http);
     }
     let all_ready = ready.acquire_many(c.chassis as u32).await;
     drop(all_ready);
 
-    eprintln!("bench: {} moves", c.moves);
+    eprintln!("bench: {} moves ({})", c.moves, if tls { "mutual TLS" } else { "plain HTTP" });
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut generation = vec![0u64; c.vips];
     for m in 0..c.moves {
@@ -198,7 +294,7 @@ async fn control_plane(c: ControlPlane) -> anyhow::Result<()> {
         let name = format!("vip{v}");
         let t0 = Instant::now();
         let r = call(
-            &http,
+            &clients[member],
             "POST",
             &format!("{base}/v1/vips/{name}/claims"),
             json!({"mac": mac(member), "chassis": format!("hv{member}"), "source": "agent", "observed_at": vipcast_api::now_ms()}),
@@ -230,6 +326,7 @@ async fn control_plane(c: ControlPlane) -> anyhow::Result<()> {
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let result = json!({
         "store": format!("{:?}", c.store).to_lowercase(),
+        "transport": if tls { "mutual TLS" } else { "plain HTTP" },
         "subscribers": c.chassis,
         "vips": c.vips,
         "moves": c.moves,
@@ -238,24 +335,9 @@ async fn control_plane(c: ControlPlane) -> anyhow::Result<()> {
         "max_ms": hist.max() as f64 / 1000.0,
         "controller_rss_mib": rss_kib.map(|k| k as f64 / 1024.0),
     });
-    if c.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
-    } else {
-        println!(
-            "control-plane ({} store): {} subscribers, {} VIPs, {} moves\n  claim -> last subscriber: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n  controller RSS: {}",
-            result["store"].as_str().unwrap_or("?"),
-            c.chassis,
-            c.vips,
-            c.moves,
-            ms(0.5),
-            ms(0.99),
-            hist.max() as f64 / 1000.0,
-            rss_kib.map_or("unknown".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
-        );
-    }
     drop(controller);
     drop(etcd);
-    Ok(())
+    Ok(result)
 }
 
 async fn subscribe(
