@@ -228,12 +228,15 @@ pub(crate) async fn middleware(
     let state = c.cache().current().state.clone();
     match authorize(identity.as_ref(), &method, &path, &body, &state) {
         Ok(()) => {
+            let response = next.run(req).await;
+            // Every accepted write, with who made it.
             if let Some(id) = &identity
                 && !matches!(method.as_str(), "GET" | "HEAD")
+                && response.status().is_success()
             {
-                tracing::debug!(actor = id.actor(), method, path, "request");
+                tracing::info!(actor = id.actor(), method, path, status = response.status().as_u16(), "write accepted");
             }
-            next.run(req).await
+            response
         }
         Err(d) => {
             let role = identity.as_ref().map_or("none", |i| i.role.as_str());

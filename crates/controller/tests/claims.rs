@@ -425,6 +425,7 @@ async fn old_history_is_expired_after_the_next_move() {
             source: ClaimSource::Agent,
             observed_at: at,
             accepted_at: at,
+            actor: None,
         };
         let obj = Object::History(change);
         ops.push(Op::Put { key: obj.key().store_key(), value: obj.to_value(), lease: 0 });

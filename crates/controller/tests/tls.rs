@@ -156,6 +156,10 @@ async fn mutual_tls_authenticates_and_authorizes_every_request() {
     code(&hv1, Method::PUT, "/v1/chassis/hv1", json!({"underlay_ip": "10.0.0.1"})).await.unwrap();
     let moved = code(&hv1, Method::POST, "/v1/vips/pay-vip/claims", claim("hv1", "02:00:00:00:00:01")).await.unwrap();
     assert_eq!(owner(&moved).as_deref(), Some("pay1"));
+    // The VIP's history names who made each move, from the certificates.
+    let history = code(&admin, Method::GET, "/v1/vips/pay-vip/history", Value::Null).await.unwrap();
+    let actors: Vec<&str> = history.as_array().unwrap().iter().map(|h| h["actor"].as_str().unwrap_or("-")).collect();
+    assert_eq!(actors, ["agent:hv2", "agent:hv1"]);
     // A replicator claims only for VPCs in replicator mode (prod is head-end).
     let rep_claim = json!({"mac": "02:00:00:00:00:02", "chassis": "hv2", "source": "replicator", "observed_at": vipcast_api::now_ms()});
     assert_eq!(code(&rep, Method::POST, "/v1/vips/pay-vip/claims", rep_claim).await.unwrap_err().0, 403);

@@ -344,6 +344,7 @@ pub fn decide(
         source: claim.source,
         observed_at: claim.observed_at,
         accepted_at: now_ms,
+        actor: None,
     };
     let split_brain = !vip.split_brain(now_ms) && next.split_brain(now_ms);
     // A VIP stored before arbitration records existed gets one at its first move.

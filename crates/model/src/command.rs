@@ -64,8 +64,9 @@ pub enum Command {
     /// Counts an assisted handover on a VRRP router.
     RecordAssist { vpc: String, id: String, record: AssistRecord },
     /// A sniffed GARP / unsolicited NA for a VIP (see [`claim::decide`],
-    /// with the default hold policy [`Hold::DEFAULT`]).
-    Claim { vip: String, claim: Claim, damping: Damping },
+    /// with the default hold policy [`Hold::DEFAULT`]); `actor`: who posted
+    /// it (from its certificate), named in the history record.
+    Claim { vip: String, claim: Claim, damping: Damping, actor: Option<String> },
     /// Registers a replicator or updates its registration.
     PutReplicator(Replicator),
     /// Deletes a replicator.
@@ -209,8 +210,10 @@ pub fn apply(state: &State, command: &Command, now_ms: u64) -> Result<Applied, I
             let r = VrrpRouter { assists: r.assists + 1, last_assist: Some(record.clone()), ..r.clone() };
             Ok(Applied::put(Object::Router(r), Outcome::Updated))
         }
-        Command::Claim { vip, claim, damping } => {
-            Ok(claim::decide(state, vip, claim, now_ms, damping, &Hold::DEFAULT)?.applied())
+        Command::Claim { vip, claim, damping, actor } => {
+            Ok(claim::decide(state, vip, claim, now_ms, damping, &Hold::DEFAULT)?
+                .attributed(actor.as_deref())
+                .applied())
         }
         Command::ExpireHistory { vip, keep_from, keep_from_at } => {
             let a = state.arbitration.get(vip).ok_or_else(|| Invalid::not_found("arbitration record of", vip))?;
@@ -277,6 +280,14 @@ pub fn apply(state: &State, command: &Command, now_ms: u64) -> Result<Applied, I
 }
 
 impl Decision {
+    /// The decision with its history record naming `actor` (who posted the claim).
+    pub fn attributed(mut self, actor: Option<&str>) -> Decision {
+        if let Decision::Moved(m) = &mut self {
+            m.change.actor = actor.map(str::to_string);
+        }
+        self
+    }
+
     /// What the decision writes, and its outcome.
     pub fn applied(&self) -> Applied {
         match self {
@@ -343,6 +354,7 @@ mod tests {
                 observed_at: 1,
             },
             damping: Damping::default(),
+            actor: Some("agent:hv1".into()),
         }
     }
 
@@ -500,6 +512,7 @@ mod tests {
         assert_eq!((owner.port.as_str(), owner.generation, owner.since), ("pay1", 1, 1000));
         let [Object::Vip(vip), Object::History(change)] = a.puts.as_slice() else { panic!("{a:?}") };
         assert_eq!((vip.owner.as_ref(), &change.owner, change.accepted_at), (Some(owner), owner, 1000));
+        assert_eq!(change.actor.as_deref(), Some("agent:hv1"), "the history names who claimed");
         assert!(a.deletes.is_empty());
         for obj in a.puts {
             s.put(obj);
@@ -617,9 +630,9 @@ mod tests {
     }
 
     fn claim_at(mac: &str, chassis: &str, now: u64) -> Command {
-        let Command::Claim { vip, mut claim, damping } = claim(mac, chassis) else { unreachable!() };
+        let Command::Claim { vip, mut claim, damping, actor } = claim(mac, chassis) else { unreachable!() };
         claim.observed_at = now;
-        Command::Claim { vip, claim, damping }
+        Command::Claim { vip, claim, damping, actor }
     }
 
     #[test]

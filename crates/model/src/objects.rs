@@ -419,4 +419,8 @@ pub struct OwnershipChange {
     pub observed_at: u64,
     /// When the controller accepted the claim (ms).
     pub accepted_at: u64,
+    /// Who posted the claim, from its client certificate (`agent:hv1`,
+    /// `replicator:rep1`); absent without mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
 }

@@ -160,6 +160,7 @@ mod tests {
                 source: ClaimSource::Agent,
                 observed_at: 0,
                 accepted_at: 0,
+                actor: Some("agent:hv1".into()),
             }),
             Object::Router(VrrpRouter {
                 vpc: "a".into(),

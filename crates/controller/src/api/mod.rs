@@ -227,6 +227,19 @@ async fn with_error_body(resp: Response) -> Response {
     Response::from_parts(parts, fresh.into_body())
 }
 
+/// Who sent the request, from its verified client certificate
+/// (`agent:hv1`); `None` without one (or without TLS).
+struct Actor(Option<String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Actor {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Actor, Self::Rejection> {
+        let peer = parts.extensions.get::<axum::extract::ConnectInfo<crate::tls::Peer>>();
+        Ok(Actor(peer.and_then(|p| p.0.identity.as_ref()).map(vipcast_api::Identity::actor)))
+    }
+}
+
 /// Parses a JSON body; errors name the field at fault. Anything but
 /// whitespace after the value is refused as `malformed_json`.
 fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {

@@ -14,7 +14,7 @@ use vipcast_api::{ClaimAnswer, ClaimResult};
 use vipcast_model::claim::{self, Claim, Decision, HISTORY_MAX_AGE_MS, Hold};
 use vipcast_model::{Command, ObjectKey, OwnershipChange, Vip, VipSpec, VrrpRouter};
 
-use super::{ApiResult, Ctl, created, parse};
+use super::{Actor, ApiResult, Ctl, created, parse};
 use crate::Controller;
 use crate::error::{ApiError, ErrorBody};
 use crate::metrics::ClaimLabels;
@@ -219,7 +219,12 @@ pub(super) async fn vip_history(
         (status = 409, description = "`stale_claim`: observed before the claim that made the current owner", body = ErrorBody),
         (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
 ))]
-pub(super) async fn post_claim(State(c): Ctl, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<ClaimAnswer>> {
+pub(super) async fn post_claim(
+    State(c): Ctl,
+    Actor(actor): Actor,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<ClaimAnswer>> {
     let claim: Claim = parse(&body)?;
     let count = |result| {
         c.metrics.claims.get_or_create(&ClaimLabels { result }).inc();
@@ -239,7 +244,9 @@ pub(super) async fn post_claim(State(c): Ctl, Path(name): Path<String>, body: By
     // makes the decision itself to keep it: what it did to damping is
     // logged and counted.
     let damping = c.config.damping;
-    let decide = |s: &vipcast_model::State| claim::decide(s, &name, &claim, now_ms(), &damping, &Hold::DEFAULT);
+    let decide = |s: &vipcast_model::State| {
+        claim::decide(s, &name, &claim, now_ms(), &damping, &Hold::DEFAULT).map(|d| d.attributed(actor.as_deref()))
+    };
     // Fast path: a claim that writes nothing (the owner's repeat, damped,
     // refused) touches nothing (no write, no lock).
     let snap = c.cache.current();
@@ -295,7 +302,7 @@ pub(super) async fn post_claim(State(c): Ctl, Path(name): Path<String>, body: By
 fn report_move(c: &Controller, name: &str, m: &claim::Move) {
     let o = &m.change.owner;
     let moves = m.arbitration.as_ref().map_or(0, |a| a.damping.moves_in_window);
-    tracing::info!(vip = name, port = o.port, mac = %o.mac, chassis = o.chassis, generation = o.generation, moves_in_window = moves, "VIP moved");
+    tracing::info!(vip = name, port = o.port, mac = %o.mac, chassis = o.chassis, generation = o.generation, moves_in_window = moves, actor = m.change.actor, "VIP moved");
     if m.change.previous_port.is_some() {
         c.metrics.vip_moves.inc();
     }
