@@ -27,6 +27,11 @@ pub const HOST_IDENTITY: &str = "lab";
 
 /// How long a daemon must stay up after it is started to count as started.
 pub const START_CHECK: Duration = Duration::from_millis(300);
+/// etcd's client port in the underlay namespace (TLS when the lab is).
+const ETCD_CLIENT_PORT: u16 = 2379;
+/// etcd's plain port for `/health` (and `/metrics`).
+const ETCD_METRICS_PORT: u16 = 2381;
+
 /// How long the controller (and etcd) may take to answer.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -177,7 +182,7 @@ impl<'a> Builder<'a> {
         }
         let store = match cfg.controller.store {
             StoreKind::File => format!("file:{}", state_dir.join("store").display()),
-            StoreKind::Etcd => format!("etcd://{UNDERLAY_GW}:2379"),
+            StoreKind::Etcd => format!("etcd://{UNDERLAY_GW}:{ETCD_CLIENT_PORT}"),
         };
         Ok(Builder {
             cfg: cfg.clone(),
@@ -678,60 +683,44 @@ impl<'a> Builder<'a> {
     }
 
     /// Starts the controller in `<lab>-net` on 0.0.0.0:7600 (and first an
-    /// etcd on 10.255.0.254:2379/2380 when the store is etcd) and waits until
-    /// it answers `/healthz` through the host link.
+    /// etcd on 10.255.0.254:2379 when the store is etcd: over TLS with
+    /// client certificates when the lab is, its peer port on the namespace's
+    /// loopback) and waits until it answers `/healthz` through the host link.
     pub fn controller(&mut self) -> Result<()> {
         self.check_cancel()?;
         let Some(url) = self.controller_url() else {
             return Err(Error::Lab("the controller needs the host link first".into()));
         };
         let ns = self.plan.net_ns.clone();
-        if self.plan.store == StoreKind::Etcd {
-            let client = format!("http://{UNDERLAY_GW}:2379");
-            let peer = format!("http://{UNDERLAY_GW}:2380");
-            let name = format!("vipcast-{}", self.plan.lab);
-            let args: Vec<OsString> = [
-                "--name",
-                &name,
-                "--data-dir",
-                &self.state_dir.join("etcd").to_string_lossy(),
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
-                &format!("{name}={peer}"),
-                "--initial-cluster-state",
-                "new",
-                "--initial-cluster-token",
-                &format!("{name}-{}", unique_id()),
-                "--logger",
-                "zap",
-                "--log-outputs",
-                "stderr",
-            ]
-            .iter()
-            .map(OsString::from)
-            .collect();
-            self.spawn("etcd", "net", &ns, Path::new("etcd"), &args, "etcd.log")?;
-            let index = self.children.len() - 1;
-            self.wait_ready(index, "etcd", || etcd_healthy(&ns))?;
-            self.say(&format!("etcd in {ns} at {client}, data in {}", self.state_dir.join("etcd").display()));
-        }
+        // The controller's certificate first: with an etcd store over TLS it
+        // is also the one presented to etcd.
+        let controller_tls = if self.plan.tls {
+            let host = self.host.as_ref().map(|h| h.peer_addr.addr().to_string()).unwrap_or_default();
+            let sans = vec![host, UNDERLAY_GW.to_string(), "127.0.0.1".to_string()];
+            let files = self.issue(vipcast_api::PeerRole::Controller, "controller", sans)?;
+            Some((vipcast_tls::pki::Dir(self.tls.as_ref().map(|t| t.dir.clone()).unwrap_or_default()), files))
+        } else {
+            None
+        };
         let mut args: Vec<OsString> =
             ["controller", "--listen", &format!("0.0.0.0:{CONTROLLER_PORT}"), "--store", &self.store]
                 .iter()
                 .map(OsString::from)
                 .collect();
-        if self.plan.tls {
-            let host = self.host.as_ref().map(|h| h.peer_addr.addr().to_string()).unwrap_or_default();
-            let sans = vec![host, UNDERLAY_GW.to_string(), "127.0.0.1".to_string()];
-            let files = self.issue(vipcast_api::PeerRole::Controller, "controller", sans)?;
-            let d = vipcast_tls::pki::Dir(self.tls.as_ref().map(|t| t.dir.clone()).unwrap_or_default());
+        if self.plan.store == StoreKind::Etcd {
+            self.etcd(&ns)?;
+            if let Some((d, _)) = &controller_tls {
+                args.extend([
+                    "--etcd-ca".into(),
+                    d.ca_cert().into_os_string(),
+                    "--etcd-cert".into(),
+                    d.cert("controller").into_os_string(),
+                    "--etcd-key".into(),
+                    d.key("controller").into_os_string(),
+                ]);
+            }
+        }
+        if let Some((d, files)) = &controller_tls {
             args.extend([
                 "--tls-cert".into(),
                 d.cert("controller").into_os_string(),
@@ -753,6 +742,68 @@ impl<'a> Builder<'a> {
         self.wait_ready(index, "the controller", || http_get(&health, files.as_ref(), Duration::from_secs(1)).is_ok())?;
         let how = if self.plan.tls { "mutual TLS" } else { "plain HTTP" };
         self.say(&format!("controller in {ns} (store {}) answers at {url} ({how})", self.store));
+        Ok(())
+    }
+
+    /// Starts etcd in `ns` for the controller: clients on
+    /// 10.255.0.254:2379 (with TLS, `--client-cert-auth` and a certificate
+    /// of the lab's CA, so only the controller is served), `/health` on a
+    /// plain metrics port 2381, the peer port on the namespace's loopback
+    /// (one member: nothing else needs it).
+    fn etcd(&mut self, ns: &str) -> Result<()> {
+        let scheme = if self.plan.tls { "https" } else { "http" };
+        let client = format!("{scheme}://{UNDERLAY_GW}:{ETCD_CLIENT_PORT}");
+        let peer = "http://127.0.0.1:2380".to_string();
+        let name = format!("vipcast-{}", self.plan.lab);
+        let mut args: Vec<OsString> = [
+            "--name",
+            &name,
+            "--data-dir",
+            &self.state_dir.join("etcd").to_string_lossy(),
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--listen-metrics-urls",
+            &format!("http://{UNDERLAY_GW}:{ETCD_METRICS_PORT}"),
+            "--initial-cluster",
+            &format!("{name}={peer}"),
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            &format!("{name}-{}", unique_id()),
+            "--logger",
+            "zap",
+            "--log-outputs",
+            "stderr",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        if self.plan.tls {
+            // Server and client authentication: etcd's JSON gateway calls
+            // etcd's gRPC with this certificate.
+            self.issue(vipcast_api::PeerRole::Controller, "etcd", vec![UNDERLAY_GW.to_string()])?;
+            let d = vipcast_tls::pki::Dir(self.tls.as_ref().map(|t| t.dir.clone()).unwrap_or_default());
+            args.extend([
+                "--client-cert-auth".into(),
+                "--trusted-ca-file".into(),
+                d.ca_cert().into_os_string(),
+                "--cert-file".into(),
+                d.cert("etcd").into_os_string(),
+                "--key-file".into(),
+                d.key("etcd").into_os_string(),
+            ]);
+        }
+        self.spawn("etcd", "net", ns, Path::new("etcd"), &args, "etcd.log")?;
+        let index = self.children.len() - 1;
+        self.wait_ready(index, "etcd", || etcd_healthy(ns))?;
+        let how = if self.plan.tls { "TLS, client certificates required" } else { "plain HTTP" };
+        self.say(&format!("etcd in {ns} at {client} ({how}), data in {}", self.state_dir.join("etcd").display()));
         Ok(())
     }
 
@@ -1126,11 +1177,12 @@ fn sysctl(ns: &str, setting: &str) -> Result<()> {
     crate::run(Command::new("ip").args(["netns", "exec", ns, "sysctl", "-qw", setting])).map(|_| ())
 }
 
-/// Whether etcd in `ns` answers `/health` (a bash /dev/tcp request inside the
-/// namespace: the host has no route to the underlay).
+/// Whether etcd in `ns` answers `/health` on its metrics port (a bash
+/// /dev/tcp request inside the namespace: the host has no route to the
+/// underlay).
 fn etcd_healthy(ns: &str) -> bool {
     let script = format!(
-        "exec 3<>/dev/tcp/{UNDERLAY_GW}/2379 && printf 'GET /health HTTP/1.0\\r\\n\\r\\n' >&3 && timeout 2 cat <&3"
+        "exec 3<>/dev/tcp/{UNDERLAY_GW}/{ETCD_METRICS_PORT} && printf 'GET /health HTTP/1.0\\r\\n\\r\\n' >&3 && timeout 2 cat <&3"
     );
     crate::run(Command::new("ip").args(["netns", "exec", ns, "bash", "-c", &script]))
         .is_ok_and(|out| out.contains("\"health\":\"true\""))

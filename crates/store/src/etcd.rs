@@ -104,7 +104,7 @@ type Call<T> = std::result::Result<T, Failure>;
 #[derive(Clone)]
 pub struct EtcdStore {
     http: reqwest::Client,
-    /// Base URLs (`http://host:port`), as given.
+    /// Base URLs (`http://host:port` or `https://host:port`), as given.
     endpoints: Arc<Vec<String>>,
     /// The endpoint that answered last: requests start there.
     current: Arc<AtomicUsize>,
@@ -120,19 +120,29 @@ impl EtcdStore {
     /// Connects to etcd at `endpoints` (`http://host:port` or `host:port`)
     /// and checks that it answers.
     pub async fn connect(endpoints: &[String]) -> Result<EtcdStore> {
+        EtcdStore::connect_tls(endpoints, None).await
+    }
+
+    /// Connects to etcd at `endpoints` and checks that it answers; with
+    /// `tls`, over TLS (`https://host:port` or `host:port`): etcd verified
+    /// against the configuration's roots, and its client certificate
+    /// presented (etcd's `--client-cert-auth`). Without, plain HTTP.
+    pub async fn connect_tls(endpoints: &[String], tls: Option<rustls::ClientConfig>) -> Result<EtcdStore> {
         if endpoints.is_empty() {
             return Err(Error::InvalidArgument("no etcd endpoint given".into()));
         }
         let mut urls = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
-            urls.push(base_url(endpoint)?);
+            urls.push(base_url(endpoint, tls.is_some())?);
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| Error::Unavailable(format!("etcd client: {e}")))?;
+            .pool_idle_timeout(Duration::from_secs(60));
+        if let Some(config) = tls {
+            builder = builder.tls_backend_preconfigured(config);
+        }
+        let http = builder.build().map_err(|e| Error::Unavailable(format!("etcd client: {e}")))?;
         let store = EtcdStore { http, endpoints: Arc::new(urls), current: Arc::new(AtomicUsize::new(0)) };
         store.revision().await?;
         Ok(store)
@@ -633,18 +643,27 @@ fn prefix_range(prefix: &str) -> Value {
     json!({"key": b64(key), "range_end": b64(&prefix_end(prefix.as_bytes()))})
 }
 
-/// `http://host:port` for `host:port` or a URL; refuses other schemes.
-fn base_url(endpoint: &str) -> Result<String> {
+/// `http://host:port` (`https://` with `tls`) for `host:port` or a URL;
+/// refuses other schemes, and a scheme that does not match `tls`.
+fn base_url(endpoint: &str, tls: bool) -> Result<String> {
     let endpoint = endpoint.trim();
-    let url = if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
-    let Some(host) = url.strip_prefix("http://") else {
-        return Err(Error::InvalidArgument(format!("etcd endpoint {endpoint:?}: only http:// is supported")));
+    let scheme = if tls { "https://" } else { "http://" };
+    let url = if endpoint.contains("://") { endpoint.to_owned() } else { format!("{scheme}{endpoint}") };
+    let Some(host) = url.strip_prefix(scheme) else {
+        let why = if url.starts_with("https://") {
+            "https:// needs a TLS configuration (--etcd-ca, --etcd-cert, --etcd-key)"
+        } else if url.starts_with("http://") {
+            "http:// with a TLS configuration: give https:// or host:port"
+        } else {
+            "only http:// and https:// are supported"
+        };
+        return Err(Error::InvalidArgument(format!("etcd endpoint {endpoint:?}: {why}")));
     };
     let host = host.trim_end_matches('/');
     if host.is_empty() || host.contains('/') {
         return Err(Error::InvalidArgument(format!("etcd endpoint {endpoint:?} is not host:port")));
     }
-    Ok(format!("http://{host}"))
+    Ok(format!("{scheme}{host}"))
 }
 
 /// The error the gateway put in a non-2xx answer:
@@ -698,10 +717,14 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        assert_eq!(base_url("127.0.0.1:2379").unwrap(), "http://127.0.0.1:2379");
-        assert_eq!(base_url("http://h:1/").unwrap(), "http://h:1");
-        assert!(matches!(base_url("https://h:1"), Err(Error::InvalidArgument(_))));
-        assert!(matches!(base_url("http://"), Err(Error::InvalidArgument(_))));
+        assert_eq!(base_url("127.0.0.1:2379", false).unwrap(), "http://127.0.0.1:2379");
+        assert_eq!(base_url("http://h:1/", false).unwrap(), "http://h:1");
+        assert_eq!(base_url("127.0.0.1:2379", true).unwrap(), "https://127.0.0.1:2379");
+        assert_eq!(base_url("https://h:1/", true).unwrap(), "https://h:1");
+        assert!(matches!(base_url("https://h:1", false), Err(Error::InvalidArgument(_))));
+        assert!(matches!(base_url("http://h:1", true), Err(Error::InvalidArgument(_))));
+        assert!(matches!(base_url("unix://h", false), Err(Error::InvalidArgument(_))));
+        assert!(matches!(base_url("http://", false), Err(Error::InvalidArgument(_))));
     }
 
     #[test]

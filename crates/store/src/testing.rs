@@ -47,9 +47,27 @@ impl Etcd {
     /// Like [`Etcd::start`], with the failure as a message. Retries with other
     /// ports if one was taken in the meantime.
     pub fn try_start() -> Result<Etcd, String> {
+        Etcd::try_start_with(None)
+    }
+
+    /// Starts etcd serving its clients over TLS with `--client-cert-auth`
+    /// (`https://` endpoints; only clients presenting a certificate signed by
+    /// `tls.ca` are served), and waits until it is healthy (asked over a
+    /// plain metrics URL).
+    ///
+    /// # Panics
+    /// If etcd cannot be started; the message carries the end of its log.
+    pub fn start_tls(tls: &TlsFiles) -> Etcd {
+        match Etcd::try_start_with(Some(tls)) {
+            Ok(etcd) => etcd,
+            Err(message) => panic!("{message}"),
+        }
+    }
+
+    fn try_start_with(tls: Option<&TlsFiles>) -> Result<Etcd, String> {
         let mut last = String::new();
         for _ in 0..3 {
-            match start_once() {
+            match start_once(tls) {
                 Ok(etcd) => return Ok(etcd),
                 Err(Failure::PortTaken(message)) => last = message,
                 Err(Failure::Fatal(message)) => return Err(message),
@@ -72,6 +90,17 @@ impl Etcd {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// etcd's server side of TLS: its certificate and key (the certificate
+/// needs both server and client authentication as extended key usages:
+/// etcd's JSON gateway calls etcd's own gRPC with it) and the CA its
+/// clients' certificates must be signed by.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 /// A small tmpfs mounted on a new temporary directory (a disk a test can
@@ -156,13 +185,14 @@ enum Failure {
     Fatal(String),
 }
 
-fn start_once() -> Result<Etcd, Failure> {
+fn start_once(tls: Option<&TlsFiles>) -> Result<Etcd, Failure> {
     let dir = tempfile::Builder::new()
         .prefix("vipcast-etcd-")
         .tempdir()
         .map_err(|e| Failure::Fatal(format!("cannot make a directory for etcd: {e}")))?;
-    let (client, peer) = free_ports().map_err(|e| Failure::Fatal(format!("cannot find free ports: {e}")))?;
-    let client_url = format!("http://{client}");
+    let [client, peer, metrics] = free_ports().map_err(|e| Failure::Fatal(format!("cannot find free ports: {e}")))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let client_url = format!("{scheme}://{client}");
     let peer_url = format!("http://{peer}");
     let name = "vipcast-test";
     let binary = std::env::var_os("VIPCAST_ETCD").unwrap_or_else(|| "etcd".into());
@@ -181,12 +211,22 @@ fn start_once() -> Result<Etcd, Failure> {
         .args(["--initial-cluster", &format!("{name}={peer_url}"), "--initial-cluster-state", "new"])
         .args(["--initial-cluster-token", &format!("vipcast-{}", vipcast_lab::unique_id())])
         .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
-        .args(["--logger", "zap", "--log-outputs", "stderr"]);
+        .args(["--logger", "zap", "--log-outputs", "stderr"])
+        .args(["--listen-metrics-urls", &format!("http://{metrics}")]);
+    if let Some(tls) = tls {
+        cmd.arg("--client-cert-auth")
+            .arg("--trusted-ca-file")
+            .arg(&tls.ca)
+            .arg("--cert-file")
+            .arg(&tls.cert)
+            .arg("--key-file")
+            .arg(&tls.key);
+    }
     let log = dir.path().join("etcd.log");
     let mut child = vipcast_lab::Child::spawn(&mut cmd, &log).map_err(|e| Failure::Fatal(e.to_string()))?;
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        if healthy(client) {
+        if healthy(metrics) {
             return Ok(Etcd { child, client_url, dir });
         }
         if !child.is_running() {
@@ -210,14 +250,17 @@ fn start_once() -> Result<Etcd, Failure> {
     }
 }
 
-/// Two distinct free ports on 127.0.0.1 (bound at once, then released).
-fn free_ports() -> std::io::Result<(SocketAddr, SocketAddr)> {
-    let a = TcpListener::bind("127.0.0.1:0")?;
-    let b = TcpListener::bind("127.0.0.1:0")?;
-    Ok((a.local_addr()?, b.local_addr()?))
+/// Distinct free ports on 127.0.0.1 (bound at once, then released).
+fn free_ports<const N: usize>() -> std::io::Result<[SocketAddr; N]> {
+    let listeners = (0..N).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<Vec<_>>>()?;
+    let mut addrs = [SocketAddr::from(([127, 0, 0, 1], 0)); N];
+    for (addr, l) in addrs.iter_mut().zip(&listeners) {
+        *addr = l.local_addr()?;
+    }
+    Ok(addrs)
 }
 
-/// Whether etcd answers `GET /health` with `"health":"true"`.
+/// Whether etcd answers `GET /health` (on its plain metrics URL) with `"health":"true"`.
 fn healthy(addr: SocketAddr) -> bool {
     let probe = || -> std::io::Result<bool> {
         let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;

@@ -44,6 +44,37 @@ async fn etcd_backend() -> Backend {
     Backend { a: Arc::new(a), b: Arc::new(b), _keep: Box::new(etcd) }
 }
 
+/// A CA with etcd's server certificate (`etcd`, for 127.0.0.1) and a
+/// controller's (`ctl`), which the store presents as its client certificate.
+fn tls_pki() -> tempfile::TempDir {
+    use vipcast_api::PeerRole;
+    use vipcast_tls::pki;
+    let dir = tempfile::tempdir().unwrap();
+    pki::init(dir.path()).unwrap();
+    for name in ["etcd", "ctl"] {
+        let req =
+            pki::Request { role: PeerRole::Controller, name: name.into(), sans: vec!["127.0.0.1".into()], days: 1 };
+        pki::issue(dir.path(), &req).unwrap();
+    }
+    dir
+}
+
+fn tls_client(pki_dir: &std::path::Path, name: &str) -> rustls::ClientConfig {
+    let d = vipcast_tls::pki::Dir(pki_dir.to_path_buf());
+    vipcast_tls::client_config(&d.ca_cert(), &d.cert(name), &d.key(name)).unwrap()
+}
+
+/// etcd with `--client-cert-auth`, two stores over mutual TLS.
+async fn etcd_tls_backend() -> Backend {
+    let pki_dir = tls_pki();
+    let d = vipcast_tls::pki::Dir(pki_dir.path().to_path_buf());
+    let files = testing::TlsFiles { ca: d.ca_cert(), cert: d.cert("etcd"), key: d.key("etcd") };
+    let etcd = tokio::task::spawn_blocking(move || testing::Etcd::start_tls(&files)).await.unwrap();
+    let a = EtcdStore::connect_tls(&etcd.endpoints(), Some(tls_client(pki_dir.path(), "ctl"))).await.unwrap();
+    let b = EtcdStore::connect_tls(&etcd.endpoints(), Some(tls_client(pki_dir.path(), "ctl"))).await.unwrap();
+    Backend { a: Arc::new(a), b: Arc::new(b), _keep: Box::new((etcd, pki_dir)) }
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod file {
@@ -60,6 +91,15 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let backend = super::etcd_backend().await;
+                    super::$name(backend.a.clone(), backend.b.clone()).await;
+                }
+            )*
+        }
+        mod etcd_tls {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let backend = super::etcd_tls_backend().await;
                     super::$name(backend.a.clone(), backend.b.clone()).await;
                 }
             )*
@@ -687,6 +727,47 @@ async fn etcd_history_is_compacted() {
     for revision in first + 5..=first + 9 {
         assert_eq!(next_batch(&mut stream).await.revision, revision);
     }
+}
+
+/// etcd with `--client-cert-auth` serves only clients presenting a
+/// certificate of its CA, over TLS, and is verified by the store in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_with_client_certificates_refuses_everyone_else() {
+    let pki_dir = tls_pki();
+    let d = vipcast_tls::pki::Dir(pki_dir.path().to_path_buf());
+    let files = testing::TlsFiles { ca: d.ca_cert(), cert: d.cert("etcd"), key: d.key("etcd") };
+    let etcd = tokio::task::spawn_blocking(move || testing::Etcd::start_tls(&files)).await.unwrap();
+    let endpoints = etcd.endpoints();
+    let host = endpoints[0].trim_start_matches("https://").to_string();
+    let refused = |r: Result<EtcdStore, Error>, what: &str| match r {
+        Err(Error::Unavailable(m)) => eprintln!("{what}: {m}"),
+        other => panic!("{what}: {other:?}"),
+    };
+    // No client certificate.
+    let trusting = || {
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(vipcast_tls::roots(&d.ca_cert()).unwrap())
+    };
+    refused(EtcdStore::connect_tls(&endpoints, Some(trusting().with_no_client_auth())).await, "no client certificate");
+    // A client certificate of another CA, etcd itself trusted.
+    let foreign = tls_pki();
+    let f = vipcast_tls::pki::Dir(foreign.path().to_path_buf());
+    let (certs, key) =
+        (vipcast_tls::load_certs(&f.cert("ctl")).unwrap(), vipcast_tls::load_key(&f.key("ctl")).unwrap());
+    let impostor = trusting().with_client_auth_cert(certs, key).unwrap();
+    refused(EtcdStore::connect_tls(&endpoints, Some(impostor)).await, "a client certificate of another CA");
+    // etcd's certificate not trusted.
+    refused(EtcdStore::connect_tls(&endpoints, Some(tls_client(foreign.path(), "ctl"))).await, "etcd of another CA");
+    // Plain HTTP to a TLS port.
+    refused(EtcdStore::connect(std::slice::from_ref(&host)).await, "plain HTTP");
+    // A scheme that does not match the configuration.
+    assert!(matches!(EtcdStore::connect(&endpoints).await, Err(Error::InvalidArgument(_))));
+    // The right certificate: written and read back.
+    let store: Dyn = Arc::new(EtcdStore::connect_tls(&[host], Some(tls_client(pki_dir.path(), "ctl"))).await.unwrap());
+    let revision = write(&store, vec![put("tls/k", "v")]).await;
+    assert!(revision > 0);
 }
 
 fn backend_endpoints(backend: &Backend) -> Vec<String> {

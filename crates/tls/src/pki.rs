@@ -152,7 +152,10 @@ pub fn issue(dir: &Path, req: &Request) -> Result<Vec<PathBuf>, Error> {
                 ),
             });
         }
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        // Client authentication too: the controller presents it to etcd
+        // (`--etcd-cert`), and etcd's own server certificate, issued the
+        // same way, is what etcd's JSON gateway presents to etcd's gRPC.
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     } else {
         if !req.sans.is_empty() {
             return Err(Error::Invalid("--san is for controller certificates".into()));

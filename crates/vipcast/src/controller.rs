@@ -66,7 +66,7 @@ impl LimitArgs {
 pub enum StoreSpec {
     /// An embedded redb file under this directory.
     File(std::path::PathBuf),
-    /// etcd endpoints (`http://host:port`).
+    /// etcd endpoints (`host:port`; `https://` with `--etcd-ca`).
     Etcd(Vec<String>),
 }
 
@@ -88,7 +88,7 @@ impl std::str::FromStr for StoreSpec {
                     if hp.is_empty() || !hp.contains(':') {
                         Err(format!("etcd endpoint {hp:?} must be HOST:PORT"))
                     } else {
-                        Ok(format!("http://{hp}"))
+                        Ok(hp.to_string())
                     }
                 })
                 .collect::<Result<_, _>>()?;
@@ -111,8 +111,13 @@ fn refused(e: vipcast_store::Error) -> anyhow::Error {
 }
 
 /// Opens the store; with `recover`, a file store that fails verification is
-/// opened anyway, what was dropped being logged.
-pub async fn open_store(spec: &StoreSpec, recover: bool) -> anyhow::Result<Arc<dyn Store>> {
+/// opened anyway, what was dropped being logged; etcd over mutual TLS with
+/// `etcd_tls`.
+pub async fn open_store(
+    spec: &StoreSpec,
+    recover: bool,
+    etcd_tls: Option<&vipcast_tls::ClientFiles>,
+) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match spec {
         StoreSpec::File(dir) => {
             let options = FileOptions { recover, ..FileOptions::default() };
@@ -125,7 +130,15 @@ pub async fn open_store(spec: &StoreSpec, recover: bool) -> anyhow::Result<Arc<d
             Arc::new(store)
         }
         StoreSpec::Etcd(eps) => {
-            Arc::new(EtcdStore::connect(eps).await.with_context(|| format!("connecting to etcd at {}", eps.join(",")))?)
+            let tls = match etcd_tls {
+                Some(files) => Some(files.config().context("loading --etcd-ca, --etcd-cert and --etcd-key")?),
+                None => None,
+            };
+            let how = if tls.is_some() { "over mutual TLS" } else { "over plain HTTP" };
+            let store = EtcdStore::connect_tls(eps, tls)
+                .await
+                .with_context(|| format!("connecting to etcd at {} {how}", eps.join(",")))?;
+            Arc::new(store)
         }
     })
 }
@@ -153,6 +166,29 @@ pub struct TlsFlags {
     /// seen before, keep that chassis alive.
     #[arg(long)]
     pub heartbeat_secret: Option<std::path::PathBuf>,
+    /// The CA etcd's certificate is signed by: speak to an etcd store over
+    /// TLS (https), presenting --etcd-cert (etcd's `--client-cert-auth`).
+    #[arg(long, requires_all = ["etcd_cert", "etcd_key"])]
+    pub etcd_ca: Option<std::path::PathBuf>,
+    /// The certificate presented to etcd (a `--role controller` certificate
+    /// serves: it is valid for client authentication too).
+    #[arg(long, requires = "etcd_ca")]
+    pub etcd_cert: Option<std::path::PathBuf>,
+    /// The key of --etcd-cert.
+    #[arg(long, requires = "etcd_ca")]
+    pub etcd_key: Option<std::path::PathBuf>,
+}
+
+impl TlsFlags {
+    /// The files for etcd over mutual TLS, if given.
+    pub fn etcd_files(&self) -> Option<vipcast_tls::ClientFiles> {
+        match (&self.etcd_ca, &self.etcd_cert, &self.etcd_key) {
+            (Some(ca), Some(cert), Some(key)) => {
+                Some(vipcast_tls::ClientFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Logs what `--store-recover` dropped (each line was logged as it was done).
@@ -199,7 +235,11 @@ pub async fn run(
     };
     let http = limits.http(soft);
     tracing::info!(descriptors = soft, max_connections = http.max_connections, "connection limits");
-    let store = open_store(&store, recover).await?;
+    let etcd_tls = tls.etcd_files();
+    if etcd_tls.is_some() && matches!(store, StoreSpec::File(_)) {
+        bail!("--etcd-ca, --etcd-cert and --etcd-key are for an etcd store (--store etcd://HOST:PORT)");
+    }
+    let store = open_store(&store, recover, etcd_tls.as_ref()).await?;
     let config = vipcast_controller::Config { http, authorize: server_tls.is_some(), recover, ..Default::default() };
     let controller =
         vipcast_controller::Controller::new(store, config).await.map_err(refused).context("loading state")?;
@@ -267,6 +307,24 @@ mod tests {
     struct Flags {
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        tls: TlsFlags,
+    }
+
+    #[test]
+    fn etcd_stores_and_their_tls_flags() {
+        let spec: StoreSpec = "etcd://10.0.0.1:2379,10.0.0.2:2379".parse().unwrap();
+        assert_eq!(spec, StoreSpec::Etcd(vec!["10.0.0.1:2379".into(), "10.0.0.2:2379".into()]));
+        assert!("etcd://".parse::<StoreSpec>().is_err());
+        assert!("etcd://host".parse::<StoreSpec>().is_err());
+        assert!("file:".parse::<StoreSpec>().is_err());
+        assert!("redis://x:1".parse::<StoreSpec>().is_err());
+        let f = Flags::try_parse_from(["x", "--etcd-ca", "ca", "--etcd-cert", "c", "--etcd-key", "k"]).unwrap();
+        let files = f.tls.etcd_files().unwrap();
+        assert_eq!((files.ca.to_str(), files.key.to_str()), (Some("ca"), Some("k")));
+        assert!(Flags::try_parse_from(["x"]).unwrap().tls.etcd_files().is_none());
+        assert!(Flags::try_parse_from(["x", "--etcd-ca", "ca"]).is_err(), "a CA without a certificate");
+        assert!(Flags::try_parse_from(["x", "--etcd-cert", "c", "--etcd-key", "k"]).is_err(), "no CA");
     }
 
     #[test]

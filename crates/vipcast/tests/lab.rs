@@ -79,6 +79,10 @@ fn up_status_exec_down(store: &str) {
     let url = controller_url(&String::from_utf8_lossy(&out.stdout));
     assert!(url.starts_with("https://10.254.") && url.ends_with(".2:7600"), "{url}");
     assert!(all.contains("(mutual TLS)"), "{all}");
+    if store == "etcd" {
+        // The controller reached etcd with its certificate.
+        assert!(all.contains("2379 (TLS, client certificates required)"), "{all}");
+    }
 
     // The controller answers only clients with a certificate of the lab's CA.
     let files = Root::default().read(&lab.name).unwrap().unwrap().client_files().expect("a TLS lab");
