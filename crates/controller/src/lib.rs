@@ -131,6 +131,13 @@ impl Controller {
         self.health.status(self.cache.following())
     }
 
+    /// Publishes when the certificate presented to etcd (`--etcd-cert`)
+    /// expires, in `vipcast_controller_certificate_expiry_timestamp_seconds`.
+    pub fn note_etcd_certificate(&self, cert: &std::path::Path) {
+        let labels = metrics::CertLabels { certificate: "etcd_client" };
+        self.metrics.certificate_expiry.get_or_create(&labels).set(tls::expiry(cert));
+    }
+
     /// The cache.
     pub fn cache(&self) -> &Cache {
         &self.cache
@@ -215,7 +222,7 @@ pub async fn serve_tls(
     tls: Arc<tls::TlsServer>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    controller.metrics.certificate_expiry.set(tls.not_after());
+    tls.attach(controller.metrics.certificate_expiry.clone());
     let app = api::router(controller.clone());
     http::serve(listener, app, controller, Some(tls), shutdown).await
 }

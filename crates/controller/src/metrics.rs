@@ -68,6 +68,13 @@ pub struct DeniedLabels {
     pub reason: &'static str,
 }
 
+/// Which loaded certificate.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    /// server (`--tls-cert`), client_ca (`--client-ca`), etcd_client (`--etcd-cert`)
+    pub certificate: &'static str,
+}
+
 /// The controller's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -86,8 +93,8 @@ pub struct Metrics {
     pub vrrp_master_changes: Counter,
     pub assists: Family<FaultLabels, Counter>,
     pub denied: Family<DeniedLabels, Counter>,
-    /// When the TLS certificate in use expires (Unix seconds).
-    pub certificate_expiry: Gauge,
+    /// When each loaded certificate expires (Unix seconds).
+    pub certificate_expiry: Family<CertLabels, Gauge>,
     /// Changes of a VIP's owner to another (a VIP's first owner is none).
     pub vip_moves: Counter,
     /// Claims damped: the VIP was on hold.
@@ -115,12 +122,12 @@ impl Default for Metrics {
         let assists = Family::<FaultLabels, Counter>::default();
         let (vip_moves, vip_damped, vip_split_brain) = (Counter::default(), Counter::default(), Gauge::default());
         let denied = Family::<DeniedLabels, Counter>::default();
-        let certificate_expiry = Gauge::default();
+        let certificate_expiry = Family::<CertLabels, Gauge>::default();
         let mut registry = Registry::with_prefix("vipcast_controller");
         registry.register("requests_denied", "Requests refused by authorization, by role and reason", denied.clone());
         registry.register(
             "certificate_expiry_timestamp_seconds",
-            "When the controller's TLS certificate expires (0 without TLS)",
+            "When each certificate the controller loaded expires: its own, the client CA's, the one it presents to etcd",
             certificate_expiry.clone(),
         );
         registry.register("vip_moves", "Changes of a VIP's owner to another member", vip_moves.clone());

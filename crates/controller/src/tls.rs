@@ -16,8 +16,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use vipcast_api::Identity;
 use vipcast_tls::{rustls, tokio_rustls};
+
+use crate::metrics::CertLabels;
 
 /// The files of the controller's TLS and the configuration made of them.
 #[derive(Debug)]
@@ -28,6 +32,8 @@ pub struct TlsServer {
     config: RwLock<Arc<rustls::ServerConfig>>,
     /// When the loaded certificate expires (Unix seconds).
     not_after: std::sync::atomic::AtomicI64,
+    /// The expiry gauges, set at every load once attached.
+    gauges: std::sync::OnceLock<Family<CertLabels, Gauge>>,
 }
 
 impl TlsServer {
@@ -41,7 +47,22 @@ impl TlsServer {
             client_ca,
             config: RwLock::new(config),
             not_after: std::sync::atomic::AtomicI64::new(not_after),
+            gauges: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Publishes the certificate's and the client CA's expiry in `gauges`,
+    /// now and after every reload.
+    pub(crate) fn attach(&self, gauges: Family<CertLabels, Gauge>) {
+        let _ = self.gauges.set(gauges);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        if let Some(g) = self.gauges.get() {
+            g.get_or_create(&CertLabels { certificate: "server" }).set(self.not_after());
+            g.get_or_create(&CertLabels { certificate: "client_ca" }).set(expiry(&self.client_ca));
+        }
     }
 
     /// Loads the files again; on success new connections use them, on
@@ -50,6 +71,7 @@ impl TlsServer {
         let config = vipcast_tls::server_config(&self.cert, &self.key, &self.client_ca)?;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
         self.not_after.store(expiry(&self.cert), std::sync::atomic::Ordering::Relaxed);
+        self.publish();
         Ok(())
     }
 
@@ -63,7 +85,8 @@ impl TlsServer {
     }
 }
 
-fn expiry(cert: &std::path::Path) -> i64 {
+/// When the first certificate in `cert` expires (Unix seconds; 0 if unknown).
+pub fn expiry(cert: &std::path::Path) -> i64 {
     vipcast_tls::load_certs(cert).ok().and_then(|c| c.first().and_then(vipcast_tls::not_after)).unwrap_or(0)
 }
 

@@ -172,7 +172,17 @@ async fn mutual_tls_authenticates_and_authorizes_every_request() {
     let metrics = admin.call(Method::GET, "/metrics", none, Retry::ONCE).await.unwrap();
     let text = metrics.as_str().unwrap_or_default().to_string();
     assert!(text.contains("vipcast_controller_requests_denied_total{role=\"agent\",reason=\"not_own\"}"), "{text}");
-    assert!(text.contains("vipcast_controller_certificate_expiry_timestamp_seconds"), "{text}");
+    for which in ["server", "client_ca"] {
+        let line = format!("vipcast_controller_certificate_expiry_timestamp_seconds{{certificate=\"{which}\"}} ");
+        let value: i64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("no {line} in {text}"))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(value > 1_700_000_000, "{which} expires at {value}");
+    }
 
     // hv1's watch stream, one connection open across a reload of the
     // controller's files: its pings (every 100 ms) keep coming.

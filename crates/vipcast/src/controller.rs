@@ -246,6 +246,9 @@ pub async fn run(
     if recover {
         report_recovery("stored objects", controller.recovery());
     }
+    if let Some(files) = &etcd_tls {
+        controller.note_etcd_certificate(&files.cert);
+    }
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => bail!("cannot listen on {listen}: {e}"),

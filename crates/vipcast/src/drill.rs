@@ -72,6 +72,10 @@ pub struct DemoArgs {
     /// (e.g. docs/BENCHMARKS.md).
     #[arg(long, value_name = "FILE")]
     markdown: Option<PathBuf>,
+    /// The control plane over mutual TLS (`on`, the lab's default) or plain
+    /// HTTP (`off`), to compare.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    tls: String,
 }
 
 /// `vipcast probe` (hidden): the drill's prober.
@@ -168,6 +172,7 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
         svg: a.svg.clone(),
         json: a.json.clone(),
         markdown: a.markdown.clone(),
+        tls: a.tls == "on",
         progress: &progress,
         cancel: Some(&cancel),
     };
@@ -176,8 +181,10 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
     println!();
     println!(
         "Failover of a keepalived VIP (advert_int 0.1 s; {}), {} runs each, probes every 1 ms; overlay: assisted \
-         handover off, overlay+assist: on, baseline: one plain bridge:",
-        r.bum, r.runs
+         handover off, overlay+assist: on, baseline: one plain bridge; control plane over {}:",
+        r.bum,
+        r.runs,
+        vipcast_drill::demo::control_plane(r.tls)
     );
     print!("{}", report::table(&drills));
     for d in &r.drills {
