@@ -8,6 +8,7 @@
 //!          watchdog: idle (no request in progress, nothing received) > idle_timeout ─► close
 //!                    a request head started but not complete  > header_timeout ─► close
 //!                    a request in progress (watch streams too) ─► no timer
+//!                    a write blocked (the peer reads nothing) > write_stall_timeout ─► close
 //! ```
 //! A connection is *busy* from the moment hyper hands a request to the
 //! router until the response body has been sent (or dropped), so a watch
@@ -16,7 +17,12 @@
 //! makes a connection closable: at the cap, a new connection closes the one
 //! idle the longest (nginx does the same when it runs out of connections),
 //! so idle sockets can never lock the API out. The body of a request has its
-//! own deadline, in the router (`body_timeout`).
+//! own deadline, in the router (`body_timeout`). A response — a watch stream
+//! above all — whose client stops reading fills the socket and then the
+//! stream's bounded queue; once a write has been blocked for
+//! `write_stall_timeout` the connection is closed, busy or not, so a
+//! subscriber that stopped reading holds no memory and no connection slot
+//! (it resumes with `?from=REV` when it comes back).
 //!
 //! The decisions (which deadline applies, which connection to close) are
 //! plain functions of the connections' phases, tested without sockets.
@@ -81,6 +87,16 @@ pub struct HttpLimits {
     /// How long a shutdown waits for requests in progress before closing
     /// their connections (watch streams never end by themselves). Default 5 s.
     pub shutdown_grace: Duration,
+    /// A connection whose writes have made no progress for this long (the
+    /// client reads nothing: its socket and its stream's queue are full) is
+    /// closed, with a request in progress or not. Default 10 s.
+    pub write_stall_timeout: Duration,
+    /// Each connection's kernel send buffer, bytes (`SO_SNDBUF`; Linux
+    /// doubles it): what a client that stops reading can hold of the
+    /// controller's memory before its writes block. 0: the kernel's
+    /// autotuning (up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default).
+    /// Default 256 KiB, a snapshot's worth at 50 ms RTT and 10 MB/s.
+    pub send_buffer: usize,
 }
 
 /// How much of a request head hyper buffers, in bytes. Heads between our
@@ -100,6 +116,8 @@ impl Default for HttpLimits {
             max_uri: 8 * 1024,
             max_headers: 32 * 1024,
             shutdown_grace: Duration::from_secs(5),
+            write_stall_timeout: Duration::from_secs(10),
+            send_buffer: 256 * 1024,
         }
     }
 }
@@ -126,6 +144,8 @@ pub(crate) enum Closed {
     Header,
     /// Closed to make room for a new connection at the cap.
     Evicted,
+    /// A write blocked for `write_stall_timeout`.
+    Stalled,
 }
 
 impl Closed {
@@ -134,6 +154,7 @@ impl Closed {
             Closed::Idle => "idle_timeout",
             Closed::Header => "header_timeout",
             Closed::Evicted => "evicted",
+            Closed::Stalled => "write_stalled",
         }
     }
 }
@@ -147,17 +168,24 @@ pub(crate) struct Phase {
     pub idle_since: Duration,
     /// When the first byte of a next request head arrived, if one did since.
     pub head_started: Option<Duration>,
+    /// Since when a write has been blocked, if one is.
+    pub write_blocked: Option<Duration>,
 }
 
 impl Phase {
     /// When the connection is to be closed, and why, if nothing changes.
     pub fn deadline(&self, limits: &HttpLimits) -> Option<(Duration, Closed)> {
+        let stalled = self.write_blocked.map(|t| (t + limits.write_stall_timeout, Closed::Stalled));
         if self.busy {
-            return None;
+            return stalled;
         }
-        Some(match self.head_started {
+        let waiting = match self.head_started {
             Some(t) => (t + limits.header_timeout, Closed::Header),
             None => (self.idle_since + limits.idle_timeout, Closed::Idle),
+        };
+        Some(match stalled {
+            Some(s) if s.0 < waiting.0 => s,
+            _ => waiting,
         })
     }
 }
@@ -178,6 +206,8 @@ struct Conn {
     idle_since: AtomicU64,
     /// 1 + milliseconds since `epoch` of the first byte of a head; 0: none.
     head_started: AtomicU64,
+    /// 1 + milliseconds since `epoch` since a write is blocked; 0: none.
+    write_blocked: AtomicU64,
     evict: AtomicBool,
     /// Something moved a deadline earlier, or asked to evict.
     wake: Notify,
@@ -194,6 +224,7 @@ impl Conn {
             busy: AtomicU32::new(0),
             idle_since: AtomicU64::new(ms(epoch.elapsed())),
             head_started: AtomicU64::new(0),
+            write_blocked: AtomicU64::new(0),
             evict: AtomicBool::new(false),
             wake: Notify::new(),
         }
@@ -201,10 +232,25 @@ impl Conn {
 
     fn phase(&self) -> Phase {
         let head = self.head_started.load(Ordering::Acquire);
+        let blocked = self.write_blocked.load(Ordering::Acquire);
         Phase {
             busy: self.busy.load(Ordering::Acquire) > 0,
             idle_since: Duration::from_millis(self.idle_since.load(Ordering::Acquire)),
             head_started: (head > 0).then(|| Duration::from_millis(head - 1)),
+            write_blocked: (blocked > 0).then(|| Duration::from_millis(blocked - 1)),
+        }
+    }
+
+    /// A write returned: blocked (`Pending`) or done. The first block wakes
+    /// the watchdog (a new deadline); progress clears it.
+    fn wrote<T>(&self, r: &Poll<T>) {
+        if r.is_pending() {
+            if self.write_blocked.load(Ordering::Acquire) == 0 {
+                self.write_blocked.store(ms(self.epoch.elapsed()) + 1, Ordering::Release);
+                self.wake.notify_one();
+            }
+        } else if self.write_blocked.load(Ordering::Relaxed) != 0 {
+            self.write_blocked.store(0, Ordering::Release);
         }
     }
 
@@ -280,7 +326,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let r = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.conn.wrote(&r);
+        r
     }
 
     fn poll_write_vectored(
@@ -288,7 +336,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.conn.wrote(&r);
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -296,7 +346,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let r = Pin::new(&mut self.stream).poll_flush(cx);
+        self.conn.wrote(&r);
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -379,6 +431,11 @@ pub(crate) async fn serve(
                 continue;
             }
         };
+        if limits.send_buffer > 0
+            && let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(limits.send_buffer)
+        {
+            tracing::debug!(%addr, error = %e, "setting the send buffer");
+        }
         let conn = Arc::new(Conn::new(epoch));
         let id = {
             let mut t = lock(&table);
@@ -535,7 +592,7 @@ mod tests {
 
     #[test]
     fn an_idle_connection_has_the_idle_deadline_and_a_started_head_the_header_deadline() {
-        let idle = Phase { busy: false, idle_since: s(5), head_started: None };
+        let idle = Phase { busy: false, idle_since: s(5), head_started: None, write_blocked: None };
         assert_eq!(idle.deadline(&limits()), Some((s(65), Closed::Idle)));
         // The first byte of a head: the (here shorter) header deadline from it.
         let head = Phase { head_started: Some(s(20)), ..idle };
@@ -544,11 +601,17 @@ mod tests {
         // the deadline counts from its first byte, whatever came after.
         let busy = Phase { busy: true, ..head };
         assert_eq!(busy.deadline(&limits()), None, "a request in progress (a watch stream) has no deadline");
+        // ... until its writes block: a client that reads nothing.
+        let stalled = Phase { write_blocked: Some(s(100)), ..busy };
+        assert_eq!(stalled.deadline(&limits()), Some((s(110), Closed::Stalled)));
+        // Idle with a write blocked: whichever comes first.
+        assert_eq!(Phase { write_blocked: Some(s(50)), ..idle }.deadline(&limits()), Some((s(60), Closed::Stalled)));
+        assert_eq!(Phase { write_blocked: Some(s(58)), ..idle }.deadline(&limits()), Some((s(65), Closed::Idle)));
     }
 
     #[test]
     fn the_connection_idle_longest_makes_room_and_busy_ones_never_do() {
-        let p = |busy, idle: u64| Phase { busy, idle_since: s(idle), head_started: None };
+        let p = |busy, idle: u64| Phase { busy, idle_since: s(idle), head_started: None, write_blocked: None };
         assert_eq!(victim([(1, p(false, 30)), (2, p(true, 1)), (3, p(false, 10)), (4, p(false, 20))]), Some(3));
         // A head in progress is not a request in progress.
         let slow = Phase { head_started: Some(s(40)), ..p(false, 2) };

@@ -668,3 +668,149 @@ async fn flood(cfg: LivenessConfig) -> Flood {
         api_ok,
     }
 }
+
+/// Resident set size of this process, KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A watch subscriber that stops reading fills its socket and its stream's
+/// bounded queue; once its writes have been blocked for
+/// `write_stall_timeout` it is disconnected (counted), the controller's
+/// memory stays flat, another subscriber of the same chassis keeps seeing
+/// every move at once, and the stalled one resumes with `?from=REV`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_cut_and_the_others_keep_up() {
+    const VIPS: usize = 100;
+    const MOVES: usize = 2_000;
+    let http = HttpLimits { write_stall_timeout: ms(500), send_buffer: 64 * 1024, ..Default::default() };
+    let s = start(Config { http, watch_ping: ms(20), ..Default::default() }, None).await;
+    let api = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: String, body: Value| {
+        let req = api.request(method, format!("{}{path}", s.url)).json(&body);
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status();
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            assert!(status.is_success(), "{path}: {status} {v}");
+            v
+        }
+    };
+    use reqwest::Method;
+    call(Method::POST, "/v1/vpcs".into(), json!({"name": "prod", "vni": 100})).await;
+    call(
+        Method::POST,
+        "/v1/subnets".into(),
+        json!({"vpc": "prod", "name": "web", "cidr": "10.1.0.0/16", "gateway": "10.1.0.1"}),
+    )
+    .await;
+    for i in 1..=3 {
+        call(Method::PUT, format!("/v1/chassis/hv{i}"), json!({"underlay_ip": format!("172.31.0.{i}")})).await;
+    }
+    let mac = |side: usize, n: usize| format!("02:00:00:{side:02x}:{:02x}:{:02x}", n >> 8, n & 0xff);
+    let port = |name: String, chassis: &str, mac: String, ip: String| json!({"name": name, "vpc": "prod", "subnet": "web", "chassis": chassis, "mac": mac, "ip": ip});
+    call(Method::POST, "/v1/ports".into(), port("client".into(), "hv3", mac(3, 0), "10.1.3.1".into())).await;
+    for n in 0..VIPS {
+        for side in 1..=2 {
+            let p = port(format!("m{side}-{n}"), &format!("hv{side}"), mac(side, n), format!("10.1.{side}.{}", n + 10));
+            call(Method::POST, "/v1/ports".into(), p).await;
+        }
+        let vip = json!({"name": format!("vip{n}"), "vpc": "prod", "subnet": "web", "ip": format!("10.1.100.{}", n + 10),
+                         "members": [format!("m1-{n}"), format!("m2-{n}")]});
+        call(Method::POST, "/v1/vips".into(), vip).await;
+    }
+
+    // The subscriber that stops reading: a small receive buffer, the
+    // request sent, nothing ever read.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(s.addr).await.unwrap();
+    stalled.write_all(b"GET /v1/watch/chassis/hv3 HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+
+    // The one that reads: every delta's revision, as it arrives.
+    let (seen_tx, mut seen) = tokio::sync::watch::channel(0i64);
+    let resp = api.get(format!("{}/v1/watch/chassis/hv3", s.url)).send().await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut body = resp.bytes_stream();
+        let mut buf = Vec::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            buf.extend_from_slice(&chunk);
+            while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=end).collect();
+                let m: Value = serde_json::from_slice(&line).unwrap();
+                if let Some(rev) = m["revision"].as_i64() {
+                    seen_tx.send_replace(rev);
+                }
+            }
+        }
+    });
+    let watchers = |m: &str| series(m, "vipcast_controller_watchers");
+    let stalls = |m: &str| series(m, r#"vipcast_controller_http_connections_closed_total{reason="write_stalled"}"#);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while watchers(&metrics(&s.url).await) < 2 {
+        assert!(Instant::now() < deadline, "both subscribers connect");
+        tokio::time::sleep(ms(20)).await;
+    }
+    // The revision both hold before the moves (the reader's snapshot).
+    let from = *seen.borrow();
+    let rss_before = rss_kib();
+
+    // Moves: each VIP in turn to its other member (20 a VIP at most in this
+    // test's few seconds: far below flap damping), each timed until the
+    // reading subscriber holds it.
+    let mut took = Vec::with_capacity(MOVES);
+    let mut cut_after = None;
+    for i in 0..MOVES {
+        let (n, side) = (i % VIPS, 1 + (i / VIPS) % 2);
+        let claim = json!({"mac": mac(side, n), "chassis": format!("hv{side}"), "source": "agent",
+                           "observed_at": vipcast_api::now_ms()});
+        let t = Instant::now();
+        let answer = call(Method::POST, format!("/v1/vips/vip{n}/claims"), claim).await;
+        let revision = answer["revision"].as_i64().unwrap_or_else(|| panic!("{answer}"));
+        tokio::time::timeout(Duration::from_secs(5), seen.wait_for(|r| *r >= revision))
+            .await
+            .expect("the reading subscriber saw the move within 5 s")
+            .unwrap();
+        took.push(t.elapsed());
+        if cut_after.is_none() && i % 100 == 99 && stalls(&metrics(&s.url).await) == 1 {
+            cut_after = Some(i + 1);
+        }
+    }
+    let m = metrics(&s.url).await;
+    let cut_after = cut_after.unwrap_or_else(|| panic!("the stalled subscriber was not cut after {MOVES} moves:\n{m}"));
+    assert_eq!(stalls(&m), 1, "{m}");
+    assert_eq!(watchers(&m), 1, "only the reading subscriber is left: {m}");
+    let grew_kib = rss_kib().saturating_sub(rss_before);
+    took.sort();
+    let p = |q: f64| took[((took.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "cut after {cut_after} moves; claim -> reading subscriber p50 {:?} p99 {:?} max {:?}; RSS grew {grew_kib} KiB",
+        p(0.5),
+        p(0.99),
+        p(1.0)
+    );
+    assert!(grew_kib < 64 * 1024, "RSS grew {grew_kib} KiB");
+    assert!(p(0.99) < Duration::from_secs(1), "p99 {:?}", p(0.99));
+    // The socket was closed by the controller: reading it now ends.
+    assert!(closed_within(&mut stalled, Duration::from_secs(5)).await.is_some(), "the stalled socket is closed");
+
+    // Back, from the revision before the moves: the first message brings it
+    // to the current revision (a delta from the window, or a snapshot).
+    let resp = api.get(format!("{}/v1/watch/chassis/hv3?from={from}", s.url)).send().await.unwrap();
+    let mut body = resp.bytes_stream();
+    let mut first = Vec::new();
+    while !first.contains(&b'\n') {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next()).await.unwrap().unwrap().unwrap();
+        first.extend_from_slice(&chunk);
+    }
+    let end = first.iter().position(|&b| b == b'\n').unwrap();
+    let m: Value = serde_json::from_slice(&first[..end]).unwrap();
+    assert!(matches!(m["type"].as_str(), Some("snapshot" | "delta")), "{m}");
+    assert_eq!(m["revision"].as_i64(), Some(*seen.borrow()), "resumed at the current revision");
+    reader.abort();
+}

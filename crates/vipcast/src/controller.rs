@@ -28,6 +28,16 @@ pub struct LimitArgs {
     /// A request body must be complete this long after its head, ms (408).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub body_timeout_ms: u64,
+    /// A connection whose writes make no progress this long (a watch
+    /// subscriber that stopped reading) is closed, ms; it resumes with
+    /// `?from=REV` when it comes back.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub write_stall_timeout_ms: u64,
+    /// Each connection's kernel send buffer (SO_SNDBUF), bytes: what a
+    /// client that stops reading can hold before its writes block; 0: the
+    /// kernel's autotuning.
+    #[arg(long, default_value_t = 256 * 1024, value_parser = clap::value_parser!(u64).range(0..=64 << 20))]
+    pub send_buffer_bytes: u64,
     /// Largest request body, bytes (413, refused from Content-Length).
     #[arg(long, default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=1 << 30))]
     pub max_body_bytes: u64,
@@ -46,6 +56,8 @@ impl LimitArgs {
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             header_timeout: Duration::from_millis(self.header_timeout_ms),
             body_timeout: Duration::from_millis(self.body_timeout_ms),
+            write_stall_timeout: Duration::from_millis(self.write_stall_timeout_ms),
+            send_buffer: usize::try_from(self.send_buffer_bytes).unwrap_or(usize::MAX),
             max_body: usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
             ..Default::default()
         }
@@ -340,6 +352,7 @@ mod tests {
             (Duration::from_secs(60), Duration::from_secs(10), Duration::from_secs(10))
         );
         assert_eq!(l.max_body, 1024 * 1024);
+        assert_eq!(l.write_stall_timeout, Duration::from_secs(10));
         assert_eq!(f.heartbeat_source(), SourcePolicy::Underlay);
         let f = Flags::try_parse_from([
             "x",
