@@ -282,8 +282,25 @@ async fn control_plane_once(c: &ControlPlane, tls: bool) -> anyhow::Result<Value
         }
         clients.push(http);
     }
-    let all_ready = ready.acquire_many(c.chassis as u32).await;
-    drop(all_ready);
+    // Every subscriber holding its snapshot; one whose stream failed is
+    // said, not waited for.
+    let t_open = Instant::now();
+    match tokio::time::timeout(Duration::from_secs(120), ready.acquire_many(c.chassis as u32)).await {
+        Ok(permits) => drop(permits),
+        Err(_) => {
+            let failed: Vec<String> = futures::future::join_all(
+                subs.iter_mut().filter(|s| s.is_finished()).take(3).map(|s| async { format!("{:?}", s.await) }),
+            )
+            .await;
+            bail!(
+                "only {} of {} watch streams delivered their snapshot within 120 s; failures: {}",
+                ready.available_permits(),
+                c.chassis,
+                failed.join("; ")
+            );
+        }
+    }
+    eprintln!("bench: {} watch streams hold their snapshot after {:.1} s", c.chassis, t_open.elapsed().as_secs_f64());
 
     eprintln!("bench: {} moves ({})", c.moves, if tls { "mutual TLS" } else { "plain HTTP" });
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -346,7 +363,17 @@ async fn subscribe(
     seen: Arc<Seen>,
     ready: Arc<tokio::sync::Semaphore>,
 ) -> anyhow::Result<()> {
-    let resp = http.get(&url).send().await?;
+    // A stream that cannot open (a handshake refused under load) is tried
+    // again, a few times, before the benchmark gives up on it.
+    let mut attempt = 0;
+    let resp = loop {
+        attempt += 1;
+        match http.get(&url).send().await.and_then(|r| r.error_for_status()) {
+            Ok(r) => break r,
+            Err(e) if attempt >= 5 => return Err(anyhow::anyhow!("{url}: {e} (after {attempt} attempts)")),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200 * attempt)).await,
+        }
+    };
     let mut body = resp.bytes_stream();
     let mut buf = Vec::new();
     let mut first = true;
