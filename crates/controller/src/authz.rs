@@ -97,7 +97,8 @@ fn agent(me: &str, method: &str, segs: &[&str], body: &[u8], state: &State) -> R
                 return Err(Denied::forbidden("source", format!("agent:{me} claims only with source agent")));
             }
             let Some(mac) = f.mac else { return Ok(()) };
-            let bound = state.ports.values().any(|p| p.chassis == me && p.mac == mac);
+            let mine = || state.index().chassis_ports(me).iter().filter_map(|p| state.ports.get(p));
+            let bound = mine().any(|p| p.mac == mac);
             let virtual_for_member = mac.vrrp_vrid().is_some()
                 && state.vips.get(*vip).is_some_and(|v| {
                     v.spec.members.iter().any(|m| state.ports.get(m).is_some_and(|p| p.chassis == me))
@@ -118,9 +119,11 @@ fn agent(me: &str, method: &str, segs: &[&str], body: &[u8], state: &State) -> R
             }
             let on_me = |mac: MacAddr| {
                 state
-                    .ports
-                    .values()
-                    .any(|p| p.chassis == me && p.mac == mac && f.vpc.as_deref().is_none_or(|v| v == p.vpc))
+                    .index()
+                    .chassis_ports(me)
+                    .iter()
+                    .filter_map(|p| state.ports.get(p))
+                    .any(|p| p.mac == mac && f.vpc.as_deref().is_none_or(|v| v == p.vpc))
             };
             match f.master_mac {
                 Some(mac) if !on_me(mac) => Err(Denied::forbidden(
@@ -135,7 +138,7 @@ fn agent(me: &str, method: &str, segs: &[&str], body: &[u8], state: &State) -> R
             if f.by.as_deref() != Some(me) {
                 return Err(not_own("record an assist by another chassis"));
             }
-            if state.ports.values().any(|p| p.chassis == me && p.vpc == *vpc) {
+            if state.index().chassis_vpcs(me).contains_key(*vpc) {
                 Ok(())
             } else {
                 Err(Denied::forbidden("not_own_vpc", format!("agent:{me} hosts no port of VPC {vpc}")))

@@ -15,6 +15,7 @@
 
 pub mod claim;
 pub mod command;
+pub mod index;
 pub mod objects;
 #[cfg(feature = "openapi")]
 pub mod openapi;

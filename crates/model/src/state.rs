@@ -8,6 +8,7 @@ use imbl::OrdMap;
 
 use ipnet::IpNet;
 
+use crate::index::Index;
 use crate::objects::*;
 
 /// Prefix of every key vipcast stores.
@@ -207,6 +208,8 @@ pub struct State {
     pub routers: OrdMap<(String, String), VrrpRouter>,
     /// Claim arbitration's records, by VIP.
     pub arbitration: OrdMap<String, Arbitration>,
+    /// Kept by [`State::put`] and [`State::delete`].
+    index: Index,
 }
 
 /// Largest VNI.
@@ -257,12 +260,21 @@ impl State {
                 self.subnets.insert((o.vpc.clone(), o.name.clone()), o);
             }
             Object::Chassis(o) => {
+                self.index.chassis(&o, true);
                 self.chassis.insert(o.name.clone(), o);
             }
             Object::Port(o) => {
+                if let Some(old) = self.ports.get(&o.name) {
+                    self.index.port(old, false);
+                }
+                self.index.port(&o, true);
                 self.ports.insert(o.name.clone(), o);
             }
             Object::Vip(o) => {
+                if let Some(old) = self.vips.get(&o.spec.name) {
+                    self.index.vip(old, false);
+                }
+                self.index.vip(&o, true);
                 self.vips.insert(o.spec.name.clone(), o);
             }
             Object::Replicator(o) => {
@@ -283,14 +295,38 @@ impl State {
         match key {
             ObjectKey::Vpc(n) => self.vpcs.remove(n).map(Object::Vpc),
             ObjectKey::Subnet(v, n) => self.subnets.remove(&(v.clone(), n.clone())).map(Object::Subnet),
-            ObjectKey::Chassis(n) => self.chassis.remove(n).map(Object::Chassis),
-            ObjectKey::Port(n) => self.ports.remove(n).map(Object::Port),
-            ObjectKey::Vip(n) => self.vips.remove(n).map(Object::Vip),
+            ObjectKey::Chassis(n) => {
+                self.chassis.remove(n).inspect(|o| self.index.chassis(o, false)).map(Object::Chassis)
+            }
+            ObjectKey::Port(n) => self.ports.remove(n).inspect(|o| self.index.port(o, false)).map(Object::Port),
+            ObjectKey::Vip(n) => self.vips.remove(n).inspect(|o| self.index.vip(o, false)).map(Object::Vip),
             ObjectKey::Replicator(n) => self.replicators.remove(n).map(Object::Replicator),
             ObjectKey::History(..) => None,
             ObjectKey::Router(v, id) => self.routers.remove(&(v.clone(), id.clone())).map(Object::Router),
             ObjectKey::Arbitration(n) => self.arbitration.remove(n).map(Object::Arbitration),
         }
+    }
+
+    /// The secondary indexes (ports and VIPs by VPC, ports by chassis,
+    /// participation, gateways).
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// The ports of `vpc`.
+    pub fn vpc_ports<'a>(&'a self, vpc: &str) -> impl Iterator<Item = &'a Port> + 'a {
+        self.index.vpc_ports(vpc).iter().filter_map(|n| self.ports.get(n))
+    }
+
+    /// The VIPs of `vpc`.
+    pub fn vpc_vips<'a>(&'a self, vpc: &str) -> impl Iterator<Item = &'a Vip> + 'a {
+        self.index.vpc_vips(vpc).iter().filter_map(|n| self.vips.get(n))
+    }
+
+    /// The subnets of `vpc`.
+    pub fn vpc_subnets<'a>(&'a self, vpc: &str) -> impl Iterator<Item = &'a Subnet> + 'a {
+        let vpc = vpc.to_string();
+        self.subnets.range((vpc.clone(), String::new())..).take_while(move |((v, _), _)| *v == vpc).map(|(_, s)| s)
     }
 
     /// The object stored under `key`, if any.
@@ -324,12 +360,11 @@ impl State {
 
     /// Who already uses `ip` in `vpc` (a port or a VIP), other than `except`.
     fn ip_user(&self, vpc: &str, ip: IpAddr, except: Option<&str>) -> Option<String> {
-        let port = self.ports.values().find(|p| p.vpc == vpc && p.ip == ip && Some(p.name.as_str()) != except);
+        let port = self.vpc_ports(vpc).find(|p| p.ip == ip && Some(p.name.as_str()) != except);
         if let Some(p) = port {
             return Some(format!("port {:?}", p.name));
         }
-        let vip =
-            self.vips.values().find(|v| v.spec.vpc == vpc && v.spec.ip == ip && Some(v.spec.name.as_str()) != except);
+        let vip = self.vpc_vips(vpc).find(|v| v.spec.ip == ip && Some(v.spec.name.as_str()) != except);
         vip.map(|v| format!("VIP {:?}", v.spec.name))
     }
 
@@ -379,8 +414,7 @@ impl State {
                 format!("subnet {:?} already exists in VPC {:?}", s.name, s.vpc),
             ));
         }
-        let overlap =
-            self.subnets.values().find(|o| o.vpc == s.vpc && (o.cidr.contains(&s.cidr) || s.cidr.contains(&o.cidr)));
+        let overlap = self.vpc_subnets(&s.vpc).find(|o| o.cidr.contains(&s.cidr) || s.cidr.contains(&o.cidr));
         if let Some(o) = overlap {
             return Err(Invalid::conflict(
                 "overlapping_cidr",
@@ -476,7 +510,7 @@ impl State {
                 format!("ip {} is used by {user} in VPC {:?}", p.ip, p.vpc),
             ));
         }
-        if let Some(o) = self.ports.values().find(|o| o.vpc == p.vpc && o.mac == p.mac) {
+        if let Some(o) = self.vpc_ports(&p.vpc).find(|o| o.mac == p.mac) {
             return Err(Invalid::conflict(
                 "duplicate_mac",
                 Some("mac"),
@@ -566,7 +600,7 @@ impl State {
                 if !self.vpcs.contains_key(n) {
                     return Err(Invalid::not_found("VPC", n));
                 }
-                if let Some(s) = self.subnets.values().find(|s| &s.vpc == n) {
+                if let Some(s) = self.vpc_subnets(n).next() {
                     return in_use(format!("VPC {n:?} still has subnet {:?}", s.name));
                 }
             }
@@ -574,10 +608,10 @@ impl State {
                 if self.subnet(v, n).is_none() {
                     return Err(Invalid::not_found("subnet", &format!("{v}/{n}")));
                 }
-                if let Some(p) = self.ports.values().find(|p| &p.vpc == v && &p.subnet == n) {
+                if let Some(p) = self.vpc_ports(v).find(|p| &p.subnet == n) {
                     return in_use(format!("subnet {v}/{n} still has port {:?}", p.name));
                 }
-                if let Some(x) = self.vips.values().find(|x| &x.spec.vpc == v && &x.spec.subnet == n) {
+                if let Some(x) = self.vpc_vips(v).find(|x| &x.spec.subnet == n) {
                     return in_use(format!("subnet {v}/{n} still has VIP {:?}", x.spec.name));
                 }
             }
@@ -585,7 +619,7 @@ impl State {
                 if !self.chassis.contains_key(n) {
                     return Err(Invalid::not_found("chassis", n));
                 }
-                if let Some(p) = self.ports.values().find(|p| &p.chassis == n) {
+                if let Some(p) = self.index.chassis_ports(n).iter().next().and_then(|p| self.ports.get(p)) {
                     return in_use(format!("chassis {n:?} still hosts port {:?}", p.name));
                 }
             }
@@ -667,7 +701,7 @@ impl State {
         // Adverts come from the master's address in one of the VPC's
         // subnets, or over IPv6 from its link-local address (RFC 5798 §5.1.2.1).
         let ip = r.master.ip;
-        let in_subnet = self.subnets.values().any(|s| s.vpc == r.vpc && host_in(&s.cidr, ip));
+        let in_subnet = self.vpc_subnets(&r.vpc).any(|s| host_in(&s.cidr, ip));
         if !in_subnet && !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()) {
             return Err(Invalid::bad(
                 "master_outside_subnet",

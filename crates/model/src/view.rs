@@ -88,17 +88,25 @@ pub struct ChassisView {
 
 /// Chassis taking part in `vpc`.
 pub fn participants(state: &State, vpc: &str) -> BTreeSet<String> {
-    let mut out: BTreeSet<String> = state.ports.values().filter(|p| p.vpc == vpc).map(|p| p.chassis.clone()).collect();
-    out.extend(state.chassis.values().filter(|c| c.role == Role::Gateway).map(|c| c.name.clone()));
-    out.retain(|c| state.chassis.contains_key(c));
+    let idx = state.index();
+    let mut out: BTreeSet<String> =
+        idx.vpc_chassis(vpc).keys().filter(|c| state.chassis.contains_key(*c)).cloned().collect();
+    out.extend(idx.gateways().iter().cloned());
     out
+}
+
+/// Whether `chassis` (registered) takes part in `vpc`: one of
+/// [`participants`], without building the set.
+pub fn takes_part(state: &State, chassis: &str, vpc: &str) -> bool {
+    state.chassis.contains_key(chassis)
+        && (state.index().gateways().contains(chassis) || state.index().vpc_chassis(vpc).contains_key(chassis))
 }
 
 /// VPCs `chassis` takes part in.
 pub fn participation(state: &State, chassis: &str) -> BTreeSet<String> {
     match state.chassis.get(chassis) {
         Some(c) if c.role == Role::Gateway => state.vpcs.keys().cloned().collect(),
-        Some(_) => state.ports.values().filter(|p| p.chassis == chassis).map(|p| p.vpc.clone()).collect(),
+        Some(_) => state.index().chassis_vpcs(chassis).keys().cloned().collect(),
         None => BTreeSet::new(),
     }
 }
@@ -110,7 +118,7 @@ pub fn chassis_view(state: &State, chassis: &str) -> Option<ChassisView> {
     for name in participation(state, chassis) {
         let Some(vpc) = state.vpcs.get(&name) else { continue };
         let underlay = |c: &str| state.chassis.get(c).map(|c| c.underlay_ip);
-        let ports: Vec<&Port> = state.ports.values().filter(|p| p.vpc == name).collect();
+        let ports: Vec<&Port> = state.vpc_ports(&name).collect();
         let mut fdb = BTreeMap::new();
         let mut neighbours = BTreeMap::new();
         for p in &ports {
@@ -122,7 +130,7 @@ pub fn chassis_view(state: &State, chassis: &str) -> Option<ChassisView> {
             }
         }
         let mut vips = Vec::new();
-        for v in state.vips.values().filter(|v| v.spec.vpc == name) {
+        for v in state.vpc_vips(&name) {
             if let Some(o) = &v.owner {
                 neighbours.insert(v.spec.ip, o.mac);
                 if o.chassis != chassis
@@ -147,10 +155,10 @@ pub fn chassis_view(state: &State, chassis: &str) -> Option<ChassisView> {
         }
         // The anycast gateway: subnet gateway addresses resolve to the router
         // MAC, which lives behind the first gateway chassis (for the others).
-        let gateways: Vec<&Chassis> = state.chassis.values().filter(|c| c.role == Role::Gateway).collect();
+        let gateways: Vec<&Chassis> = state.index().gateways().iter().filter_map(|g| state.chassis.get(g)).collect();
         let gateway_mac = (!gateways.is_empty()).then(|| gateway_mac(vpc.vni));
         if let Some(gmac) = gateway_mac {
-            for s in state.subnets.values().filter(|s| s.vpc == name) {
+            for s in state.vpc_subnets(&name) {
                 if let Some(g) = s.gateway {
                     neighbours.insert(g, gmac);
                 }
@@ -180,7 +188,7 @@ pub fn chassis_view(state: &State, chassis: &str) -> Option<ChassisView> {
                 vni: vpc.vni,
                 encap: vpc.encap,
                 arp_suppression: vpc.arp_suppression,
-                subnets: state.subnets.values().filter(|s| s.vpc == name).cloned().collect(),
+                subnets: state.vpc_subnets(&name).cloned().collect(),
                 local_ports: ports.iter().filter(|p| p.chassis == chassis).map(|p| (*p).clone()).collect(),
                 fdb,
                 neighbours,
@@ -220,7 +228,7 @@ pub fn replicator_view(state: &State) -> BTreeMap<u32, VniEntry> {
                 .iter()
                 .filter_map(|c| state.chassis.get(c).map(|c| c.underlay_ip))
                 .collect();
-            let vips = state.vips.values().filter(|x| x.spec.vpc == v.name).map(|x| x.spec.ip).collect();
+            let vips = state.vpc_vips(&v.name).map(|x| x.spec.ip).collect();
             (v.vni, VniEntry { vpc: v.name.clone(), encap: v.encap, members, vips })
         })
         .collect()
@@ -253,17 +261,9 @@ pub fn objects_for(state: &State, sub: &Subscriber) -> BTreeSet<ObjectKey> {
             }
             for vpc in participation(state, me) {
                 out.insert(ObjectKey::Vpc(vpc.clone()));
-                out.extend(
-                    state
-                        .subnets
-                        .values()
-                        .filter(|s| s.vpc == vpc)
-                        .map(|s| ObjectKey::Subnet(vpc.clone(), s.name.clone())),
-                );
-                out.extend(state.ports.values().filter(|p| p.vpc == vpc).map(|p| ObjectKey::Port(p.name.clone())));
-                out.extend(
-                    state.vips.values().filter(|v| v.spec.vpc == vpc).map(|v| ObjectKey::Vip(v.spec.name.clone())),
-                );
+                out.extend(state.vpc_subnets(&vpc).map(|s| ObjectKey::Subnet(vpc.clone(), s.name.clone())));
+                out.extend(state.index().vpc_ports(&vpc).iter().map(|p| ObjectKey::Port(p.clone())));
+                out.extend(state.index().vpc_vips(&vpc).iter().map(|v| ObjectKey::Vip(v.clone())));
                 out.extend(participants(state, &vpc).into_iter().map(ObjectKey::Chassis));
             }
         }
@@ -283,9 +283,7 @@ pub fn concerns(state: &State, sub: &Subscriber, vpcs: &BTreeSet<String>, key: &
         (Subscriber::Chassis(_), ObjectKey::Vpc(v) | ObjectKey::Subnet(v, _)) => vpcs.contains(v),
         (Subscriber::Chassis(_), ObjectKey::Port(p)) => state.ports.get(p).is_some_and(|p| vpcs.contains(&p.vpc)),
         (Subscriber::Chassis(_), ObjectKey::Vip(v)) => state.vips.get(v).is_some_and(|v| vpcs.contains(&v.spec.vpc)),
-        (Subscriber::Chassis(me), ObjectKey::Chassis(c)) => {
-            c == me || vpcs.iter().any(|v| participants(state, v).contains(c))
-        }
+        (Subscriber::Chassis(me), ObjectKey::Chassis(c)) => c == me || vpcs.iter().any(|v| takes_part(state, c, v)),
     }
 }
 
