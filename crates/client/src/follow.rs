@@ -114,6 +114,17 @@ impl WatchFollower {
 
 /// Applies one message to the local copy.
 pub fn apply(tx: &watch::Sender<Synced>, msg: Message) {
+    // A ping says the stream holds everything up to its revision: a later
+    // resume may start there. Nothing changed, so nobody is woken.
+    if let Message::Ping { revision } = msg {
+        tx.send_if_modified(|s| {
+            if s.received && revision > s.revision {
+                s.revision = revision;
+            }
+            false
+        });
+        return;
+    }
     let snapshot = matches!(msg, Message::Snapshot { .. });
     // Not in the `if let`: the read guard would live through `send_replace`.
     let next = msg.apply(&tx.borrow().state);

@@ -3,7 +3,8 @@
 //! ```text
 //!  store ──range(PREFIX)──► initial State at revision R
 //!  store ──watch(PREFIX, R+1)──► batch ──► new Arc<State> ──┬─► `current` (watch channel)
-//!                                                           └─► `applied` (broadcast to subscribers)
+//!                                                           └─► `Applied` to the watch streams it
+//!                                                               concerns ([`crate::fanout`])
 //! ```
 //! Every controller sharing a store sees every write through this path, its
 //! own included, so all of them serve the same reads and watch streams.
@@ -22,9 +23,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::{broadcast, watch};
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::{mpsc, watch};
 use vipcast_model::{Object, ObjectKey, State};
 use vipcast_store::{Compare, Error, Event, Op, Revision, Store};
+
+use crate::fanout::Fanout;
 
 /// Key every write transaction bumps, so that a transaction validated against
 /// the state at one revision fails if anything was written since.
@@ -57,15 +61,15 @@ pub struct Applied {
 #[derive(Debug, Clone)]
 pub struct Cache {
     current: watch::Receiver<Arc<Snapshot>>,
-    applied: broadcast::Sender<Arc<Applied>>,
+    /// The open watch streams; held while a revision is handed out and
+    /// published, so a stream opening sees each revision exactly once
+    /// (in its snapshot, or in its queue).
+    fanout: Arc<Mutex<Fanout>>,
     recent: Arc<Mutex<Recent>>,
     /// Whether the store's watch is established (false while it is being
     /// re-established after a failure).
     following: Arc<AtomicBool>,
 }
-
-/// Capacity of the per-subscriber backlog before it must resynchronise.
-const BACKLOG: usize = 256;
 
 /// How many changed keys the window of recent revisions holds (about 1.5
 /// MiB at most); a resume from before it gets a snapshot.
@@ -128,10 +132,9 @@ impl Cache {
         let recent = Arc::new(Mutex::new(Recent::new(first.revision)));
         let following = Arc::new(AtomicBool::new(true));
         let (tx, rx) = watch::channel(Arc::new(first));
-        let (applied, _) = broadcast::channel(BACKLOG);
-        let cache =
-            Cache { current: rx, applied: applied.clone(), recent: recent.clone(), following: following.clone() };
-        tokio::spawn(follow(store, tx, applied, recent, following));
+        let fanout = Arc::new(Mutex::new(Fanout::new(Counter::default())));
+        let cache = Cache { current: rx, fanout: fanout.clone(), recent: recent.clone(), following: following.clone() };
+        tokio::spawn(follow(store, tx, fanout, recent, following));
         Ok((cache, dropped))
     }
 
@@ -160,9 +163,44 @@ impl Cache {
         }
     }
 
-    /// Subscribes to applied revisions.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Applied>> {
-        self.applied.subscribe()
+    /// Opens a watch stream for `chassis` (`None`: a replicator): the
+    /// state now, and a queue of the later revisions that may concern it
+    /// (closed if the stream falls [`crate::fanout::QUEUE`] revisions behind).
+    pub fn watch(&self, chassis: Option<&str>) -> Subscription {
+        let mut f = self.fanout.lock().unwrap_or_else(PoisonError::into_inner);
+        let snapshot = self.current();
+        let (id, rx) = f.add(chassis);
+        let guard = Unsubscribe { fanout: self.fanout.clone(), chassis: chassis.map(str::to_string), id };
+        Subscription { snapshot, rx, _guard: guard }
+    }
+
+    /// Watch streams cut because their queue was full.
+    pub fn watch_dropped(&self) -> Counter {
+        self.fanout.lock().unwrap_or_else(PoisonError::into_inner).dropped()
+    }
+}
+
+/// An open watch stream's view of the cache.
+#[derive(Debug)]
+pub struct Subscription {
+    /// The state it starts from.
+    pub snapshot: Arc<Snapshot>,
+    /// The revisions after it that may concern it.
+    pub rx: mpsc::Receiver<Arc<Applied>>,
+    _guard: Unsubscribe,
+}
+
+/// Removes the stream from the fan-out when it ends.
+#[derive(Debug)]
+struct Unsubscribe {
+    fanout: Arc<Mutex<Fanout>>,
+    chassis: Option<String>,
+    id: u64,
+}
+
+impl Drop for Unsubscribe {
+    fn drop(&mut self) {
+        self.fanout.lock().unwrap_or_else(PoisonError::into_inner).remove(self.chassis.as_deref(), self.id);
     }
 }
 
@@ -227,7 +265,7 @@ async fn drop_undecodable(
 async fn follow(
     store: Arc<dyn Store>,
     tx: watch::Sender<Arc<Snapshot>>,
-    applied: broadcast::Sender<Arc<Applied>>,
+    fanout: Arc<Mutex<Fanout>>,
     recent: Arc<Mutex<Recent>>,
     following: Arc<AtomicBool>,
 ) {
@@ -238,7 +276,7 @@ async fn follow(
             Err(e) => {
                 tracing::warn!(error = %e, "store watch failed; reloading");
                 following.store(false, Ordering::Relaxed);
-                reload(store.as_ref(), &tx, &applied, &recent).await;
+                reload(store.as_ref(), &tx, &fanout, &recent).await;
                 continue;
             }
         };
@@ -255,7 +293,7 @@ async fn follow(
                 Err(e) => {
                     tracing::warn!(error = %e, "store watch broke; reloading");
                     following.store(false, Ordering::Relaxed);
-                    reload(store.as_ref(), &tx, &applied, &recent).await;
+                    reload(store.as_ref(), &tx, &fanout, &recent).await;
                     break;
                 }
             };
@@ -297,14 +335,17 @@ async fn follow(
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(batch.revision, changes.iter().map(|(k, _)| k.clone()).collect());
-            let _ = applied.send(Arc::new(Applied {
+            let applied = Arc::new(Applied {
                 revision: batch.revision,
                 changes,
                 before: prev.state.clone(),
                 state: state.clone(),
                 reload: false,
-            }));
+            });
+            let mut f = fanout.lock().unwrap_or_else(PoisonError::into_inner);
+            f.dispatch(&applied);
             tx.send_replace(Arc::new(Snapshot { revision: batch.revision, state, guard }));
+            drop(f);
         }
         if tx.is_closed() {
             return;
@@ -313,12 +354,7 @@ async fn follow(
     }
 }
 
-async fn reload(
-    store: &dyn Store,
-    tx: &watch::Sender<Arc<Snapshot>>,
-    applied: &broadcast::Sender<Arc<Applied>>,
-    recent: &Mutex<Recent>,
-) {
+async fn reload(store: &dyn Store, tx: &watch::Sender<Arc<Snapshot>>, fanout: &Mutex<Fanout>, recent: &Mutex<Recent>) {
     loop {
         match load(store).await {
             Ok((s, bad)) => {
@@ -328,14 +364,17 @@ async fn reload(
                 // What changed across the reload is not known.
                 *recent.lock().unwrap_or_else(PoisonError::into_inner) = Recent::new(s.revision);
                 let s = Arc::new(s);
-                let _ = applied.send(Arc::new(Applied {
+                let applied = Arc::new(Applied {
                     revision: s.revision,
                     changes: Vec::new(),
                     before: s.state.clone(),
                     state: s.state.clone(),
                     reload: true,
-                }));
+                });
+                let mut f = fanout.lock().unwrap_or_else(PoisonError::into_inner);
+                f.dispatch(&applied);
                 tx.send_replace(s);
+                drop(f);
                 return;
             }
             Err(e) => {

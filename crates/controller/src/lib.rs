@@ -18,6 +18,7 @@ mod api;
 pub mod authz;
 mod cache;
 mod error;
+mod fanout;
 pub mod health;
 pub mod heartbeat_auth;
 mod http;
@@ -105,13 +106,15 @@ impl Controller {
     /// unless [`Config::recover`].
     pub async fn new(store: Arc<dyn Store>, config: Config) -> vipcast_store::Result<Arc<Controller>> {
         let (cache, recovery) = Cache::start_with(store.clone(), config.recover).await?;
+        let mut metrics = metrics::Metrics::default();
+        metrics.register_watch_dropped(cache.watch_dropped());
         let stale = config.store_probe * 3 + config.store_probe_timeout;
         let c = Arc::new(Controller {
             store,
             cache,
             config,
             write_lock: tokio::sync::Mutex::new(()),
-            metrics: metrics::Metrics::default(),
+            metrics,
             health: Arc::new(health::Health::new(stale)),
             recovery,
         });

@@ -193,6 +193,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Exports the count of watch streams cut for a full queue (kept by the
+    /// cache's fan-out).
+    pub fn register_watch_dropped(&mut self, dropped: Counter) {
+        self.registry.register(
+            "watch_dropped",
+            "Watch streams cut because they fell too far behind (their queue of revisions was full)",
+            dropped,
+        );
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

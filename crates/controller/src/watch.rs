@@ -22,7 +22,6 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use futures::StreamExt;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use vipcast_api::Message;
 use vipcast_model::view::{self, Subscriber};
@@ -203,9 +202,14 @@ fn line(m: &Message) -> bytes::Bytes {
 }
 
 async fn run(c: &Controller, sub: Subscriber, from: Option<Revision>, tx: mpsc::Sender<bytes::Bytes>) -> Option<()> {
-    // Subscribe before reading the state, so no revision falls in between.
-    let mut applied = c.cache.subscribe();
-    let snap = c.cache.current();
+    // The state and the queue of later revisions, taken together: no
+    // revision falls in between.
+    let chassis = match &sub {
+        Subscriber::Chassis(name) => Some(name.clone()),
+        Subscriber::Replicator => None,
+    };
+    let mut subscription = c.cache.watch(chassis.as_deref());
+    let snap = subscription.snapshot.clone();
     let mut s = Stream { sub, vpcs: BTreeSet::new(), revision: 0 };
     let first = match from {
         Some(rev) => resume(c, &mut s, rev, &snap.state, snap.revision),
@@ -219,24 +223,31 @@ async fn run(c: &Controller, sub: Subscriber, from: Option<Revision>, tx: mpsc::
     ping.tick().await;
     loop {
         tokio::select! {
-            r = applied.recv() => match r {
-                Ok(a) if a.revision <= s.revision && !a.reload => {}
-                Ok(a) if a.reload => s.snapshot(&a.state, a.revision, &tx).await?,
-                Ok(a) => {
+            // `None`: the stream fell too far behind and was cut (its
+            // client resumes from the last revision it holds).
+            r = subscription.rx.recv() => match r {
+                Some(a) if a.revision <= s.revision && !a.reload => {}
+                Some(a) if a.reload => s.snapshot(&a.state, a.revision, &tx).await?,
+                Some(a) => {
                     let changes: BTreeMap<_, _> = a.changes.iter().cloned().collect();
                     if let Some(m) = s.delta(&a.before, &a.state, a.revision, &changes) {
                         tx.send(line(&m)).await.ok()?;
                         ping.reset();
                     }
                 }
-                Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(skipped = n, "watch subscriber lagged; sending a snapshot");
-                    let snap = c.cache.current();
-                    s.snapshot(&snap.state, snap.revision, &tx).await?;
-                }
-                Err(RecvError::Closed) => return None,
+                None => return None,
             },
-            _ = ping.tick() => tx.send(line(&Message::Ping { revision: s.revision })).await.ok()?,
+            _ = ping.tick() => {
+                // Nothing waiting in the queue after revision `now` was
+                // published: the stream holds everything up to `now`
+                // (revisions are queued before they are published), so a
+                // resume from it need not go back further.
+                let now = c.cache.current().revision;
+                if subscription.rx.is_empty() {
+                    s.revision = s.revision.max(now);
+                }
+                tx.send(line(&Message::Ping { revision: s.revision })).await.ok()?
+            }
             _ = tx.closed() => return None,
         }
     }
@@ -272,4 +283,224 @@ fn resume(c: &Controller, s: &mut Stream, from: Revision, state: &ModelState, no
         }
     }
     Some(Message::Delta { revision: now, upserts, deletes })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+    use vipcast_model::*;
+    use vipcast_packet::MacAddr;
+
+    use super::*;
+    use crate::cache::Applied;
+    use crate::fanout::{Concerned, Fanout, concerned};
+
+    const CHASSIS: u8 = 6;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Vpc(u8),
+        DeleteVpc(u8),
+        Subnet(u8),
+        Port { name: u8, vpc: u8, chassis: u8 },
+        DeletePort(u8),
+        Vip { name: u8, vpc: u8, owner: Option<u8> },
+        DeleteVip(u8),
+        Chassis { name: u8, gateway: bool, alive: bool },
+        DeleteChassis(u8),
+        Replicator(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            1 => (0..3u8).prop_map(Op::Vpc),
+            1 => (0..3u8).prop_map(Op::DeleteVpc),
+            1 => (0..3u8).prop_map(Op::Subnet),
+            4 => (0..10u8, 0..3u8, 0..CHASSIS).prop_map(|(name, vpc, chassis)| Op::Port { name, vpc, chassis }),
+            2 => (0..10u8).prop_map(Op::DeletePort),
+            3 => (0..4u8, 0..3u8, proptest::option::of(0..CHASSIS))
+                .prop_map(|(name, vpc, owner)| Op::Vip { name, vpc, owner }),
+            1 => (0..4u8).prop_map(Op::DeleteVip),
+            2 => (0..CHASSIS, proptest::bool::weighted(0.3), any::<bool>())
+                .prop_map(|(name, gateway, alive)| Op::Chassis { name, gateway, alive }),
+            1 => (0..CHASSIS).prop_map(Op::DeleteChassis),
+            1 => (0..2u8).prop_map(Op::Replicator),
+        ]
+    }
+
+    /// The change `op` makes to `s`: the key and its new value.
+    fn change(s: &ModelState, op: &Op) -> (ObjectKey, Option<Object>) {
+        let obj = match *op {
+            Op::Vpc(n) => Object::Vpc(Vpc {
+                name: format!("v{n}"),
+                vni: 100 + u32::from(n),
+                bum: BumMode::Headend,
+                arp_suppression: false,
+                assist: true,
+                encap: Encap::Vxlan,
+            }),
+            Op::Subnet(n) => Object::Subnet(Subnet {
+                vpc: format!("v{n}"),
+                name: "net".into(),
+                cidr: "10.0.0.0/24".parse().unwrap(),
+                gateway: None,
+            }),
+            Op::Port { name, vpc, chassis } => Object::Port(Port {
+                name: format!("p{name}"),
+                vpc: format!("v{vpc}"),
+                subnet: "net".into(),
+                chassis: format!("hv{chassis}"),
+                mac: MacAddr([2, 0, 0, 0, 0, name]),
+                ip: format!("10.0.0.{}", name + 1).parse().unwrap(),
+            }),
+            Op::Vip { name, vpc, owner } => {
+                let mut v = Vip::new(VipSpec {
+                    name: format!("vip{name}"),
+                    vpc: format!("v{vpc}"),
+                    subnet: "net".into(),
+                    ip: format!("10.0.0.{}", 100 + name).parse().unwrap(),
+                    members: vec![],
+                });
+                let generation =
+                    s.vips.get(&v.spec.name).and_then(|v| v.owner.as_ref()).map_or(1, |o| o.generation + 1);
+                v.owner = owner.map(|c| Owner {
+                    port: format!("p{c}"),
+                    mac: MacAddr([2, 0, 0, 0, 0, c]),
+                    chassis: format!("hv{c}"),
+                    generation,
+                    since: 0,
+                });
+                Object::Vip(v)
+            }
+            Op::Chassis { name, gateway, alive } => Object::Chassis(Chassis {
+                name: format!("hv{name}"),
+                underlay_ip: format!("172.31.0.{}", name + 1).parse().unwrap(),
+                role: if gateway { Role::Gateway } else { Role::Hypervisor },
+                dataplane: Dataplane::Kernel,
+                liveness: Some(Liveness { alive, since_ms: 0, last_heard_ms: 0 }),
+            }),
+            Op::Replicator(n) => Object::Replicator(Replicator {
+                name: format!("rep{n}"),
+                address: format!("172.31.1.{}:4789", n + 1).parse().unwrap(),
+            }),
+            Op::DeleteVpc(n) => return (ObjectKey::Vpc(format!("v{n}")), None),
+            Op::DeletePort(n) => return (ObjectKey::Port(format!("p{n}")), None),
+            Op::DeleteVip(n) => return (ObjectKey::Vip(format!("vip{n}")), None),
+            Op::DeleteChassis(n) => return (ObjectKey::Chassis(format!("hv{n}")), None),
+        };
+        (obj.key(), Some(obj))
+    }
+
+    fn apply(s: &mut ModelState, (key, value): &(ObjectKey, Option<Object>)) {
+        match value {
+            Some(o) => s.put(o.clone()),
+            None => drop(s.delete(key)),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        /// Whatever the state and whatever one revision changes, every
+        /// stream whose view it changes is among those it is handed to.
+        #[test]
+        fn every_stream_a_revision_concerns_is_handed_it(
+            ops in proptest::collection::vec(op(), 0..60),
+            last in proptest::collection::vec(op(), 1..4),
+        ) {
+            let mut before = ModelState::default();
+            for op in &ops {
+                let c = change(&before, op);
+                apply(&mut before, &c);
+            }
+            let mut after = before.clone();
+            let mut changes = Vec::new();
+            for op in &last {
+                let c = change(&after, op);
+                apply(&mut after, &c);
+                changes.push(c);
+            }
+            let applied = Applied {
+                revision: 2,
+                changes: changes.clone(),
+                before: Arc::new(before.clone()),
+                state: Arc::new(after.clone()),
+                reload: false,
+            };
+            let who = concerned(&applied);
+            let finals: BTreeMap<_, _> = changes.into_iter().collect();
+            let subs = (0..CHASSIS).map(|c| Subscriber::Chassis(format!("hv{c}"))).chain([Subscriber::Replicator]);
+            for sub in subs {
+                let mut s = Stream { sub: sub.clone(), vpcs: BTreeSet::new(), revision: 1 };
+                s.vpcs = s.participation(&before);
+                if s.delta(&before, &after, 2, &finals).is_none() {
+                    continue;
+                }
+                let handed = match (&who, &sub) {
+                    (None, _) => false,
+                    (Some(Concerned::All), _) | (Some(_), Subscriber::Replicator) => true,
+                    (Some(Concerned::Chassis(names)), Subscriber::Chassis(me)) => names.contains(me),
+                };
+                prop_assert!(handed, "{:?} has a delta but was not handed the revision (concerned: {:?})", sub, who);
+            }
+        }
+    }
+
+    fn vip_move(before: &ModelState, generation: u64) -> Arc<Applied> {
+        let mut after = before.clone();
+        let (key, value) = change(before, &Op::Vip { name: 0, vpc: 0, owner: Some((generation % 2) as u8) });
+        apply(&mut after, &(key.clone(), value.clone()));
+        Arc::new(Applied {
+            revision: generation as i64 + 10,
+            changes: vec![(key, value)],
+            before: Arc::new(before.clone()),
+            state: Arc::new(after),
+            reload: false,
+        })
+    }
+
+    /// A VIP move is handed to the chassis of its VPC only; a stream that
+    /// does not read is cut when its queue is full, counted, and forgotten.
+    #[test]
+    fn moves_reach_their_vpc_only_and_a_stream_that_does_not_read_is_cut() {
+        let mut s = ModelState::default();
+        for op in [
+            Op::Vpc(0),
+            Op::Vpc(1),
+            Op::Chassis { name: 0, gateway: false, alive: true },
+            Op::Chassis { name: 1, gateway: false, alive: true },
+            Op::Chassis { name: 2, gateway: false, alive: true },
+            Op::Port { name: 0, vpc: 0, chassis: 0 },
+            Op::Port { name: 1, vpc: 0, chassis: 1 },
+            Op::Port { name: 2, vpc: 1, chassis: 2 },
+            Op::Vip { name: 0, vpc: 0, owner: None },
+        ] {
+            let c = change(&s, &op);
+            apply(&mut s, &c);
+        }
+        let dropped = prometheus_client::metrics::counter::Counter::default();
+        let mut f = Fanout::with_capacity(dropped.clone(), 3);
+        let (_, mut hv0) = f.add(Some("hv0"));
+        let (_, mut hv1) = f.add(Some("hv1"));
+        let (_, mut hv2) = f.add(Some("hv2"));
+        assert_eq!(f.len(), 3);
+        for g in 0..3 {
+            assert_eq!(f.dispatch(&vip_move(&s, g)), 2, "hv0 and hv1 only");
+            // hv0 reads, hv1 never does.
+            assert!(hv0.try_recv().is_ok());
+        }
+        assert!(hv2.try_recv().is_err(), "hv2 is in another VPC");
+        assert_eq!(dropped.get(), 0);
+        f.dispatch(&vip_move(&s, 3));
+        assert_eq!(dropped.get(), 1, "hv1's queue was full");
+        assert_eq!(f.len(), 2);
+        // hv1 gets what was queued, then the end of its stream.
+        for _ in 0..3 {
+            assert!(hv1.try_recv().is_ok());
+        }
+        assert!(matches!(hv1.try_recv(), Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)));
+        assert!(hv0.try_recv().is_ok(), "hv0 keeps its stream");
+        assert!(!f.is_empty());
+    }
 }
