@@ -1,21 +1,16 @@
 //! `vipcast bench`: benchmarks that run the real components.
 //!
-//! `control-plane`: a real controller process (`vipcast controller`) on
-//! loopback with N chassis in one VPC, each with one port and one watch
-//! subscriber, and V VIPs on pairs of ports. Each move is a claim for a VIP by
-//! its other member; the latency of a move is from the claim being sent to the
-//! last of the N subscribers holding the new owner (so it includes the claim's
-//! HTTP round trip and the store's commit). Moves run one at a time.
-//! `--tls both` (the default) runs it twice in one process, plain HTTP and
-//! mutual TLS, each against a controller of its own: with TLS every chassis
-//! has its own agent certificate (its watch stream and its claims go over
-//! its own connections, kept alive as the agent keeps them), registration
-//! is done as an admin.
+//! `control-plane`: a region (thousands of chassis in VPCs of 5 to 500)
+//! on real controller processes, every chassis a watch subscriber with a
+//! connection of its own, plus replicators: VIP move latency to the last
+//! subscriber that must hold it, cold-start snapshots, resync after a
+//! controller is killed, the controllers' memory and CPU. See
+//! [`control_plane`] for the phases and [`region`] for the region's shape.
 //!
 //! ```text
-//!  bench ──claims──► controller ──txn──► store (redb file | etcd)
+//!  bench ──claims──► controller(s) ──txn──► store (redb file | etcd)
 //!    ▲                   │
-//!    └── N NDJSON watch streams (one per chassis) ◄──┘
+//!    └── N + R NDJSON watch streams (one per chassis / replicator) ◄──┘
 //! ```
 //!
 //! `reconcile`: the agent's kernel data plane on one chassis, in a network
@@ -27,19 +22,14 @@
 //! VPC does on a failover). Nothing leaves the namespaces: the remote
 //! chassis are addresses only.
 
-use std::collections::HashMap;
-use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand, ValueEnum};
-use futures::StreamExt;
-use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use tokio::sync::Notify;
-use vipcast_controller::Message;
-use vipcast_model::Object;
+
+mod control_plane;
+mod region;
 
 #[derive(Debug, Args)]
 pub struct Bench {
@@ -85,28 +75,39 @@ struct Reconcile {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum StoreKind {
+pub enum StoreKind {
     File,
     Etcd,
 }
 
 #[derive(Debug, Args)]
-struct ControlPlane {
-    /// Chassis, each with a port and a watch subscriber.
+pub struct ControlPlane {
+    /// Chassis, each a watch subscriber with a connection of its own.
     #[arg(long, default_value_t = 1000)]
     chassis: usize,
-    /// VIPs, each on two ports.
-    #[arg(long, default_value_t = 100)]
-    vips: usize,
-    /// VIP moves to measure.
+    /// VPCs (default: one per 5 chassis, so each chassis takes part in 2-10
+    /// of them); 1 puts every chassis in one VPC (a full mesh).
+    #[arg(long)]
+    vpcs: Option<usize>,
+    /// VIPs, each on two ports of a VPC (default: two per VPC).
+    #[arg(long)]
+    vips: Option<usize>,
+    /// VIP moves to measure, one at a time, spread over the VIPs.
     #[arg(long, default_value_t = 1000)]
     moves: usize,
     /// Store backend; etcd is started by the benchmark on loopback.
     #[arg(long, value_enum, default_value_t = StoreKind::File)]
     store: StoreKind,
+    /// Controllers sharing the store (etcd only); subscriber i starts on
+    /// controller i mod C and moves to the next when its stream fails.
+    #[arg(long, default_value_t = 1)]
+    controllers: usize,
     /// Plain HTTP, mutual TLS, or both one after the other (with their ratio).
-    #[arg(long, value_enum, default_value_t = TlsMode::Both)]
+    #[arg(long, value_enum, default_value_t = TlsMode::Off)]
     tls: TlsMode,
+    /// Seed of the region plan.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -128,18 +129,7 @@ pub async fn run(b: Bench) -> anyhow::Result<()> {
     }
 }
 
-/// Which (vip, generation) each subscriber has seen, and who waits for it.
-#[derive(Default)]
-struct Seen {
-    /// vip -> generation -> subscribers holding it
-    counts: Mutex<HashMap<String, HashMap<u64, usize>>>,
-    notify: Notify,
-}
-
 async fn control_plane(c: ControlPlane) -> anyhow::Result<()> {
-    if c.chassis < 2 || c.vips == 0 || c.vips * 2 > c.chassis {
-        bail!("need at least 2 chassis and 2 chassis per VIP (--chassis >= 2 x --vips)");
-    }
     let modes: &[bool] = match c.tls {
         TlsMode::Off => &[false],
         TlsMode::On => &[true],
@@ -147,19 +137,35 @@ async fn control_plane(c: ControlPlane) -> anyhow::Result<()> {
     };
     let mut runs = Vec::new();
     for &tls in modes {
-        let r = control_plane_once(&c, tls).await?;
+        let r = control_plane::run(&c, tls).await?;
         if !c.json {
+            let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
             println!(
-                "control-plane ({} store, {}): {} subscribers, {} VIPs, {} moves\n  claim -> last subscriber: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n  controller RSS: {}",
+                "control-plane ({} store, {} controller(s), {}): {} chassis, {} VPCs (largest {}), {} ports, {} VIPs, {} moves\n  \
+                 claim -> last subscriber of the VPC: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms ({:.0} subscribers, {:.0} bytes per move)\n  \
+                 snapshot_all {:.2} s (controllers up {:.2} s)  restart_resync {:.2} s\n  \
+                 controller RSS {:.0} MiB (peak {:.0})  CPU s: snapshots {:.1}, moves {:.1}",
                 r["store"].as_str().unwrap_or("?"),
+                r["controllers"],
                 r["transport"].as_str().unwrap_or("?"),
-                c.chassis,
-                c.vips,
-                c.moves,
-                r["p50_ms"].as_f64().unwrap_or(f64::NAN),
-                r["p99_ms"].as_f64().unwrap_or(f64::NAN),
-                r["max_ms"].as_f64().unwrap_or(f64::NAN),
-                r["controller_rss_mib"].as_f64().map_or("unknown".into(), |m| format!("{m:.1} MiB")),
+                r["chassis"],
+                r["vpcs"],
+                r["largest_vpc"],
+                r["ports"],
+                r["vips"],
+                r["moves"],
+                f("p50_ms"),
+                f("p99_ms"),
+                f("max_ms"),
+                f("subscribers_per_move"),
+                f("bytes_per_move"),
+                f("snapshot_all_s"),
+                f("controller_up_s"),
+                f("restart_resync_s"),
+                f("rss_mib"),
+                f("peak_rss_mib"),
+                r["cpu_s"]["snapshot_all"].as_f64().unwrap_or(f64::NAN),
+                r["cpu_s"]["moves"].as_f64().unwrap_or(f64::NAN),
             );
         }
         runs.push(r);
@@ -176,236 +182,6 @@ async fn control_plane(c: ControlPlane) -> anyhow::Result<()> {
         );
     } else if let (Some(p50), Some(p99)) = (p50, p99) {
         println!("  mutual TLS / plain: p50 x{p50:.2}  p99 x{p99:.2}");
-    }
-    Ok(())
-}
-
-/// One benchmark run against a controller of its own; `tls`: mutual TLS.
-async fn control_plane_once(c: &ControlPlane, tls: bool) -> anyhow::Result<Value> {
-    let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let etcd = match c.store {
-        StoreKind::Etcd => Some(vipcast_store::testing::Etcd::try_start().map_err(anyhow::Error::msg)?),
-        StoreKind::File => None,
-    };
-    let store_arg = match &etcd {
-        Some(e) => format!(
-            "etcd://{}",
-            e.endpoints().iter().map(|u| u.trim_start_matches("http://")).collect::<Vec<_>>().join(",")
-        ),
-        None => format!("file:{}", dir.path().join("store").display()),
-    };
-    let pki = dir.path().join("pki");
-    let mut args: Vec<String> =
-        ["controller", "--listen", &format!("127.0.0.1:{port}"), "--store", &store_arg].map(String::from).into();
-    if tls {
-        eprintln!("bench: issuing {} agent certificates", c.chassis);
-        let d = vipcast_tls::pki::init(&pki)?;
-        let issue = |role, name: &str, sans: &[&str]| {
-            let sans = sans.iter().map(|s| s.to_string()).collect();
-            let req = vipcast_tls::pki::Request { role, name: name.to_string(), sans, days: 1 };
-            vipcast_tls::pki::issue(&pki, &req)
-        };
-        issue(vipcast_api::PeerRole::Controller, "controller", &["127.0.0.1"])?;
-        issue(vipcast_api::PeerRole::Admin, "bench", &[])?;
-        for i in 0..c.chassis {
-            issue(vipcast_api::PeerRole::Agent, &format!("hv{i}"), &[])?;
-        }
-        for (flag, path) in [
-            ("--tls-cert", d.cert("controller")),
-            ("--tls-key", d.key("controller")),
-            ("--client-ca", d.ca_cert()),
-            ("--heartbeat-secret", d.secret()),
-        ] {
-            args.extend([flag.to_string(), path.display().to_string()]);
-        }
-    }
-    let scheme = if tls { "https" } else { "http" };
-    let base = format!("{scheme}://127.0.0.1:{port}");
-    // The client of identity `name` (plain HTTP: one like any other).
-    let client = |name: &str| -> anyhow::Result<reqwest::Client> {
-        let d = vipcast_tls::pki::Dir(pki.clone());
-        let files = tls.then(|| vipcast_tls::ClientFiles { ca: d.ca_cert(), cert: d.cert(name), key: d.key(name) });
-        Ok(vipcast_client::ControllerClient::with_tls(&base, files.as_ref())?.http().clone())
-    };
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
-    cmd.args(&args).env("VIPCAST_LOG", "warn");
-    let controller = vipcast_lab::Child::spawn(&mut cmd, &dir.path().join("controller.log"))?;
-    let http = client("bench")?;
-    wait_up(&http, &base).await?;
-
-    eprintln!("bench: registering {} chassis, {} ports, {} VIPs ({:?} store)", c.chassis, c.chassis, c.vips, c.store);
-    let t = Instant::now();
-    call(&http, "POST", &format!("{base}/v1/vpcs"), json!({"name": "bench", "vni": 4242, "bum": "headend"})).await?;
-    call(&http, "POST", &format!("{base}/v1/subnets"), json!({"vpc": "bench", "name": "net", "cidr": "10.64.0.0/16"}))
-        .await?;
-    let mac = |i: usize| format!("02:00:00:{:02x}:{:02x}:{:02x}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
-    for i in 0..c.chassis {
-        let ip = format!("172.16.{}.{}", i / 250, i % 250 + 1);
-        call(&http, "PUT", &format!("{base}/v1/chassis/hv{i}"), json!({"underlay_ip": ip})).await?;
-        let port_ip = format!("10.64.{}.{}", i / 250, i % 250 + 1);
-        call(
-            &http,
-            "POST",
-            &format!("{base}/v1/ports"),
-            json!({"name": format!("p{i}"), "vpc": "bench", "subnet": "net", "chassis": format!("hv{i}"), "mac": mac(i), "ip": port_ip}),
-        )
-        .await?;
-    }
-    for v in 0..c.vips {
-        let ip = format!("10.64.255.{}", v % 250 + 1);
-        let ip = if v < 250 { ip } else { format!("10.64.254.{}", v % 250 + 1) };
-        call(
-            &http,
-            "POST",
-            &format!("{base}/v1/vips"),
-            json!({"name": format!("vip{v}"), "vpc": "bench", "subnet": "net", "ip": ip, "members": [format!("p{}", 2 * v), format!("p{}", 2 * v + 1)]}),
-        )
-        .await?;
-    }
-    eprintln!("bench: registered in {:.1} s; opening {} watch streams", t.elapsed().as_secs_f64(), c.chassis);
-
-    // Each chassis: its own client, its watch stream, and (for VIP
-    // members) a claim connection opened before the moves, as an agent's is.
-    let seen = Arc::new(Seen::default());
-    let mut subs = Vec::new();
-    let mut clients = Vec::with_capacity(c.chassis);
-    let ready = Arc::new(tokio::sync::Semaphore::new(0));
-    for i in 0..c.chassis {
-        let http = client(&format!("hv{i}"))?;
-        let url = format!("{base}/v1/watch/chassis/hv{i}");
-        let (seen, ready, h) = (seen.clone(), ready.clone(), http.clone());
-        subs.push(tokio::spawn(async move { subscribe(h, url, seen, ready).await }));
-        if i < 2 * c.vips {
-            http.get(format!("{base}/healthz")).send().await?.error_for_status()?;
-        }
-        clients.push(http);
-    }
-    // Every subscriber holding its snapshot; one whose stream failed is
-    // said, not waited for.
-    let t_open = Instant::now();
-    match tokio::time::timeout(Duration::from_secs(120), ready.acquire_many(c.chassis as u32)).await {
-        Ok(permits) => drop(permits),
-        Err(_) => {
-            let failed: Vec<String> = futures::future::join_all(
-                subs.iter_mut().filter(|s| s.is_finished()).take(3).map(|s| async { format!("{:?}", s.await) }),
-            )
-            .await;
-            bail!(
-                "only {} of {} watch streams delivered their snapshot within 120 s; failures: {}",
-                ready.available_permits(),
-                c.chassis,
-                failed.join("; ")
-            );
-        }
-    }
-    eprintln!("bench: {} watch streams hold their snapshot after {:.1} s", c.chassis, t_open.elapsed().as_secs_f64());
-
-    eprintln!("bench: {} moves ({})", c.moves, if tls { "mutual TLS" } else { "plain HTTP" });
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut generation = vec![0u64; c.vips];
-    for m in 0..c.moves {
-        let v = m % c.vips;
-        let member = 2 * v + (generation[v] as usize % 2);
-        let name = format!("vip{v}");
-        let t0 = Instant::now();
-        let r = call(
-            &clients[member],
-            "POST",
-            &format!("{base}/v1/vips/{name}/claims"),
-            json!({"mac": mac(member), "chassis": format!("hv{member}"), "source": "agent", "observed_at": vipcast_api::now_ms()}),
-        )
-        .await?;
-        if r["result"] == "damped" {
-            bail!("move {m}: {name} is on hold (flap damping: 30 moves in 10 s); spread the moves over more --vips");
-        }
-        let g = r["owner"]["generation"].as_u64().context("claim answer without generation")?;
-        generation[v] = g;
-        // Wait until every subscriber holds generation g of this VIP.
-        loop {
-            let notified = seen.notify.notified();
-            let have =
-                seen.counts.lock().map(|c| c.get(&name).and_then(|x| x.get(&g)).copied().unwrap_or(0)).unwrap_or(0);
-            if have >= c.chassis {
-                break;
-            }
-            if tokio::time::timeout(Duration::from_secs(10), notified).await.is_err() {
-                bail!("move {m}: only {have} of {} subscribers got {name} generation {g} within 10 s", c.chassis);
-            }
-        }
-        hist.record(t0.elapsed().as_micros().max(1) as u64)?;
-    }
-    let rss_kib = rss_kib(controller.id());
-    for s in subs {
-        s.abort();
-    }
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    let result = json!({
-        "store": format!("{:?}", c.store).to_lowercase(),
-        "transport": if tls { "mutual TLS" } else { "plain HTTP" },
-        "subscribers": c.chassis,
-        "vips": c.vips,
-        "moves": c.moves,
-        "p50_ms": ms(0.5),
-        "p99_ms": ms(0.99),
-        "max_ms": hist.max() as f64 / 1000.0,
-        "controller_rss_mib": rss_kib.map(|k| k as f64 / 1024.0),
-    });
-    drop(controller);
-    drop(etcd);
-    Ok(result)
-}
-
-async fn subscribe(
-    http: reqwest::Client,
-    url: String,
-    seen: Arc<Seen>,
-    ready: Arc<tokio::sync::Semaphore>,
-) -> anyhow::Result<()> {
-    // A stream that cannot open (a handshake refused under load) is tried
-    // again, a few times, before the benchmark gives up on it.
-    let mut attempt = 0;
-    let resp = loop {
-        attempt += 1;
-        match http.get(&url).send().await.and_then(|r| r.error_for_status()) {
-            Ok(r) => break r,
-            Err(e) if attempt >= 5 => return Err(anyhow::anyhow!("{url}: {e} (after {attempt} attempts)")),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200 * attempt)).await,
-        }
-    };
-    let mut body = resp.bytes_stream();
-    let mut buf = Vec::new();
-    let mut first = true;
-    while let Some(chunk) = body.next().await {
-        buf.extend_from_slice(&chunk?);
-        while let Some(i) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=i).collect();
-            let msg: Message = serde_json::from_slice(&line)?;
-            let objects = match msg {
-                Message::Snapshot { objects, .. } => objects,
-                Message::Delta { upserts, .. } => upserts,
-                Message::Ping { .. } => Vec::new(),
-            };
-            let mut got = false;
-            if let Ok(mut counts) = seen.counts.lock() {
-                for o in objects {
-                    if let Object::Vip(v) = o
-                        && let Some(owner) = &v.owner
-                    {
-                        *counts.entry(v.spec.name.clone()).or_default().entry(owner.generation).or_default() += 1;
-                        got = true;
-                    }
-                }
-            }
-            if got {
-                seen.notify.notify_waiters();
-            }
-            if first {
-                first = false;
-                ready.add_permits(1);
-            }
-        }
     }
     Ok(())
 }
@@ -430,11 +206,6 @@ async fn wait_up(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("the controller did not come up at {base}")
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 mod reconcile {

@@ -1,0 +1,467 @@
+//! `vipcast bench control-plane`: a region on real controller processes.
+//!
+//! ```text
+//!  region plan ──validated commands──► store (redb file | etcd), written directly
+//!       │
+//!  controller(s) ◄── cold start ── N chassis streams + R replicator streams
+//!       ▲                          (one HTTP connection each, reconnect with
+//!       └── claims (one at a time)  ?from=REV after 100 ms doubling to 2 s,
+//!                                   as an agent's follower does)
+//! ```
+//! Phases, each timed with the controllers' CPU seconds and RSS:
+//! 1. **snapshot_all**: from spawning the controller(s) on the seeded store
+//!    until every subscriber holds its first message (its snapshot);
+//! 2. **moves**: a claim for a VIP by its other member, then the wait
+//!    until every subscriber that must hold the move (the chassis of the
+//!    VIP's VPC and the replicators) does: claim sent → last of them;
+//!    bytes every subscriber received per move;
+//! 3. **restart_resync**: SIGKILL to a controller, and (one controller) a
+//!    new one started on the same store; until every subscriber it served
+//!    has a message on a new connection (with several controllers they move
+//!    to another).
+//!
+//! The store is seeded by applying the region's commands to a state in
+//! this process (the validation every API write goes through) and writing
+//! the objects in transactions of 100, before any controller starts:
+//! registering 70,000 objects one request at a time measures nothing this
+//! benchmark is about.
+
+use std::collections::HashMap;
+use std::process::Command as Process;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, Semaphore};
+use vipcast_store::{Op, Store};
+
+use super::region::Region;
+use super::{ControlPlane, StoreKind};
+
+/// What the subscribers saw, shared with the benchmark.
+struct Seen {
+    /// vip -> generation -> subscribers holding it
+    counts: Mutex<HashMap<String, HashMap<u64, usize>>>,
+    notify: Notify,
+    /// One permit per connection's first message.
+    firsts: Semaphore,
+    connects: AtomicU64,
+    bytes: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Default for Seen {
+    fn default() -> Seen {
+        Seen {
+            counts: Mutex::default(),
+            notify: Notify::new(),
+            firsts: Semaphore::new(0),
+            connects: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The part of a watch line the benchmark reads.
+#[derive(Deserialize)]
+struct Line {
+    revision: i64,
+    #[serde(default)]
+    upserts: Vec<Light>,
+}
+
+#[derive(Deserialize)]
+struct Light {
+    kind: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    owner: Option<LightOwner>,
+}
+
+#[derive(Deserialize)]
+struct LightOwner {
+    generation: u64,
+}
+
+/// A controller process and how to start it again.
+struct Ctl {
+    child: Option<vipcast_lab::Child>,
+    args: Vec<String>,
+    log: std::path::PathBuf,
+    base: String,
+}
+
+impl Ctl {
+    fn start(&mut self) -> anyhow::Result<()> {
+        let mut cmd = Process::new(std::env::current_exe()?);
+        cmd.args(&self.args).env("VIPCAST_LOG", "warn");
+        self.child = Some(vipcast_lab::Child::spawn(&mut cmd, &self.log)?);
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+/// CPU seconds (user + system) of process `pid`.
+fn cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// (CPU seconds, RSS MiB, peak RSS MiB) summed over the controllers running.
+fn usage(ctls: &[Ctl]) -> (f64, f64, f64) {
+    let mut out = (0.0, 0.0, 0.0);
+    for pid in ctls.iter().filter_map(Ctl::pid) {
+        out.0 += cpu_s(pid).unwrap_or(0.0);
+        out.1 += status_kib(pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0;
+        out.2 += status_kib(pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0;
+    }
+    out
+}
+
+async fn seed(store: &dyn Store, region: &Region) -> anyhow::Result<usize> {
+    let mut state = vipcast_model::State::default();
+    let mut ops = Vec::new();
+    let now = vipcast_api::now_ms();
+    for cmd in region.commands() {
+        let applied = vipcast_model::command::apply(&state, &cmd, now)
+            .map_err(|e| anyhow::anyhow!("the region plan is refused by validation: {cmd:?}: {e}"))?;
+        for o in applied.puts {
+            ops.push(Op::Put { key: o.key().store_key(), value: o.to_value(), lease: 0 });
+            state.put(o);
+        }
+    }
+    let n = ops.len();
+    let mut it = ops.into_iter().peekable();
+    while it.peek().is_some() {
+        let batch: Vec<Op> = it.by_ref().take(100).collect();
+        let r = store.txn(vec![], batch).await?;
+        if !r.succeeded {
+            bail!("seeding the store: a transaction failed");
+        }
+    }
+    Ok(n)
+}
+
+/// One run; `tls`: every chassis and replicator with a certificate of its own.
+pub async fn run(c: &ControlPlane, tls: bool) -> anyhow::Result<Value> {
+    let _ = vipcast_sys::raise_nofile_limit();
+    let vpcs = c.vpcs.unwrap_or((c.chassis / 5).max(1));
+    let vips = c.vips.unwrap_or(2 * vpcs);
+    let region = Region::plan(c.chassis, vpcs, vips, 4, c.seed).map_err(anyhow::Error::msg)?;
+    if c.controllers > 1 && c.store != StoreKind::Etcd {
+        bail!("--controllers {} needs --store etcd (a store file has one owner)", c.controllers);
+    }
+    let dir = tempfile::tempdir()?;
+    let etcd = match c.store {
+        StoreKind::Etcd => Some(vipcast_store::testing::Etcd::try_start().map_err(anyhow::Error::msg)?),
+        StoreKind::File => None,
+    };
+    let store_arg = match &etcd {
+        Some(e) => format!(
+            "etcd://{}",
+            e.endpoints().iter().map(|u| u.trim_start_matches("http://")).collect::<Vec<_>>().join(",")
+        ),
+        None => format!("file:{}", dir.path().join("store").display()),
+    };
+
+    eprintln!(
+        "bench: seeding {} chassis, {} VPCs, {} ports, {} VIPs ({:?} store)",
+        region.chassis,
+        region.vpcs.len(),
+        region.ports(),
+        region.vips.len(),
+        c.store
+    );
+    let t = Instant::now();
+    {
+        let spec: crate::controller::StoreSpec = store_arg.parse().map_err(anyhow::Error::msg)?;
+        let store = crate::controller::open_store(&spec, false, None).await?;
+        seed(store.as_ref(), &region).await?;
+    }
+    let seed_s = t.elapsed().as_secs_f64();
+
+    // Certificates: one per chassis and replicator, an admin for the claims.
+    let pki = dir.path().join("pki");
+    let mut tls_args = Vec::new();
+    if tls {
+        eprintln!("bench: issuing {} certificates", region.chassis + region.replicators + 2);
+        let d = vipcast_tls::pki::init(&pki)?;
+        let issue = |role, name: &str, sans: &[&str]| {
+            let sans = sans.iter().map(|s| s.to_string()).collect();
+            vipcast_tls::pki::issue(&pki, &vipcast_tls::pki::Request { role, name: name.to_string(), sans, days: 1 })
+        };
+        issue(vipcast_api::PeerRole::Controller, "controller", &["127.0.0.1"])?;
+        issue(vipcast_api::PeerRole::Admin, "bench", &[])?;
+        for n in 0..region.chassis {
+            issue(vipcast_api::PeerRole::Agent, &Region::chassis_name(n), &[])?;
+        }
+        for r in 0..region.replicators {
+            issue(vipcast_api::PeerRole::Replicator, &Region::replicator_name(r), &[])?;
+        }
+        for (flag, path) in [
+            ("--tls-cert", d.cert("controller")),
+            ("--tls-key", d.key("controller")),
+            ("--client-ca", d.ca_cert()),
+            ("--heartbeat-secret", d.secret()),
+        ] {
+            tls_args.extend([flag.to_string(), path.display().to_string()]);
+        }
+    }
+    let scheme = if tls { "https" } else { "http" };
+    let client = |name: &str| -> anyhow::Result<reqwest::Client> {
+        let d = vipcast_tls::pki::Dir(pki.clone());
+        let files = tls.then(|| vipcast_tls::ClientFiles { ca: d.ca_cert(), cert: d.cert(name), key: d.key(name) });
+        Ok(vipcast_client::ControllerClient::with_tls("http://127.0.0.1:1", files.as_ref())?.http().clone())
+    };
+
+    let mut ctls = Vec::new();
+    for i in 0..c.controllers.max(1) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut args: Vec<String> =
+            ["controller", "--listen", &format!("127.0.0.1:{port}"), "--store", &store_arg].map(String::from).into();
+        args.extend(tls_args.iter().cloned());
+        ctls.push(Ctl {
+            child: None,
+            args,
+            log: dir.path().join(format!("controller{i}.log")),
+            base: format!("{scheme}://127.0.0.1:{port}"),
+        });
+    }
+    let urls: Arc<Vec<String>> = Arc::new(ctls.iter().map(|c| c.base.clone()).collect());
+
+    // Phase 1: cold controllers, every subscriber connecting at once.
+    let seen = Arc::new(Seen::default());
+    let t_cold = Instant::now();
+    for ctl in &mut ctls {
+        ctl.start()?;
+    }
+    let admin = client("bench")?;
+    for ctl in &ctls {
+        super::wait_up(&admin, &ctl.base).await?;
+    }
+    let load_s = t_cold.elapsed().as_secs_f64();
+    let subscribers = region.chassis + region.replicators;
+    eprintln!("bench: controllers up after {load_s:.2} s; opening {subscribers} watch streams");
+    let mut tasks = Vec::with_capacity(subscribers);
+    for i in 0..subscribers {
+        let (name, path) = if i < region.chassis {
+            let n = Region::chassis_name(i);
+            (n.clone(), format!("/v1/watch/chassis/{n}"))
+        } else {
+            let n = Region::replicator_name(i - region.chassis);
+            (n.clone(), format!("/v1/watch/replicators/{n}"))
+        };
+        let http = client(&name)?;
+        tasks.push(tokio::spawn(follow(http, urls.clone(), path, i, seen.clone())));
+    }
+    wait_firsts(&seen, subscribers, "snapshot").await?;
+    let snapshot_all_s = t_cold.elapsed().as_secs_f64();
+    let after_snapshots = usage(&ctls);
+    eprintln!("bench: {subscribers} streams hold their snapshot {snapshot_all_s:.2} s after the cold start");
+
+    // Phase 2: moves, one at a time, through the first controller.
+    let participants: Vec<usize> = region.vpcs.iter().map(Vec::len).collect();
+    let first = region.first_ports();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut generation = vec![0u64; region.vips.len()];
+    let (bytes0, connects0) = (seen.bytes.load(Ordering::Relaxed), seen.connects.load(Ordering::Relaxed));
+    let mut must_hold = 0usize;
+    eprintln!("bench: {} moves", c.moves);
+    for m in 0..c.moves {
+        let k = m % region.vips.len();
+        let (v, a, b) = region.vips[k];
+        let j = if generation[k] % 2 == 0 { a } else { b };
+        let (_, mac) = Region::port(&first, v, j);
+        let name = Region::vip_name(k);
+        let need = participants[v] + region.replicators;
+        must_hold += need;
+        let t0 = Instant::now();
+        let r = super::call(
+            &admin,
+            "POST",
+            &format!("{}/v1/vips/{name}/claims", urls[0]),
+            json!({"mac": mac.to_string(), "chassis": Region::chassis_name(region.vpcs[v][j]), "source": "agent",
+                   "observed_at": vipcast_api::now_ms()}),
+        )
+        .await?;
+        if r["result"] == "damped" {
+            bail!("move {m}: {name} is on hold (flap damping: 30 moves in 10 s); use more --vips");
+        }
+        let g = r["owner"]["generation"].as_u64().context("claim answer without generation")?;
+        generation[k] = g;
+        loop {
+            let notified = seen.notify.notified();
+            let have =
+                seen.counts.lock().map(|c| c.get(&name).and_then(|x| x.get(&g)).copied().unwrap_or(0)).unwrap_or(0);
+            if have >= need {
+                break;
+            }
+            if tokio::time::timeout(Duration::from_secs(10), notified).await.is_err() {
+                bail!("move {m}: only {have} of {need} subscribers got {name} generation {g} within 10 s");
+            }
+        }
+        hist.record(t0.elapsed().as_micros().max(1) as u64)?;
+    }
+    let moves_bytes = seen.bytes.load(Ordering::Relaxed) - bytes0;
+    let reconnects_during_moves = seen.connects.load(Ordering::Relaxed) - connects0;
+    let after_moves = usage(&ctls);
+
+    // Phase 3: kill -9 the first controller; start it again (one controller)
+    // or let its subscribers move to another.
+    // Subscriber i starts on controller i mod C.
+    let served = (0..subscribers).filter(|i| i % ctls.len() == 0).count();
+    eprintln!("bench: kill -9 the controller at {} ({served} streams)", ctls[0].base);
+    let t_kill = Instant::now();
+    drop(ctls[0].child.take());
+    if ctls.len() == 1 {
+        ctls[0].start()?;
+    }
+    wait_firsts(&seen, served, "resume").await?;
+    let restart_resync_s = t_kill.elapsed().as_secs_f64();
+    let after_restart = usage(&ctls);
+    seen.stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.abort();
+    }
+
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let moves = c.moves.max(1) as f64;
+    let result = json!({
+        "store": format!("{:?}", c.store).to_lowercase(),
+        "controllers": ctls.len(),
+        "transport": if tls { "mutual TLS" } else { "plain HTTP" },
+        "chassis": region.chassis,
+        "vpcs": region.vpcs.len(),
+        "ports": region.ports(),
+        "vips": region.vips.len(),
+        "replicators": region.replicators,
+        "subscribers": subscribers,
+        "largest_vpc": participants.iter().max(),
+        "moves": c.moves,
+        "seed_s": seed_s,
+        "controller_up_s": load_s,
+        "snapshot_all_s": snapshot_all_s,
+        "p50_ms": ms(0.5),
+        "p99_ms": ms(0.99),
+        "max_ms": hist.max() as f64 / 1000.0,
+        "subscribers_per_move": must_hold as f64 / moves,
+        "bytes_per_move": moves_bytes as f64 / moves,
+        "reconnects_during_moves": reconnects_during_moves,
+        "restart_resync_s": restart_resync_s,
+        "rss_mib": after_moves.1,
+        "peak_rss_mib": after_restart.2.max(after_moves.2),
+        "cpu_s": {
+            "snapshot_all": after_snapshots.0,
+            "moves": after_moves.0 - after_snapshots.0,
+            "restart": after_restart.0,
+        },
+    });
+    drop(ctls);
+    drop(etcd);
+    Ok(result)
+}
+
+async fn wait_firsts(seen: &Seen, n: usize, what: &str) -> anyhow::Result<()> {
+    match tokio::time::timeout(Duration::from_secs(300), seen.firsts.acquire_many(n as u32)).await {
+        Ok(Ok(p)) => {
+            p.forget();
+            Ok(())
+        }
+        _ => bail!("only {} of {n} watch streams had their {what} within 300 s", seen.firsts.available_permits()),
+    }
+}
+
+/// One subscriber: its stream, reconnecting with the last revision it holds
+/// (100 ms doubling to 2 s, back to 100 ms after a stream that delivered),
+/// moving to the next controller after a failure.
+async fn follow(http: reqwest::Client, urls: Arc<Vec<String>>, path: String, index: usize, seen: Arc<Seen>) {
+    let mut from: Option<i64> = None;
+    let mut delay = Duration::from_millis(100);
+    let mut k = index;
+    while !seen.stop.load(Ordering::Relaxed) {
+        let mut url = format!("{}{path}", urls[k % urls.len()]);
+        if let Some(r) = from {
+            url.push_str(&format!("?from={r}"));
+        }
+        match stream(&http, &url, &seen, &mut from).await {
+            Ok(true) => delay = Duration::from_millis(100),
+            Ok(false) | Err(_) => {}
+        }
+        k += 1;
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// The revision a snapshot or ping line is at, read without parsing it whole.
+fn revision_of(line: &[u8]) -> Option<i64> {
+    let key = b"\"revision\":";
+    let at = line.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits: Vec<u8> = line[at..].iter().copied().take_while(|b| b.is_ascii_digit() || *b == b'-').collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// One connection; whether it delivered a message.
+async fn stream(http: &reqwest::Client, url: &str, seen: &Seen, from: &mut Option<i64>) -> anyhow::Result<bool> {
+    let resp = http.get(url).send().await?.error_for_status()?;
+    let mut body = resp.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut any = false;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        seen.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        let mut scan = buf.len();
+        buf.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(i) = buf[scan..].iter().position(|&b| b == b'\n') {
+            let end = scan + i;
+            let line = &buf[start..end];
+            if line.starts_with(b"{\"type\":\"delta\"") {
+                let l: Line = serde_json::from_slice(line)?;
+                *from = Some(l.revision);
+                let mut got = false;
+                if let Ok(mut counts) = seen.counts.lock() {
+                    for o in l.upserts {
+                        if let (true, Some(owner)) = (o.kind == "vip", o.owner) {
+                            *counts.entry(o.name).or_default().entry(owner.generation).or_default() += 1;
+                            got = true;
+                        }
+                    }
+                }
+                if got {
+                    seen.notify.notify_waiters();
+                }
+            } else if let Some(r) = revision_of(&line[..line.len().min(64)]) {
+                *from = Some(r);
+            }
+            if !any {
+                any = true;
+                seen.connects.fetch_add(1, Ordering::Relaxed);
+                seen.firsts.add_permits(1);
+            }
+            start = end + 1;
+            scan = start;
+        }
+        buf.drain(..start);
+    }
+    Ok(any)
+}
