@@ -169,9 +169,9 @@ impl Cache {
     pub fn watch(&self, chassis: Option<&str>) -> Subscription {
         let mut f = self.fanout.lock().unwrap_or_else(PoisonError::into_inner);
         let snapshot = self.current();
-        let (id, rx) = f.add(chassis);
+        let (id, rx, cut) = f.add(chassis);
         let guard = Unsubscribe { fanout: self.fanout.clone(), chassis: chassis.map(str::to_string), id };
-        Subscription { snapshot, rx, _guard: guard }
+        Subscription { snapshot, rx, cut, _guard: guard }
     }
 
     /// Watch streams cut because their queue was full.
@@ -187,6 +187,9 @@ pub struct Subscription {
     pub snapshot: Arc<Snapshot>,
     /// The revisions after it that may concern it.
     pub rx: mpsc::Receiver<Arc<Applied>>,
+    /// Cancelled when the stream is cut (its queue was full): it must end
+    /// at once, even while blocked on its client.
+    pub cut: tokio_util::sync::CancellationToken,
     _guard: Unsubscribe,
 }
 

@@ -17,7 +17,7 @@
 //! routed to it safely: what it should hold changes only by revisions that
 //! are (its own chassis, or a VPC it takes part in, before or after).
 //!
-//! Each stream's queue holds at most [`QUEUE`] revisions. One that stops
+//! Each stream's queue holds at most [`QUEUE`] of the revisions routed to it. One that stops
 //! reading fills it; it is then cut rather than buffered without bound
 //! (Kubernetes drops a watcher that blocks dispatch the same way), counted
 //! in `vipcast_controller_watch_dropped_total`, and its client resumes.
@@ -27,12 +27,13 @@ use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use vipcast_model::{Object, ObjectKey, State};
 
 use crate::cache::Applied;
 
 /// Revisions one stream may have waiting before it is cut.
-pub const QUEUE: usize = 1024;
+pub const QUEUE: usize = 256;
 
 /// Whom a revision may concern.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -131,7 +132,8 @@ pub fn concerned(applied: &Applied) -> Option<Concerned> {
     Some(Concerned::Chassis(names))
 }
 
-type Tx = mpsc::Sender<Arc<Applied>>;
+/// A stream's queue, and what cuts it.
+type Tx = (mpsc::Sender<Arc<Applied>>, CancellationToken);
 
 /// The open watch streams, by chassis (and the replicators').
 #[derive(Debug)]
@@ -152,16 +154,19 @@ impl Fanout {
         Fanout { next: 1, chassis: HashMap::new(), replicators: Vec::new(), dropped, capacity: capacity.max(1) }
     }
 
-    /// A new stream for `chassis` (`None`: a replicator): its id and queue.
-    pub fn add(&mut self, chassis: Option<&str>) -> (u64, mpsc::Receiver<Arc<Applied>>) {
+    /// A new stream for `chassis` (`None`: a replicator): its id, queue,
+    /// and the token cancelled when it is cut.
+    pub fn add(&mut self, chassis: Option<&str>) -> (u64, mpsc::Receiver<Arc<Applied>>, CancellationToken) {
         let (tx, rx) = mpsc::channel(self.capacity);
+        let cut = CancellationToken::new();
+        let tx = (tx, cut.clone());
         let id = self.next;
         self.next += 1;
         match chassis {
             Some(c) => self.chassis.entry(c.to_string()).or_default().push((id, tx)),
             None => self.replicators.push((id, tx)),
         }
-        (id, rx)
+        (id, rx, cut)
     }
 
     /// Forgets stream `id` (it ended).
@@ -207,9 +212,10 @@ impl Fanout {
             }
         };
         let mut sent = 0;
-        let mut send = |name: Option<&str>, id: u64, tx: &Tx| match tx.try_send(applied.clone()) {
+        let mut send = |name: Option<&str>, id: u64, (tx, token): &Tx| match tx.try_send(applied.clone()) {
             Ok(()) => sent += 1,
             Err(mpsc::error::TrySendError::Full(_)) => {
+                token.cancel();
                 self.dropped.inc();
                 tracing::warn!(chassis = name.unwrap_or("(replicator)"), "watch stream cut: its queue is full");
                 cut.push((name.map(str::to_string), id));

@@ -117,12 +117,7 @@ impl Stream {
     /// Sends a snapshot of `state`. It is written object by object in
     /// chunks, so a thousand subscribers connecting at once do not each hold
     /// a copy of the region in memory.
-    async fn snapshot(
-        &mut self,
-        state: &ModelState,
-        revision: Revision,
-        tx: &mpsc::Sender<bytes::Bytes>,
-    ) -> Option<()> {
+    async fn snapshot(&mut self, state: &ModelState, revision: Revision, tx: &Out<'_>) -> Option<()> {
         self.vpcs = self.participation(state);
         self.revision = revision;
         let keys = view::objects_for(state, &self.sub);
@@ -134,11 +129,11 @@ impl Stream {
             }
             serde_json::to_writer(&mut buf, &obj).ok()?;
             if buf.len() >= SNAPSHOT_CHUNK {
-                tx.send(std::mem::take(&mut buf).into()).await.ok()?;
+                tx.send(std::mem::take(&mut buf).into()).await?;
             }
         }
         buf.extend_from_slice(b"]}\n");
-        tx.send(buf.into()).await.ok()
+        tx.send(buf.into()).await
     }
 
     /// The delta for `changes` (final values) between `before` and `after`,
@@ -195,6 +190,22 @@ impl Stream {
     }
 }
 
+/// The stream's way to its HTTP response; a send gives up when the
+/// stream is cut.
+struct Out<'a> {
+    tx: &'a mpsc::Sender<bytes::Bytes>,
+    cut: &'a tokio_util::sync::CancellationToken,
+}
+
+impl Out<'_> {
+    async fn send(&self, b: bytes::Bytes) -> Option<()> {
+        tokio::select! {
+            r = self.tx.send(b) => r.ok(),
+            _ = self.cut.cancelled() => None,
+        }
+    }
+}
+
 fn line(m: &Message) -> bytes::Bytes {
     let mut v = serde_json::to_vec(m).unwrap_or_default();
     v.push(b'\n');
@@ -209,6 +220,8 @@ async fn run(c: &Controller, sub: Subscriber, from: Option<Revision>, tx: mpsc::
         Subscriber::Replicator => None,
     };
     let mut subscription = c.cache.watch(chassis.as_deref());
+    let cut = subscription.cut.clone();
+    let tx = Out { tx: &tx, cut: &cut };
     let snap = subscription.snapshot.clone();
     let mut s = Stream { sub, vpcs: BTreeSet::new(), revision: 0 };
     let first = match from {
@@ -216,7 +229,7 @@ async fn run(c: &Controller, sub: Subscriber, from: Option<Revision>, tx: mpsc::
         None => None,
     };
     match first {
-        Some(m) => tx.send(line(&m)).await.ok()?,
+        Some(m) => tx.send(line(&m)).await?,
         None => s.snapshot(&snap.state, snap.revision, &tx).await?,
     }
     let mut ping = tokio::time::interval(c.config.watch_ping);
@@ -231,7 +244,7 @@ async fn run(c: &Controller, sub: Subscriber, from: Option<Revision>, tx: mpsc::
                 Some(a) => {
                     let changes: BTreeMap<_, _> = a.changes.iter().cloned().collect();
                     if let Some(m) = s.delta(&a.before, &a.state, a.revision, &changes) {
-                        tx.send(line(&m)).await.ok()?;
+                        tx.send(line(&m)).await?;
                         ping.reset();
                     }
                 }
@@ -246,9 +259,10 @@ async fn run(c: &Controller, sub: Subscriber, from: Option<Revision>, tx: mpsc::
                 if subscription.rx.is_empty() {
                     s.revision = s.revision.max(now);
                 }
-                tx.send(line(&Message::Ping { revision: s.revision })).await.ok()?
+                tx.send(line(&Message::Ping { revision: s.revision })).await?
             }
-            _ = tx.closed() => return None,
+            _ = tx.tx.closed() => return None,
+            _ = cut.cancelled() => return None,
         }
     }
 }
@@ -481,9 +495,9 @@ mod tests {
         }
         let dropped = prometheus_client::metrics::counter::Counter::default();
         let mut f = Fanout::with_capacity(dropped.clone(), 3);
-        let (_, mut hv0) = f.add(Some("hv0"));
-        let (_, mut hv1) = f.add(Some("hv1"));
-        let (_, mut hv2) = f.add(Some("hv2"));
+        let (_, mut hv0, _) = f.add(Some("hv0"));
+        let (_, mut hv1, hv1_cut) = f.add(Some("hv1"));
+        let (_, mut hv2, _) = f.add(Some("hv2"));
         assert_eq!(f.len(), 3);
         for g in 0..3 {
             assert_eq!(f.dispatch(&vip_move(&s, g)), 2, "hv0 and hv1 only");
@@ -494,6 +508,7 @@ mod tests {
         assert_eq!(dropped.get(), 0);
         f.dispatch(&vip_move(&s, 3));
         assert_eq!(dropped.get(), 1, "hv1's queue was full");
+        assert!(hv1_cut.is_cancelled(), "hv1's stream is told at once");
         assert_eq!(f.len(), 2);
         // hv1 gets what was queued, then the end of its stream.
         for _ in 0..3 {
