@@ -39,6 +39,9 @@ pub const GUARD_KEY: &str = "/vipcast/meta/guard";
 pub struct Snapshot {
     pub revision: Revision,
     pub state: Arc<State>,
+    /// Every object of `state` as its watch streams send it (JSON), encoded
+    /// once when it changes rather than once per stream.
+    pub encoded: Encoded,
     /// Mod revision of [`GUARD_KEY`] (0: never written).
     pub guard: Revision,
 }
@@ -53,8 +56,17 @@ pub struct Applied {
     pub before: Arc<State>,
     /// The state after it.
     pub state: Arc<State>,
+    /// The objects of `state`, encoded.
+    pub encoded: Encoded,
     /// The cache was reloaded from scratch: subscribers must resynchronise.
     pub reload: bool,
+}
+
+/// Objects encoded as JSON, by key (a persistent map: cloning is O(1)).
+pub type Encoded = imbl::OrdMap<ObjectKey, bytes::Bytes>;
+
+fn encode(obj: &Object) -> bytes::Bytes {
+    serde_json::to_vec(obj).unwrap_or_default().into()
 }
 
 /// The cache handle.
@@ -215,6 +227,7 @@ type Undecodable = (String, Revision, String);
 async fn load(store: &dyn Store) -> vipcast_store::Result<(Snapshot, Vec<Undecodable>)> {
     let (kvs, revision) = store.range(vipcast_model::objects_prefix()).await?;
     let mut state = State::default();
+    let mut encoded = Encoded::new();
     let mut guard = 0;
     let mut bad = Vec::new();
     for kv in kvs {
@@ -224,12 +237,17 @@ async fn load(store: &dyn Store) -> vipcast_store::Result<(Snapshot, Vec<Undecod
         }
         if let Some(key) = ObjectKey::parse(&kv.key) {
             match Object::from_value(&key, &kv.value) {
-                Ok(obj) => state.put(obj),
+                Ok(obj) => {
+                    if !matches!(obj, Object::History(_)) {
+                        encoded.insert(key, encode(&obj));
+                    }
+                    state.put(obj)
+                }
                 Err(e) => bad.push((kv.key, kv.mod_revision, e.to_string())),
             }
         }
     }
-    Ok((Snapshot { revision, state: Arc::new(state), guard }, bad))
+    Ok((Snapshot { revision, state: Arc::new(state), encoded, guard }, bad))
 }
 
 /// Refuses undecodable objects, or (recovering) deletes each, unless it
@@ -305,6 +323,7 @@ async fn follow(
                 continue;
             }
             let mut state = (*prev.state).clone();
+            let mut encoded = prev.encoded.clone();
             let mut guard = prev.guard;
             let mut changes = Vec::with_capacity(batch.events.len());
             for ev in batch.events {
@@ -320,6 +339,9 @@ async fn follow(
                 match value {
                     Some(v) => match Object::from_value(&okey, &v) {
                         Ok(obj) => {
+                            if !matches!(obj, Object::History(_)) {
+                                encoded.insert(okey.clone(), encode(&obj));
+                            }
                             state.put(obj.clone());
                             changes.push((okey, Some(obj)));
                         }
@@ -327,6 +349,7 @@ async fn follow(
                     },
                     None => {
                         state.delete(&okey);
+                        encoded.remove(&okey);
                         changes.push((okey, None));
                     }
                 }
@@ -343,11 +366,12 @@ async fn follow(
                 changes,
                 before: prev.state.clone(),
                 state: state.clone(),
+                encoded: encoded.clone(),
                 reload: false,
             });
             let mut f = fanout.lock().unwrap_or_else(PoisonError::into_inner);
             f.dispatch(&applied);
-            tx.send_replace(Arc::new(Snapshot { revision: batch.revision, state, guard }));
+            tx.send_replace(Arc::new(Snapshot { revision: batch.revision, state, encoded, guard }));
             drop(f);
         }
         if tx.is_closed() {
@@ -372,6 +396,7 @@ async fn reload(store: &dyn Store, tx: &watch::Sender<Arc<Snapshot>>, fanout: &M
                     changes: Vec::new(),
                     before: s.state.clone(),
                     state: s.state.clone(),
+                    encoded: s.encoded.clone(),
                     reload: true,
                 });
                 let mut f = fanout.lock().unwrap_or_else(PoisonError::into_inner);

@@ -30,6 +30,7 @@ use vipcast_store::Revision;
 
 use crate::Controller;
 use crate::api::FromQuery;
+use crate::cache::Encoded;
 use crate::error::ErrorBody;
 
 /// Size of the pieces a snapshot is sent in.
@@ -117,17 +118,25 @@ impl Stream {
     /// Sends a snapshot of `state`. It is written object by object in
     /// chunks, so a thousand subscribers connecting at once do not each hold
     /// a copy of the region in memory.
-    async fn snapshot(&mut self, state: &ModelState, revision: Revision, tx: &Out<'_>) -> Option<()> {
+    async fn snapshot(
+        &mut self,
+        state: &ModelState,
+        encoded: &Encoded,
+        revision: Revision,
+        tx: &Out<'_>,
+    ) -> Option<()> {
         self.vpcs = self.participation(state);
         self.revision = revision;
         let keys = view::objects_for(state, &self.sub);
         let mut buf = format!("{{\"type\":\"snapshot\",\"revision\":{revision},\"objects\":[").into_bytes();
-        for (i, k) in keys.iter().enumerate() {
-            let Some(obj) = state.get(k) else { continue };
-            if i > 0 {
+        let mut first = true;
+        for k in &keys {
+            let Some(obj) = encoded.get(k) else { continue };
+            if !first {
                 buf.push(b',');
             }
-            serde_json::to_writer(&mut buf, &obj).ok()?;
+            first = false;
+            buf.extend_from_slice(obj);
             if buf.len() >= SNAPSHOT_CHUNK {
                 tx.send(std::mem::take(&mut buf).into()).await?;
             }
@@ -230,7 +239,7 @@ async fn run(c: &Controller, sub: Subscriber, from: Option<Revision>, tx: mpsc::
     };
     match first {
         Some(m) => tx.send(line(&m)).await?,
-        None => s.snapshot(&snap.state, snap.revision, &tx).await?,
+        None => s.snapshot(&snap.state, &snap.encoded, snap.revision, &tx).await?,
     }
     let mut ping = tokio::time::interval(c.config.watch_ping);
     ping.tick().await;
@@ -240,7 +249,7 @@ async fn run(c: &Controller, sub: Subscriber, from: Option<Revision>, tx: mpsc::
             // client resumes from the last revision it holds).
             r = subscription.rx.recv() => match r {
                 Some(a) if a.revision <= s.revision && !a.reload => {}
-                Some(a) if a.reload => s.snapshot(&a.state, a.revision, &tx).await?,
+                Some(a) if a.reload => s.snapshot(&a.state, &a.encoded, a.revision, &tx).await?,
                 Some(a) => {
                     let changes: BTreeMap<_, _> = a.changes.iter().cloned().collect();
                     if let Some(m) = s.delta(&a.before, &a.state, a.revision, &changes) {
@@ -440,6 +449,7 @@ mod tests {
                 changes: changes.clone(),
                 before: Arc::new(before.clone()),
                 state: Arc::new(after.clone()),
+                encoded: Default::default(),
                 reload: false,
             };
             let who = concerned(&applied);
@@ -470,6 +480,7 @@ mod tests {
             changes: vec![(key, value)],
             before: Arc::new(before.clone()),
             state: Arc::new(after),
+            encoded: Default::default(),
             reload: false,
         })
     }

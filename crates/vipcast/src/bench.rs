@@ -143,7 +143,7 @@ async fn control_plane(c: ControlPlane) -> anyhow::Result<()> {
             println!(
                 "control-plane ({} store, {} controller(s), {}): {} chassis, {} VPCs (largest {}), {} ports, {} VIPs, {} moves\n  \
                  claim -> last subscriber of the VPC: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms ({:.0} subscribers, {:.0} bytes per move)\n  \
-                 snapshot_all {:.2} s (controllers up {:.2} s)  restart_resync {:.2} s\n  \
+                 snapshot_all {:.2} s (controllers up {:.2} s)  restart_resync {:.2} s (restarted controller up {:.2} s)\n  \
                  controller RSS {:.0} MiB (peak {:.0})  CPU s: snapshots {:.1}, moves {:.1}",
                 r["store"].as_str().unwrap_or("?"),
                 r["controllers"],
@@ -162,6 +162,7 @@ async fn control_plane(c: ControlPlane) -> anyhow::Result<()> {
                 f("snapshot_all_s"),
                 f("controller_up_s"),
                 f("restart_resync_s"),
+                f("restart_up_s"),
                 f("rss_mib"),
                 f("peak_rss_mib"),
                 r["cpu_s"]["snapshot_all"].as_f64().unwrap_or(f64::NAN),

@@ -227,10 +227,18 @@ pub async fn run(c: &ControlPlane, tls: bool) -> anyhow::Result<Value> {
         }
     }
     let scheme = if tls { "https" } else { "http" };
+    // Plain HTTP: one client (its pool opens a connection per stream); TLS:
+    // one per identity, each presenting its own certificate.
+    let shared = vipcast_client::ControllerClient::with_tls("http://127.0.0.1:1", None)?.http().clone();
     let client = |name: &str| -> anyhow::Result<reqwest::Client> {
+        if !tls {
+            return Ok(shared.clone());
+        }
         let d = vipcast_tls::pki::Dir(pki.clone());
         let files = tls.then(|| vipcast_tls::ClientFiles { ca: d.ca_cert(), cert: d.cert(name), key: d.key(name) });
-        Ok(vipcast_client::ControllerClient::with_tls("http://127.0.0.1:1", files.as_ref())?.http().clone())
+        Ok(vipcast_client::ControllerClient::with_tls(&format!("{scheme}://127.0.0.1:1"), files.as_ref())?
+            .http()
+            .clone())
     };
 
     let mut ctls = Vec::new();
@@ -332,8 +340,11 @@ pub async fn run(c: &ControlPlane, tls: bool) -> anyhow::Result<Value> {
     eprintln!("bench: kill -9 the controller at {} ({served} streams)", ctls[0].base);
     let t_kill = Instant::now();
     drop(ctls[0].child.take());
+    let mut restart_up_s = None;
     if ctls.len() == 1 {
         ctls[0].start()?;
+        super::wait_up(&admin, &ctls[0].base).await?;
+        restart_up_s = Some(t_kill.elapsed().as_secs_f64());
     }
     wait_firsts(&seen, served, "resume").await?;
     let restart_resync_s = t_kill.elapsed().as_secs_f64();
@@ -367,6 +378,7 @@ pub async fn run(c: &ControlPlane, tls: bool) -> anyhow::Result<Value> {
         "bytes_per_move": moves_bytes as f64 / moves,
         "reconnects_during_moves": reconnects_during_moves,
         "restart_resync_s": restart_resync_s,
+        "restart_up_s": restart_up_s,
         "rss_mib": after_moves.1,
         "peak_rss_mib": after_restart.2.max(after_moves.2),
         "cpu_s": {
