@@ -108,6 +108,10 @@ pub struct ControlPlane {
     /// Seed of the region plan.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The `vipcast` binary to run the controllers with (default: this
+    /// one), to compare another build against the same region.
+    #[arg(long)]
+    controller_exe: Option<std::path::PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,

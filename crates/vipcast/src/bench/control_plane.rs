@@ -92,6 +92,7 @@ struct LightOwner {
 
 /// A controller process and how to start it again.
 struct Ctl {
+    exe: std::path::PathBuf,
     child: Option<vipcast_lab::Child>,
     args: Vec<String>,
     log: std::path::PathBuf,
@@ -100,7 +101,7 @@ struct Ctl {
 
 impl Ctl {
     fn start(&mut self) -> anyhow::Result<()> {
-        let mut cmd = Process::new(std::env::current_exe()?);
+        let mut cmd = Process::new(&self.exe);
         cmd.args(&self.args).env("VIPCAST_LOG", "warn");
         self.child = Some(vipcast_lab::Child::spawn(&mut cmd, &self.log)?);
         Ok(())
@@ -248,6 +249,10 @@ pub async fn run(c: &ControlPlane, tls: bool) -> anyhow::Result<Value> {
             ["controller", "--listen", &format!("127.0.0.1:{port}"), "--store", &store_arg].map(String::from).into();
         args.extend(tls_args.iter().cloned());
         ctls.push(Ctl {
+            exe: match &c.controller_exe {
+                Some(p) => p.clone(),
+                None => std::env::current_exe()?,
+            },
             child: None,
             args,
             log: dir.path().join(format!("controller{i}.log")),
@@ -360,6 +365,7 @@ pub async fn run(c: &ControlPlane, tls: bool) -> anyhow::Result<Value> {
         "store": format!("{:?}", c.store).to_lowercase(),
         "controllers": ctls.len(),
         "transport": if tls { "mutual TLS" } else { "plain HTTP" },
+        "controller_exe": c.controller_exe.as_ref().map(|p| p.display().to_string()),
         "chassis": region.chassis,
         "vpcs": region.vpcs.len(),
         "ports": region.ports(),
