@@ -64,15 +64,47 @@ pub fn authorize(id: Option<&Identity>, method: &str, path: &str, body: &[u8], s
         });
     };
     let read = matches!(method, "GET" | "HEAD");
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match id.role {
-        PeerRole::Admin => Ok(()),
-        PeerRole::Viewer if read => Ok(()),
-        PeerRole::Viewer => Err(Denied::forbidden("read_only", format!("viewer:{} may only read", id.name))),
-        PeerRole::Controller => Err(Denied::forbidden("role", "a controller certificate is not a client's")),
-        PeerRole::Agent => agent(&id.name, method, &segs, body, state),
-        PeerRole::Replicator => replicator(&id.name, method, &segs, body, state),
+        PeerRole::Admin => return Ok(()),
+        PeerRole::Viewer if read => return Ok(()),
+        PeerRole::Viewer => return Err(Denied::forbidden("read_only", format!("viewer:{} may only read", id.name))),
+        PeerRole::Controller => return Err(Denied::forbidden("role", "a controller certificate is not a client's")),
+        PeerRole::Agent | PeerRole::Replicator => {}
     }
+    // Decided on the segments as the handlers will see them: `%2D` is `-`
+    // to the router's path extractor, so it must be here too.
+    let Some(decoded) = path.trim_start_matches('/').split('/').map(percent_decode).collect::<Option<Vec<String>>>()
+    else {
+        return Err(Denied::forbidden("role", "the path is not valid percent-encoded UTF-8"));
+    };
+    let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    if id.role == PeerRole::Agent {
+        agent(&id.name, method, &segs, body, state)
+    } else {
+        replicator(&id.name, method, &segs, body, state)
+    }
+}
+
+/// A path segment with its `%XX` escapes decoded; `None` if an escape is
+/// malformed or the result is not UTF-8.
+fn percent_decode(seg: &str) -> Option<String> {
+    if !seg.contains('%') {
+        return Some(seg.to_string());
+    }
+    let b = seg.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn fields(body: &[u8]) -> Result<Fields, Denied> {
@@ -321,14 +353,16 @@ mod tests {
         s
     }
 
-    fn claim(chassis: &str, mac: &str, source: &str) -> String {
-        format!(r#"{{"mac":"{mac}","chassis":"{chassis}","source":"{source}","observed_at":1}}"#)
-    }
-
-    fn report(vpc: &str, chassis: &str, mac: &str) -> String {
-        format!(
-            r#"{{"vpc":"{vpc}","vrid":51,"version":3,"master_ip":"192.168.10.11","master_mac":"{mac}","chassis":"{chassis}","priority":150,"interval_cs":10,"addresses":[],"destinations":[],"observed_at":1}}"#
-        )
+    /// The rows of the matrix file: (method, path, body, letters).
+    fn matrix(text: &str) -> Vec<(&str, &str, &str, &str)> {
+        text.lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                assert_eq!(f.len(), 4, "matrix line {l:?}");
+                (f[0], f[1], if f[2] == "-" { "" } else { f[2] }, f[3])
+            })
+            .collect()
     }
 
     #[test]
@@ -343,78 +377,10 @@ mod tests {
             Some(Identity::new(PeerRole::Controller, "ctl")),
             None,
         ];
-        // Columns: admin, viewer, agent hv1, agent hv2, replicator rep1,
-        // a controller certificate, no certificate. y allowed, n 403, u 401.
-        let claim_hv1_own = claim("hv1", A, "agent");
-        let claim_hv1_with_hv2s_mac = claim("hv1", B, "agent");
-        let claim_as_hv2 = claim("hv2", B, "agent");
-        let claim_virtual = claim("hv1", "00:00:5e:00:01:33", "agent");
-        let rep_claim_rep = claim("hv1", C, "replicator");
-        let rep_claim_prod = claim("hv1", A, "replicator");
-        let report_hv1 = report("prod", "hv1", A);
-        let report_hv1_for_b = report("prod", "hv1", B);
-        let report_rep = report("rep", "hv1", C);
-        let assist_hv1 = r#"{"fault":"chassis-dead","by":"hv1","master":"192.168.10.12","at_ms":1}"#.to_string();
-        let assist_hv2_in_rep = r#"{"fault":"port-down","by":"hv2","master":"192.168.20.11","at_ms":1}"#.to_string();
-        let rows: Vec<(&str, &str, &str, &str)> = vec![
-            ("GET", "/healthz", "", "yyyyyyy"),
-            ("GET", "/readyz", "", "yyyyyyy"),
-            ("GET", "/metrics", "", "yynnnnu"),
-            ("GET", "/openapi.json", "", "yynnnnu"),
-            ("GET", "/v1/vpcs", "", "yynnnnu"),
-            ("POST", "/v1/vpcs", r#"{"name":"x","vni":5}"#, "ynnnnnu"),
-            ("GET", "/v1/vpcs/prod", "", "yynnnnu"),
-            ("PATCH", "/v1/vpcs/prod", r#"{"assist":false}"#, "ynnnnnu"),
-            ("DELETE", "/v1/vpcs/prod", "", "ynnnnnu"),
-            ("GET", "/v1/subnets", "", "yynnnnu"),
-            ("POST", "/v1/subnets", "{}", "ynnnnnu"),
-            ("GET", "/v1/subnets/prod/web", "", "yynnnnu"),
-            ("DELETE", "/v1/subnets/prod/web", "", "ynnnnnu"),
-            ("GET", "/v1/chassis", "", "yynnnnu"),
-            ("GET", "/v1/chassis/hv1", "", "yynnnnu"),
-            ("PUT", "/v1/chassis/hv1", r#"{"underlay_ip":"10.0.0.1"}"#, "ynynnnu"),
-            ("PUT", "/v1/chassis/hv2", r#"{"underlay_ip":"10.0.0.2"}"#, "ynnynnu"),
-            ("DELETE", "/v1/chassis/hv1", "", "ynnnnnu"),
-            ("GET", "/v1/ports", "", "yynnnnu"),
-            ("POST", "/v1/ports", "{}", "ynnnnnu"),
-            ("GET", "/v1/ports/pay1", "", "yynnnnu"),
-            ("DELETE", "/v1/ports/pay1", "", "ynnnnnu"),
-            ("GET", "/v1/vips", "", "yynnnnu"),
-            ("POST", "/v1/vips", "{}", "ynnnnnu"),
-            ("GET", "/v1/vips/pay-vip", "", "yynnnnu"),
-            ("DELETE", "/v1/vips/pay-vip", "", "ynnnnnu"),
-            ("PUT", "/v1/vips/pay-vip/members", r#"{"members":["pay1"]}"#, "ynnnnnu"),
-            ("GET", "/v1/vips/pay-vip/history", "", "yynnnnu"),
-            ("POST", "/v1/vips/pay-vip/claims", &claim_hv1_own, "ynynnnu"),
-            ("POST", "/v1/vips/pay-vip/claims", &claim_hv1_with_hv2s_mac, "ynnnnnu"),
-            ("POST", "/v1/vips/pay-vip/claims", &claim_as_hv2, "ynnynnu"),
-            ("POST", "/v1/vips/pay-vip/claims", &claim_virtual, "ynynnnu"),
-            ("POST", "/v1/vips/rep-vip/claims", &claim_virtual, "ynynnnu"),
-            ("POST", "/v1/vips/rep-vip/claims", &rep_claim_rep, "ynnnynu"),
-            ("POST", "/v1/vips/pay-vip/claims", &rep_claim_prod, "ynnnnnu"),
-            ("GET", "/v1/vrrp", "", "yynnnnu"),
-            ("POST", "/v1/vrrp", &report_hv1, "ynynnnu"),
-            ("POST", "/v1/vrrp", &report_hv1_for_b, "ynnnnnu"),
-            ("POST", "/v1/vrrp", &report_rep, "ynynynu"),
-            ("DELETE", "/v1/vrrp/prod/51-ipv4", "", "ynnnnnu"),
-            ("POST", "/v1/vrrp/prod/51-ipv4/assists", &assist_hv1, "ynynnnu"),
-            ("POST", "/v1/vrrp/rep/51-ipv4/assists", &assist_hv2_in_rep, "ynnnnnu"),
-            ("GET", "/v1/replicators", "", "yynnnnu"),
-            ("GET", "/v1/replicators/rep1", "", "yynnnnu"),
-            ("PUT", "/v1/replicators/rep1", r#"{"address":"10.0.1.1:4789"}"#, "ynnnynu"),
-            ("PUT", "/v1/replicators/rep2", r#"{"address":"10.0.1.2:4789"}"#, "ynnnnnu"),
-            ("DELETE", "/v1/replicators/rep1", "", "ynnnnnu"),
-            ("GET", "/v1/views/chassis/hv1", "", "yyynnnu"),
-            ("GET", "/v1/views/chassis/hv2", "", "yynynnu"),
-            ("GET", "/v1/views/replicators", "", "yynnynu"),
-            ("GET", "/v1/watch/chassis/hv1", "", "yyynnnu"),
-            ("GET", "/v1/watch/chassis/hv2", "", "yynynnu"),
-            ("GET", "/v1/watch/replicators/rep1", "", "yynnynu"),
-            ("GET", "/v1/watch/replicators/rep2", "", "yynnnnu"),
-            ("GET", "/v1/nosuch", "", "yynnnnu"),
-        ];
+        let rows = matrix(include_str!("../tests/authz_matrix.txt"));
         let mut wrong = Vec::new();
         for (method, path, body, want) in &rows {
+            assert_eq!(want.len(), ids.len(), "{method} {path}: one letter per identity");
             for (id, expect) in ids.iter().zip(want.chars()) {
                 let got = match authorize(id.as_ref(), method, path, body.as_bytes(), &s) {
                     Ok(()) => 'y',

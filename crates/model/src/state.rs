@@ -709,16 +709,14 @@ impl State {
                 format!("master ip {ip} is not a host address of any subnet of VPC {:?}", r.vpc),
             ));
         }
-        let port = self
-            .ports
-            .values()
-            .find(|p| p.vpc == r.vpc && p.mac == r.master.mac && p.chassis == r.master.chassis)
-            .ok_or_else(|| {
+        let port = self.vpc_ports(&r.vpc).find(|p| p.mac == r.master.mac && p.chassis == r.master.chassis).ok_or_else(
+            || {
                 Invalid::forbidden(
                     "not_a_local_port",
                     format!("no port of VPC {:?} on chassis {:?} has MAC {}", r.vpc, r.master.chassis, r.master.mac),
                 )
-            })?;
+            },
+        )?;
         r.master.port = port.name.clone();
         Ok(())
     }

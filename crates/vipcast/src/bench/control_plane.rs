@@ -420,9 +420,8 @@ async fn follow(http: reqwest::Client, urls: Arc<Vec<String>>, path: String, ind
         if let Some(r) = from {
             url.push_str(&format!("?from={r}"));
         }
-        match stream(&http, &url, &seen, &mut from).await {
-            Ok(true) => delay = Duration::from_millis(100),
-            Ok(false) | Err(_) => {}
+        if let Ok(true) = stream(&http, &url, &seen, &mut from).await {
+            delay = Duration::from_millis(100);
         }
         k += 1;
         tokio::time::sleep(delay).await;
