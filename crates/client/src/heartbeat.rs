@@ -73,7 +73,17 @@ async fn send_forever(
         };
         loop {
             tick.tick().await;
-            seq += 1;
+            // Signed: the clock in µs (the controller refuses sequences far
+            // from its own clock), never below the last one plus one.
+            seq = match key {
+                Some(_) => (seq + 1).max(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_micros() as u64)
+                        .unwrap_or(0),
+                ),
+                None => seq + 1,
+            };
             let datagram = match &key {
                 Some(k) => vipcast_api::heartbeat::encode_signed(chassis, seq, |m| vipcast_tls::heartbeat::sign(k, m)),
                 None => vipcast_api::heartbeat::encode_heartbeat(chassis, seq),

@@ -398,6 +398,7 @@ struct Counters {
     unsigned: Counter,
     bad_tag: Counter,
     replayed: Counter,
+    stale: Counter,
 }
 
 impl Counters {
@@ -412,6 +413,7 @@ impl Counters {
             unsigned: get("unsigned"),
             bad_tag: get("bad_tag"),
             replayed: get("replayed"),
+            stale: get("stale"),
         }
     }
 }
@@ -434,7 +436,7 @@ fn receive(c: &Controller, sock: &std::net::UdpSocket, cfg: LivenessConfig, shar
                 backlog.received(n == batch.slots(), Instant::now());
                 let snap = c.cache.current();
                 let (now, wall) = (Instant::now(), now_ms());
-                let mut counts = [0u64; 8];
+                let mut counts = [0u64; 9];
                 for d in (0..n).filter_map(|i| batch.get(i)) {
                     let kind = if d.truncated {
                         Datagram::Malformed
@@ -447,13 +449,14 @@ fn receive(c: &Controller, sock: &std::net::UdpSocket, cfg: LivenessConfig, shar
                         Datagram::WrongSource => 3,
                         Datagram::Heartbeat { chassis, recorded_alive } => {
                             let verdict = match vipcast_api::heartbeat::parse(d.data) {
-                                Ok(beat) => auth.check(&beat),
+                                Ok(beat) => auth.check(&beat, wall.saturating_mul(1000)),
                                 Err(_) => Err(crate::heartbeat_auth::Refused::Unsigned),
                             };
                             match verdict {
                                 Err(crate::heartbeat_auth::Refused::Unsigned) => 5,
                                 Err(crate::heartbeat_auth::Refused::BadTag) => 6,
                                 Err(crate::heartbeat_auth::Refused::Replayed) => 7,
+                                Err(crate::heartbeat_auth::Refused::Stale) => 8,
                                 Ok(()) => match tracker.offer(chassis, recorded_alive, now, wall) {
                                     Heard::TooSoon => 4,
                                     Heard::Taken(t) => {
@@ -475,6 +478,7 @@ fn receive(c: &Controller, sock: &std::net::UdpSocket, cfg: LivenessConfig, shar
                     &counters.unsigned,
                     &counters.bad_tag,
                     &counters.replayed,
+                    &counters.stale,
                 ];
                 for (counter, n) in all.into_iter().zip(counts) {
                     if n > 0 {

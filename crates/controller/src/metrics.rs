@@ -50,7 +50,8 @@ pub struct ClaimLabels {
 pub struct HeartbeatLabels {
     /// heartbeats: ok, malformed, unknown_chassis, wrong_source (not from the
     /// chassis' underlay address), too_soon (within the minimum gap of the
-    /// last one taken); liveness changes: alive, dead
+    /// last one taken), unsigned, bad_tag, replayed, stale (signed with a
+    /// sequence far from the controller's clock); liveness changes: alive, dead
     pub result: &'static str,
 }
 

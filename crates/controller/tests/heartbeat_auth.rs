@@ -53,9 +53,9 @@ async fn only_signed_fresh_heartbeats_keep_a_chassis_alive() {
     let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (b, so, rec) = (beating.clone(), sock.clone(), recorded.clone());
     tokio::spawn(async move {
-        let mut seq = 1_000_000u64;
+        let mut seq = 0u64;
         while b.load(Ordering::Relaxed) {
-            seq += 1;
+            seq = (seq + 1).max(vipcast_api::now_ms() * 1000);
             let d = encode_signed("hv1", seq, |m| sign(&key, m));
             let _ = so.send(&d).await;
             rec.lock().unwrap().push(d);

@@ -710,13 +710,15 @@ impl<'a> Builder<'a> {
         if self.plan.store == StoreKind::Etcd {
             self.etcd(&ns)?;
             if let Some((d, _)) = &controller_tls {
+                // etcd's own CA (see `etcd`): the controller is its only client.
+                let e = vipcast_tls::pki::Dir(d.0.join("etcd"));
                 args.extend([
                     "--etcd-ca".into(),
-                    d.ca_cert().into_os_string(),
+                    e.ca_cert().into_os_string(),
                     "--etcd-cert".into(),
-                    d.cert("controller").into_os_string(),
+                    e.cert("controller").into_os_string(),
                     "--etcd-key".into(),
-                    d.key("controller").into_os_string(),
+                    e.key("controller").into_os_string(),
                 ]);
             }
         }
@@ -785,10 +787,28 @@ impl<'a> Builder<'a> {
         .map(OsString::from)
         .collect();
         if self.plan.tls {
+            // A CA of etcd's own, in `pki/etcd`: etcd admits every
+            // certificate its CA signed, so agents' certificates (the lab's
+            // CA) must not be among them; only the controller's is.
+            if self.tls.is_none() {
+                self.pki()?;
+            }
+            let dir = self.tls.as_ref().map(|t| t.dir.join("etcd")).unwrap_or_default();
+            vipcast_tls::pki::init(&dir).map_err(|e| Error::Lab(format!("creating etcd's CA: {e}")))?;
             // Server and client authentication: etcd's JSON gateway calls
-            // etcd's gRPC with this certificate.
-            self.issue(vipcast_api::PeerRole::Controller, "etcd", vec![UNDERLAY_GW.to_string()])?;
-            let d = vipcast_tls::pki::Dir(self.tls.as_ref().map(|t| t.dir.clone()).unwrap_or_default());
+            // etcd's gRPC with its own certificate.
+            for (name, sans) in [("etcd", vec![UNDERLAY_GW.to_string()]), ("controller", vec!["127.0.0.1".to_string()])]
+            {
+                let req = vipcast_tls::pki::Request {
+                    role: vipcast_api::PeerRole::Controller,
+                    name: name.to_string(),
+                    sans,
+                    days: vipcast_tls::pki::DEFAULT_DAYS,
+                };
+                vipcast_tls::pki::issue(&dir, &req)
+                    .map_err(|e| Error::Lab(format!("issuing etcd's certificate {name}: {e}")))?;
+            }
+            let d = vipcast_tls::pki::Dir(dir);
             args.extend([
                 "--client-cert-auth".into(),
                 "--trusted-ca-file".into(),

@@ -237,6 +237,11 @@ pub async fn run(
         Some(f) => Some(vipcast_tls::heartbeat::read_secret(f).context("reading the heartbeat secret")?),
         None => None,
     };
+    if server_tls.is_some() && secret.is_none() {
+        bail!(
+            "with --tls-cert, heartbeats must be signed too: give --heartbeat-secret (the heartbeat.secret of              vipcast pki init); unsigned heartbeats would let anyone who can send a datagram keep a dead chassis alive"
+        );
+    }
     // Descriptors first: the connection cap is sized by them.
     let soft = match vipcast_sys::raise_nofile_limit() {
         Ok(n) => n,

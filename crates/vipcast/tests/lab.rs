@@ -86,6 +86,42 @@ fn up_status_exec_down(store: &str) {
 
     // The controller answers only clients with a certificate of the lab's CA.
     let files = Root::default().read(&lab.name).unwrap().unwrap().client_files().expect("a TLS lab");
+    if store == "etcd" {
+        // etcd has a CA of its own: the controller's etcd certificate is
+        // served (etcd answers 404 for a path it does not have), the lab's
+        // own identities (like every agent's) are refused in the handshake.
+        let etcd_pki = files.ca.parent().unwrap().join("etcd");
+        let etcd_ca = etcd_pki.join("ca.crt");
+        let at_etcd = |cert: &std::path::Path, key: &std::path::Path| {
+            let args = [
+                "lab",
+                "exec",
+                &lab.name,
+                "net",
+                "--",
+                env!("CARGO_BIN_EXE_vipcast"),
+                "ctl",
+                "--controller",
+                "https://10.255.0.254:2379",
+                "--ca",
+                etcd_ca.to_str().unwrap(),
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+                "vpc",
+                "list",
+            ];
+            text(&vipcast(&args))
+        };
+        let served = at_etcd(&etcd_pki.join("controller.crt"), &etcd_pki.join("controller.key"));
+        assert!(served.contains("404"), "the controller's etcd certificate: {served}");
+        let refused = at_etcd(&files.cert, &files.key);
+        assert!(
+            !refused.contains("404") && refused.contains("cannot reach"),
+            "a certificate of the lab's CA reached etcd: {refused}"
+        );
+    }
     let health = http_get(&format!("{url}/healthz"), Some(&files), std::time::Duration::from_secs(2)).unwrap();
     assert!(health.contains("\"ok\""), "{health}");
     assert!(http_get(&format!("{url}/healthz"), None, std::time::Duration::from_secs(2)).is_err());
