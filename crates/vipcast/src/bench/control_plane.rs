@@ -53,17 +53,23 @@ struct Seen {
     connects: AtomicU64,
     bytes: AtomicU64,
     stop: AtomicBool,
+    /// Streams holding a connection to each controller now.
+    on: Vec<AtomicU64>,
+    /// Why streams failed: message -> count (said when a phase times out).
+    errors: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
-impl Default for Seen {
-    fn default() -> Seen {
+impl Seen {
+    fn new(controllers: usize) -> Seen {
         Seen {
+            on: (0..controllers).map(|_| AtomicU64::new(0)).collect(),
             counts: Mutex::default(),
             notify: Notify::new(),
             firsts: Semaphore::new(0),
             connects: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            errors: Mutex::default(),
         }
     }
 }
@@ -262,7 +268,7 @@ pub async fn run(c: &ControlPlane, tls: bool) -> anyhow::Result<Value> {
     let urls: Arc<Vec<String>> = Arc::new(ctls.iter().map(|c| c.base.clone()).collect());
 
     // Phase 1: cold controllers, every subscriber connecting at once.
-    let seen = Arc::new(Seen::default());
+    let seen = Arc::new(Seen::new(ctls.len()));
     let t_cold = Instant::now();
     for ctl in &mut ctls {
         ctl.start()?;
@@ -340,8 +346,9 @@ pub async fn run(c: &ControlPlane, tls: bool) -> anyhow::Result<Value> {
 
     // Phase 3: kill -9 the first controller; start it again (one controller)
     // or let its subscribers move to another.
-    // Subscriber i starts on controller i mod C.
-    let served = (0..subscribers).filter(|i| i % ctls.len() == 0).count();
+    // The streams on the first controller now (subscriber i starts on
+    // controller i mod C, and moves on after a failure).
+    let served = seen.on[0].load(Ordering::Relaxed) as usize;
     eprintln!("bench: kill -9 the controller at {} ({served} streams)", ctls[0].base);
     let t_kill = Instant::now();
     drop(ctls[0].child.take());
@@ -404,7 +411,13 @@ async fn wait_firsts(seen: &Seen, n: usize, what: &str) -> anyhow::Result<()> {
             p.forget();
             Ok(())
         }
-        _ => bail!("only {} of {n} watch streams had their {what} within 300 s", seen.firsts.available_permits()),
+        _ => {
+            let errors = seen.errors.lock().map(|e| format!("{e:?}")).unwrap_or_default();
+            bail!(
+                "only {} of {n} watch streams had their {what} within 300 s; stream failures: {errors}",
+                seen.firsts.available_permits()
+            )
+        }
     }
 }
 
@@ -420,8 +433,20 @@ async fn follow(http: reqwest::Client, urls: Arc<Vec<String>>, path: String, ind
         if let Some(r) = from {
             url.push_str(&format!("?from={r}"));
         }
-        if let Ok(true) = stream(&http, &url, &seen, &mut from).await {
-            delay = Duration::from_millis(100);
+        match stream(&http, &url, &seen, &mut from, k % urls.len()).await {
+            Ok(true) => delay = Duration::from_millis(100),
+            Ok(false) => {}
+            Err(e) => {
+                // The cause, without the URL (one entry per kind, not per stream).
+                let mut why = format!("{e:#}");
+                if let Some(at) = why.find("): ") {
+                    why = why.split_off(at + 3);
+                }
+                why.truncate(160);
+                if let Ok(mut errors) = seen.errors.lock() {
+                    *errors.entry(why).or_default() += 1;
+                }
+            }
         }
         k += 1;
         tokio::time::sleep(delay).await;
@@ -438,8 +463,24 @@ fn revision_of(line: &[u8]) -> Option<i64> {
 }
 
 /// One connection; whether it delivered a message.
-async fn stream(http: &reqwest::Client, url: &str, seen: &Seen, from: &mut Option<i64>) -> anyhow::Result<bool> {
+async fn stream(
+    http: &reqwest::Client,
+    url: &str,
+    seen: &Seen,
+    from: &mut Option<i64>,
+    controller: usize,
+) -> anyhow::Result<bool> {
     let resp = http.get(url).send().await?.error_for_status()?;
+    // Counted on this controller while the connection lasts.
+    struct On<'a>(&'a AtomicU64, bool);
+    impl Drop for On<'_> {
+        fn drop(&mut self) {
+            if self.1 {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+    let mut on = On(&seen.on[controller], false);
     let mut body = resp.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
     let mut any = false;
@@ -472,6 +513,8 @@ async fn stream(http: &reqwest::Client, url: &str, seen: &Seen, from: &mut Optio
             }
             if !any {
                 any = true;
+                on.0.fetch_add(1, Ordering::Relaxed);
+                on.1 = true;
                 seen.connects.fetch_add(1, Ordering::Relaxed);
                 seen.firsts.add_permits(1);
             }
