@@ -198,7 +198,7 @@ pub struct Subscription {
     /// The state it starts from.
     pub snapshot: Arc<Snapshot>,
     /// The revisions after it that may concern it.
-    pub rx: mpsc::Receiver<Arc<Applied>>,
+    pub rx: mpsc::Receiver<crate::fanout::Routed>,
     /// Cancelled when the stream is cut (its queue was full): it must end
     /// at once, even while blocked on its client.
     pub cut: tokio_util::sync::CancellationToken,

@@ -35,10 +35,10 @@ use crate::cache::Applied;
 /// Revisions one stream may have waiting before it is cut.
 pub const QUEUE: usize = 256;
 
-/// Whom a revision may concern.
+/// Whom one change may concern.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Route {
-    /// Every subscriber (a replicator or a gateway changed, or a reload).
+    /// Every subscriber (a replicator or a gateway changed).
     pub all: bool,
     /// Chassis named directly (their own record, or one of their ports).
     pub chassis: BTreeSet<String>,
@@ -52,20 +52,19 @@ impl Route {
     }
 }
 
-/// Whom `applied` may concern. Replicator streams are not named: they hear
-/// of every revision that concerns anyone.
-pub fn route(applied: &Applied) -> Route {
-    let mut r = Route { all: applied.reload, ..Route::default() };
+/// Whom change `i` of `applied` may concern (replicator streams, which
+/// weigh every change, are not named).
+pub fn route(applied: &Applied, i: usize) -> Route {
+    let mut r = Route::default();
     let (before, after) = (&*applied.before, &*applied.state);
-    for (key, new) in &applied.changes {
-        let old = before.get(key);
-        for obj in [old.as_ref(), new.as_ref()].into_iter().flatten() {
-            touch(&mut r, before, after, obj);
-        }
-        // A deleted object that was never in the state still names its key.
-        if let ObjectKey::Vpc(v) | ObjectKey::Subnet(v, _) = key {
-            r.vpcs.insert(v.clone());
-        }
+    let Some((key, new)) = applied.changes.get(i) else { return r };
+    let old = before.get(key);
+    for obj in [old.as_ref(), new.as_ref()].into_iter().flatten() {
+        touch(&mut r, before, after, obj);
+    }
+    // A deleted object that was never in the state still names its key.
+    if let ObjectKey::Vpc(v) | ObjectKey::Subnet(v, _) = key {
+        r.vpcs.insert(v.clone());
     }
     r
 }
@@ -103,37 +102,88 @@ fn touch(r: &mut Route, before: &State, after: &State, obj: &Object) {
     }
 }
 
-/// The chassis whose streams must hear of a revision.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Concerned {
-    All,
-    /// These (registered or not); the replicators' streams too.
-    Chassis(BTreeSet<String>),
+/// Which of a revision's changes (indexes into [`Applied::changes`]) the
+/// streams of each chassis must weigh.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Targets {
+    /// Whether any change concerns anyone: replicators' streams weigh all.
+    pub any: bool,
+    /// Changes every stream weighs (a gateway's, a replicator's).
+    pub all: Vec<u32>,
+    /// Chassis (registered or not) -> the other changes its streams weigh:
+    /// those of the VPCs it takes part in before or after, and those that
+    /// name it.
+    pub chassis: HashMap<String, Vec<u32>>,
 }
 
-/// The chassis `applied` may concern, `None` for nobody: [`route`]'s
-/// chassis, and the participants of its VPCs before and after (gateways
-/// take part in every VPC).
-pub fn concerned(applied: &Applied) -> Option<Concerned> {
-    let r = route(applied);
-    if r.is_empty() {
-        return None;
+impl Targets {
+    /// The changes the streams of `chassis` weigh, in order; empty: none.
+    pub fn of(&self, chassis: &str) -> Vec<u32> {
+        let own = self.chassis.get(chassis).map(Vec::as_slice).unwrap_or_default();
+        let mut v: Vec<u32> = own.iter().chain(&self.all).copied().collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
-    if r.all {
-        return Some(Concerned::All);
+
+    /// Whether no change concerns anyone.
+    pub fn is_empty(&self) -> bool {
+        !self.any
     }
-    let mut names = r.chassis;
-    for vpc in &r.vpcs {
-        for s in [&*applied.before, &*applied.state] {
-            let idx = s.index();
-            names.extend(idx.vpc_chassis(vpc).keys().chain(idx.gateways().iter()).cloned());
+}
+
+/// Who must weigh each change of `applied`: the chassis [`route`] names, and
+/// the participants of its VPCs before and after (gateways take part in
+/// every VPC). A VIP move is weighed by its VPC's chassis only; a batch of
+/// liveness changes by each changed chassis' neighbours, each for its own.
+pub fn targets(applied: &Applied) -> Targets {
+    let mut t = Targets::default();
+    for i in 0..applied.changes.len() {
+        let r = route(applied, i);
+        if r.is_empty() {
+            continue;
+        }
+        t.any = true;
+        let i = i as u32;
+        if r.all {
+            t.all.push(i);
+            continue;
+        }
+        let mut names: BTreeSet<&str> = r.chassis.iter().map(String::as_str).collect();
+        for vpc in &r.vpcs {
+            for s in [&*applied.before, &*applied.state] {
+                let idx = s.index();
+                names.extend(idx.vpc_chassis(vpc).keys().chain(idx.gateways().iter()).map(String::as_str));
+            }
+        }
+        for n in names {
+            t.chassis.entry(n.to_string()).or_default().push(i);
         }
     }
-    Some(Concerned::Chassis(names))
+    t
+}
+
+/// What a stream is handed: a revision, and which of its changes to weigh
+/// (`None`: all of them).
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub applied: Arc<Applied>,
+    pub changes: Option<Arc<[u32]>>,
+}
+
+impl Routed {
+    /// The changes to weigh, by key (final values).
+    pub fn changes(&self) -> std::collections::BTreeMap<ObjectKey, Option<Object>> {
+        let all = &self.applied.changes;
+        match &self.changes {
+            None => all.iter().cloned().collect(),
+            Some(ix) => ix.iter().filter_map(|&i| all.get(i as usize).cloned()).collect(),
+        }
+    }
 }
 
 /// A stream's queue, and what cuts it.
-type Tx = (mpsc::Sender<Arc<Applied>>, CancellationToken);
+type Tx = (mpsc::Sender<Routed>, CancellationToken);
 
 /// The open watch streams, by chassis (and the replicators').
 #[derive(Debug)]
@@ -156,7 +206,7 @@ impl Fanout {
 
     /// A new stream for `chassis` (`None`: a replicator): its id, queue,
     /// and the token cancelled when it is cut.
-    pub fn add(&mut self, chassis: Option<&str>) -> (u64, mpsc::Receiver<Arc<Applied>>, CancellationToken) {
+    pub fn add(&mut self, chassis: Option<&str>) -> (u64, mpsc::Receiver<Routed>, CancellationToken) {
         let (tx, rx) = mpsc::channel(self.capacity);
         let cut = CancellationToken::new();
         let tx = (tx, cut.clone());
@@ -200,35 +250,52 @@ impl Fanout {
         self.len() == 0
     }
 
-    /// Hands `applied` to every stream it may concern; returns how many.
-    /// A stream whose queue is full is cut (its queue closed) and counted.
+    /// Hands `applied` to every stream it may concern, with the changes it
+    /// must weigh; returns how many streams. A stream whose queue is full is
+    /// cut (its token cancelled, its queue closed) and counted.
     pub fn dispatch(&mut self, applied: &Arc<Applied>) -> usize {
-        let Some(names) = concerned(applied) else { return 0 };
-        let mut cut: Vec<(Option<String>, u64)> = Vec::new();
-        let targets: Vec<&str> = match &names {
-            Concerned::All => self.chassis.keys().map(String::as_str).collect(),
-            Concerned::Chassis(names) => {
-                names.iter().map(String::as_str).filter(|c| self.chassis.contains_key(*c)).collect()
+        let mut handed: Vec<(Option<&str>, u64, &Tx, Option<Arc<[u32]>>)> = Vec::new();
+        if applied.reload {
+            for (name, streams) in &self.chassis {
+                handed.extend(streams.iter().map(|(id, tx)| (Some(name.as_str()), *id, tx, None)));
             }
-        };
-        let mut sent = 0;
-        let mut send = |name: Option<&str>, id: u64, (tx, token): &Tx| match tx.try_send(applied.clone()) {
-            Ok(()) => sent += 1,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                token.cancel();
-                self.dropped.inc();
-                tracing::warn!(chassis = name.unwrap_or("(replicator)"), "watch stream cut: its queue is full");
-                cut.push((name.map(str::to_string), id));
+            handed.extend(self.replicators.iter().map(|(id, tx)| (None, *id, tx, None)));
+        } else {
+            let t = targets(applied);
+            if t.is_empty() {
+                return 0;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => cut.push((name.map(str::to_string), id)),
-        };
-        for name in targets {
-            for (id, tx) in self.chassis.get(name).into_iter().flatten() {
-                send(Some(name), *id, tx);
+            let each = |name: &str| {
+                let ix = t.of(name);
+                (!ix.is_empty()).then(|| Arc::<[u32]>::from(ix))
+            };
+            if t.all.is_empty() {
+                for name in t.chassis.keys() {
+                    let Some((name, streams)) = self.chassis.get_key_value(name) else { continue };
+                    let Some(ix) = each(name) else { continue };
+                    handed.extend(streams.iter().map(|(id, tx)| (Some(name.as_str()), *id, tx, Some(ix.clone()))));
+                }
+            } else {
+                for (name, streams) in &self.chassis {
+                    let Some(ix) = each(name) else { continue };
+                    handed.extend(streams.iter().map(|(id, tx)| (Some(name.as_str()), *id, tx, Some(ix.clone()))));
+                }
             }
+            handed.extend(self.replicators.iter().map(|(id, tx)| (None, *id, tx, None)));
         }
-        for (id, tx) in &self.replicators {
-            send(None, *id, tx);
+        let mut sent = 0;
+        let mut cut: Vec<(Option<String>, u64)> = Vec::new();
+        for (name, id, (tx, token), changes) in handed {
+            match tx.try_send(Routed { applied: applied.clone(), changes }) {
+                Ok(()) => sent += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    token.cancel();
+                    self.dropped.inc();
+                    tracing::warn!(chassis = name.unwrap_or("(replicator)"), "watch stream cut: its queue is full");
+                    cut.push((name.map(str::to_string), id));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => cut.push((name.map(str::to_string), id)),
+            }
         }
         for (name, id) in cut {
             self.remove(name.as_deref(), id);

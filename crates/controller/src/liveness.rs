@@ -377,14 +377,26 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// Writes the pending transitions the state does not already record.
+/// Chassis whose liveness one transaction writes at most (etcd takes 128
+/// operations in a transaction by default).
+const LIVENESS_BATCH: usize = 100;
+
+/// Writes the pending transitions the state does not already record, up to
+/// [`LIVENESS_BATCH`] chassis a transaction: a region coming up (10,000
+/// chassis heard for the first time) or a rack going dark is a few writes,
+/// not one per chassis.
 async fn write_pending(c: &Controller, shared: &Shared) {
     let batch = std::mem::take(&mut *shared.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-    for t in batch.into_values() {
-        let recorded = c.cache.current().state.chassis.get(&t.chassis).map(|ch| ch.liveness.is_some_and(|l| l.alive));
-        if recorded.is_some_and(|alive| alive != t.alive) {
-            set(c, &t).await;
-        }
+    let state = c.cache.current().state.clone();
+    let todo: Vec<Transition> = batch
+        .into_values()
+        .filter(|t| {
+            let recorded = state.chassis.get(&t.chassis).map(|ch| ch.liveness.is_some_and(|l| l.alive));
+            recorded.is_some_and(|alive| alive != t.alive)
+        })
+        .collect();
+    for chunk in todo.chunks(LIVENESS_BATCH) {
+        set(c, chunk).await;
     }
 }
 
@@ -518,24 +530,39 @@ fn receive(c: &Controller, sock: &std::net::UdpSocket, cfg: LivenessConfig, shar
     std::io::Error::other("stopped")
 }
 
-/// Writes a chassis' liveness (nothing if it already says so), decided now.
-async fn set(c: &Controller, t: &Transition) {
-    let (name, alive) = (t.chassis.as_str(), t.alive);
+/// Writes chassis' liveness in one transaction (nothing for those whose
+/// record already says so), decided now.
+async fn set(c: &Controller, ts: &[Transition]) {
     let since_ms = now_ms();
     let started = Instant::now();
-    let command = t.command();
-    let r = c.write_with(|s| command::apply(s, &command, since_ms)).await;
+    let commands: Vec<Command> = ts.iter().map(Transition::command).collect();
+    let r = c
+        .write_with(|s| {
+            let mut puts = Vec::new();
+            for command in &commands {
+                puts.extend(command::apply(s, command, since_ms)?.puts);
+            }
+            let outcome = if puts.is_empty() { command::Outcome::Unchanged } else { command::Outcome::Updated };
+            Ok(command::Applied { puts, deletes: Vec::new(), outcome })
+        })
+        .await;
     match r {
         Ok(written) => {
             let revision = written.revision;
-            c.metrics
-                .liveness_changes
-                .get_or_create(&crate::metrics::HeartbeatLabels { result: if alive { "alive" } else { "dead" } })
-                .inc();
             let write_ms = started.elapsed().as_secs_f64() * 1000.0;
-            tracing::info!(chassis = name, alive, revision, write_ms, "chassis liveness written");
+            for t in ts {
+                let result = if t.alive { "alive" } else { "dead" };
+                c.metrics.liveness_changes.get_or_create(&crate::metrics::HeartbeatLabels { result }).inc();
+                tracing::info!(
+                    chassis = t.chassis.as_str(),
+                    alive = t.alive,
+                    revision,
+                    write_ms,
+                    "chassis liveness written"
+                );
+            }
         }
-        Err(e) => tracing::warn!(chassis = name, alive, error = ?e, "writing chassis liveness"),
+        Err(e) => tracing::warn!(chassis = ts.len(), error = ?e, "writing chassis liveness"),
     }
 }
 

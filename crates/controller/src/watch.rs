@@ -248,10 +248,15 @@ async fn run(c: &Controller, sub: Subscriber, from: Option<Revision>, tx: mpsc::
             // `None`: the stream fell too far behind and was cut (its
             // client resumes from the last revision it holds).
             r = subscription.rx.recv() => match r {
-                Some(a) if a.revision <= s.revision && !a.reload => {}
-                Some(a) if a.reload => s.snapshot(&a.state, &a.encoded, a.revision, &tx).await?,
-                Some(a) => {
-                    let changes: BTreeMap<_, _> = a.changes.iter().cloned().collect();
+                Some(r) if r.applied.revision <= s.revision && !r.applied.reload => {}
+                Some(r) if r.applied.reload => {
+                    let a = &r.applied;
+                    s.snapshot(&a.state, &a.encoded, a.revision, &tx).await?
+                }
+                Some(r) => {
+                    // Only the changes routed to this stream: a batch of
+                    // many chassis costs each stream what concerns it.
+                    let (a, changes) = (&r.applied, r.changes());
                     if let Some(m) = s.delta(&a.before, &a.state, a.revision, &changes) {
                         tx.send(line(&m)).await?;
                         ping.reset();
@@ -318,7 +323,7 @@ mod tests {
 
     use super::*;
     use crate::cache::Applied;
-    use crate::fanout::{Concerned, Fanout, concerned};
+    use crate::fanout::{Fanout, Routed, targets};
 
     const CHASSIS: u8 = 6;
 
@@ -452,21 +457,34 @@ mod tests {
                 encoded: Default::default(),
                 reload: false,
             };
-            let who = concerned(&applied);
+            let t = targets(&applied);
+            let applied = Arc::new(applied);
             let finals: BTreeMap<_, _> = changes.into_iter().collect();
             let subs = (0..CHASSIS).map(|c| Subscriber::Chassis(format!("hv{c}"))).chain([Subscriber::Replicator]);
             for sub in subs {
-                let mut s = Stream { sub: sub.clone(), vpcs: BTreeSet::new(), revision: 1 };
-                s.vpcs = s.participation(&before);
-                if s.delta(&before, &after, 2, &finals).is_none() {
-                    continue;
-                }
-                let handed = match (&who, &sub) {
-                    (None, _) => false,
-                    (Some(Concerned::All), _) | (Some(_), Subscriber::Replicator) => true,
-                    (Some(Concerned::Chassis(names)), Subscriber::Chassis(me)) => names.contains(me),
+                let fresh = || {
+                    let mut s = Stream { sub: sub.clone(), vpcs: BTreeSet::new(), revision: 1 };
+                    s.vpcs = s.participation(&before);
+                    s
                 };
-                prop_assert!(handed, "{:?} has a delta but was not handed the revision (concerned: {:?})", sub, who);
+                let full = fresh().delta(&before, &after, 2, &finals);
+                // What the stream is handed: its changes, or all of them.
+                let handed = match &sub {
+                    Subscriber::Chassis(me) => {
+                        let ix = t.of(me);
+                        (!ix.is_empty()).then(|| Routed { applied: applied.clone(), changes: Some(ix.into()) })
+                    }
+                    Subscriber::Replicator => {
+                        (!t.is_empty()).then(|| Routed { applied: applied.clone(), changes: None })
+                    }
+                };
+                match handed {
+                    None => prop_assert!(full.is_none(), "{:?} has a delta but was not handed the revision ({:?})", sub, t),
+                    Some(r) => {
+                        let routed = fresh().delta(&before, &after, 2, &r.changes());
+                        prop_assert_eq!(routed, full, "{:?}: the changes it was handed make another delta", sub);
+                    }
+                }
             }
         }
     }

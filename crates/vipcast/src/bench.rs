@@ -108,6 +108,12 @@ pub struct ControlPlane {
     /// Seed of the region plan.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Seconds of heartbeats from every chassis at the agents' interval
+    /// (50 ms: 20 per chassis per second), signed, to the first controller,
+    /// after the moves: the controller's CPU for them (against as long a
+    /// quiet window), what it made of them, and moves timed meanwhile. 0: none.
+    #[arg(long, default_value_t = 0)]
+    heartbeats: u64,
     /// The `vipcast` binary to run the controllers with (default: this
     /// one), to compare another build against the same region.
     #[arg(long)]

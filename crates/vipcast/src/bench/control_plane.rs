@@ -207,11 +207,15 @@ pub async fn run(c: &ControlPlane, tls: bool) -> anyhow::Result<Value> {
     let seed_s = t.elapsed().as_secs_f64();
 
     // Certificates: one per chassis and replicator, an admin for the claims.
+    // The heartbeat secret in any case: heartbeats are signed.
     let pki = dir.path().join("pki");
     let mut tls_args = Vec::new();
+    let hb_secret = vipcast_tls::pki::init(&pki)?.secret();
+    tls_args.extend(["--heartbeat-secret".to_string(), hb_secret.display().to_string()]);
+    tls_args.extend(["--heartbeat-source".to_string(), "any".to_string()]);
     if tls {
         eprintln!("bench: issuing {} certificates", region.chassis + region.replicators + 2);
-        let d = vipcast_tls::pki::init(&pki)?;
+        let d = vipcast_tls::pki::Dir(pki.clone());
         let issue = |role, name: &str, sans: &[&str]| {
             let sans = sans.iter().map(|s| s.to_string()).collect();
             vipcast_tls::pki::issue(&pki, &vipcast_tls::pki::Request { role, name: name.to_string(), sans, days: 1 })
@@ -224,12 +228,9 @@ pub async fn run(c: &ControlPlane, tls: bool) -> anyhow::Result<Value> {
         for r in 0..region.replicators {
             issue(vipcast_api::PeerRole::Replicator, &Region::replicator_name(r), &[])?;
         }
-        for (flag, path) in [
-            ("--tls-cert", d.cert("controller")),
-            ("--tls-key", d.key("controller")),
-            ("--client-ca", d.ca_cert()),
-            ("--heartbeat-secret", d.secret()),
-        ] {
+        for (flag, path) in
+            [("--tls-cert", d.cert("controller")), ("--tls-key", d.key("controller")), ("--client-ca", d.ca_cert())]
+        {
             tls_args.extend([flag.to_string(), path.display().to_string()]);
         }
     }
@@ -301,48 +302,34 @@ pub async fn run(c: &ControlPlane, tls: bool) -> anyhow::Result<Value> {
     let participants: Vec<usize> = region.vpcs.iter().map(Vec::len).collect();
     let first = region.first_ports();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut generation = vec![0u64; region.vips.len()];
     let (bytes0, connects0) = (seen.bytes.load(Ordering::Relaxed), seen.connects.load(Ordering::Relaxed));
     let mut must_hold = 0usize;
     eprintln!("bench: {} moves", c.moves);
-    for m in 0..c.moves {
-        let k = m % region.vips.len();
-        let (v, a, b) = region.vips[k];
-        let j = if generation[k] % 2 == 0 { a } else { b };
-        let (_, mac) = Region::port(&first, v, j);
-        let name = Region::vip_name(k);
-        let need = participants[v] + region.replicators;
+    let mut mover = Mover {
+        region: &region,
+        first: &first,
+        generation: vec![0; region.vips.len()],
+        admin: &admin,
+        base: &urls[0],
+        seen: &seen,
+        next: 0,
+    };
+    for _ in 0..c.moves {
+        let (took, need) = mover.step().await?;
         must_hold += need;
-        let t0 = Instant::now();
-        let r = super::call(
-            &admin,
-            "POST",
-            &format!("{}/v1/vips/{name}/claims", urls[0]),
-            json!({"mac": mac.to_string(), "chassis": Region::chassis_name(region.vpcs[v][j]), "source": "agent",
-                   "observed_at": vipcast_api::now_ms()}),
-        )
-        .await?;
-        if r["result"] == "damped" {
-            bail!("move {m}: {name} is on hold (flap damping: 30 moves in 10 s); use more --vips");
-        }
-        let g = r["owner"]["generation"].as_u64().context("claim answer without generation")?;
-        generation[k] = g;
-        loop {
-            let notified = seen.notify.notified();
-            let have =
-                seen.counts.lock().map(|c| c.get(&name).and_then(|x| x.get(&g)).copied().unwrap_or(0)).unwrap_or(0);
-            if have >= need {
-                break;
-            }
-            if tokio::time::timeout(Duration::from_secs(10), notified).await.is_err() {
-                bail!("move {m}: only {have} of {need} subscribers got {name} generation {g} within 10 s");
-            }
-        }
-        hist.record(t0.elapsed().as_micros().max(1) as u64)?;
+        hist.record(took.as_micros().max(1) as u64)?;
     }
     let moves_bytes = seen.bytes.load(Ordering::Relaxed) - bytes0;
     let reconnects_during_moves = seen.connects.load(Ordering::Relaxed) - connects0;
     let after_moves = usage(&ctls);
+
+    let heartbeats = if c.heartbeats > 0 {
+        let port: u16 = urls[0].rsplit(':').next().and_then(|p| p.parse().ok()).context("controller port")?;
+        let secret = vipcast_tls::heartbeat::read_secret(&hb_secret)?;
+        Some(heartbeat_phase(c.heartbeats, region.chassis, port, secret, &ctls[0], &mut mover).await?)
+    } else {
+        None
+    };
 
     // Phase 3: kill -9 the first controller; start it again (one controller)
     // or let its subscribers move to another.
@@ -390,6 +377,7 @@ pub async fn run(c: &ControlPlane, tls: bool) -> anyhow::Result<Value> {
         "subscribers_per_move": must_hold as f64 / moves,
         "bytes_per_move": moves_bytes as f64 / moves,
         "reconnects_during_moves": reconnects_during_moves,
+        "heartbeats": heartbeats,
         "restart_resync_s": restart_resync_s,
         "restart_up_s": restart_up_s,
         "rss_mib": after_moves.1,
@@ -403,6 +391,193 @@ pub async fn run(c: &ControlPlane, tls: bool) -> anyhow::Result<Value> {
     drop(ctls);
     drop(etcd);
     Ok(result)
+}
+
+/// Moves VIPs one at a time: each VIP in turn to its other member.
+struct Mover<'a> {
+    region: &'a Region,
+    first: &'a [usize],
+    generation: Vec<u64>,
+    admin: &'a reqwest::Client,
+    base: &'a str,
+    seen: &'a Seen,
+    next: usize,
+}
+
+impl Mover<'_> {
+    /// One move: claim sent → every subscriber that must hold it does; the
+    /// time and how many subscribers that was.
+    async fn step(&mut self) -> anyhow::Result<(Duration, usize)> {
+        let m = self.next;
+        self.next += 1;
+        let region = self.region;
+        let k = m % region.vips.len();
+        let (v, a, b) = region.vips[k];
+        let j = if self.generation[k] % 2 == 0 { a } else { b };
+        let (_, mac) = Region::port(self.first, v, j);
+        let name = Region::vip_name(k);
+        let need = region.vpcs[v].len() + region.replicators;
+        let t0 = Instant::now();
+        let r = super::call(
+            self.admin,
+            "POST",
+            &format!("{}/v1/vips/{name}/claims", self.base),
+            json!({"mac": mac.to_string(), "chassis": Region::chassis_name(region.vpcs[v][j]), "source": "agent",
+                   "observed_at": vipcast_api::now_ms()}),
+        )
+        .await?;
+        if r["result"] == "damped" {
+            bail!("move {m}: {name} is on hold (flap damping: 30 moves in 10 s); use more --vips");
+        }
+        let g = r["owner"]["generation"].as_u64().context("claim answer without generation")?;
+        self.generation[k] = g;
+        loop {
+            let notified = self.seen.notify.notified();
+            let have = self
+                .seen
+                .counts
+                .lock()
+                .map(|c| c.get(&name).and_then(|x| x.get(&g)).copied().unwrap_or(0))
+                .unwrap_or(0);
+            if have >= need {
+                break;
+            }
+            if tokio::time::timeout(Duration::from_secs(10), notified).await.is_err() {
+                bail!("move {m}: only {have} of {need} subscribers got {name} generation {g} within 10 s");
+            }
+        }
+        Ok((t0.elapsed(), need))
+    }
+}
+
+/// Every chassis heartbeating (signed, every 50 ms) to the controller at
+/// `port` for `secs` seconds from a thread of its own (sendmmsg): the
+/// controller's CPU meanwhile against a quiet window as long, its counters,
+/// and moves timed meanwhile.
+async fn heartbeat_phase(
+    secs: u64,
+    chassis: usize,
+    port: u16,
+    secret: [u8; 32],
+    ctl: &Ctl,
+    mover: &mut Mover<'_>,
+) -> anyhow::Result<Value> {
+    let pid = ctl.pid().context("the controller runs")?;
+    let window = Duration::from_secs(secs);
+    // Quiet: nothing but the watch streams' pings.
+    let cpu0 = cpu_s(pid).unwrap_or(0.0);
+    tokio::time::sleep(window).await;
+    let quiet = cpu_s(pid).unwrap_or(0.0) - cpu0;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let (stop2, sent2) = (stop.clone(), sent.clone());
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        vipcast_sys::udp::set_send_buffer(&sock, 4 << 20, true).ok();
+        let to: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let keys: Vec<(String, [u8; 32])> = (0..chassis)
+            .map(|n| {
+                let name = Region::chassis_name(n);
+                let key = vipcast_tls::heartbeat::chassis_key(&secret, &name);
+                (name, key)
+            })
+            .collect();
+        let mut batch = vipcast_sys::udp::SendBatch::new(chassis, chassis);
+        let mut seq = 0u64;
+        let tick = Duration::from_millis(50);
+        let mut next = Instant::now();
+        while !stop2.load(Ordering::Relaxed) {
+            seq = (seq + 1).max(vipcast_api::now_ms() * 1000);
+            let frames: Vec<Vec<u8>> = keys
+                .iter()
+                .map(|(name, key)| {
+                    vipcast_api::heartbeat::encode_signed(name, seq, |m| vipcast_tls::heartbeat::sign(key, m))
+                })
+                .collect();
+            batch.clear();
+            for i in 0..frames.len() {
+                batch.push(to, 0, &[i as u32]);
+            }
+            let mut at = 0;
+            while at < batch.len() {
+                match batch.send(&sock, frames.as_slice(), at) {
+                    Ok(n) => at += n,
+                    // A full socket buffer: that datagram is lost, as on a network.
+                    Err(_) => at += 1,
+                }
+            }
+            sent2.fetch_add(frames.len() as u64, Ordering::Relaxed);
+            next += tick;
+            if let Some(d) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            } else {
+                next = Instant::now();
+            }
+        }
+        Ok(())
+    });
+    // Every chassis recorded alive first (one store write each), then the
+    // steady state is measured.
+    let alive_s = {
+        let t = Instant::now();
+        loop {
+            let m = metrics(mover.admin, mover.base).await;
+            if series(&m, r#"vipcast_controller_chassis_liveness_changes_total{result="alive"}"#) >= chassis as u64 {
+                break t.elapsed().as_secs_f64();
+            }
+            if t.elapsed() > Duration::from_secs(120) {
+                stop.store(true, Ordering::Relaxed);
+                bail!("not every chassis was recorded alive within 120 s of heartbeats");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let m0 = metrics(mover.admin, mover.base).await;
+    let (cpu1, sent1, t1) = (cpu_s(pid).unwrap_or(0.0), sent.load(Ordering::Relaxed), Instant::now());
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    while t1.elapsed() < window {
+        let (took, _) = mover.step().await?;
+        hist.record(took.as_micros().max(1) as u64)?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = t1.elapsed().as_secs_f64();
+    let busy = cpu_s(pid).unwrap_or(0.0) - cpu1;
+    let datagrams = sent.load(Ordering::Relaxed) - sent1;
+    let m1 = metrics(mover.admin, mover.base).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = sender.join();
+    let delta = |name: &str| series(&m1, name).saturating_sub(series(&m0, name));
+    let by = |result: &str| delta(&format!("vipcast_controller_chassis_heartbeats_total{{result=\"{result}\"}}"));
+    Ok(json!({
+        "chassis": chassis,
+        "interval_ms": 50,
+        "sent_per_s": datagrams as f64 / elapsed,
+        "all_alive_after_s": alive_s,
+        "controller_cores": busy / elapsed,
+        "controller_cores_quiet": quiet / window.as_secs_f64(),
+        "ok": by("ok"),
+        "too_soon": by("too_soon"),
+        "refused": by("unsigned") + by("bad_tag") + by("replayed") + by("stale"),
+        "socket_drops": delta("vipcast_controller_heartbeat_socket_drops_total"),
+        "liveness_changes": delta(r#"vipcast_controller_chassis_liveness_changes_total{result="alive"}"#)
+            + delta(r#"vipcast_controller_chassis_liveness_changes_total{result="dead"}"#),
+        "moves": hist.len(),
+        "move_p50_ms": hist.value_at_quantile(0.5) as f64 / 1000.0,
+        "move_p99_ms": hist.value_at_quantile(0.99) as f64 / 1000.0,
+    }))
+}
+
+async fn metrics(http: &reqwest::Client, base: &str) -> String {
+    match http.get(format!("{base}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+fn series(metrics: &str, name_and_labels: &str) -> u64 {
+    let prefix = format!("{name_and_labels} ");
+    metrics.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 async fn wait_firsts(seen: &Seen, n: usize, what: &str) -> anyhow::Result<()> {
