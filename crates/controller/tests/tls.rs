@@ -38,8 +38,18 @@ async fn code(c: &ControllerClient, method: Method, path: &str, body: Value) -> 
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mutual_tls_authenticates_and_authorizes_every_request() {
+/// A controller over mutual TLS with authorization, and a PKI: admin alice,
+/// viewer bob, agents hv1 and hv2, replicator rep1, the controller ctl, and
+/// another CA (`foreign`) with an admin mallory.
+struct Served {
+    _dir: tempfile::TempDir,
+    pki_dir: std::path::PathBuf,
+    foreign: std::path::PathBuf,
+    url: String,
+    server: Arc<TlsServer>,
+}
+
+async fn serve(watch_ping: Duration) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let pki_dir = dir.path().join("pki");
     pki::init(&pki_dir).unwrap();
@@ -53,19 +63,77 @@ async fn mutual_tls_authenticates_and_authorizes_every_request() {
     ] {
         issue(&pki_dir, role, name);
     }
-    // Another CA, with an admin of its own.
     let foreign = dir.path().join("foreign");
     pki::init(&foreign).unwrap();
     issue(&foreign, PeerRole::Admin, "mallory");
-
     let d = pki::Dir(pki_dir.clone());
     let server = TlsServer::load(d.cert("ctl"), d.key("ctl"), d.ca_cert()).unwrap();
     let store = Arc::new(FileStore::open(dir.path().join("store")).unwrap());
-    let config = Config { watch_ping: Duration::from_millis(100), authorize: true, ..Default::default() };
+    let config = Config { watch_ping, authorize: true, ..Default::default() };
     let c = Controller::new(store, config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
     tokio::spawn(serve_tls(listener, c, server.clone(), std::future::pending()));
+    Served { _dir: dir, pki_dir, foreign, url, server }
+}
+
+/// A client that trusts `ca` and presents no certificate.
+fn anonymous(ca: &Path) -> reqwest::Client {
+    let config = vipcast_tls::rustls::ClientConfig::builder_with_provider(Arc::new(
+        vipcast_tls::rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(vipcast_tls::roots(ca).unwrap())
+    .with_no_client_auth();
+    reqwest::Client::builder().tls_backend_preconfigured(config).build().unwrap()
+}
+
+/// The matrix's state (`authz_matrix.txt`): VPCs prod (head-end) and rep
+/// (replicator mode), chassis hv1 and hv2, ports pay1, pay2 and r1, VIPs
+/// pay-vip and rep-vip.
+async fn build_matrix_state(admin: &ControllerClient) {
+    for (m, path, body) in [
+        (Method::POST, "/v1/vpcs", json!({"name": "prod", "vni": 100, "bum": "headend"})),
+        (Method::POST, "/v1/vpcs", json!({"name": "rep", "vni": 200, "bum": "replicator"})),
+        (Method::POST, "/v1/subnets", json!({"vpc": "prod", "name": "web", "cidr": "192.168.10.0/24"})),
+        (Method::POST, "/v1/subnets", json!({"vpc": "rep", "name": "web", "cidr": "192.168.20.0/24"})),
+        (Method::PUT, "/v1/chassis/hv1", json!({"underlay_ip": "10.0.0.1"})),
+        (Method::PUT, "/v1/chassis/hv2", json!({"underlay_ip": "10.0.0.2"})),
+        (
+            Method::POST,
+            "/v1/ports",
+            json!({"name": "pay1", "vpc": "prod", "subnet": "web", "chassis": "hv1", "mac": "02:00:00:00:00:01", "ip": "192.168.10.11"}),
+        ),
+        (
+            Method::POST,
+            "/v1/ports",
+            json!({"name": "pay2", "vpc": "prod", "subnet": "web", "chassis": "hv2", "mac": "02:00:00:00:00:02", "ip": "192.168.10.12"}),
+        ),
+        (
+            Method::POST,
+            "/v1/ports",
+            json!({"name": "r1", "vpc": "rep", "subnet": "web", "chassis": "hv1", "mac": "02:00:00:00:00:03", "ip": "192.168.20.11"}),
+        ),
+        (
+            Method::POST,
+            "/v1/vips",
+            json!({"name": "pay-vip", "vpc": "prod", "subnet": "web", "ip": "192.168.10.100", "members": ["pay1", "pay2"]}),
+        ),
+        (
+            Method::POST,
+            "/v1/vips",
+            json!({"name": "rep-vip", "vpc": "rep", "subnet": "web", "ip": "192.168.20.100", "members": ["r1"]}),
+        ),
+    ] {
+        code(admin, m, path, body).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_authenticates_and_authorizes_every_request() {
+    let Served { _dir, pki_dir, foreign, url, server } = serve(Duration::from_millis(100)).await;
+    let d = pki::Dir(pki_dir.clone());
 
     let admin = client(&url, &pki_dir, "alice");
     let viewer = client(&url, &pki_dir, "bob");
@@ -74,14 +142,7 @@ async fn mutual_tls_authenticates_and_authorizes_every_request() {
     let rep = client(&url, &pki_dir, "rep1");
 
     // No certificate: /healthz answers, everything else is 401.
-    let anon_config = vipcast_tls::rustls::ClientConfig::builder_with_provider(Arc::new(
-        vipcast_tls::rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(vipcast_tls::roots(&d.ca_cert()).unwrap())
-    .with_no_client_auth();
-    let anon = reqwest::Client::builder().tls_backend_preconfigured(anon_config).build().unwrap();
+    let anon = anonymous(&d.ca_cert());
     assert_eq!(anon.get(format!("{url}/healthz")).send().await.unwrap().status(), 200);
     let r = anon.get(format!("{url}/v1/vpcs")).send().await.unwrap();
     assert_eq!(r.status(), 401);
@@ -97,30 +158,8 @@ async fn mutual_tls_authenticates_and_authorizes_every_request() {
     let plain = reqwest::get(url.replace("https://", "http://") + "/healthz").await;
     assert!(!plain.is_ok_and(|r| r.status().is_success()));
 
-    // The admin builds a VPC with a VIP whose members are on hv1 and hv2.
-    for (m, path, body) in [
-        (Method::POST, "/v1/vpcs", json!({"name": "prod", "vni": 100, "bum": "headend"})),
-        (Method::POST, "/v1/subnets", json!({"vpc": "prod", "name": "web", "cidr": "192.168.10.0/24"})),
-        (Method::PUT, "/v1/chassis/hv1", json!({"underlay_ip": "10.0.0.1"})),
-        (Method::PUT, "/v1/chassis/hv2", json!({"underlay_ip": "10.0.0.2"})),
-        (
-            Method::POST,
-            "/v1/ports",
-            json!({"name": "pay1", "vpc": "prod", "subnet": "web", "chassis": "hv1", "mac": "02:00:00:00:00:01", "ip": "192.168.10.11"}),
-        ),
-        (
-            Method::POST,
-            "/v1/ports",
-            json!({"name": "pay2", "vpc": "prod", "subnet": "web", "chassis": "hv2", "mac": "02:00:00:00:00:02", "ip": "192.168.10.12"}),
-        ),
-        (
-            Method::POST,
-            "/v1/vips",
-            json!({"name": "pay-vip", "vpc": "prod", "subnet": "web", "ip": "192.168.10.100", "members": ["pay1", "pay2"]}),
-        ),
-    ] {
-        code(&admin, m, path, body).await.unwrap();
-    }
+    // The admin builds two VPCs; pay-vip's members are on hv1 and hv2.
+    build_matrix_state(&admin).await;
     let claim = |chassis: &str, mac: &str| json!({"mac": mac, "chassis": chassis, "source": "agent", "observed_at": vipcast_api::now_ms()});
     let owner = |v: &Value| v["owner"]["port"].as_str().map(str::to_string);
     let a = code(&hv2, Method::POST, "/v1/vips/pay-vip/claims", claim("hv2", "02:00:00:00:00:02")).await.unwrap();
@@ -219,90 +258,23 @@ async fn mutual_tls_authenticates_and_authorizes_every_request() {
 /// 401 `unauthenticated`) and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_authorization_matrix_holds_over_mutual_tls() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki_dir = dir.path().join("pki");
-    pki::init(&pki_dir).unwrap();
-    issue(&pki_dir, PeerRole::Controller, "ctl");
-    let people = [
-        (PeerRole::Admin, "alice"),
-        (PeerRole::Viewer, "bob"),
-        (PeerRole::Agent, "hv1"),
-        (PeerRole::Agent, "hv2"),
-        (PeerRole::Replicator, "rep1"),
-    ];
-    for (role, name) in people {
-        issue(&pki_dir, role, name);
-    }
-    let foreign = dir.path().join("foreign");
-    pki::init(&foreign).unwrap();
-    issue(&foreign, PeerRole::Admin, "mallory");
-
+    let Served { _dir, pki_dir, foreign, url, .. } = serve(Duration::from_secs(10)).await;
     let d = pki::Dir(pki_dir.clone());
-    let server = TlsServer::load(d.cert("ctl"), d.key("ctl"), d.ca_cert()).unwrap();
-    let store = Arc::new(FileStore::open(dir.path().join("store")).unwrap());
-    let config = Config { authorize: true, ..Default::default() };
-    let c = Controller::new(store, config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve_tls(listener, c, server, std::future::pending()));
-
     let http = |ca: &Path, cert: &Path, key: &Path| {
         let files = vipcast_tls::ClientFiles { ca: ca.into(), cert: cert.into(), key: key.into() };
         reqwest::Client::builder().tls_backend_preconfigured(files.config().unwrap()).build().unwrap()
     };
-    let anon_config = vipcast_tls::rustls::ClientConfig::builder_with_provider(Arc::new(
-        vipcast_tls::rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(vipcast_tls::roots(&d.ca_cert()).unwrap())
-    .with_no_client_auth();
     // In the matrix's column order.
     let mut ids: Vec<(String, reqwest::Client)> = ["alice", "bob", "hv1", "hv2", "rep1", "ctl"]
         .iter()
         .map(|n| (n.to_string(), http(&d.ca_cert(), &d.cert(n), &d.key(n))))
         .collect();
-    ids.push(("none".into(), reqwest::Client::builder().tls_backend_preconfigured(anon_config).build().unwrap()));
+    ids.push(("none".into(), anonymous(&d.ca_cert())));
     let f = pki::Dir(foreign.clone());
     let mallory = http(&d.ca_cert(), &f.cert("mallory"), &f.key("mallory"));
 
-    // The matrix's state, built by the admin.
     let admin = client(&url, &pki_dir, "alice");
-    for (m, path, body) in [
-        (Method::POST, "/v1/vpcs", json!({"name": "prod", "vni": 100, "bum": "headend"})),
-        (Method::POST, "/v1/vpcs", json!({"name": "rep", "vni": 200, "bum": "replicator"})),
-        (Method::POST, "/v1/subnets", json!({"vpc": "prod", "name": "web", "cidr": "192.168.10.0/24"})),
-        (Method::POST, "/v1/subnets", json!({"vpc": "rep", "name": "web", "cidr": "192.168.20.0/24"})),
-        (Method::PUT, "/v1/chassis/hv1", json!({"underlay_ip": "10.0.0.1"})),
-        (Method::PUT, "/v1/chassis/hv2", json!({"underlay_ip": "10.0.0.2"})),
-        (
-            Method::POST,
-            "/v1/ports",
-            json!({"name": "pay1", "vpc": "prod", "subnet": "web", "chassis": "hv1", "mac": "02:00:00:00:00:01", "ip": "192.168.10.11"}),
-        ),
-        (
-            Method::POST,
-            "/v1/ports",
-            json!({"name": "pay2", "vpc": "prod", "subnet": "web", "chassis": "hv2", "mac": "02:00:00:00:00:02", "ip": "192.168.10.12"}),
-        ),
-        (
-            Method::POST,
-            "/v1/ports",
-            json!({"name": "r1", "vpc": "rep", "subnet": "web", "chassis": "hv1", "mac": "02:00:00:00:00:03", "ip": "192.168.20.11"}),
-        ),
-        (
-            Method::POST,
-            "/v1/vips",
-            json!({"name": "pay-vip", "vpc": "prod", "subnet": "web", "ip": "192.168.10.100", "members": ["pay1", "pay2"]}),
-        ),
-        (
-            Method::POST,
-            "/v1/vips",
-            json!({"name": "rep-vip", "vpc": "rep", "subnet": "web", "ip": "192.168.20.100", "members": ["r1"]}),
-        ),
-    ] {
-        code(&admin, m, path, body).await.unwrap();
-    }
+    build_matrix_state(&admin).await;
     let snapshot = |admin: ControllerClient| async move {
         let mut out = Vec::new();
         for path in ["/v1/vpcs", "/v1/subnets", "/v1/chassis", "/v1/ports", "/v1/vips", "/v1/replicators", "/v1/vrrp"] {
