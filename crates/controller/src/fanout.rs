@@ -185,6 +185,10 @@ impl Routed {
 /// A stream's queue, and what cuts it.
 type Tx = (mpsc::Sender<Routed>, CancellationToken);
 
+/// A stream to hand a revision to: its chassis (`None`: a replicator), id,
+/// queue, and the changes it weighs.
+type Handed<'a> = (Option<&'a str>, u64, &'a Tx, Option<Arc<[u32]>>);
+
 /// The open watch streams, by chassis (and the replicators').
 #[derive(Debug)]
 pub struct Fanout {
@@ -254,7 +258,7 @@ impl Fanout {
     /// must weigh; returns how many streams. A stream whose queue is full is
     /// cut (its token cancelled, its queue closed) and counted.
     pub fn dispatch(&mut self, applied: &Arc<Applied>) -> usize {
-        let mut handed: Vec<(Option<&str>, u64, &Tx, Option<Arc<[u32]>>)> = Vec::new();
+        let mut handed: Vec<Handed<'_>> = Vec::new();
         if applied.reload {
             for (name, streams) in &self.chassis {
                 handed.extend(streams.iter().map(|(id, tx)| (Some(name.as_str()), *id, tx, None)));

@@ -413,7 +413,7 @@ impl Mover<'_> {
         let region = self.region;
         let k = m % region.vips.len();
         let (v, a, b) = region.vips[k];
-        let j = if self.generation[k] % 2 == 0 { a } else { b };
+        let j = if self.generation[k].is_multiple_of(2) { a } else { b };
         let (_, mac) = Region::port(self.first, v, j);
         let name = Region::vip_name(k);
         let need = region.vpcs[v].len() + region.replicators;
