@@ -165,11 +165,17 @@ fn agent_programs_ports_claims_and_reannounces() {
     wait("ports attached", &|| {
         [&p1, &p2].iter().all(|p| hv.ip(&["link", "show", p]).is_ok_and(|o| o.contains("master vc-br-100")))
     });
-    let fdb = hv.run("bridge", &["fdb", "show", "dev", "vc-vx-100"]).unwrap();
-    assert!(
-        fdb.contains("02:00:00:0a:00:09 dst 10.255.0.12") && fdb.contains("00:00:00:00:00:00 dst 10.255.0.12"),
-        "{fdb}"
-    );
+    // The remote port's entry and hv2's flooding entry: the revision that
+    // brought `far` may be reconciled after the one that attached the ports.
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let fdb = hv.run("bridge", &["fdb", "show", "dev", "vc-vx-100"]).unwrap();
+        if fdb.contains("02:00:00:0a:00:09 dst 10.255.0.12") && fdb.contains("00:00:00:00:00:00 dst 10.255.0.12") {
+            break;
+        }
+        assert!(Instant::now() < end, "{fdb}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // vm1 announces the VIP: the agent claims it for pay1.
     let owner = |want: &str| api("GET", "/v1/vips/pay-vip", serde_json::Value::Null)["owner"]["port"] == want;
