@@ -83,9 +83,17 @@ impl Default for Config {
 }
 
 /// A running controller's shared state.
+/// Watch snapshots written at once. A snapshot in progress holds its
+/// stream's pieces in flight (up to 5 of 16 KiB): a region's agents
+/// reconnecting together would otherwise hold that many times 80 KiB at
+/// once; the others wait their turn (the work is CPU-bound anyway).
+pub const SNAPSHOTS_AT_ONCE: usize = 256;
+
 pub struct Controller {
     store: Arc<dyn Store>,
     cache: Cache,
+    /// Snapshots being written at once ([`SNAPSHOTS_AT_ONCE`]).
+    snapshots: tokio::sync::Semaphore,
     config: Config,
     write_lock: tokio::sync::Mutex<()>,
     metrics: metrics::Metrics,
@@ -112,6 +120,7 @@ impl Controller {
         let c = Arc::new(Controller {
             store,
             cache,
+            snapshots: tokio::sync::Semaphore::new(SNAPSHOTS_AT_ONCE),
             config,
             write_lock: tokio::sync::Mutex::new(()),
             metrics,

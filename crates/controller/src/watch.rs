@@ -120,11 +120,17 @@ impl Stream {
     /// a copy of the region in memory.
     async fn snapshot(
         &mut self,
+        c: &Controller,
         state: &ModelState,
         encoded: &Encoded,
         revision: Revision,
         tx: &Out<'_>,
     ) -> Option<()> {
+        // One of a bounded number written at once (see SNAPSHOTS_AT_ONCE).
+        let _turn = tokio::select! {
+            p = c.snapshots.acquire() => p.ok()?,
+            _ = tx.cut.cancelled() => return None,
+        };
         self.vpcs = self.participation(state);
         self.revision = revision;
         let keys = view::objects_for(state, &self.sub);
@@ -239,7 +245,7 @@ async fn run(c: &Controller, sub: Subscriber, from: Option<Revision>, tx: mpsc::
     };
     match first {
         Some(m) => tx.send(line(&m)).await?,
-        None => s.snapshot(&snap.state, &snap.encoded, snap.revision, &tx).await?,
+        None => s.snapshot(c, &snap.state, &snap.encoded, snap.revision, &tx).await?,
     }
     let mut ping = tokio::time::interval(c.config.watch_ping);
     ping.tick().await;
@@ -251,7 +257,7 @@ async fn run(c: &Controller, sub: Subscriber, from: Option<Revision>, tx: mpsc::
                 Some(r) if r.applied.revision <= s.revision && !r.applied.reload => {}
                 Some(r) if r.applied.reload => {
                     let a = &r.applied;
-                    s.snapshot(&a.state, &a.encoded, a.revision, &tx).await?
+                    s.snapshot(c, &a.state, &a.encoded, a.revision, &tx).await?
                 }
                 Some(r) => {
                     // Only the changes routed to this stream: a batch of

@@ -212,6 +212,19 @@ fn report_recovery(what: &str, dropped: &[String]) {
     }
 }
 
+/// Connections the kernel may hold for the accept loop (capped by
+/// `net.core.somaxconn`): a region's agents reconnecting at once after a
+/// restart must not find the queue full (tokio's default is 1024).
+const LISTEN_BACKLOG: u32 = 8192;
+
+/// The API's listening socket, with [`LISTEN_BACKLOG`].
+fn listener(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 pub async fn run(
     listen: std::net::SocketAddr,
     store: StoreSpec,
@@ -266,7 +279,7 @@ pub async fn run(
     if let Some(files) = &etcd_tls {
         controller.note_etcd_certificate(&files.cert);
     }
-    let listener = match tokio::net::TcpListener::bind(listen).await {
+    let listener = match listener(listen) {
         Ok(l) => l,
         Err(e) => bail!("cannot listen on {listen}: {e}"),
     };
