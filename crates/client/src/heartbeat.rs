@@ -43,13 +43,7 @@ async fn send_forever(
     };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seq = match key {
-        Some(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0),
-        None => 0,
-    };
+    let mut seq = 0u64;
     'connect: loop {
         let sock = async {
             let addr = tokio::net::lookup_host((target.0.as_str(), target.1))

@@ -65,8 +65,10 @@ pub struct Applied {
 /// Objects encoded as JSON, by key (a persistent map: cloning is O(1)).
 pub type Encoded = imbl::OrdMap<ObjectKey, bytes::Bytes>;
 
-fn encode(obj: &Object) -> bytes::Bytes {
-    serde_json::to_vec(obj).unwrap_or_default().into()
+/// `obj` as watch streams send it; `None` for history records, which no
+/// stream is sent.
+fn encode(obj: &Object) -> Option<bytes::Bytes> {
+    (!matches!(obj, Object::History(_))).then(|| serde_json::to_vec(obj).unwrap_or_default().into())
 }
 
 /// The cache handle.
@@ -238,8 +240,8 @@ async fn load(store: &dyn Store) -> vipcast_store::Result<(Snapshot, Vec<Undecod
         if let Some(key) = ObjectKey::parse(&kv.key) {
             match Object::from_value(&key, &kv.value) {
                 Ok(obj) => {
-                    if !matches!(obj, Object::History(_)) {
-                        encoded.insert(key, encode(&obj));
+                    if let Some(e) = encode(&obj) {
+                        encoded.insert(key, e);
                     }
                     state.put(obj)
                 }
@@ -339,8 +341,8 @@ async fn follow(
                 match value {
                     Some(v) => match Object::from_value(&okey, &v) {
                         Ok(obj) => {
-                            if !matches!(obj, Object::History(_)) {
-                                encoded.insert(okey.clone(), encode(&obj));
+                            if let Some(e) = encode(&obj) {
+                                encoded.insert(okey.clone(), e);
                             }
                             state.put(obj.clone());
                             changes.push((okey, Some(obj)));

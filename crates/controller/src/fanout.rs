@@ -10,10 +10,11 @@
 //! ```
 //! A region has thousands of subscribers and a VIP move concerns the few
 //! dozen chassis of its VPC: waking every stream for every revision would
-//! cost O(subscribers) per move. [`route`] works out, from the change alone
-//! and the state's indexes, a superset of the subscribers whose view it
-//! changes (the property tests check it against the per-stream diff), and
-//! only those are handed the revision. A stream skips the revisions not
+//! cost O(subscribers) per move. [`route`] and [`targets`] work out, per
+//! change and from the state's indexes, a superset of the subscribers whose
+//! view it changes (the property tests check it against the per-stream
+//! diff), and only those are handed the revision, with the changes each
+//! must weigh. A stream skips the revisions not
 //! routed to it safely: what it should hold changes only by revisions that
 //! are (its own chassis, or a VPC it takes part in, before or after).
 //!
@@ -40,7 +41,7 @@ pub const QUEUE: usize = 256;
 pub struct Route {
     /// Every subscriber (a replicator or a gateway changed).
     pub all: bool,
-    /// Chassis named directly (their own record, or one of their ports).
+    /// Chassis named directly (their own record).
     pub chassis: BTreeSet<String>,
     /// VPCs whose participants (before or after) must hear of it.
     pub vpcs: BTreeSet<String>,
@@ -71,19 +72,18 @@ pub fn route(applied: &Applied, i: usize) -> Route {
 
 fn touch(r: &mut Route, before: &State, after: &State, obj: &Object) {
     match obj {
+        // Gateways take part in every VPC: [`targets`] adds them to every
+        // VPC's participants, so a VPC coming or going reaches them too.
         Object::Vpc(v) => {
             r.vpcs.insert(v.name.clone());
-            // Gateways take part in every VPC: one coming or going changes theirs.
-            for s in [before, after] {
-                r.chassis.extend(s.index().gateways().iter().cloned());
-            }
         }
         Object::Subnet(s) => {
             r.vpcs.insert(s.vpc.clone());
         }
+        // Its chassis is among the VPC's participants before (deleted) or
+        // after (created), so its own stream hears of it.
         Object::Port(p) => {
             r.vpcs.insert(p.vpc.clone());
-            r.chassis.insert(p.chassis.clone());
         }
         Object::Vip(v) => {
             r.vpcs.insert(v.spec.vpc.clone());
@@ -269,21 +269,18 @@ impl Fanout {
             if t.is_empty() {
                 return 0;
             }
-            let each = |name: &str| {
+            // Changes for every stream: each open stream; otherwise only
+            // the chassis named.
+            let names: Vec<&String> =
+                if t.all.is_empty() { t.chassis.keys().collect() } else { self.chassis.keys().collect() };
+            for name in names {
+                let Some((name, streams)) = self.chassis.get_key_value(name) else { continue };
                 let ix = t.of(name);
-                (!ix.is_empty()).then(|| Arc::<[u32]>::from(ix))
-            };
-            if t.all.is_empty() {
-                for name in t.chassis.keys() {
-                    let Some((name, streams)) = self.chassis.get_key_value(name) else { continue };
-                    let Some(ix) = each(name) else { continue };
-                    handed.extend(streams.iter().map(|(id, tx)| (Some(name.as_str()), *id, tx, Some(ix.clone()))));
+                if ix.is_empty() {
+                    continue;
                 }
-            } else {
-                for (name, streams) in &self.chassis {
-                    let Some(ix) = each(name) else { continue };
-                    handed.extend(streams.iter().map(|(id, tx)| (Some(name.as_str()), *id, tx, Some(ix.clone()))));
-                }
+                let ix = Arc::<[u32]>::from(ix);
+                handed.extend(streams.iter().map(|(id, tx)| (Some(name.as_str()), *id, tx, Some(ix.clone()))));
             }
             handed.extend(self.replicators.iter().map(|(id, tx)| (None, *id, tx, None)));
         }
