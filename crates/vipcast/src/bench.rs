@@ -39,7 +39,7 @@ pub struct Bench {
 
 #[derive(Debug, Subcommand)]
 enum What {
-    /// VIP move latency from claim to the last watch subscriber, and controller memory.
+    /// A region on real controllers: move latency to the last subscriber of the VPC, snapshots, resync after kill -9, memory and CPU.
     ControlPlane(ControlPlane),
     /// Replicator packets/s per core vs a plain sendmmsg sender, and latency at half load.
     Replicate(vipcast_replicator::bench::Args),

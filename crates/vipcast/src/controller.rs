@@ -175,7 +175,8 @@ pub struct TlsFlags {
     pub insecure_plaintext: bool,
     /// The heartbeat secret (`heartbeat.secret` of `vipcast pki init`):
     /// only heartbeats signed with a chassis' key derived from it, never
-    /// seen before, keep that chassis alive.
+    /// seen before and within 10 s of this clock, keep that chassis alive.
+    /// Required with --tls-cert.
     #[arg(long)]
     pub heartbeat_secret: Option<std::path::PathBuf>,
     /// The CA etcd's certificate is signed by: speak to an etcd store over
