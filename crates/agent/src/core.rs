@@ -52,8 +52,10 @@ pub struct CoreConfig {
 #[must_use]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Program the data plane for the current view.
-    Reconcile { why: &'static str },
+    /// Program the data plane for the current view; with `read`, reading
+    /// it back in full and repairing what differs (a snapshot: the stream
+    /// was cut, and the data plane may have changed meanwhile).
+    Reconcile { why: &'static str, read: bool },
     /// A VIP has a new owner: send its announcement `frame` into `ports`.
     Reannounce(Reannounce),
     /// Claim a VIP (announced, or advertised by a master behind `port`).
@@ -178,8 +180,9 @@ impl AgentCore {
     /// since the last one programmed, and speak for masters on chassis that
     /// just died.
     pub fn on_revision(&mut self, synced: Synced, now: Instant) -> Vec<Action> {
+        let (why, read) = if synced.snapshot { ("snapshot", true) } else { ("watch", false) };
         self.synced = synced;
-        let mut actions = vec![Action::Reconcile { why: "watch" }];
+        let mut actions = vec![Action::Reconcile { why, read }];
         let Some(view) = self.view() else { return actions };
         let mut moved = Vec::new();
         for vpc in view.vpcs.values() {

@@ -164,7 +164,7 @@ struct Recording {
 }
 
 impl Dataplane for Recording {
-    async fn program(&mut self, _: &ChassisView, _: &Plan, _: &BTreeMap<u32, IpAddr>, _: &str, _: i64) {
+    async fn program(&mut self, _: &ChassisView, _: Plan, _: &BTreeMap<u32, IpAddr>, _: &str, _: i64, _: bool) {
         self.programmed += 1;
     }
     fn port_of(&self, _: u32) -> Option<String> {
@@ -201,7 +201,7 @@ fn claims(actions: &[Action]) -> Vec<(String, MacAddr)> {
 fn an_announcement_is_claimed_once_per_burst_and_never_for_the_known_owner() {
     let t0 = Instant::now();
     let mut c = core();
-    assert_eq!(c.on_revision(state(None, false, true), t0), vec![Action::Reconcile { why: "watch" }]);
+    assert_eq!(c.on_revision(state(None, false, true), t0), vec![Action::Reconcile { why: "snapshot", read: true }]);
     let first = c.on_seen(announcement("pay1", A), t0);
     assert_eq!(claims(&first), vec![("pay-vip".to_string(), A)]);
     let Action::Claim { claim, port, .. } = &first[0] else { unreachable!() };
@@ -230,7 +230,7 @@ fn a_moved_vip_is_reannounced_into_every_local_port_but_the_new_owners() {
     let mut c = core();
     // The first revision is what is, not a move.
     let first = c.on_revision(state(Some(("pay2", B, "hv2", 1)), false, true), t0);
-    assert_eq!(first, vec![Action::Reconcile { why: "watch" }]);
+    assert_eq!(first, vec![Action::Reconcile { why: "snapshot", read: true }]);
     // The same generation again: nothing to announce.
     assert_eq!(c.on_revision(state(Some(("pay2", B, "hv2", 1)), false, true), t0).len(), 1);
     let moved = c.on_revision(state(Some(("pay1", A, "hv1", 2)), false, true), t0);
@@ -300,7 +300,7 @@ fn a_dead_chassis_master_is_spoken_for_once_its_adverts_stop() {
     assert!(!c.wants_tick());
     // hv2 declared dead 50 ms after the advert: its adverts may still come.
     let dead = c.on_revision(state(Some(("pay2", B, "hv2", 1)), true, true), t0 + ms(50));
-    assert_eq!(dead, vec![Action::Reconcile { why: "watch" }]);
+    assert_eq!(dead, vec![Action::Reconcile { why: "snapshot", read: true }]);
     assert!(c.wants_tick());
     assert!(c.on_tick(t0 + ms(120)).is_empty(), "within 1.25 intervals of the last advert");
     let spoken = c.on_tick(t0 + ms(130));

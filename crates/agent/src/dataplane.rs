@@ -6,29 +6,32 @@
 //! events), and sends frames into a port (towards its VM) or as if from a
 //! port (through the VPC's switching, to local ports and the overlay).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::IpAddr;
 
 use tokio::sync::{mpsc, watch};
 use vipcast_model::view::ChassisView;
 
-use crate::kernel::Kernel;
+use crate::kernel::{Kernel, Reconciler};
 use crate::plan::{self, Plan};
 use crate::ports::{PortIo, Seen};
 
 /// One chassis' data plane.
 pub trait Dataplane: Send {
     /// Programs `view` as `plan` says (`bum`: the replicator's underlay IP
-    /// chosen for each replicator-mode VNI). Failures are logged, and
-    /// repaired by the next call.
+    /// chosen for each replicator-mode VNI). With `read`, what is
+    /// programmed is read back in full and what differs repaired (drift);
+    /// without, a data plane may write only what changed since its last
+    /// call. Failures are logged, and repaired by the next call.
     fn program(
         &mut self,
         view: &ChassisView,
-        plan: &Plan,
+        plan: Plan,
         bum: &BTreeMap<u32, IpAddr>,
         why: &str,
         revision: i64,
+        read: bool,
     ) -> impl Future<Output = ()> + Send;
 
     /// The local port behind interface `ifindex`, if it is one.
@@ -54,11 +57,13 @@ pub trait Dataplane: Send {
 /// sniffing/sending packet socket on each local VM port.
 #[derive(Debug)]
 pub struct KernelDataplane {
-    kernel: Kernel,
+    kernel: Reconciler,
     /// Open sockets on local ports (only if sniffing or re-announcing).
     ports: BTreeMap<String, PortIo>,
     /// Whether to open them.
     port_sockets: bool,
+    /// The view's local ports whose interfaces the last listing found.
+    present: BTreeSet<String>,
     seen: mpsc::Sender<Seen>,
     /// VPCs this data plane cannot carry, as last reported.
     unsupported: Vec<String>,
@@ -71,26 +76,32 @@ impl KernelDataplane {
     /// send, and to send into them); sniffed frames go to `seen`.
     pub fn new(kernel: Kernel, port_sockets: bool, seen: mpsc::Sender<Seen>) -> KernelDataplane {
         KernelDataplane {
-            kernel,
+            kernel: Reconciler::new(kernel),
             ports: BTreeMap::new(),
             port_sockets,
+            present: BTreeSet::new(),
             seen,
             unsupported: Vec::new(),
             send_socks: HashMap::new(),
         }
     }
 
-    /// Opens sockets on local ports that appeared, closes those that went.
+    /// Lists the local ports' interfaces; opens sockets on those that
+    /// appeared, closes those that went.
     async fn sync_ports(&mut self, view: &ChassisView) {
         let wanted: BTreeMap<&str, ()> =
             view.vpcs.values().flat_map(|v| v.local_ports.iter().map(|p| (p.name.as_str(), ()))).collect();
-        let present = match self.kernel.ports().await {
+        let present = match self.kernel.kernel().ports().await {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "listing ports");
                 return;
             }
         };
+        self.present = wanted.keys().filter(|p| present.contains_key(**p)).map(|p| p.to_string()).collect();
+        if !self.port_sockets {
+            return;
+        }
         self.ports.retain(|name, io| {
             wanted.contains_key(name.as_str()) && present.get(name).map(|p| p.0) == Some(io.ifindex)
         });
@@ -114,10 +125,11 @@ impl Dataplane for KernelDataplane {
     async fn program(
         &mut self,
         view: &ChassisView,
-        plan: &Plan,
+        plan: Plan,
         _bum: &BTreeMap<u32, IpAddr>,
         why: &str,
         revision: i64,
+        read: bool,
     ) {
         if plan.unsupported != self.unsupported {
             for vpc in &plan.unsupported {
@@ -125,12 +137,27 @@ impl Dataplane for KernelDataplane {
             }
             self.unsupported = plan.unsupported.clone();
         }
-        match self.kernel.reconcile(plan).await {
-            Ok(ch) if ch.total() > 0 => tracing::info!(why, ?ch, revision, "data plane updated"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(why, error = %e, "reconciling the data plane"),
-        }
-        if self.port_sockets {
+        // A local port not found last time may have appeared: read, to
+        // attach it. Ports' links are listed again only when the kernel
+        // was read (the VPCs' ports changed, a snapshot, periodically,
+        // after a failure).
+        let missing = view.vpcs.values().flat_map(|v| &v.local_ports).any(|p| !self.present.contains(&p.name));
+        let listed = match self.kernel.reconcile(plan, read || missing).await {
+            Ok(out) => {
+                let ch = &out.changes;
+                if out.drift.total() > 0 {
+                    tracing::warn!(why, drift = ?out.drift, revision, "data plane had drifted from what was programmed: repaired");
+                } else if ch.total() > 0 {
+                    tracing::info!(why, ?ch, revision, read = out.read, "data plane updated");
+                }
+                out.read
+            }
+            Err(e) => {
+                tracing::warn!(why, error = %e, "reconciling the data plane");
+                true
+            }
+        };
+        if listed {
             self.sync_ports(view).await;
         }
     }
@@ -194,14 +221,20 @@ impl Dataplane for OvsDataplane {
     async fn program(
         &mut self,
         view: &ChassisView,
-        _plan: &Plan,
+        _plan: Plan,
         bum: &BTreeMap<u32, IpAddr>,
         why: &str,
         revision: i64,
+        read: bool,
     ) {
-        match self.kernel.ports().await {
-            Ok(p) => self.vm_ifnames = p,
-            Err(e) => tracing::warn!(error = %e, "listing ports"),
+        // The VM interfaces are listed again only when they may have
+        // changed: a read, or a local port the last listing did not find.
+        let missing = view.vpcs.values().flat_map(|v| &v.local_ports).any(|p| !self.vm_ifnames.contains_key(&p.name));
+        if read || missing || self.vm_ifnames.is_empty() {
+            match self.kernel.ports().await {
+                Ok(p) => self.vm_ifnames = p,
+                Err(e) => tracing::warn!(error = %e, "listing ports"),
+            }
         }
         let ifnames: BTreeMap<String, String> =
             self.vm_ifnames.iter().map(|(p, (_, n))| (p.clone(), n.clone())).collect();

@@ -29,7 +29,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan};
 use vipcast_packet::MacAddr;
 
-pub use self::diff::{Dev, KernelOp, Kind, Link, Observed, VxlanConf, diff, set_diff};
+pub use self::diff::{Dev, KernelOp, Kind, Link, Observed, VpcDevs, VxlanConf, delta, diff, set_diff};
 use crate::plan::{self, Fdb, PORT_ALIAS_PREFIX, Plan, VXLAN_PORT};
 
 /// A failed netlink operation, with what was being done.
@@ -196,15 +196,21 @@ impl Kernel {
         Ok(ch)
     }
 
-    /// Carries out `ops` (from [`diff`] of `obs`) in their order, stopping
-    /// at the first that fails.
+    /// Carries out `ops` (from [`diff`] of `obs`, or [`delta`] with an
+    /// empty `obs`) in their order, stopping at the first that fails.
     pub async fn apply(&self, obs: &Observed, ops: &[KernelOp]) -> Result<Changes> {
+        Ok(self.apply_created(obs, ops).await?.0)
+    }
+
+    /// [`Kernel::apply`], also returning the interface indexes of the
+    /// links it created, by name.
+    async fn apply_created(&self, obs: &Observed, ops: &[KernelOp]) -> Result<(Changes, BTreeMap<String, u32>)> {
         let mut ch = Changes::default();
         let mut created: BTreeMap<String, u32> = BTreeMap::new();
         for op in ops {
             self.apply_one(obs, op, &mut created, &mut ch).await?;
         }
-        Ok(ch)
+        Ok((ch, created))
     }
 
     async fn apply_one(
@@ -279,7 +285,11 @@ impl Kernel {
                 ch.fdb += 1;
             }
             KernelOp::DelFdb { dev, fdb } => {
-                let m = decode(obs.raw.fdb.get(&(*dev, *fdb)), || format!("fdb {fdb:?}"))?;
+                // As read, to delete exactly that; else (a delta) as it was written.
+                let m = match obs.raw.fdb.get(&(*dev, *fdb)) {
+                    Some(raw) => decode(Some(raw), || format!("fdb {fdb:?}"))?,
+                    None => fdb_message(*dev, fdb),
+                };
                 self.handle.neighbours().del(m).execute().await.map_err(ctx(|| format!("deleting fdb {fdb:?}")))?;
                 ch.fdb += 1;
             }
@@ -288,7 +298,10 @@ impl Kernel {
                 ch.neigh += 1;
             }
             KernelOp::DelNeigh { dev, ip } => {
-                let m = decode(obs.raw.neigh.get(&(*dev, *ip)), || format!("neighbour {ip}"))?;
+                let m = match obs.raw.neigh.get(&(*dev, *ip)) {
+                    Some(raw) => decode(Some(raw), || format!("neighbour {ip}"))?,
+                    None => neigh_message(*dev, *ip),
+                };
                 self.del_neigh(m, *ip).await?;
                 ch.neigh += 1;
             }
@@ -359,18 +372,7 @@ impl Kernel {
 
     /// `bridge fdb append <mac> dev <vx> dst <ip> [port <p>] self permanent`
     async fn add_fdb(&self, vx: u32, f: &Fdb) -> Result<()> {
-        let mut m = NeighbourMessage::default();
-        m.header.family = AddressFamily::Bridge;
-        m.header.ifindex = vx;
-        m.header.state = NeighbourState::Permanent;
-        m.header.flags = NeighbourFlags::Own;
-        m.header.kind = RouteType::Unspec;
-        m.attributes.push(NeighbourAttribute::LinkLayerAddress(f.mac.0.to_vec()));
-        m.attributes.push(NeighbourAttribute::Destination(addr(f.dst)));
-        if let Some(p) = f.port {
-            m.attributes.push(NeighbourAttribute::Port(p));
-        }
-        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(m));
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(fdb_message(vx, f)));
         // APPEND: the all-zeros MAC has one entry per flood destination.
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
         let mut handle = self.handle.clone();
@@ -430,6 +432,83 @@ impl Kernel {
     }
 }
 
+/// What the last complete reconcile left the kernel holding.
+#[derive(Debug)]
+struct Programmed {
+    plan: Plan,
+    devs: BTreeMap<u32, VpcDevs>,
+}
+
+/// How a [`Reconciler::reconcile`] went.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub changes: Changes,
+    /// The kernel was read (a full reconcile), not only written.
+    pub read: bool,
+    /// What a full reconcile had to put right although the kernel should
+    /// already have held the plan: someone else changed it (drift).
+    pub drift: Changes,
+}
+
+/// The kernel data plane of an agent: remembers what it last programmed,
+/// so that a change of the view's tables only (a VIP moving, a port
+/// appearing on another chassis) is written without reading the kernel
+/// back; everything else, and every `read`, reads it all and diffs.
+#[derive(Debug)]
+pub struct Reconciler {
+    kernel: Kernel,
+    last: Option<Programmed>,
+}
+
+impl Reconciler {
+    pub fn new(kernel: Kernel) -> Reconciler {
+        Reconciler { kernel, last: None }
+    }
+
+    pub fn kernel(&self) -> &Kernel {
+        &self.kernel
+    }
+
+    /// Brings the kernel in line with `plan`. Without `read`, and when only
+    /// tables changed since the last successful reconcile, as a [`delta`]
+    /// (no dump); otherwise [`Kernel::observe`], [`diff`], [`Kernel::apply`].
+    /// A failure forgets what was programmed: the next call reads.
+    pub async fn reconcile(&mut self, plan: Plan, read: bool) -> Result<Outcome> {
+        let last = self.last.take();
+        if !read
+            && let Some(last) = &last
+            && let Some(ops) = delta(&last.plan, &plan, &last.devs)
+        {
+            let changes = self.kernel.apply(&Observed::default(), &ops).await?;
+            let devs = last.devs.clone();
+            self.last = Some(Programmed { plan, devs });
+            return Ok(Outcome { changes, read: false, drift: Changes::default() });
+        }
+        let should_hold = last.is_some_and(|l| l.plan == plan);
+        let obs = self.kernel.observe(&plan).await?;
+        let ops = diff(&plan, &obs);
+        let (changes, created) = self.kernel.apply_created(&obs, &ops).await?;
+        if plan.forwarding {
+            set_forwarding();
+        }
+        let index = |name: String| {
+            created.get(&name).copied().or_else(|| obs.links.iter().find(|l| l.name == name).map(|l| l.index))
+        };
+        let devs: Option<BTreeMap<u32, VpcDevs>> = plan
+            .vpcs
+            .keys()
+            .map(|&vni| {
+                let bridge = index(plan::bridge_name(vni))?;
+                let vxlan = index(plan::vxlan_name(vni))?;
+                Some((vni, VpcDevs { bridge, vxlan }))
+            })
+            .collect();
+        self.last = devs.map(|devs| Programmed { plan, devs });
+        let drift = if should_hold { changes.clone() } else { Changes::default() };
+        Ok(Outcome { changes, read: true, drift })
+    }
+}
+
 /// The message an observation read for what is to be deleted.
 fn read<T>(m: Option<&T>, what: impl FnOnce() -> String) -> Result<&T> {
     m.ok_or_else(|| KernelError { what: format!("{} was not read", what()), source: rtnetlink::Error::RequestFailed })
@@ -439,6 +518,37 @@ fn read<T>(m: Option<&T>, what: impl FnOnce() -> String) -> Result<&T> {
 fn decode(body: Option<&Vec<u8>>, what: impl Fn() -> String) -> Result<NeighbourMessage> {
     NeighbourMessage::parse(&read(body, &what)?[..])
         .map_err(|_| KernelError { what: format!("decoding {}", what()), source: rtnetlink::Error::RequestFailed })
+}
+
+/// A VXLAN device's own permanent FDB entry `f` (MAC, destination, port):
+/// what adding it writes, and what identifies it for deleting.
+fn fdb_message(vx: u32, f: &Fdb) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Bridge;
+    m.header.ifindex = vx;
+    m.header.state = NeighbourState::Permanent;
+    m.header.flags = NeighbourFlags::Own;
+    m.header.kind = RouteType::Unspec;
+    m.attributes.push(NeighbourAttribute::LinkLayerAddress(f.mac.0.to_vec()));
+    m.attributes.push(NeighbourAttribute::Destination(addr(f.dst)));
+    if let Some(p) = f.port {
+        m.attributes.push(NeighbourAttribute::Port(p));
+    }
+    m
+}
+
+/// The permanent neighbour entry for `ip` on `dev`, to delete it.
+fn neigh_message(dev: u32, ip: IpAddr) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    m.header.ifindex = dev;
+    m.header.state = NeighbourState::Permanent;
+    m.header.kind = RouteType::Unspec;
+    m.attributes.push(NeighbourAttribute::Destination(addr(ip)));
+    m
 }
 
 fn addr(ip: IpAddr) -> NeighbourAddress {

@@ -182,7 +182,7 @@ async fn drive<D: Dataplane>(
                 agent.execute(actions, now).await;
             }
             Some((vip, mac)) = failed_rx.recv() => agent.core.on_claim_failed(&vip, mac),
-            Ok(()) = health.changed() => agent.reconcile("replicator health").await,
+            Ok(()) = health.changed() => agent.reconcile("replicator health", false).await,
             _ = assist_tick.tick(), if agent.core.wants_tick() => {
                 let now = Instant::now();
                 let actions = agent.core.on_tick(now);
@@ -191,8 +191,8 @@ async fn drive<D: Dataplane>(
             Some(true) = async { match switch.as_mut() {
                 Some(w) => w.changed().await.ok().map(|()| *w.borrow_and_update()),
                 None => std::future::pending().await,
-            } } => agent.reconcile("switch connected").await,
-            _ = tick.tick() => agent.reconcile("periodic").await,
+            } } => agent.reconcile("switch connected", true).await,
+            _ = tick.tick() => agent.reconcile("periodic", true).await,
         }
     };
     let _ = stop_tx.send(true);
@@ -219,8 +219,8 @@ struct Driver<D> {
 impl<D: Dataplane> Driver<D> {
     async fn execute(&mut self, actions: Vec<Action>, now: Instant) {
         for action in actions {
-            if let Action::Reconcile { why } = action {
-                self.reconcile(why).await;
+            if let Action::Reconcile { why, read } = action {
+                self.reconcile(why, read).await;
                 continue;
             }
             if let Some(call) = perform(&mut self.dp, &self.cfg, action, now) {
@@ -229,8 +229,9 @@ impl<D: Dataplane> Driver<D> {
         }
     }
 
-    /// Programs the data plane for the current view.
-    async fn reconcile(&mut self, why: &str) {
+    /// Programs the data plane for the current view (`read`: reading it
+    /// back in full, to repair drift).
+    async fn reconcile(&mut self, why: &str, read: bool) {
         let Some(view) = self.core.view() else { return };
         let replicators: BTreeMap<String, std::net::SocketAddr> = view
             .vpcs
@@ -261,7 +262,7 @@ impl<D: Dataplane> Driver<D> {
             }
             self.unrouted = plan.unrouted.clone();
         }
-        self.dp.program(&view, &plan, &bum, why, self.core.synced().revision).await;
+        self.dp.program(&view, plan, &bum, why, self.core.synced().revision, read).await;
         let dp = &self.dp;
         self.core.on_ports(&|p| dp.has_port(p));
     }

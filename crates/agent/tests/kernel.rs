@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use vipcast_agent::kernel::Kernel;
+use vipcast_agent::kernel::{Kernel, Reconciler};
 use vipcast_agent::plan::{Fdb, Plan, VpcPlan};
 use vipcast_lab::{Netns, Veth, unique_id};
 use vipcast_packet::MacAddr;
@@ -231,4 +231,87 @@ fn entries_that_are_not_the_plans_are_left_alone_across_vpcs() {
     let fdb = ns.run("bridge", &["fdb", "show"]).unwrap();
     assert!(fdb.contains("02:00:00:00:00:79 dev vc-vx-4202 master vc-br-4202 static"), "{fdb}");
     assert!(!fdb.contains("10.255.0.88"), "{fdb}");
+}
+
+/// The agent's reconciler: table changes are written as deltas without
+/// reading the kernel (deletes included, the messages built from the
+/// plan), a read afterwards finds nothing to repair, and what someone else
+/// changed meanwhile is repaired and counted as drift.
+#[test]
+fn deltas_match_the_kernel_and_a_read_repairs_drift() {
+    let id = unique_id();
+    let ns = Netns::new(format!("vcd-{id}")).unwrap();
+    let _underlay = Veth::new(&format!("vcd{id}u"), Some(&ns), &format!("vcd{id}v"), Some(&ns)).unwrap();
+    ns.ip(&["addr", "add", "10.255.0.11/24", "dev", &format!("vcd{id}u")]).unwrap();
+    let mut gw = gateway_plan();
+    gw.vpcs.get_mut(&4200).unwrap().fdb.insert(Fdb { mac: MacAddr::ZERO, dst: ip("10.255.0.99"), port: Some(4790) });
+    // Every kind of table entry changes: a VIP moves (device and bridge
+    // neighbour), a remote port goes (FDB and neighbour), a flood
+    // destination with its own UDP port goes and another comes.
+    let mut moved = gw.clone();
+    {
+        let v = moved.vpcs.get_mut(&4200).unwrap();
+        v.neigh.insert(ip("192.168.10.100"), mac("02:00:00:00:00:02"));
+        v.bridge_neigh.insert(ip("192.168.10.100"), mac("02:00:00:00:00:02"));
+        v.neigh.remove(&ip("192.168.10.12"));
+        v.fdb.remove(&Fdb { mac: mac("02:00:00:00:00:02"), dst: ip("10.255.0.12"), port: None });
+        v.fdb.remove(&Fdb { mac: MacAddr::ZERO, dst: ip("10.255.0.99"), port: Some(4790) });
+        v.fdb.insert(Fdb { mac: MacAddr::ZERO, dst: ip("10.255.0.14"), port: None });
+    }
+    let (gw2, moved2) = (gw.clone(), moved.clone());
+    let out = with_kernel(&ns, move |k| async move {
+        let mut r = Reconciler::new(k);
+        let first = r.reconcile(gw2.clone(), false).await.unwrap();
+        let there = r.reconcile(moved2.clone(), false).await.unwrap();
+        let back = r.reconcile(gw2.clone(), false).await.unwrap();
+        let again = r.reconcile(moved2.clone(), false).await.unwrap();
+        let check = r.reconcile(moved2, true).await.unwrap();
+        (first, there, back, again, check)
+    });
+    assert!(out.0.read && out.0.changes.total() > 8, "the first reconcile reads: {:?}", out.0);
+    for o in [&out.1, &out.2, &out.3] {
+        assert!(!o.read, "a table change read the kernel: {o:?}");
+        assert_eq!((o.changes.fdb, o.changes.neigh, o.changes.total()), (3, 3, 6), "{o:?}");
+    }
+    assert!(out.4.read && out.4.changes.total() == 0 && out.4.drift.total() == 0, "{:?}", out.4);
+    let fdb = ns.run("bridge", &["fdb", "show", "dev", "vc-vx-4200"]).unwrap();
+    assert!(fdb.contains("00:00:00:00:00:00 dst 10.255.0.14 self permanent"), "{fdb}");
+    assert!(!fdb.contains("10.255.0.99") && !fdb.contains("02:00:00:00:00:02 dst"), "{fdb}");
+    let neigh = ns.ip(&["neigh", "show", "dev", "vc-br-4200"]).unwrap();
+    assert!(neigh.contains("192.168.10.100 lladdr 02:00:00:00:00:02 PERMANENT"), "{neigh}");
+
+    // Someone deletes an entry and adds one: the next delta does not see
+    // it, the next read repairs both and says so.
+    ns.ip(&["neigh", "del", "192.168.10.100", "dev", "vc-vx-4200"]).unwrap();
+    ns.run("bridge", &["fdb", "append", "00:00:00:00:00:00", "dev", "vc-vx-4200", "dst", "10.255.0.66", "self"])
+        .unwrap();
+    let out = with_kernel(&ns, move |k| async move {
+        let mut r = Reconciler::new(k);
+        let first = r.reconcile(moved.clone(), true).await.unwrap();
+        // This thread is in the namespace: so is what it runs.
+        let del = std::process::Command::new("ip")
+            .args(["neigh", "del", "192.168.10.100", "dev", "vc-vx-4200"])
+            .status()
+            .unwrap();
+        assert!(del.success());
+        let quiet = r.reconcile(moved.clone(), false).await.unwrap();
+        let read = r.reconcile(moved.clone(), true).await.unwrap();
+        // A delta that fails (what it deletes is gone already) leaves the
+        // reconciler knowing nothing: the next call reads.
+        let gone = std::process::Command::new("ip")
+            .args(["neigh", "del", "192.168.10.11", "dev", "vc-vx-4200"])
+            .status()
+            .unwrap();
+        assert!(gone.success());
+        let mut fewer = moved;
+        fewer.vpcs.get_mut(&4200).unwrap().neigh.remove(&ip("192.168.10.11"));
+        assert!(r.reconcile(fewer.clone(), false).await.is_err(), "deleting a missing entry succeeded");
+        let after = r.reconcile(fewer, false).await.unwrap();
+        assert!(after.read && after.changes.total() == 0, "{after:?}");
+        (first, quiet, read)
+    });
+    // A fresh reconciler knows nothing yet: what it repairs is not drift.
+    assert_eq!((out.0.changes.total(), out.0.drift.total()), (2, 0), "{:?}", out.0);
+    assert_eq!(out.1.changes.total(), 0, "{:?}", out.1);
+    assert_eq!((out.2.drift.neigh, out.2.drift.total()), (1, 1), "{:?}", out.2);
 }

@@ -17,10 +17,11 @@
 //! namespace of its own (as root): V VPCs, P local VM ports (veth pairs,
 //! the VM ends in a second namespace), and per VPC R remote ports on C
 //! remote chassis (head-end BUM to each) and I VIPs. After programming, it
-//! times `Kernel::reconcile` of the unchanged plan and of plans that each
-//! move one VIP between two remote ports (what every other chassis of the
-//! VPC does on a failover). Nothing leaves the namespaces: the remote
-//! chassis are addresses only.
+//! times `Reconciler::reconcile` of the unchanged plan (reading the kernel)
+//! and of plans that each move one VIP between two remote ports (what every
+//! other chassis of the VPC does on a failover): reading the kernel, and as
+//! the agent does it, a delta from the plan last programmed. Nothing leaves
+//! the namespaces: the remote chassis are addresses only.
 
 use std::time::{Duration, Instant};
 
@@ -227,7 +228,7 @@ mod reconcile {
     use anyhow::{Context, bail};
     use hdrhistogram::Histogram;
     use serde_json::{Value, json};
-    use vipcast_agent::kernel::Kernel;
+    use vipcast_agent::kernel::{Kernel, Reconciler};
     use vipcast_agent::plan::{Fdb, Plan, VpcPlan};
     use vipcast_lab::{Netns, unique_id};
     use vipcast_packet::MacAddr;
@@ -452,52 +453,71 @@ mod reconcile {
                 s["runs"].to_string(),
             ]);
         };
-        row("unchanged plan", &v["unchanged"]);
-        row("one VIP moved", &v["vip_move"]);
+        row("unchanged plan, read", &v["unchanged"]);
+        row("one VIP moved, read", &v["vip_move"]);
+        row("one VIP moved, delta (the agent)", &v["vip_move_delta"]);
         for (key, name) in [("move_observe", "  observe"), ("move_diff", "  diff"), ("move_apply", "  apply")] {
             if v["phases"][key].is_object() {
                 row(name, &v["phases"][key]);
             }
         }
         println!("{t}");
+        println!("delta / read (p50): x{}", v["delta_vs_read_p50"]);
     }
 
     async fn measure(plans: &[Plan; 2], runs: usize) -> anyhow::Result<Value> {
         let k = Kernel::open()?;
+        let mut r = Reconciler::new(k.clone());
         let t = Instant::now();
-        let first = k.reconcile(&plans[0]).await?;
+        let first = r.reconcile(plans[0].clone(), true).await?;
         let initial = t.elapsed();
-        let again = k.reconcile(&plans[0]).await?;
-        if again.total() != 0 {
+        let again = r.reconcile(plans[0].clone(), true).await?;
+        if again.changes.total() != 0 {
             bail!("a second reconcile of the same plan changed {again:?}");
         }
-        // Warm up, then the two kinds interleaved so that both see the same machine.
+        // Warm up, then the kinds interleaved so that all see the same machine.
         for _ in 0..5 {
-            k.reconcile(&plans[0]).await?;
+            r.reconcile(plans[0].clone(), true).await?;
         }
-        let (mut same, mut moved) = (Samples::new()?, Samples::new()?);
+        let (mut same, mut moved, mut delta) = (Samples::new()?, Samples::new()?, Samples::new()?);
         let mut at = 0;
         for _ in 0..runs {
+            let plan = plans[at].clone();
             let t = now();
-            let ch = k.reconcile(&plans[at]).await?;
+            let out = r.reconcile(plan, true).await?;
             same.record(&t, &now())?;
-            if ch.total() != 0 {
-                bail!("an unchanged plan changed {ch:?}");
+            if out.changes.total() != 0 {
+                bail!("an unchanged plan changed {out:?}");
             }
-            at = 1 - at;
-            let t = now();
-            let ch = k.reconcile(&plans[at]).await?;
-            moved.record(&t, &now())?;
-            if (ch.neigh, ch.total()) != (1, 1) {
-                bail!("a VIP move changed {ch:?}, not one neighbour entry");
+            // The move, as a full reconcile (reading the kernel) and as the
+            // agent makes it (a delta from the plan it last programmed).
+            for (read, samples) in [(true, &mut moved), (false, &mut delta)] {
+                at = 1 - at;
+                let plan = plans[at].clone();
+                let t = now();
+                let out = r.reconcile(plan, read).await?;
+                samples.record(&t, &now())?;
+                if (out.changes.neigh, out.changes.total(), out.read) != (1, 1, read) {
+                    bail!("a VIP move (read: {read}) changed {out:?}, not one neighbour entry");
+                }
             }
         }
+        // What the deltas wrote is what a full reconcile expects.
+        let check = r.reconcile(plans[at].clone(), true).await?;
+        if check.drift.total() != 0 {
+            bail!("after the deltas, a full reconcile found drift: {check:?}");
+        }
         let phases = phases(&k, plans, &mut at, runs).await?;
+        let ratio = |a: &Samples, b: &Samples| {
+            a.wall.value_at_quantile(0.5) as f64 / b.wall.value_at_quantile(0.5).max(1) as f64
+        };
         Ok(json!({
             "initial_ms": (initial.as_secs_f64() * 1e6).round() / 1e3,
-            "initial_changes": first.total(),
+            "initial_changes": first.changes.total(),
             "unchanged": same.summary(),
             "vip_move": moved.summary(),
+            "vip_move_delta": delta.summary(),
+            "delta_vs_read_p50": (ratio(&delta, &moved) * 1000.0).round() / 1000.0,
             "phases": phases,
         }))
     }
