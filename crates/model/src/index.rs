@@ -114,7 +114,7 @@ impl Index {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use proptest::prelude::*;
@@ -122,28 +122,34 @@ mod tests {
     use crate::objects::*;
     use crate::{Object, ObjectKey, State};
 
+    /// A change to a small region: 4 VPCs, 5 chassis, 12 ports, 4 VIPs.
     #[derive(Debug, Clone)]
-    enum Op {
+    pub(crate) enum Op {
         Port { name: u8, vpc: u8, chassis: u8 },
         DeletePort(u8),
-        Vip { name: u8, vpc: u8 },
+        Vip { name: u8, vpc: u8, ip: u8, owner: bool },
         DeleteVip(u8),
-        Chassis { name: u8, gateway: bool },
+        Chassis { name: u8, gateway: bool, ip: u8, alive: bool },
         DeleteChassis(u8),
+        Vpc { name: u8, vni: u8, replicator: bool },
+        DeleteVpc(u8),
     }
 
-    fn op() -> impl Strategy<Value = Op> {
+    pub(crate) fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             4 => (0..12u8, 0..4u8, 0..5u8).prop_map(|(name, vpc, chassis)| Op::Port { name, vpc, chassis }),
             2 => (0..12u8).prop_map(Op::DeletePort),
-            1 => (0..4u8, 0..4u8).prop_map(|(name, vpc)| Op::Vip { name, vpc }),
+            1 => (0..4u8, 0..4u8, 0..3u8, any::<bool>()).prop_map(|(name, vpc, ip, owner)| Op::Vip { name, vpc, ip, owner }),
             1 => (0..4u8).prop_map(Op::DeleteVip),
-            1 => (0..5u8, any::<bool>()).prop_map(|(name, gateway)| Op::Chassis { name, gateway }),
+            1 => (0..5u8, any::<bool>(), 0..2u8, any::<bool>())
+                .prop_map(|(name, gateway, ip, alive)| Op::Chassis { name, gateway, ip, alive }),
             1 => (0..5u8).prop_map(Op::DeleteChassis),
+            1 => (0..4u8, 0..3u8, any::<bool>()).prop_map(|(name, vni, replicator)| Op::Vpc { name, vni, replicator }),
+            1 => (0..4u8).prop_map(Op::DeleteVpc),
         ]
     }
 
-    fn apply(s: &mut State, op: &Op) {
+    pub(crate) fn apply(s: &mut State, op: &Op) {
         match *op {
             Op::Port { name, vpc, chassis } => s.put(Object::Port(Port {
                 name: format!("p{name}"),
@@ -154,22 +160,41 @@ mod tests {
                 ip: format!("10.0.0.{name}").parse().unwrap(),
             })),
             Op::DeletePort(n) => drop(s.delete(&ObjectKey::Port(format!("p{n}")))),
-            Op::Vip { name, vpc } => s.put(Object::Vip(Vip::new(VipSpec {
-                name: format!("vip{name}"),
-                vpc: format!("v{vpc}"),
-                subnet: "net".into(),
-                ip: format!("10.0.1.{name}").parse().unwrap(),
-                members: vec![],
-            }))),
+            Op::Vip { name, vpc, ip, owner } => {
+                let mut v = Vip::new(VipSpec {
+                    name: format!("vip{name}"),
+                    vpc: format!("v{vpc}"),
+                    subnet: "net".into(),
+                    ip: format!("10.0.1.{}", name * 4 + ip).parse().unwrap(),
+                    members: vec![],
+                });
+                v.owner = owner.then(|| Owner {
+                    port: "p0".into(),
+                    mac: vipcast_packet::MacAddr([2, 0, 0, 0, 0, 0]),
+                    chassis: "hv0".into(),
+                    generation: u64::from(ip) + 1,
+                    since: 0,
+                });
+                s.put(Object::Vip(v))
+            }
             Op::DeleteVip(n) => drop(s.delete(&ObjectKey::Vip(format!("vip{n}")))),
-            Op::Chassis { name, gateway } => s.put(Object::Chassis(Chassis {
+            Op::Chassis { name, gateway, ip, alive } => s.put(Object::Chassis(Chassis {
                 name: format!("hv{name}"),
-                underlay_ip: format!("172.31.0.{}", name + 1).parse().unwrap(),
+                underlay_ip: format!("172.31.{ip}.{}", name + 1).parse().unwrap(),
                 role: if gateway { Role::Gateway } else { Role::Hypervisor },
                 dataplane: Dataplane::Kernel,
-                liveness: None,
+                liveness: Some(Liveness { alive, since_ms: 0, last_heard_ms: 0 }),
             })),
             Op::DeleteChassis(n) => drop(s.delete(&ObjectKey::Chassis(format!("hv{n}")))),
+            Op::Vpc { name, vni, replicator } => s.put(Object::Vpc(Vpc {
+                name: format!("v{name}"),
+                vni: 100 + u32::from(vni),
+                bum: if replicator { BumMode::Replicator } else { BumMode::Headend },
+                arp_suppression: true,
+                assist: false,
+                encap: Encap::Vxlan,
+            })),
+            Op::DeleteVpc(n) => drop(s.delete(&ObjectKey::Vpc(format!("v{n}")))),
         }
     }
 

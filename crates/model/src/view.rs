@@ -219,19 +219,80 @@ pub struct VniEntry {
 
 /// What the replicators need: VNI -> members and VIPs, for VPCs in replicator mode.
 pub fn replicator_view(state: &State) -> BTreeMap<u32, VniEntry> {
-    state
-        .vpcs
-        .values()
-        .filter(|v| v.bum == BumMode::Replicator)
-        .map(|v| {
-            let members = participants(state, &v.name)
-                .iter()
-                .filter_map(|c| state.chassis.get(c).map(|c| c.underlay_ip))
-                .collect();
-            let vips = state.vpc_vips(&v.name).map(|x| x.spec.ip).collect();
-            (v.vni, VniEntry { vpc: v.name.clone(), encap: v.encap, members, vips })
-        })
-        .collect()
+    state.vpcs.values().filter_map(|v| replicator_entry(state, v)).collect()
+}
+
+/// One VPC's part of [`replicator_view`]: `None` unless it is in replicator mode.
+pub fn replicator_entry(state: &State, v: &Vpc) -> Option<(u32, VniEntry)> {
+    if v.bum != BumMode::Replicator {
+        return None;
+    }
+    let members =
+        participants(state, &v.name).iter().filter_map(|c| state.chassis.get(c).map(|c| c.underlay_ip)).collect();
+    let vips = state.vpc_vips(&v.name).map(|x| x.spec.ip).collect();
+    Some((v.vni, VniEntry { vpc: v.name.clone(), encap: v.encap, members, vips }))
+}
+
+/// What may differ in the replicators' view between two states.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReplicatorChanges {
+    /// VPCs whose [`replicator_entry`] may differ (by name, in either
+    /// state); `None`: any may (a gateway changed: gateways take part in
+    /// every VPC).
+    pub vpcs: Option<BTreeSet<String>>,
+    /// Whether the registered chassis' underlay IPs may differ.
+    pub chassis: bool,
+}
+
+/// What [`replicator_view`] of `new` may change from that of `old`, found
+/// from the objects that differ: cheap for two states one delta apart
+/// (their maps share structure, and a diff skips what is shared). A VIP
+/// changing owner, or a chassis its liveness, changes nothing here.
+pub fn replicator_changes(old: &State, new: &State) -> ReplicatorChanges {
+    use imbl::ordmap::DiffItem;
+    /// The old and new values of an entry that differs.
+    fn sides<'a, K, V>(d: DiffItem<'a, 'a, K, V>) -> (Option<&'a V>, Option<&'a V>) {
+        match d {
+            DiffItem::Add(_, v) => (None, Some(v)),
+            DiffItem::Update { old: (_, o), new: (_, n) } => (Some(o), Some(n)),
+            DiffItem::Remove(_, v) => (Some(v), None),
+        }
+    }
+    let mut vpcs = BTreeSet::new();
+    let mut chassis = false;
+    for d in old.chassis.diff(&new.chassis) {
+        let (o, n) = sides(d);
+        let key = |c: &Chassis| (c.underlay_ip, c.role);
+        if o.map(key) == n.map(key) {
+            continue;
+        }
+        chassis = true;
+        if o.into_iter().chain(n).any(|c| c.role == Role::Gateway) {
+            return ReplicatorChanges { vpcs: None, chassis };
+        }
+        for (c, s) in o.iter().map(|c| (c, old)).chain(n.iter().map(|c| (c, new))) {
+            vpcs.extend(s.index().chassis_vpcs(&c.name).keys().cloned());
+        }
+    }
+    for d in old.vpcs.diff(&new.vpcs) {
+        let (o, n) = sides(d);
+        vpcs.extend(o.into_iter().chain(n).map(|v| v.name.clone()));
+    }
+    for d in old.ports.diff(&new.ports) {
+        let (o, n) = sides(d);
+        let key = |p: &Port| (p.vpc.clone(), p.chassis.clone());
+        if o.map(key) != n.map(key) {
+            vpcs.extend(o.into_iter().chain(n).map(|p| p.vpc.clone()));
+        }
+    }
+    for d in old.vips.diff(&new.vips) {
+        let (o, n) = sides(d);
+        let key = |v: &Vip| (v.spec.vpc.clone(), v.spec.ip);
+        if o.map(key) != n.map(key) {
+            vpcs.extend(o.into_iter().chain(n).map(|v| v.spec.vpc.clone()));
+        }
+    }
+    ReplicatorChanges { vpcs: Some(vpcs), chassis }
 }
 
 /// Who a watch stream is for.
@@ -291,6 +352,45 @@ pub fn concerns(state: &State, sub: &Subscriber, vpcs: &BTreeSet<String>, key: &
 mod tests {
     use super::*;
     use crate::Object;
+
+    mod replicator_changes_props {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::index::tests::{Op, apply, op};
+
+        proptest! {
+            /// Whatever changes between two states (the second the first
+            /// with more changes applied, sharing its structure as a
+            /// delta's state does), every VPC [`replicator_changes`] leaves
+            /// out has the same [`replicator_entry`], and the registered
+            /// underlay IPs are the same unless it says otherwise.
+            #[test]
+            fn untouched_vpcs_keep_their_entries(
+                before in proptest::collection::vec(op(), 0..60),
+                after in proptest::collection::vec(op(), 0..6),
+            ) {
+                let mut old = State::default();
+                before.iter().for_each(|o: &Op| apply(&mut old, o));
+                let mut new = old.clone();
+                after.iter().for_each(|o| apply(&mut new, o));
+                let ch = replicator_changes(&old, &new);
+                let ips = |s: &State| s.chassis.values().map(|c| c.underlay_ip).collect::<BTreeSet<_>>();
+                if !ch.chassis {
+                    prop_assert_eq!(ips(&old), ips(&new));
+                }
+                let Some(touched) = ch.vpcs else { return Ok(()) };
+                let names: BTreeSet<String> = old.vpcs.keys().chain(new.vpcs.keys()).cloned().collect();
+                for name in names.difference(&touched) {
+                    let entry = |s: &State| s.vpcs.get(name).and_then(|v| replicator_entry(s, v));
+                    prop_assert_eq!(entry(&old), entry(&new), "VPC {} changed but was not named", name);
+                }
+                if old == new {
+                    prop_assert_eq!(touched.len(), 0);
+                }
+            }
+        }
+    }
 
     fn state() -> State {
         let mut s = crate::state::tests::sample();

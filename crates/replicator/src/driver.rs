@@ -127,18 +127,24 @@ pub fn start(
     Ok((Running { admin }, done))
 }
 
-/// Rebuilds the table at every revision; installs it when what the data
-/// path uses changed (a VIP changing owner does not).
+/// Updates the table at every revision: rebuilt from a snapshot, else only
+/// the VPCs the changes since the last revision touched; installs it when
+/// what the data path uses changed (a VIP changing owner does not).
 async fn install_tables(mut rx: watch::Receiver<sync::Synced>, admin: Arc<admin::Admin>) {
+    let mut last: Option<Arc<vipcast_model::State>> = None;
     while rx.changed().await.is_ok() {
         let synced = rx.borrow_and_update().clone();
         if !synced.received {
             continue;
         }
         let old = admin.dataplane.table();
-        let new = old.rebuild_from_state(&synced.state, synced.revision);
+        let new = match &last {
+            Some(prev) if !synced.snapshot => old.update(prev, &synced.state, synced.revision),
+            _ => Some(old.rebuild_from_state(&synced.state, synced.revision)).filter(|t| !t.same_as(&old)),
+        };
+        last = Some(synced.state.clone());
         admin.revision.store(synced.revision, Ordering::Relaxed);
-        if !new.same_as(&old) {
+        if let Some(new) = new {
             tracing::info!(revision = synced.revision, vnis = new.slots().len(), "replication table updated");
             admin.dataplane.set_table(new);
         }

@@ -199,6 +199,15 @@ pub struct VniSlot {
 }
 
 impl VniSlot {
+    /// Whether the data path would treat `other` as this.
+    fn same_as(&self, other: &VniSlot) -> bool {
+        self.vni == other.vni
+            && self.vpc == other.vpc
+            && self.encap == other.encap
+            && self.members == other.members
+            && self.vips == other.vips
+    }
+
     /// Member underlay IPs, sorted.
     pub fn members(&self) -> &[IpAddr] {
         &self.members
@@ -210,8 +219,11 @@ impl VniSlot {
 pub struct Table {
     cfg: Config,
     origin: Instant,
-    /// Sorted by VNI.
-    slots: Vec<VniSlot>,
+    /// Sorted by VNI; shared with the table it was updated from where
+    /// nothing changed.
+    slots: Vec<Arc<VniSlot>>,
+    /// The slots' VNIs, in their order (searched without touching the slots).
+    vnis: Vec<u32>,
     /// Underlay IPs of every registered chassis, sorted.
     chassis: Vec<IpAddr>,
     synced: bool,
@@ -222,7 +234,35 @@ impl Table {
     /// An empty table, before any view: every frame is dropped, probes are
     /// not answered. `origin` is the zero of storm control's clock.
     pub fn new(cfg: Config, origin: Instant) -> Table {
-        Table { cfg, origin, slots: Vec::new(), chassis: Vec::new(), synced: false, revision: 0 }
+        Table { cfg, origin, slots: Vec::new(), vnis: Vec::new(), chassis: Vec::new(), synced: false, revision: 0 }
+    }
+
+    /// The slot for `vni`'s entry `e`, keeping the storm-control state and
+    /// counters of `vni` in `self`.
+    fn make_slot(&self, vni: u32, e: &VniEntry) -> VniSlot {
+        let mut members: Vec<IpAddr> = e.members.iter().map(|ip| ip.to_canonical()).collect();
+        members.sort_unstable();
+        members.dedup();
+        let dests = members
+            .iter()
+            .map(|&ip| match ip {
+                IpAddr::V4(v4) if self.cfg.ipv6_sockets => {
+                    SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), self.cfg.dst_port)
+                }
+                _ => SocketAddr::new(ip, self.cfg.dst_port),
+            })
+            .collect();
+        let mut vips = e.vips.clone();
+        vips.sort_unstable();
+        let counters = self.slot(vni).map(|s| s.counters.clone()).unwrap_or_default();
+        VniSlot { vni, vpc: e.vpc.clone(), encap: e.encap, members, dests, vips, counters }
+    }
+
+    fn registered(chassis: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
+        let mut chassis: Vec<IpAddr> = chassis.into_iter().map(|ip| ip.to_canonical()).collect();
+        chassis.sort_unstable();
+        chassis.dedup();
+        chassis
     }
 
     /// The table for `view` (what [`view::replicator_view`] computes) and the
@@ -234,40 +274,70 @@ impl Table {
         chassis: impl IntoIterator<Item = IpAddr>,
         revision: i64,
     ) -> Table {
-        let mut slots: Vec<VniSlot> = view
-            .iter()
-            .map(|(&vni, e)| {
-                let mut members: Vec<IpAddr> = e.members.iter().map(|ip| ip.to_canonical()).collect();
-                members.sort_unstable();
-                members.dedup();
-                let dests = members
-                    .iter()
-                    .map(|&ip| {
-                        let a = SocketAddr::new(ip, self.cfg.dst_port);
-                        match ip {
-                            IpAddr::V4(v4) if self.cfg.ipv6_sockets => {
-                                SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), self.cfg.dst_port)
-                            }
-                            _ => a,
-                        }
-                    })
-                    .collect();
-                let mut vips = e.vips.clone();
-                vips.sort_unstable();
-                let counters = self.slot(vni).map(|s| s.counters.clone()).unwrap_or_default();
-                VniSlot { vni, vpc: e.vpc.clone(), encap: e.encap, members, dests, vips, counters }
-            })
-            .collect();
-        slots.sort_unstable_by_key(|s| s.vni);
-        let mut chassis: Vec<IpAddr> = chassis.into_iter().map(|ip| ip.to_canonical()).collect();
-        chassis.sort_unstable();
-        chassis.dedup();
-        Table { cfg: self.cfg, origin: self.origin, slots, chassis, synced: true, revision }
+        // A BTreeMap: already in VNI order.
+        let slots: Vec<Arc<VniSlot>> = view.iter().map(|(&vni, e)| Arc::new(self.make_slot(vni, e))).collect();
+        let vnis = slots.iter().map(|s| s.vni).collect();
+        let chassis = Table::registered(chassis);
+        Table { cfg: self.cfg, origin: self.origin, slots, vnis, chassis, synced: true, revision }
     }
 
     /// [`rebuild`](Self::rebuild) from a whole state.
     pub fn rebuild_from_state(&self, state: &State, revision: i64) -> Table {
         self.rebuild(&view::replicator_view(state), state.chassis.values().map(|c| c.underlay_ip), revision)
+    }
+
+    /// The table for `new`, from this one (built for `old`), recomputing
+    /// only the VPCs whose entries may differ ([`view::replicator_changes`]:
+    /// for two states a delta apart, the work is that of the VPCs the delta
+    /// touched, not of the region); the other slots are shared. `None` when
+    /// nothing the data path uses changed (a VIP changing owner).
+    pub fn update(&self, old: &State, new: &State, revision: i64) -> Option<Table> {
+        let changes = view::replicator_changes(old, new);
+        let Some(vpcs) = changes.vpcs.filter(|_| self.synced) else {
+            let t = self.rebuild_from_state(new, revision);
+            return (!t.same_as(self)).then_some(t);
+        };
+        let (mut slots, mut vnis) = (self.slots.clone(), self.vnis.clone());
+        let mut changed = false;
+        // First every touched VPC's slot out, then its slot (if any) in:
+        // two VPCs may have swapped VNIs.
+        let mut gone: BTreeMap<&str, Arc<VniSlot>> = BTreeMap::new();
+        for name in &vpcs {
+            let Some(v) = old.vpcs.get(name) else { continue };
+            if let Ok(i) = vnis.binary_search(&v.vni)
+                && slots.get(i).is_some_and(|s| s.vpc == *name)
+            {
+                vnis.remove(i);
+                gone.insert(name, slots.remove(i));
+            }
+        }
+        for name in &vpcs {
+            let slot = new.vpcs.get(name).and_then(|v| view::replicator_entry(new, v)).map(|(vni, e)| {
+                let s = self.make_slot(vni, &e);
+                match vnis.binary_search(&vni).ok().and_then(|i| slots.get_mut(i)) {
+                    Some(there) => *there = Arc::new(s),
+                    None => {
+                        let i = vnis.partition_point(|v| *v < vni);
+                        vnis.insert(i, vni);
+                        slots.insert(i, Arc::new(s));
+                    }
+                }
+                vni
+            });
+            let now = slot.and_then(|vni| vnis.binary_search(&vni).ok()).and_then(|i| slots.get(i)).map(|s| &**s);
+            changed |= match (gone.get(name.as_str()), now) {
+                (None, None) => false,
+                (Some(a), Some(b)) => !a.same_as(b),
+                _ => true,
+            };
+        }
+        let chassis = if changes.chassis {
+            Table::registered(new.chassis.values().map(|c| c.underlay_ip))
+        } else {
+            self.chassis.clone()
+        };
+        changed |= chassis != self.chassis;
+        changed.then_some(Table { cfg: self.cfg, origin: self.origin, slots, vnis, chassis, synced: true, revision })
     }
 
     /// Whether this table came from the controller.
@@ -286,12 +356,12 @@ impl Table {
     }
 
     /// Every VNI, sorted.
-    pub fn slots(&self) -> &[VniSlot] {
+    pub fn slots(&self) -> &[Arc<VniSlot>] {
         &self.slots
     }
 
     fn slot(&self, vni: u32) -> Option<&VniSlot> {
-        self.slots.binary_search_by_key(&vni, |s| s.vni).ok().and_then(|i| self.slots.get(i))
+        self.vnis.binary_search(&vni).ok().and_then(|i| self.slots.get(i)).map(|s| &**s)
     }
 
     /// The destinations of slot `slot`; a copy goes to each but number `skip`.
@@ -305,11 +375,7 @@ impl Table {
         self.synced == other.synced
             && self.chassis == other.chassis
             && self.slots.len() == other.slots.len()
-            && self
-                .slots
-                .iter()
-                .zip(&other.slots)
-                .all(|(a, b)| a.vni == b.vni && a.vpc == b.vpc && a.members == b.members && a.vips == b.vips)
+            && self.slots.iter().zip(&other.slots).all(|(a, b)| Arc::ptr_eq(a, b) || a.same_as(b))
     }
 
     /// Decides what to do with `datagram` (a UDP payload) from `from`, at `now`.
@@ -352,7 +418,7 @@ impl Table {
         if inner.len() < ethernet::HEADER_LEN {
             return Decision::drop(DropReason::Malformed);
         }
-        let Ok(slot) = self.slots.binary_search_by_key(&vni, |s| s.vni) else {
+        let Ok(slot) = self.vnis.binary_search(&vni) else {
             return Decision::drop(DropReason::UnknownVni);
         };
         let Some(s) = self.slots.get(slot) else { return Decision::drop(DropReason::UnknownVni) };
@@ -679,5 +745,110 @@ pub(crate) mod tests {
         assert!(!t2.same_as(&t));
         assert!(t2.same_as(&t2.rebuild(&view, [C9.parse().unwrap(), C1.parse().unwrap()], 9)));
         assert_eq!(t2.handle(t0 + Duration::from_secs(1), from(C9), &f).action, Action::Replicate { slot: 0, skip: 1 });
+    }
+
+    /// A region of three replicator-mode VPCs (VNIs 100, 200, 300) with a
+    /// port of each on hv1 and hv2, and a VIP in vpc100.
+    fn region() -> State {
+        use vipcast_model::{BumMode, Chassis, Object, Port, Role, Vip, VipSpec, Vpc};
+        let mut s = State::default();
+        for (i, name) in ["hv1", "hv2", "hv3"].into_iter().enumerate() {
+            s.put(Object::Chassis(Chassis {
+                name: name.into(),
+                underlay_ip: format!("10.0.0.{}", i + 1).parse().unwrap(),
+                role: Role::Hypervisor,
+                dataplane: vipcast_model::Dataplane::Kernel,
+                liveness: None,
+            }));
+        }
+        for vni in [100u32, 200, 300] {
+            let vpc = format!("vpc{vni}");
+            s.put(Object::Vpc(Vpc {
+                name: vpc.clone(),
+                vni,
+                bum: BumMode::Replicator,
+                arp_suppression: true,
+                assist: true,
+                encap: Encap::Vxlan,
+            }));
+            for (j, hv) in ["hv1", "hv2"].into_iter().enumerate() {
+                s.put(Object::Port(Port {
+                    name: format!("{vpc}-{hv}"),
+                    vpc: vpc.clone(),
+                    subnet: "net".into(),
+                    chassis: hv.into(),
+                    mac: MacAddr([2, 0, 0, 0, (vni / 100) as u8, j as u8]),
+                    ip: format!("192.168.{}.{}", vni / 100, j + 10).parse().unwrap(),
+                }));
+            }
+        }
+        s.put(Object::Vip(Vip::new(VipSpec {
+            name: "vip".into(),
+            vpc: "vpc100".into(),
+            subnet: "net".into(),
+            ip: "192.168.1.100".parse().unwrap(),
+            members: vec![],
+        })));
+        s
+    }
+
+    #[test]
+    fn updates_touch_only_the_vpcs_that_changed() {
+        use vipcast_model::{Object, ObjectKey, Owner, Port};
+        let s0 = region();
+        let t0 = Table::new(Config::default(), Instant::now()).rebuild_from_state(&s0, 1);
+        let f = frame(200, &bcast());
+        let _ = t0.handle(Instant::now(), from(C1), &f);
+
+        // The VIP changes owner: nothing the data path uses.
+        let mut s1 = s0.clone();
+        let mut vip = s1.vips["vip"].clone();
+        vip.owner = Some(Owner {
+            port: "vpc100-hv1".into(),
+            mac: MacAddr([2, 0, 0, 0, 1, 0]),
+            chassis: "hv1".into(),
+            generation: 1,
+            since: 0,
+        });
+        s1.put(Object::Vip(vip));
+        assert!(t0.update(&s0, &s1, 2).is_none());
+
+        // vpc200 gains hv3: only its slot is new, the others are shared,
+        // and the result is what a rebuild gives.
+        let mut s2 = s1.clone();
+        s2.put(Object::Port(Port {
+            name: "vpc200-hv3".into(),
+            vpc: "vpc200".into(),
+            subnet: "net".into(),
+            chassis: "hv3".into(),
+            mac: MacAddr([2, 0, 0, 0, 2, 3]),
+            ip: "192.168.2.13".parse().unwrap(),
+        }));
+        let t2 = t0.update(&s1, &s2, 3).expect("a member joined");
+        assert!(t2.same_as(&t0.rebuild_from_state(&s2, 3)));
+        assert_eq!(t2.slots()[1].members(), &[C1, C2, C3].map(|c| c.parse::<IpAddr>().unwrap()));
+        assert!(Arc::ptr_eq(&t2.slots()[0], &t0.slots()[0]) && Arc::ptr_eq(&t2.slots()[2], &t0.slots()[2]));
+        // Its counters carried over.
+        assert_eq!(t2.slots()[1].counters.rx_frames.load(Ordering::Relaxed), 1);
+
+        // vpc300 goes, and a VPC takes VNI 300 under another name.
+        let mut s3 = s2.clone();
+        let _ = s3.delete(&ObjectKey::Vpc("vpc300".into()));
+        let mut other = s2.vpcs["vpc300"].clone();
+        other.name = "renamed".into();
+        s3.put(Object::Vpc(other));
+        let t3 = t2.update(&s2, &s3, 4).expect("a VPC went");
+        assert!(t3.same_as(&t0.rebuild_from_state(&s3, 4)));
+        assert_eq!(t3.slots().iter().map(|s| s.vpc.as_str()).collect::<Vec<_>>(), ["vpc100", "vpc200", "renamed"]);
+
+        // A chassis registers: the registered list follows, VPCs untouched.
+        let mut s4 = s3.clone();
+        let mut hv9 = s4.chassis["hv3"].clone();
+        (hv9.name, hv9.underlay_ip) = ("hv9".into(), C9.parse().unwrap());
+        s4.put(Object::Chassis(hv9));
+        let t4 = t3.update(&s3, &s4, 5).expect("a chassis registered");
+        assert!(t4.same_as(&t0.rebuild_from_state(&s4, 5)));
+        assert!(t4.slots().iter().zip(t3.slots()).all(|(a, b)| Arc::ptr_eq(a, b)));
+        assert_eq!(t4.handle(Instant::now(), from(C9), &f).action, Action::Drop(DropReason::NotMember));
     }
 }

@@ -179,6 +179,18 @@ async fn control_plane(c: ControlPlane) -> anyhow::Result<()> {
                 r["cpu_s"]["snapshot_all"].as_f64().unwrap_or(f64::NAN),
                 r["cpu_s"]["moves"].as_f64().unwrap_or(f64::NAN),
             );
+            let t = &r["replicator_table"];
+            if t.is_object() {
+                println!(
+                    "  replicator table ({} VNIs, {} members), per change: update p50 {} us  p99 {} us, rebuild p50 {} us (x{})",
+                    t["vnis"],
+                    t["members"],
+                    t["update_p50_us"],
+                    t["update_p99_us"],
+                    t["rebuild_p50_us"],
+                    t["update_over_rebuild_p50"]
+                );
+            }
         }
         runs.push(r);
     }

@@ -27,6 +27,7 @@
 //! benchmark is about.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::process::Command as Process;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,7 @@ use hdrhistogram::Histogram;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore};
+use vipcast_packet::MacAddr;
 use vipcast_store::{Op, Store};
 
 use super::region::Region;
@@ -144,7 +146,8 @@ fn usage(ctls: &[Ctl]) -> (f64, f64, f64) {
     out
 }
 
-async fn seed(store: &dyn Store, region: &Region) -> anyhow::Result<usize> {
+/// Writes the region to the store; returns the objects written and the state.
+async fn seed(store: &dyn Store, region: &Region) -> anyhow::Result<(usize, vipcast_model::State)> {
     let mut state = vipcast_model::State::default();
     let mut ops = Vec::new();
     let now = vipcast_api::now_ms();
@@ -165,7 +168,76 @@ async fn seed(store: &dyn Store, region: &Region) -> anyhow::Result<usize> {
             bail!("seeding the store: a transaction failed");
         }
     }
-    Ok(n)
+    Ok((n, state))
+}
+
+/// The replicators' member table at region scale, in this process: the
+/// time to bring it up to date after one change, incrementally
+/// (`Table::update`: only the VPCs the change touched) and by rebuilding it
+/// from the whole state, alternating a VIP changing owner and a port of a
+/// replicator-mode VPC coming (and going) on a chassis outside it.
+fn replicator_table(state: &vipcast_model::State, region: &Region, samples: usize) -> anyhow::Result<Value> {
+    use vipcast_model::{Object, ObjectKey, Owner};
+    use vipcast_replicator::engine::{Config, Table};
+    let h = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3);
+    let (mut update, mut rebuild) = (h()?, h()?);
+    let mut old = state.clone();
+    let mut table = Table::new(Config::default(), Instant::now()).rebuild_from_state(&old, 1);
+    let vnis = table.slots().len();
+    let members: usize = table.slots().iter().map(|s| s.members().len()).sum();
+    let replicated: Vec<usize> = (0..region.vpcs.len()).filter(|v| v % 4 == 3).collect();
+    if replicated.is_empty() || region.vips.is_empty() {
+        return Ok(json!(null));
+    }
+    for i in 0..samples.max(2) {
+        let mut new = old.clone();
+        if i % 2 == 0 {
+            let name = Region::vip_name(i / 2 % region.vips.len());
+            let mut vip = new.vips.get(&name).cloned().ok_or_else(|| anyhow::anyhow!("no VIP {name}"))?;
+            let generation = vip.owner.as_ref().map_or(1, |o| o.generation + 1);
+            vip.owner =
+                Some(Owner { port: "bench".into(), mac: MacAddr::ZERO, chassis: "bench".into(), generation, since: 0 });
+            new.put(Object::Vip(vip));
+        } else {
+            let v = replicated[i / 2 % replicated.len()];
+            let name = format!("bench-extra-{v}");
+            if new.ports.contains_key(&name) {
+                let _ = new.delete(&ObjectKey::Port(name));
+            } else {
+                let outside = (0..region.chassis).find(|n| !region.vpcs[v].contains(n)).unwrap_or(0);
+                new.put(Object::Port(vipcast_model::Port {
+                    name,
+                    vpc: Region::vpc_name(v),
+                    subnet: "net".into(),
+                    chassis: Region::chassis_name(outside),
+                    mac: MacAddr([2, 0xee, 0, 0, (v >> 8) as u8, v as u8]),
+                    ip: IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 254, 254)),
+                }));
+            }
+        }
+        let t = Instant::now();
+        let updated = table.update(&old, &new, i as i64 + 2);
+        update.record((t.elapsed().as_nanos() / 1000).max(1) as u64)?;
+        let t = Instant::now();
+        let rebuilt = table.rebuild_from_state(&new, i as i64 + 2);
+        rebuild.record((t.elapsed().as_nanos() / 1000).max(1) as u64)?;
+        let now = updated.unwrap_or(table);
+        if !now.same_as(&rebuilt) {
+            bail!("the updated replicator table differs from the rebuilt one after change {i}");
+        }
+        (table, old) = (now, new);
+    }
+    let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q);
+    Ok(json!({
+        "vnis": vnis,
+        "members": members,
+        "changes": update.len(),
+        "update_p50_us": us(&update, 0.5),
+        "update_p99_us": us(&update, 0.99),
+        "rebuild_p50_us": us(&rebuild, 0.5),
+        "rebuild_p99_us": us(&rebuild, 0.99),
+        "update_over_rebuild_p50": (us(&update, 0.5) as f64 / us(&rebuild, 0.5).max(1) as f64 * 1000.0).round() / 1000.0,
+    }))
 }
 
 /// One run; `tls`: every chassis and replicator with a certificate of its own.
@@ -199,12 +271,13 @@ pub async fn run(c: &ControlPlane, tls: bool) -> anyhow::Result<Value> {
         c.store
     );
     let t = Instant::now();
-    {
+    let seeded = {
         let spec: crate::controller::StoreSpec = store_arg.parse().map_err(anyhow::Error::msg)?;
         let store = crate::controller::open_store(&spec, false, None).await?;
-        seed(store.as_ref(), &region).await?;
-    }
+        seed(store.as_ref(), &region).await?.1
+    };
     let seed_s = t.elapsed().as_secs_f64();
+    let replicator_table = replicator_table(&seeded, &region, c.moves.min(400))?;
 
     // Certificates: one per chassis and replicator, an admin for the claims.
     // The heartbeat secret in any case: heartbeats are signed.
@@ -378,6 +451,7 @@ pub async fn run(c: &ControlPlane, tls: bool) -> anyhow::Result<Value> {
         "bytes_per_move": moves_bytes as f64 / moves,
         "reconnects_during_moves": reconnects_during_moves,
         "heartbeats": heartbeats,
+        "replicator_table": replicator_table,
         "restart_resync_s": restart_resync_s,
         "restart_up_s": restart_up_s,
         "rss_mib": after_moves.1,
