@@ -690,7 +690,7 @@ async fn a_subscriber_that_stops_reading_is_cut_and_the_others_keep_up() {
 }
 
 /// The same with writes allowed to block for a minute: the stream's queue
-/// of revisions (1024) is the bound that cuts it, long before.
+/// of revisions (`fanout::QUEUE`, 256) is the bound that cuts it, long before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_falls_a_queue_behind_is_cut_and_the_others_keep_up() {
     stalled_subscriber(Duration::from_secs(60), "vipcast_controller_watch_dropped_total").await;
