@@ -179,6 +179,12 @@ impl RemoteMaster {
     }
 }
 
+/// A master's adverts have stopped when the next one is this much overdue
+/// (at most a quarter of its interval): masters send on a timer, so later
+/// than that is not jitter. With a chassis seen down, this is what is left
+/// to wait: half an interval on average.
+pub const STOPPED_MARGIN: Duration = Duration::from_millis(10);
+
 /// What to do about a master whose chassis was declared dead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -247,7 +253,7 @@ impl Remotes {
         for k in keys {
             let Some(m) = self.by_router.get(&k) else { continue };
             let age = now.saturating_duration_since(m.last);
-            let stopped = age > m.interval() + m.interval() / 4;
+            let stopped = age > m.interval() + STOPPED_MARGIN.min(m.interval() / 4);
             if !m.as_master().assistable() || age >= m.down_interval() {
                 if let Some(m) = self.by_router.remove(&k) {
                     out.push(Verdict::Refuse(m));
@@ -354,11 +360,12 @@ mod tests {
         let alive = |_: &str, _: MacAddr| false;
         // Its chassis is fine: nothing to do.
         assert_eq!(r.due(&alive, t0 + ms(200)), (vec![], false));
-        // Declared dead, but an advert came 100 ms ago (interval 100 ms): wait.
-        let (v, waiting) = r.due(&dead, t0 + ms(100));
+        // Declared dead, but the last advert came 110 ms ago (interval
+        // 100 ms): the next one may still come.
+        let (v, waiting) = r.due(&dead, t0 + ms(110));
         assert!(v.is_empty() && waiting);
-        // Adverts stopped (> 125 ms), well within the down interval: speak.
-        let (v, waiting) = r.due(&dead, t0 + ms(130));
+        // More than 10 ms overdue, well within the down interval: speak.
+        let (v, waiting) = r.due(&dead, t0 + ms(111));
         assert!(!waiting);
         let [Verdict::Speak(m)] = v.as_slice() else { panic!("{v:?}") };
         assert_eq!(m.priority_zero().priority, 0);

@@ -11,9 +11,12 @@
 //! new revision; `on_seen` / `on_link` as events arrive; `on_tick` while
 //! [`AgentCore::wants_tick`] says a master on a dead chassis may still need
 //! speaking for (every [`TICK`]); `on_claim_failed` when a claim got no
-//! answer; `on_ports` after the data plane listed its open ports.
+//! answer; `on_ports` after the data plane listed its open ports;
+//! `on_peer` when a watched chassis went down or came back (peer liveness,
+//! [`crate::peer`]), and after each input the driver hands
+//! [`AgentCore::peers_wanted`] to the peer watch.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,6 +137,8 @@ pub struct AgentCore {
     remote_waiting: bool,
     /// Last known carrier of local ports.
     port_up: HashMap<String, bool>,
+    /// Chassis the peer watch says are down.
+    peers_down: HashSet<String>,
 }
 
 impl AgentCore {
@@ -148,6 +153,7 @@ impl AgentCore {
             remotes: assist::Remotes::default(),
             remote_waiting: false,
             port_up: HashMap::new(),
+            peers_down: HashSet::new(),
         }
     }
 
@@ -222,6 +228,36 @@ impl AgentCore {
     /// Time passed: speak for masters on dead chassis whose adverts stopped.
     pub fn on_tick(&mut self, now: Instant) -> Vec<Action> {
         self.speak_for_dead_chassis(now)
+    }
+
+    /// The peer watch says `chassis` went down (or came back): a master
+    /// there whose adverts stopped is spoken for at once, without waiting
+    /// for the controller's verdict.
+    pub fn on_peer(&mut self, chassis: &str, down: bool, now: Instant) -> Vec<Action> {
+        if !down {
+            self.peers_down.remove(chassis);
+            return Vec::new();
+        }
+        self.peers_down.insert(chassis.to_string());
+        self.speak_for_dead_chassis(now)
+    }
+
+    /// The chassis to watch directly: those hosting a VRRP master whose
+    /// adverts local VMs receive, in a VPC with assistance on, with their
+    /// underlay addresses. Only these pairs, never a full mesh.
+    pub fn peers_wanted(&self) -> BTreeMap<String, IpAddr> {
+        let state = &self.synced.state;
+        let idx = state.index();
+        self.remotes
+            .all()
+            .filter(|m| self.assist_on(&m.vpc))
+            .filter_map(|m| {
+                let port =
+                    idx.vpc_ports(&m.vpc).iter().filter_map(|p| state.ports.get(p)).find(|p| p.mac == m.eth_src)?;
+                let c = state.chassis.get(&port.chassis)?;
+                (c.name != self.cfg.chassis).then(|| (c.name.clone(), c.underlay_ip))
+            })
+            .collect()
     }
 
     /// A local port's carrier. Losing it is a certain fault: speak for the
@@ -338,18 +374,21 @@ impl AgentCore {
     }
 
     /// Speaks for the VRRP masters on chassis the controller declared dead,
-    /// into the local ports that received their adverts (see
-    /// [`assist::Remotes`]).
+    /// or the peer watch sees down, into the local ports that received
+    /// their adverts (see [`assist::Remotes`]); in either case only once
+    /// their adverts have stopped.
     fn speak_for_dead_chassis(&mut self, now: Instant) -> Vec<Action> {
         let state = self.synced.state.clone();
         let me = self.cfg.chassis.as_str();
+        let peers_down = &self.peers_down;
         let dead = |vpc: &str, mac: MacAddr| {
-            state
-                .ports
-                .values()
-                .find(|p| p.vpc == vpc && p.mac == mac)
+            let idx = state.index();
+            idx.vpc_ports(vpc)
+                .iter()
+                .filter_map(|p| state.ports.get(p))
+                .find(|p| p.mac == mac)
                 .and_then(|p| state.chassis.get(&p.chassis))
-                .is_some_and(|c| c.name != me && c.is_dead())
+                .is_some_and(|c| c.name != me && (c.is_dead() || peers_down.contains(&c.name)))
         };
         let (verdicts, waiting) = self.remotes.due(&dead, now);
         self.remote_waiting = waiting;

@@ -110,6 +110,7 @@ fn config() -> Config {
         heartbeat: ms(50),
         dataplane: vipcast_model::Dataplane::Kernel,
         openflow_listen: "127.0.0.1:6653".parse().unwrap(),
+        peer: crate::peer::PeerConfig::default(),
     }
 }
 
@@ -302,12 +303,12 @@ fn a_dead_chassis_master_is_spoken_for_once_its_adverts_stop() {
     let dead = c.on_revision(state(Some(("pay2", B, "hv2", 1)), true, true), t0 + ms(50));
     assert_eq!(dead, vec![Action::Reconcile { why: "snapshot", read: true }]);
     assert!(c.wants_tick());
-    assert!(c.on_tick(t0 + ms(120)).is_empty(), "within 1.25 intervals of the last advert");
-    let spoken = c.on_tick(t0 + ms(130));
+    assert!(c.on_tick(t0 + ms(110)).is_empty(), "the next advert not yet 10 ms overdue");
+    let spoken = c.on_tick(t0 + ms(111));
     let [Action::AssistChassisDead { master, master_port, frames, silent_ms }] = spoken.as_slice() else {
         panic!("{spoken:?}")
     };
-    assert_eq!((master_port.as_deref(), *silent_ms, master.src), (Some("pay2"), 130, ip("192.168.10.12")));
+    assert_eq!((master_port.as_deref(), *silent_ms, master.src), (Some("pay2"), 111, ip("192.168.10.12")));
     assert_eq!(frames.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["client"]);
     assert!(!c.wants_tick());
     assert!(c.on_tick(t0 + ms(135)).is_empty(), "spoken for once");
@@ -334,4 +335,46 @@ fn an_agent_restart_never_speaks_for_anyone() {
     // A master restarting on this chassis (its port flapping down before any
     // advert was seen) is not spoken for either.
     assert!(c.on_link("pay1", false, t0 + ms(500)).is_empty());
+}
+
+#[test]
+fn a_peer_seen_down_is_spoken_for_without_the_controller_once_its_adverts_stop() {
+    let t0 = Instant::now();
+    let mut c = core();
+    let _ = c.on_revision(state(Some(("pay2", B, "hv2", 1)), false, true), t0);
+    // Nothing heard from pay2's master yet: no one to watch.
+    assert!(c.peers_wanted().is_empty());
+    assert!(c.on_seen(delivered_advert(), t0).is_empty());
+    // Its chassis is watched, and only it.
+    let wanted = c.peers_wanted();
+    assert_eq!(wanted.into_iter().collect::<Vec<_>>(), [("hv2".to_string(), ip("10.0.0.2"))]);
+    // The peer watch says hv2 is down 40 ms after the advert: the next may
+    // still come (it would at 100 ms), so wait for it.
+    assert!(c.on_peer("hv2", true, t0 + ms(40)).is_empty());
+    assert!(c.wants_tick());
+    assert!(c.on_tick(t0 + ms(110)).is_empty());
+    let spoken = c.on_tick(t0 + ms(111));
+    assert!(matches!(spoken.as_slice(), [Action::AssistChassisDead { silent_ms: 111, .. }]), "{spoken:?}");
+    assert!(!c.wants_tick());
+}
+
+#[test]
+fn a_peer_seen_down_whose_master_still_advertises_is_not_spoken_for() {
+    // An agent restarting on hv2, or the echo path cut while the adverts
+    // still arrive (through a replicator): the peer is down, the master is not.
+    let t0 = Instant::now();
+    let mut c = core();
+    let _ = c.on_revision(state(Some(("pay2", B, "hv2", 1)), false, true), t0);
+    let _ = c.on_seen(delivered_advert(), t0);
+    assert!(c.on_peer("hv2", true, t0 + ms(40)).is_empty());
+    for i in 1..20u64 {
+        let _ = c.on_seen(delivered_advert(), t0 + ms(100 * i));
+        for t in [100 * i + 5, 100 * i + 50, 100 * i + 99] {
+            assert!(c.on_tick(t0 + ms(t)).is_empty(), "spoke for a master advertising at {t} ms");
+        }
+    }
+    // Back up: forgotten; silence later is the controller's to judge.
+    assert!(c.on_peer("hv2", false, t0 + ms(2000)).is_empty());
+    assert!(c.on_tick(t0 + ms(2200)).is_empty());
+    assert!(!c.wants_tick());
 }

@@ -24,6 +24,7 @@ pub mod kernel;
 pub mod links;
 pub mod ovs;
 pub mod ovs_flows;
+pub mod peer;
 pub mod plan;
 pub mod ports;
 pub mod probe;
@@ -67,6 +68,8 @@ pub struct Config {
     pub dataplane: vipcast_model::Dataplane,
     /// Where the agent listens for its Open vSwitch (OpenFlow, out of band).
     pub openflow_listen: std::net::SocketAddr,
+    /// Peer liveness: the chassis of remote VRRP masters watched directly.
+    pub peer: peer::PeerConfig,
 }
 
 /// Runs the agent until the process ends.
@@ -149,6 +152,17 @@ async fn drive<D: Dataplane>(
     let mut link_rx = links::watch()?;
     let mut health = prober.changed.clone();
     let mut switch = dp.reconnects();
+    // Peer liveness: its own task; the core says whom to watch.
+    let (wanted_tx, wanted_rx) = watch::channel(BTreeMap::new());
+    let (peer_tx, mut peer_rx) = mpsc::unbounded_channel::<peer::Change>();
+    if cfg.peer.enabled {
+        let (pc, me, ip) = (cfg.peer, cfg.chassis.clone(), cfg.underlay_ip);
+        tokio::spawn(async move {
+            if let Err(e) = peer::run(pc, me, ip, wanted_rx, peer_tx).await {
+                tracing::warn!(error = %e, port = pc.port, "peer liveness is off: cannot use its socket");
+            }
+        });
+    }
     let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<(String, MacAddr)>();
     let core = AgentCore::new(CoreConfig { chassis: cfg.chassis.clone(), sniff: cfg.sniff, assist: cfg.assist });
     let mut agent =
@@ -181,6 +195,17 @@ async fn drive<D: Dataplane>(
                 let actions = agent.core.on_link(&port, up, now);
                 agent.execute(actions, now).await;
             }
+            Some(change) = peer_rx.recv() => {
+                let now = Instant::now();
+                let silent_ms = change.silent.as_millis() as u64;
+                if change.down {
+                    tracing::warn!(peer = change.chassis, silent_ms, "peer chassis down (no echo)");
+                } else {
+                    tracing::info!(peer = change.chassis, down_ms = silent_ms, "peer chassis answers again");
+                }
+                let actions = agent.core.on_peer(&change.chassis, change.down, now);
+                agent.execute(actions, now).await;
+            }
             Some((vip, mac)) = failed_rx.recv() => agent.core.on_claim_failed(&vip, mac),
             Ok(()) = health.changed() => agent.reconcile("replicator health", false).await,
             _ = assist_tick.tick(), if agent.core.wants_tick() => {
@@ -194,6 +219,14 @@ async fn drive<D: Dataplane>(
             } } => agent.reconcile("switch connected", true).await,
             _ = tick.tick() => agent.reconcile("periodic", true).await,
         }
+        let wanted = agent.core.peers_wanted();
+        wanted_tx.send_if_modified(|w| {
+            let changed = *w != wanted;
+            if changed {
+                *w = wanted;
+            }
+            changed
+        });
     };
     let _ = stop_tx.send(true);
     follower.abort();

@@ -87,6 +87,7 @@ fn agent_programs_ports_claims_and_reannounces() {
                 heartbeat: Duration::from_millis(50),
                 dataplane: vipcast_model::Dataplane::Kernel,
                 openflow_listen: "127.0.0.1:6653".parse().unwrap(),
+                peer: vipcast_agent::peer::PeerConfig::default(),
             }));
             url_tx.send(url).unwrap();
             let _ = stop_rx.await;

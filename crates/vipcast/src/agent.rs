@@ -43,6 +43,21 @@ pub struct AgentArgs {
     /// With --dataplane ovs: where to accept the switch's OpenFlow connection.
     #[arg(long, default_value = "127.0.0.1:6653")]
     openflow_listen: std::net::SocketAddr,
+    /// Peer liveness: watch the chassis of the VRRP masters local VMs
+    /// listen to directly (UDP echo over the underlay), and speak for a
+    /// master whose chassis stops answering once its adverts stop, without
+    /// waiting for the controller; and answer other agents' echoes.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    peer_liveness: bool,
+    /// UDP port of the peer echo, on the underlay address (the same on every chassis).
+    #[arg(long, default_value_t = vipcast_agent::peer::DEFAULT_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+    peer_port: u16,
+    /// Peer echo interval, ms.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    peer_interval_ms: u64,
+    /// Intervals without an answer after which a peer is down.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=50))]
+    peer_multiplier: u32,
     #[command(flatten)]
     tls: crate::tls_args::TlsArgs,
     /// This chassis' heartbeat key (`vipcast pki issue --role agent` writes
@@ -97,6 +112,12 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
         heartbeat: std::time::Duration::from_millis(a.heartbeat_ms),
         dataplane: a.dataplane,
         openflow_listen: a.openflow_listen,
+        peer: vipcast_agent::peer::PeerConfig {
+            enabled: a.peer_liveness,
+            port: a.peer_port,
+            interval: std::time::Duration::from_millis(a.peer_interval_ms),
+            multiplier: a.peer_multiplier,
+        },
     };
     vipcast_agent::run_with(cfg, security, std::future::pending()).await
 }

@@ -786,3 +786,65 @@ fn ovs_agent_restart_loses_no_probe() {
     assert!(p.sent > 100, "the prober did not run: {p:?}");
     assert_eq!(p.replies, p.sent, "probes lost across an agent restart: {p:?}");
 }
+
+/// Peer liveness: the agents of hv2 (the backup's chassis) and hv3 watch hv1
+/// (the master's) directly. Losing hv1's echo while its master still
+/// advertises moves nothing: an agent restart on hv1, hv1's echo cut off
+/// from hv2 while the adverts still arrive, an underlay flap shorter than the
+/// detection time. Then hv1 really goes: the VIP moves, spoken for.
+#[test]
+fn peer_liveness_moves_nothing_while_the_master_still_advertises() {
+    let lab = Lab::up("headend", true, false);
+    lab.wait_reachable("client", "192.168.10.100");
+    let vip = || lab.ctl_json(&["vip", "show", "pay-vip"]);
+    assert_eq!(vip()["owner"]["port"], "pay1");
+    let owner = vip()["owner"].clone();
+    let hv1 = lab.ctl_json(&["chassis", "show", "hv1"])["underlay_ip"].as_str().unwrap().to_string();
+    let log = |node: &str| std::fs::read_to_string(format!("/run/vipcast/labs/{}/agent-{node}.log", lab.name)).unwrap();
+    let downs = |node: &str| log(node).matches("peer chassis down").count();
+    // The watch is in place once hv2's agent heard pay1's adverts (they come every 0.1 s).
+    std::thread::sleep(Duration::from_millis(500));
+    let unmoved = |what: &str| {
+        std::thread::sleep(Duration::from_millis(1000));
+        assert_eq!(vip()["owner"], owner, "the VIP moved after {what}");
+    };
+
+    // hv1's agent killed and restarted a second later.
+    let before = downs("hv2");
+    let cmd = lab.kill_agent("hv1");
+    std::thread::sleep(Duration::from_millis(1000));
+    let _restarted = lab.start_agent("hv1", &cmd);
+    unmoved("hv1's agent restarted");
+    assert!(downs("hv2") > before, "hv2 never saw hv1 down: the case proves nothing\n{}", log("hv2"));
+
+    // hv2 cannot reach hv1 (a blackhole route), but hv1's adverts still
+    // arrive at hv2: for two seconds.
+    let before = downs("hv2");
+    let route = ["ip", "route", "add", "blackhole", &format!("{hv1}/32")];
+    assert!(lab.exec("hv2", &route).status.success());
+    std::thread::sleep(Duration::from_millis(2000));
+    let o = lab.exec("hv2", &["ip", "route", "del", "blackhole", &format!("{hv1}/32")]);
+    assert!(o.status.success(), "{}", text(&o));
+    unmoved("an echo partition between hv1 and hv2");
+    assert!(downs("hv2") > before, "hv2 never saw hv1 down behind the blackhole\n{}", log("hv2"));
+
+    // hv1 off the underlay for 15 ms (less than the 30 ms detection).
+    let before = downs("hv2");
+    let flap = "ip link set ul0 down; sleep 0.015; ip link set ul0 up";
+    let o = lab.exec("hv1", &["sh", "-c", flap]);
+    assert!(o.status.success(), "{}", text(&o));
+    unmoved("a 15 ms underlay flap");
+    assert_eq!(downs("hv2"), before, "a flap shorter than the detection time was seen\n{}", log("hv2"));
+
+    // hv1 gone for good: the VIP moves to pay2, and the handover was
+    // assisted (spoken for by hv2's or hv3's agent).
+    let o = lab.exec("hv1", &["ip", "link", "set", "ul0", "down"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let end = Instant::now() + Duration::from_secs(5);
+    while vip()["owner"]["port"] != "pay2" {
+        assert!(Instant::now() < end, "the VIP did not move: {}", vip());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let spoke = ["hv2", "hv3"].iter().any(|n| log(n).contains("peer chassis down"));
+    assert!(spoke, "nobody saw hv1 go");
+}
