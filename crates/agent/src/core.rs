@@ -33,7 +33,7 @@ use crate::ports::{Frame, Seen};
 
 /// How often a master on a dead chassis is looked at while its adverts may
 /// still come.
-pub const TICK: Duration = Duration::from_millis(5);
+pub const TICK: Duration = Duration::from_millis(1);
 
 /// Repeats of the same claim within this window are not sent again.
 pub const CLAIM_WINDOW: Duration = Duration::from_millis(500);

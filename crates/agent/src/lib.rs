@@ -4,7 +4,7 @@
 //!  controller ──watch──► WatchFollower ──Synced──┐
 //!  VM ports / OVS ──sniffed frames (Seen)────────┤        ┌──────────────────────────┐
 //!  rtnetlink ──carrier (ifindex, up)─────────────┼──now──►│ AgentCore (core.rs)      │
-//!  timers: 5 ms assist tick, 5 s repair tick ────┘        │ no I/O, no clock         │
+//!  timers: 1 ms assist tick, 5 s repair tick ────┘        │ no I/O, no clock         │
 //!                                                         └────────────┬─────────────┘
 //!                                                                      │ Actions
 //!            ┌───────────────────────────┬─────────────────────────────┼───────────────────┐
