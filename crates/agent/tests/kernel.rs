@@ -289,20 +289,16 @@ fn deltas_match_the_kernel_and_a_read_repairs_drift() {
         let mut r = Reconciler::new(k);
         let first = r.reconcile(moved.clone(), true).await.unwrap();
         // This thread is in the namespace: so is what it runs.
-        let del = std::process::Command::new("ip")
-            .args(["neigh", "del", "192.168.10.100", "dev", "vc-vx-4200"])
-            .status()
-            .unwrap();
-        assert!(del.success());
+        let neigh_del = |ip: &str| {
+            let st = std::process::Command::new("ip").args(["neigh", "del", ip, "dev", "vc-vx-4200"]).status();
+            assert!(st.unwrap().success(), "ip neigh del {ip}");
+        };
+        neigh_del("192.168.10.100");
         let quiet = r.reconcile(moved.clone(), false).await.unwrap();
         let read = r.reconcile(moved.clone(), true).await.unwrap();
         // A delta that fails (what it deletes is gone already) leaves the
         // reconciler knowing nothing: the next call reads.
-        let gone = std::process::Command::new("ip")
-            .args(["neigh", "del", "192.168.10.11", "dev", "vc-vx-4200"])
-            .status()
-            .unwrap();
-        assert!(gone.success());
+        neigh_del("192.168.10.11");
         let mut fewer = moved;
         fewer.vpcs.get_mut(&4200).unwrap().neigh.remove(&ip("192.168.10.11"));
         assert!(r.reconcile(fewer.clone(), false).await.is_err(), "deleting a missing entry succeeded");
