@@ -111,6 +111,7 @@ fn config() -> Config {
         dataplane: vipcast_model::Dataplane::Kernel,
         openflow_listen: "127.0.0.1:6653".parse().unwrap(),
         peer: crate::peer::PeerConfig::default(),
+        metrics_listen: None,
     }
 }
 
@@ -165,8 +166,17 @@ struct Recording {
 }
 
 impl Dataplane for Recording {
-    async fn program(&mut self, _: &ChassisView, _: Plan, _: &BTreeMap<u32, IpAddr>, _: &str, _: i64, _: bool) {
+    async fn program(
+        &mut self,
+        _: &ChassisView,
+        _: Plan,
+        _: &BTreeMap<u32, IpAddr>,
+        _: &str,
+        _: i64,
+        _: bool,
+    ) -> crate::metrics::ProgramReport {
         self.programmed += 1;
+        Default::default()
     }
     fn port_of(&self, _: u32) -> Option<String> {
         None

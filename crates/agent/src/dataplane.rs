@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use vipcast_model::view::ChassisView;
 
 use crate::kernel::{Kernel, Reconciler};
+use crate::metrics::ProgramReport;
 use crate::plan::{self, Plan};
 use crate::ports::{PortIo, Seen};
 
@@ -32,7 +33,7 @@ pub trait Dataplane: Send {
         why: &str,
         revision: i64,
         read: bool,
-    ) -> impl Future<Output = ()> + Send;
+    ) -> impl Future<Output = ProgramReport> + Send;
 
     /// The local port behind interface `ifindex`, if it is one.
     fn port_of(&self, ifindex: u32) -> Option<String>;
@@ -130,7 +131,7 @@ impl Dataplane for KernelDataplane {
         why: &str,
         revision: i64,
         read: bool,
-    ) {
+    ) -> ProgramReport {
         if plan.unsupported != self.unsupported {
             for vpc in &plan.unsupported {
                 tracing::warn!(vpc, "VPC uses GRE, which the kernel data plane cannot carry: not programmed here");
@@ -142,7 +143,7 @@ impl Dataplane for KernelDataplane {
         // was read (the VPCs' ports changed, a snapshot, periodically,
         // after a failure).
         let missing = view.vpcs.values().flat_map(|v| &v.local_ports).any(|p| !self.present.contains(&p.name));
-        let listed = match self.kernel.reconcile(plan, read || missing).await {
+        let report = match self.kernel.reconcile(plan, read || missing).await {
             Ok(out) => {
                 let ch = &out.changes;
                 if out.drift.total() > 0 {
@@ -150,16 +151,17 @@ impl Dataplane for KernelDataplane {
                 } else if ch.total() > 0 {
                     tracing::info!(why, ?ch, revision, read = out.read, "data plane updated");
                 }
-                out.read
+                ProgramReport { read: out.read, failed: false, drift: out.drift }
             }
             Err(e) => {
                 tracing::warn!(why, error = %e, "reconciling the data plane");
-                true
+                ProgramReport { read: true, failed: true, drift: Default::default() }
             }
         };
-        if listed {
+        if report.read {
             self.sync_ports(view).await;
         }
+        report
     }
 
     fn port_of(&self, ifindex: u32) -> Option<String> {
@@ -226,7 +228,7 @@ impl Dataplane for OvsDataplane {
         why: &str,
         revision: i64,
         read: bool,
-    ) {
+    ) -> ProgramReport {
         // The VM interfaces are listed again only when they may have
         // changed: a read, or a local port the last listing did not find.
         let missing = view.vpcs.values().flat_map(|v| &v.local_ports).any(|p| !self.vm_ifnames.contains_key(&p.name));
@@ -238,11 +240,19 @@ impl Dataplane for OvsDataplane {
         }
         let ifnames: BTreeMap<String, String> =
             self.vm_ifnames.iter().map(|(p, (_, n))| (p.clone(), n.clone())).collect();
-        match self.ovs.apply(view, &ifnames, &|vni| bum.get(&vni).copied()).await {
-            Ok(ch) if ch.total() > 0 => tracing::info!(why, ?ch, revision, "data plane updated (Open vSwitch)"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(why, error = %e, "programming Open vSwitch"),
-        }
+        let failed = match self.ovs.apply(view, &ifnames, &|vni| bum.get(&vni).copied()).await {
+            Ok(ch) if ch.total() > 0 => {
+                tracing::info!(why, ?ch, revision, "data plane updated (Open vSwitch)");
+                false
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(why, error = %e, "programming Open vSwitch");
+                true
+            }
+        };
+        // The switch's tables are read on every (re)connection, not here.
+        ProgramReport { read: false, failed, drift: Default::default() }
     }
 
     fn port_of(&self, ifindex: u32) -> Option<String> {

@@ -22,6 +22,7 @@ pub mod core;
 pub mod dataplane;
 pub mod kernel;
 pub mod links;
+pub mod metrics;
 pub mod ovs;
 pub mod ovs_flows;
 pub mod peer;
@@ -70,6 +71,8 @@ pub struct Config {
     pub openflow_listen: std::net::SocketAddr,
     /// Peer liveness: the chassis of remote VRRP masters watched directly.
     pub peer: peer::PeerConfig,
+    /// Where to serve `/metrics` and `/healthz`, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Runs the agent until the process ends.
@@ -165,8 +168,29 @@ async fn drive<D: Dataplane>(
     }
     let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<(String, MacAddr)>();
     let core = AgentCore::new(CoreConfig { chassis: cfg.chassis.clone(), sniff: cfg.sniff, assist: cfg.assist });
-    let mut agent =
-        Driver { cfg, core, dp, client, prober, failed_tx, replicator_choice: BTreeMap::new(), unrouted: Vec::new() };
+    let stats = std::sync::Arc::new(metrics::Stats::default());
+    if let Some(addr) = cfg.metrics_listen {
+        // Fails the agent when it cannot listen: asked for, so expected.
+        let l = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(listen = %addr, "metrics endpoint");
+        let app = metrics::router(stats.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).await {
+                tracing::warn!(error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
+    let mut agent = Driver {
+        cfg,
+        core,
+        dp,
+        client,
+        prober,
+        failed_tx,
+        replicator_choice: BTreeMap::new(),
+        unrouted: Vec::new(),
+        stats: stats.clone(),
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     // Only while a master on a dead chassis may still need speaking for.
     let mut assist_tick = tokio::time::interval(core::TICK);
@@ -203,6 +227,7 @@ async fn drive<D: Dataplane>(
                 } else {
                     tracing::info!(peer = change.chassis, down_ms = silent_ms, "peer chassis answers again");
                 }
+                stats.peers(agent.core.peers_wanted().len(), change.down);
                 let actions = agent.core.on_peer(&change.chassis, change.down, now);
                 agent.execute(actions, now).await;
             }
@@ -220,13 +245,16 @@ async fn drive<D: Dataplane>(
             _ = tick.tick() => agent.reconcile("periodic", true).await,
         }
         let wanted = agent.core.peers_wanted();
-        wanted_tx.send_if_modified(|w| {
+        let watched = wanted.len();
+        if wanted_tx.send_if_modified(|w| {
             let changed = *w != wanted;
             if changed {
                 *w = wanted;
             }
             changed
-        });
+        }) {
+            stats.peers(watched, false);
+        }
     };
     let _ = stop_tx.send(true);
     follower.abort();
@@ -247,6 +275,7 @@ struct Driver<D> {
     replicator_choice: BTreeMap<u32, String>,
     /// Subnets this gateway cannot route, as last reported.
     unrouted: Vec<(String, String, ipnet::IpNet)>,
+    stats: std::sync::Arc<metrics::Stats>,
 }
 
 impl<D: Dataplane> Driver<D> {
@@ -255,6 +284,11 @@ impl<D: Dataplane> Driver<D> {
             if let Action::Reconcile { why, read } = action {
                 self.reconcile(why, read).await;
                 continue;
+            }
+            match &action {
+                Action::AssistPortDown { .. } => self.stats.assisted(false),
+                Action::AssistChassisDead { .. } => self.stats.assisted(true),
+                _ => {}
             }
             if let Some(call) = perform(&mut self.dp, &self.cfg, action, now) {
                 self.spawn(call);
@@ -295,7 +329,10 @@ impl<D: Dataplane> Driver<D> {
             }
             self.unrouted = plan.unrouted.clone();
         }
-        self.dp.program(&view, plan, &bum, why, self.core.synced().revision, read).await;
+        let revision = self.core.synced().revision;
+        let report = self.dp.program(&view, plan, &bum, why, revision, read).await;
+        self.stats.programmed(&report);
+        self.stats.revision(revision);
         let dp = &self.dp;
         self.core.on_ports(&|p| dp.has_port(p));
     }

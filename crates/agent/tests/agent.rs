@@ -88,6 +88,7 @@ fn agent_programs_ports_claims_and_reannounces() {
                 dataplane: vipcast_model::Dataplane::Kernel,
                 openflow_listen: "127.0.0.1:6653".parse().unwrap(),
                 peer: vipcast_agent::peer::PeerConfig::default(),
+                metrics_listen: Some("127.0.0.1:9797".parse().unwrap()),
             }));
             url_tx.send(url).unwrap();
             let _ = stop_rx.await;
@@ -105,11 +106,14 @@ fn agent_programs_ports_claims_and_reannounces() {
             let http = reqwest::Client::new();
             while let Ok((method, path, body, reply)) = req_rx.recv() {
                 let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-                let mut r = http.request(m, format!("{url}{path}"));
+                // A path of the controller's, or a whole URL (the agent's metrics).
+                let full = if path.starts_with("http://") { path } else { format!("{url}{path}") };
+                let mut r = http.request(m, full);
                 if !body.is_null() {
                     r = r.json(&body);
                 }
-                let v = r.send().await.unwrap().json().await.unwrap_or(serde_json::Value::Null);
+                let text = r.send().await.unwrap().text().await.unwrap_or_default();
+                let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
                 let _ = reply.send(v);
             }
         });
@@ -197,6 +201,22 @@ fn agent_programs_ports_claims_and_reannounces() {
     for local in ["192.168.10.100", "192.168.10.11", "192.168.10.12"] {
         assert!(!neigh.contains(&format!("{local} ")), "an entry for local address {local}:\n{neigh}");
     }
+
+    // Someone deletes the remote port's neighbour entry behind the agent's
+    // back: its periodic read (every 5 s) puts it back and counts it.
+    let metrics = || match api("GET", "http://127.0.0.1:9797/metrics", Value::Null) {
+        Value::String(s) => s,
+        other => panic!("metrics: {other}"),
+    };
+    assert!(metrics().contains("vipcast_agent_drift_total{kind=\"neigh\"} 0"), "{}", metrics());
+    hv.ip(&["neigh", "del", "192.168.10.19", "dev", "vc-vx-100"]).unwrap();
+    let end = Instant::now() + Duration::from_secs(12);
+    while !metrics().contains("vipcast_agent_drift_total{kind=\"neigh\"} 1") {
+        assert!(Instant::now() < end, "drift never counted:\n{}", metrics());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let back = hv.ip(&["neigh", "show", "dev", "vc-vx-100"]).unwrap();
+    assert!(back.contains("192.168.10.19 lladdr 02:00:00:0a:00:09 PERMANENT"), "not repaired:\n{back}");
 
     // A listener in vm1 for what the agent sends into its port.
     let (l_ns, l_dev) = (vm1.name().to_string(), e1.clone());

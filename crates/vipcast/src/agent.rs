@@ -58,6 +58,10 @@ pub struct AgentArgs {
     /// Intervals without an answer after which a peer is down.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=50))]
     peer_multiplier: u32,
+    /// Serve `/metrics` (Prometheus text: drift repaired, reconciles, peer
+    /// liveness, assisted handovers) and `/healthz` here.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     tls: crate::tls_args::TlsArgs,
     /// This chassis' heartbeat key (`vipcast pki issue --role agent` writes
@@ -118,6 +122,7 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
             interval: std::time::Duration::from_millis(a.peer_interval_ms),
             multiplier: a.peer_multiplier,
         },
+        metrics_listen: a.metrics_listen,
     };
     vipcast_agent::run_with(cfg, security, std::future::pending()).await
 }
