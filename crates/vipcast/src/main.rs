@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// mimalloc returns freed memory to the system far better than glibc's
 /// allocator under many connections (measured with `vipcast bench
@@ -16,6 +16,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod agent;
 mod bench;
+mod config_file;
 mod controller;
 mod ctl;
 mod dissect;
@@ -107,8 +108,57 @@ enum Command {
     Announce(drill::AnnounceArgs),
 }
 
+/// The command line, with a daemon's `--config FILE` read into it (see
+/// [`config_file`]); exits on `--help`, on errors and after `--check-config`.
+fn parse_cli() -> Cli {
+    let mut cmd = Cli::command();
+    for d in config_file::DAEMONS {
+        cmd = cmd.mut_subcommand(d, |c| {
+            c.args_override_self(true)
+                .arg(
+                    clap::Arg::new("config")
+                        .long("config")
+                        .value_name("FILE")
+                        .help("Settings from this TOML file (keys: the long flags, with _ for -); flags given too win"),
+                )
+                .arg(
+                    clap::Arg::new("check_config")
+                        .long("check-config")
+                        .action(clap::ArgAction::SetTrue)
+                        .help("Validate the settings, print each with where it came from, and exit"),
+                )
+        });
+    }
+    let ex = match config_file::expand(&cmd, std::env::args_os().collect()) {
+        Ok(ex) => ex,
+        Err(e) => {
+            eprintln!("vipcast: {e}");
+            std::process::exit(2);
+        }
+    };
+    let m = match cmd.try_get_matches_from_mut(&ex.args) {
+        Ok(m) => m,
+        Err(e) => {
+            if let Some(why) = config_file::explain(&e, &ex.origins) {
+                eprintln!("vipcast: {why}");
+            }
+            e.exit();
+        }
+    };
+    if ex.check {
+        if let Some((name, sm)) = m.subcommand()
+            && let Some(sub) = cmd.find_subcommand(name)
+        {
+            print!("{}", config_file::describe(sub, sm, &ex.origins));
+            println!("# configuration ok");
+        }
+        std::process::exit(0);
+    }
+    Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VIPCAST_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
