@@ -59,6 +59,12 @@ struct Lab {
 
 impl Lab {
     fn up(bum: &str) -> Lab {
+        Lab::up_family(bum, false)
+    }
+
+    /// The same lab; with `ipv6`, its VPC IPv6-only (keepalived VRRPv3
+    /// over IPv6, the VIP announced by unsolicited NA) and no external client.
+    fn up_family(bum: &str, ipv6: bool) -> Lab {
         let name = format!("dr{}", unique_id());
         let replicators =
             if bum == "replicator" { "[[replicator]]\nname = \"rep1\"\n[[replicator]]\nname = \"rep2\"\n" } else { "" };
@@ -112,6 +118,21 @@ name = "inet1"
 gateway = "gw1"
 "#
         );
+        let file = if ipv6 {
+            let mut f =
+                file.replace("cidr = \"192.168.10.0/24\"\ngateway = \"192.168.10.1\"", "cidr = \"fd00:10::/64\"");
+            for (v4, v6) in [
+                ("192.168.10.11", "fd00:10::11"),
+                ("192.168.10.12", "fd00:10::12"),
+                ("192.168.10.50", "fd00:10::50"),
+                ("192.168.10.100", "fd00:10::100"),
+            ] {
+                f = f.replace(&format!("\"{v4}\""), &format!("\"{v6}\""));
+            }
+            f.replace("[[external]]\nname = \"inet1\"\ngateway = \"gw1\"\n", "")
+        } else {
+            file
+        };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lab.toml");
         std::fs::write(&path, file).unwrap();
@@ -219,6 +240,21 @@ fn link_down_drill_inside_and_through_the_gateway() {
     assert_eq!(r["from"], "inet1");
     for run in r["variants"][0]["runs"].as_array().unwrap() {
         assert_eq!(run["agents_reprogrammed"], "4/4", "{run}");
+    }
+}
+
+/// IPv6 end to end on the kernel data plane: an IPv6-only VPC, keepalived
+/// VRRPv3 over IPv6, the new master's unsolicited NA sniffed and claimed,
+/// the NA re-announced; link-down assisted like IPv4.
+#[test]
+fn link_down_drill_over_ipv6() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::up_family("headend", true);
+    let r = lab.drill("link-down", &[]);
+    check(&r, "link-down", true);
+    assert_eq!(r["vip_ip"], "fd00:10::100", "{r}");
+    for run in r["variants"][0]["runs"].as_array().unwrap() {
+        assert_eq!(run["assisted"], true, "{run}");
     }
 }
 
