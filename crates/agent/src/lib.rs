@@ -228,12 +228,14 @@ async fn drive<D: Dataplane>(
                     tracing::info!(peer = change.chassis, down_ms = silent_ms, "peer chassis answers again");
                 }
                 stats.peers(agent.core.peers_wanted().len(), change.down);
+                agent.drain_seen(&mut seen_rx).await;
                 let actions = agent.core.on_peer(&change.chassis, change.down, now);
                 agent.execute(actions, now).await;
             }
             Some((vip, mac)) = failed_rx.recv() => agent.core.on_claim_failed(&vip, mac),
             Ok(()) = health.changed() => agent.reconcile("replicator health", false).await,
             _ = assist_tick.tick(), if agent.core.wants_tick() => {
+                agent.drain_seen(&mut seen_rx).await;
                 let now = Instant::now();
                 let actions = agent.core.on_tick(now);
                 agent.execute(actions, now).await;
@@ -279,6 +281,17 @@ struct Driver<D> {
 }
 
 impl<D: Dataplane> Driver<D> {
+    /// Frames already waiting go to the core before a decision to speak
+    /// for a master: an advert among them (the machine was busy, say) says
+    /// the master is alive.
+    async fn drain_seen(&mut self, seen_rx: &mut mpsc::Receiver<Seen>) {
+        while let Ok(seen) = seen_rx.try_recv() {
+            let now = Instant::now();
+            let actions = self.core.on_seen(seen, now);
+            self.execute(actions, now).await;
+        }
+    }
+
     async fn execute(&mut self, actions: Vec<Action>, now: Instant) {
         for action in actions {
             if let Action::Reconcile { why, read } = action {
