@@ -1,4 +1,7 @@
-//! The admin endpoint: `GET /healthz` and `GET /metrics` (Prometheus text).
+//! The admin endpoint: `GET /healthz`, `GET /metrics` (Prometheus text) and
+//! `GET /members` (the table in use: per VNI its VPC, encapsulation, the
+//! members copies go to and the VIPs sniffed for, to compare with the
+//! controller's view).
 //!
 //! Metrics are read from the counters the workers, the table and the sniff
 //! task keep (atomics) at each scrape; nothing on the data path knows about
@@ -51,7 +54,11 @@ struct ResultLabels {
 
 /// The routes.
 pub fn router(admin: Arc<Admin>) -> Router {
-    Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).with_state(admin)
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/members", get(members))
+        .with_state(admin)
 }
 
 async fn healthz(State(a): State<Arc<Admin>>) -> Response {
@@ -71,6 +78,29 @@ async fn healthz(State(a): State<Arc<Admin>>) -> Response {
     });
     let code = if status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(body)).into_response()
+}
+
+async fn members(State(a): State<Arc<Admin>>) -> Response {
+    let table = a.dataplane.table();
+    let vnis: Vec<serde_json::Value> = table
+        .slots()
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "vni": s.vni,
+                "vpc": s.vpc,
+                "encap": s.encap,
+                "members": s.members(),
+                "vips": s.vips(),
+            })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "synced": table.synced(),
+        "revision": table.revision(),
+        "vnis": vnis,
+    });
+    axum::Json(body).into_response()
 }
 
 async fn metrics(State(a): State<Arc<Admin>>) -> Response {

@@ -212,6 +212,11 @@ impl VniSlot {
     pub fn members(&self) -> &[IpAddr] {
         &self.members
     }
+
+    /// The VPC's VIPs, sorted.
+    pub fn vips(&self) -> &[IpAddr] {
+        &self.vips
+    }
 }
 
 /// VNI -> members and VIPs, as the data path uses it.

@@ -614,6 +614,15 @@ fn gre_packets_of_a_gre_vpc_reach_every_other_member_and_nothing_else() {
         t.plane.api("POST", "/v1/ports", body);
     }
     wait_for("the replicator's table (3 VNIs)", Duration::from_secs(10), || t.plane.healthz()["vnis"] == 3);
+    // What it replicates to, per VNI, as it reports it.
+    let m = t.plane.call("GET", format!("{}/members", t.plane.admin), Value::Null).1;
+    let tun = m["vnis"].as_array().unwrap().iter().find(|v| v["vni"] == 300).cloned().unwrap_or_default();
+    assert_eq!(
+        (&tun["vpc"], &tun["encap"], &tun["members"]),
+        (&json!("tun"), &json!("gre"), &json!(["10.77.0.11", "10.77.0.12", "10.77.0.13"])),
+        "{m}"
+    );
+    assert_eq!(m["synced"], true, "{m}");
     // Every chassis listens for GRE; c1 sends one packet, key 300.
     let listeners: Vec<_> = t
         .chassis
