@@ -247,13 +247,11 @@ impl AgentCore {
     /// underlay addresses. Only these pairs, never a full mesh.
     pub fn peers_wanted(&self) -> BTreeMap<String, IpAddr> {
         let state = &self.synced.state;
-        let idx = state.index();
         self.remotes
             .all()
             .filter(|m| self.assist_on(&m.vpc))
             .filter_map(|m| {
-                let port =
-                    idx.vpc_ports(&m.vpc).iter().filter_map(|p| state.ports.get(p)).find(|p| p.mac == m.eth_src)?;
+                let port = port_by_mac(state, &m.vpc, m.eth_src)?;
                 let c = state.chassis.get(&port.chassis)?;
                 (c.name != self.cfg.chassis).then(|| (c.name.clone(), c.underlay_ip))
             })
@@ -382,11 +380,7 @@ impl AgentCore {
         let me = self.cfg.chassis.as_str();
         let peers_down = &self.peers_down;
         let dead = |vpc: &str, mac: MacAddr| {
-            let idx = state.index();
-            idx.vpc_ports(vpc)
-                .iter()
-                .filter_map(|p| state.ports.get(p))
-                .find(|p| p.mac == mac)
+            port_by_mac(&state, vpc, mac)
                 .and_then(|p| state.chassis.get(&p.chassis))
                 .is_some_and(|c| c.name != me && (c.is_dead() || peers_down.contains(&c.name)))
         };
@@ -419,13 +413,17 @@ impl AgentCore {
                     Err(e) => tracing::warn!(port, error = %e, "building a priority-0 advert"),
                 }
             }
-            let master_port =
-                state.ports.values().find(|p| p.vpc == m.vpc && p.mac == m.eth_src).map(|p| p.name.clone());
+            let master_port = port_by_mac(&state, &m.vpc, m.eth_src).map(|p| p.name.clone());
             let silent_ms = now.saturating_duration_since(m.last).as_millis() as u64;
             actions.push(Action::AssistChassisDead { master: m, master_port, frames, silent_ms });
         }
         actions
     }
+}
+
+/// The port of VPC `vpc` with MAC `mac`, if any.
+fn port_by_mac<'a>(state: &'a State, vpc: &str, mac: MacAddr) -> Option<&'a vipcast_model::Port> {
+    state.vpc_ports(vpc).find(|p| p.mac == mac)
 }
 
 /// The VNI of `m`'s VPC and the priority-0 advert frames `m` would send, one

@@ -54,6 +54,11 @@ pub trait Dataplane: Send {
     }
 }
 
+/// Whether a local port of `view` is not among those `found` last time.
+fn any_missing(view: &ChassisView, found: impl Fn(&str) -> bool) -> bool {
+    view.vpcs.values().flat_map(|v| &v.local_ports).any(|p| !found(&p.name))
+}
+
 /// The kernel data plane: bridges and VXLAN devices over rtnetlink, and a
 /// sniffing/sending packet socket on each local VM port.
 #[derive(Debug)]
@@ -142,7 +147,7 @@ impl Dataplane for KernelDataplane {
         // attach it. Ports' links are listed again only when the kernel
         // was read (the VPCs' ports changed, a snapshot, periodically,
         // after a failure).
-        let missing = view.vpcs.values().flat_map(|v| &v.local_ports).any(|p| !self.present.contains(&p.name));
+        let missing = any_missing(view, |p| self.present.contains(p));
         let report = match self.kernel.reconcile(plan, read || missing).await {
             Ok(out) => {
                 let ch = &out.changes;
@@ -231,8 +236,7 @@ impl Dataplane for OvsDataplane {
     ) -> ProgramReport {
         // The VM interfaces are listed again only when they may have
         // changed: a read, or a local port the last listing did not find.
-        let missing = view.vpcs.values().flat_map(|v| &v.local_ports).any(|p| !self.vm_ifnames.contains_key(&p.name));
-        if read || missing || self.vm_ifnames.is_empty() {
+        if read || any_missing(view, |p| self.vm_ifnames.contains_key(p)) {
             match self.kernel.ports().await {
                 Ok(p) => self.vm_ifnames = p,
                 Err(e) => tracing::warn!(error = %e, "listing ports"),

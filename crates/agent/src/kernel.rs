@@ -187,13 +187,19 @@ impl Kernel {
 
     /// Brings the kernel in line with `plan`: [`Kernel::observe`], [`diff`], [`Kernel::apply`].
     pub async fn reconcile(&self, plan: &Plan) -> Result<Changes> {
+        Ok(self.reconcile_read(plan).await?.1)
+    }
+
+    /// [`Kernel::reconcile`], also returning the observation and the
+    /// interface indexes of the links it created, by name.
+    async fn reconcile_read(&self, plan: &Plan) -> Result<(Observed, Changes, BTreeMap<String, u32>)> {
         let obs = self.observe(plan).await?;
         let ops = diff(plan, &obs);
-        let ch = self.apply(&obs, &ops).await?;
+        let (ch, created) = self.apply_created(&obs, &ops).await?;
         if plan.forwarding {
             set_forwarding();
         }
-        Ok(ch)
+        Ok((obs, ch, created))
     }
 
     /// Carries out `ops` (from [`diff`] of `obs`, or [`delta`] with an
@@ -485,12 +491,7 @@ impl Reconciler {
             return Ok(Outcome { changes, read: false, drift: Changes::default() });
         }
         let should_hold = last.is_some_and(|l| l.plan == plan);
-        let obs = self.kernel.observe(&plan).await?;
-        let ops = diff(&plan, &obs);
-        let (changes, created) = self.kernel.apply_created(&obs, &ops).await?;
-        if plan.forwarding {
-            set_forwarding();
-        }
+        let (obs, changes, created) = self.kernel.reconcile_read(&plan).await?;
         let index = |name: String| {
             created.get(&name).copied().or_else(|| obs.links.iter().find(|l| l.name == name).map(|l| l.index))
         };

@@ -197,6 +197,10 @@ async fn drive<D: Dataplane>(
     assist_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     let result = loop {
+        // Whom to watch changes only with the state and the adverts seen
+        // (and ports going away): not on ticks, carrier or peer events
+        // unless they brought queued frames in.
+        let mut peers_may_change = true;
         tokio::select! {
             () = &mut shutdown => break Ok(()),
             r = rx.changed() => {
@@ -215,6 +219,7 @@ async fn drive<D: Dataplane>(
             }
             Some((ifindex, up)) = link_rx.recv() => {
                 let now = Instant::now();
+                peers_may_change = false;
                 let Some(port) = agent.dp.port_of(ifindex) else { continue };
                 let actions = agent.core.on_link(&port, up, now);
                 agent.execute(actions, now).await;
@@ -224,18 +229,21 @@ async fn drive<D: Dataplane>(
                 let silent_ms = change.silent.as_millis() as u64;
                 if change.down {
                     tracing::warn!(peer = change.chassis, silent_ms, "peer chassis down (no echo)");
+                    stats.peer_went_down();
                 } else {
                     tracing::info!(peer = change.chassis, down_ms = silent_ms, "peer chassis answers again");
                 }
-                stats.peers(agent.core.peers_wanted().len(), change.down);
-                agent.drain_seen(&mut seen_rx).await;
+                peers_may_change = agent.drain_seen(&mut seen_rx).await;
                 let actions = agent.core.on_peer(&change.chassis, change.down, now);
                 agent.execute(actions, now).await;
             }
-            Some((vip, mac)) = failed_rx.recv() => agent.core.on_claim_failed(&vip, mac),
+            Some((vip, mac)) = failed_rx.recv() => {
+                peers_may_change = false;
+                agent.core.on_claim_failed(&vip, mac);
+            }
             Ok(()) = health.changed() => agent.reconcile("replicator health", false).await,
             _ = assist_tick.tick(), if agent.core.wants_tick() => {
-                agent.drain_seen(&mut seen_rx).await;
+                peers_may_change = agent.drain_seen(&mut seen_rx).await;
                 let now = Instant::now();
                 let actions = agent.core.on_tick(now);
                 agent.execute(actions, now).await;
@@ -246,6 +254,9 @@ async fn drive<D: Dataplane>(
             } } => agent.reconcile("switch connected", true).await,
             _ = tick.tick() => agent.reconcile("periodic", true).await,
         }
+        if !peers_may_change {
+            continue;
+        }
         let wanted = agent.core.peers_wanted();
         let watched = wanted.len();
         if wanted_tx.send_if_modified(|w| {
@@ -255,7 +266,7 @@ async fn drive<D: Dataplane>(
             }
             changed
         }) {
-            stats.peers(watched, false);
+            stats.peers_watched(watched);
         }
     };
     let _ = stop_tx.send(true);
@@ -283,13 +294,16 @@ struct Driver<D> {
 impl<D: Dataplane> Driver<D> {
     /// Frames already waiting go to the core before a decision to speak
     /// for a master: an advert among them (the machine was busy, say) says
-    /// the master is alive.
-    async fn drain_seen(&mut self, seen_rx: &mut mpsc::Receiver<Seen>) {
+    /// the master is alive. Returns whether there were any.
+    async fn drain_seen(&mut self, seen_rx: &mut mpsc::Receiver<Seen>) -> bool {
+        let mut any = false;
         while let Ok(seen) = seen_rx.try_recv() {
+            any = true;
             let now = Instant::now();
             let actions = self.core.on_seen(seen, now);
             self.execute(actions, now).await;
         }
+        any
     }
 
     async fn execute(&mut self, actions: Vec<Action>, now: Instant) {

@@ -57,9 +57,12 @@ impl Stats {
         }
     }
 
-    pub fn peers(&self, watched: usize, went_down: bool) {
-        self.peers_watched.store(watched as i64, Ordering::Relaxed);
-        self.peer_down.fetch_add(u64::from(went_down), Ordering::Relaxed);
+    pub fn peers_watched(&self, n: usize) {
+        self.peers_watched.store(n as i64, Ordering::Relaxed);
+    }
+
+    pub fn peer_went_down(&self) {
+        self.peer_down.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An assisted handover: `chassis_dead`, or a port down.
@@ -143,7 +146,8 @@ mod tests {
         let s = Stats::default();
         s.programmed(&ProgramReport { read: true, failed: false, drift: Changes { neigh: 2, ..Default::default() } });
         s.programmed(&ProgramReport { read: false, failed: true, drift: Changes::default() });
-        s.peers(3, true);
+        s.peers_watched(3);
+        s.peer_went_down();
         s.assisted(true);
         let text = s.encode();
         for line in [

@@ -317,20 +317,22 @@ impl Table {
             }
         }
         for name in &vpcs {
-            let slot = new.vpcs.get(name).and_then(|v| view::replicator_entry(new, v)).map(|(vni, e)| {
-                let s = self.make_slot(vni, &e);
-                match vnis.binary_search(&vni).ok().and_then(|i| slots.get_mut(i)) {
-                    Some(there) => *there = Arc::new(s),
-                    None => {
-                        let i = vnis.partition_point(|v| *v < vni);
+            let now = new.vpcs.get(name).and_then(|v| view::replicator_entry(new, v)).map(|(vni, e)| {
+                let s = Arc::new(self.make_slot(vni, &e));
+                match vnis.binary_search(&vni) {
+                    Ok(i) => {
+                        if let Some(there) = slots.get_mut(i) {
+                            *there = s.clone();
+                        }
+                    }
+                    Err(i) => {
                         vnis.insert(i, vni);
-                        slots.insert(i, Arc::new(s));
+                        slots.insert(i, s.clone());
                     }
                 }
-                vni
+                s
             });
-            let now = slot.and_then(|vni| vnis.binary_search(&vni).ok()).and_then(|i| slots.get(i)).map(|s| &**s);
-            changed |= match (gone.get(name.as_str()), now) {
+            changed |= match (gone.get(name.as_str()), &now) {
                 (None, None) => false,
                 (Some(a), Some(b)) => !a.same_as(b),
                 _ => true,

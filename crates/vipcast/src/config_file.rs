@@ -104,7 +104,8 @@ type Spanned<T> = toml::Spanned<T>;
 
 /// The flags `text` (the file at `path`) stands for, and the line of each.
 fn flags_from(sub: &Command, path: &Path, text: &str) -> Result<(Vec<OsString>, BTreeMap<String, usize>), String> {
-    let at = |offset: usize| format!("{}:{}", path.display(), text[..offset.min(text.len())].matches('\n').count() + 1);
+    let line = |offset: usize| text.get(..offset).unwrap_or(text).matches('\n').count() + 1;
+    let at = |offset: usize| format!("{}:{}", path.display(), line(offset));
     let table: BTreeMap<Spanned<String>, Spanned<toml::Value>> = toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| at(s.start)).unwrap_or_else(|| path.display().to_string());
         format!("{line}: {}", e.message())
@@ -167,7 +168,7 @@ fn flags_from(sub: &Command, path: &Path, text: &str) -> Result<(Vec<OsString>, 
                 flags.push(scalar(v)?.into());
             }
         }
-        lines.insert(long, text[..key.span().start].matches('\n').count() + 1);
+        lines.insert(long, line(key.span().start));
     }
     Ok((flags, lines))
 }
