@@ -30,6 +30,7 @@ use vipcast_packet::arp::ArpOp;
 
 use crate::assist::{self, Master, RemoteMaster};
 use crate::ports::{Frame, Seen};
+use crate::provisional::{self, Notice, Proposed};
 
 /// How often a master on a dead chassis is looked at while its adverts may
 /// still come.
@@ -37,6 +38,10 @@ pub const TICK: Duration = Duration::from_millis(1);
 
 /// Repeats of the same claim within this window are not sent again.
 pub const CLAIM_WINDOW: Duration = Duration::from_millis(500);
+
+/// How often provisional owners are looked at (claimed and told again,
+/// expired) while there are any.
+pub const PROVISIONAL_TICK: Duration = Duration::from_millis(100);
 
 /// Each priority-0 advert is sent this many times.
 pub const ADVERT_REPEAT: usize = 3;
@@ -63,6 +68,12 @@ pub enum Action {
     Reannounce(Reannounce),
     /// Claim a VIP (announced, or advertised by a master behind `port`).
     Claim { vip: String, port: String, why: &'static str, claim: Claim },
+    /// Claim again a VIP provisionally owned here (the controller has not
+    /// answered yet).
+    ClaimAgain { vip: String, claim: Claim },
+    /// Tell the agents at `to` (underlay addresses) about a provisional
+    /// owner: the driver numbers, dates, signs and sends the notice.
+    Notify { notice: Notice, to: Vec<IpAddr> },
     /// Tell the controller about a VRRP master.
     ReportVrrp(VrrpReport),
     /// Send `frames` (each [`ADVERT_REPEAT`] times) as if from the master's
@@ -139,6 +150,13 @@ pub struct AgentCore {
     port_up: HashMap<String, bool>,
     /// Chassis the peer watch says are down.
     peers_down: HashSet<String>,
+    /// Owners decided while the controller was away ([`provisional`]).
+    provisional: provisional::Table,
+    /// Whether the controller's watch stream is up.
+    controller_up: bool,
+    /// The controller's state with the provisional owners in place: what
+    /// is programmed.
+    effective: Arc<State>,
 }
 
 impl AgentCore {
@@ -154,6 +172,9 @@ impl AgentCore {
             remote_waiting: false,
             port_up: HashMap::new(),
             peers_down: HashSet::new(),
+            provisional: provisional::Table::default(),
+            controller_up: true,
+            effective: Arc::new(State::default()),
         }
     }
 
@@ -162,14 +183,26 @@ impl AgentCore {
         &self.synced
     }
 
-    /// What this chassis must program now, if it is registered.
+    /// What this chassis must program now, if it is registered: the
+    /// controller's view, with provisional owners in place.
     pub fn view(&self) -> Option<ChassisView> {
-        view::chassis_view(&self.synced.state, &self.cfg.chassis)
+        view::chassis_view(&self.effective, &self.cfg.chassis)
     }
 
     /// Whether [`AgentCore::on_tick`] must be called (every [`TICK`]).
     pub fn wants_tick(&self) -> bool {
         self.remote_waiting
+    }
+
+    /// Whether [`AgentCore::on_tick`] must be called at least every
+    /// [`PROVISIONAL_TICK`] (provisional owners to claim again or expire).
+    pub fn wants_slow_tick(&self) -> bool {
+        !self.provisional.is_empty()
+    }
+
+    /// The provisional owners (for status and tests).
+    pub fn provisional(&self) -> &provisional::Table {
+        &self.provisional
     }
 
     /// The masters behind local ports (for status and tests).
@@ -188,20 +221,46 @@ impl AgentCore {
     pub fn on_revision(&mut self, synced: Synced, now: Instant) -> Vec<Action> {
         let (why, read) = if synced.snapshot { ("snapshot", true) } else { ("watch", false) };
         self.synced = synced;
+        // The controller's verdict wins over a provisional owner.
+        self.provisional.on_state(&self.synced.state);
+        let known = self.synced.state.chassis.clone();
+        self.provisional.retain_senders(&|c| known.contains_key(c));
+        self.set_effective();
         let mut actions = vec![Action::Reconcile { why, read }];
+        if self.view().is_none() {
+            return actions;
+        }
+        actions.extend(self.speak_for_dead_chassis(now));
+        actions.extend(self.moves());
+        actions
+    }
+
+    /// The programmed state again: the controller's, with the provisional
+    /// owners that still hold.
+    fn set_effective(&mut self) {
+        self.effective = match self.provisional.apply(&self.synced.state) {
+            Some(s) => Arc::new(s),
+            None => self.synced.state.clone(),
+        };
+    }
+
+    /// Re-announcements of every VIP whose programmed owner changed since
+    /// the last call (none the first time: owners seen then are not moves).
+    fn moves(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
         let Some(view) = self.view() else { return actions };
         let mut moved = Vec::new();
         for vpc in view.vpcs.values() {
             for vip in &vpc.vips {
                 let Some((mac, chassis, generation)) = &vip.owner else { continue };
-                let prev = self.owners.insert(vip.name.clone(), Programmed { generation: *generation, mac: *mac });
-                if prev.map(|p| p.generation) != Some(*generation) && !self.first {
+                let now = Programmed { generation: *generation, mac: *mac };
+                let prev = self.owners.insert(vip.name.clone(), now);
+                if prev != Some(now) && !self.first {
                     moved.push((vpc, vip, *mac, chassis.clone(), *generation));
                 }
             }
         }
         self.first = false;
-        actions.extend(self.speak_for_dead_chassis(now));
         for (vpc, vip, mac, owner_chassis, generation) in moved {
             let frame = match vip.ip {
                 IpAddr::V4(v4) => vipcast_packet::build::garp(mac, v4, ArpOp::Request),
@@ -225,9 +284,128 @@ impl AgentCore {
         actions
     }
 
-    /// Time passed: speak for masters on dead chassis whose adverts stopped.
+    /// Time passed: speak for masters on dead chassis whose adverts
+    /// stopped; claim and tell provisional owners again, drop expired ones.
     pub fn on_tick(&mut self, now: Instant) -> Vec<Action> {
-        self.speak_for_dead_chassis(now)
+        let mut actions = self.speak_for_dead_chassis(now);
+        if self.provisional.is_empty() {
+            return actions;
+        }
+        if self.provisional.expire(now) {
+            actions.extend(self.provisional_changed("provisional owner expired"));
+        }
+        for (vip, claim, base) in self.provisional.due(now) {
+            actions.extend(self.notify(&vip, &claim, base));
+            actions.push(Action::ClaimAgain { vip, claim });
+        }
+        actions
+    }
+
+    /// The controller's watch stream went down (or came back). While it is
+    /// down, announcements seen here are decided here ([`provisional`]);
+    /// when it is back, provisional claims are made again at once.
+    pub fn on_controller(&mut self, up: bool) -> Vec<Action> {
+        let was = std::mem::replace(&mut self.controller_up, up);
+        if !up || was {
+            return Vec::new();
+        }
+        self.provisional
+            .all()
+            .filter(|e| e.own)
+            .map(|e| Action::ClaimAgain { vip: e.vip.spec.name.clone(), claim: e.claim.clone() })
+            .collect()
+    }
+
+    /// The controller answered a claim on `vip` at `mac`; `owner` is the
+    /// VIP's owner (MAC, chassis) after it. A provisional owner it confirms
+    /// stays until the revision saying so arrives; one it did not take is
+    /// dropped.
+    pub fn on_claim_answered(
+        &mut self,
+        vip: &str,
+        mac: MacAddr,
+        owner: Option<(MacAddr, &str)>,
+        now: Instant,
+    ) -> Vec<Action> {
+        let confirmed = owner == Some((mac, self.cfg.chassis.as_str()));
+        if self.provisional.answered(vip, mac, confirmed, now) {
+            return self.provisional_changed("provisional owner not confirmed");
+        }
+        Vec::new()
+    }
+
+    /// Another chassis' agent decided a claim while the controller was
+    /// away (the driver checked that the notice is signed by that chassis).
+    /// Decided again here by the same rules; a move is programmed and
+    /// re-announced into the local ports.
+    pub fn on_notice(&mut self, notice: Notice, now_ms: u64, now: Instant) -> Vec<Action> {
+        let Notice { seq, sent_ms, vip, base, claim } = notice;
+        let state = self.synced.state.clone();
+        let from = claim.chassis.as_str();
+        if from == self.cfg.chassis || !state.chassis.contains_key(from) {
+            tracing::warn!(from, vip, "provisional owner notice from an unknown chassis: ignored");
+            return Vec::new();
+        }
+        if sent_ms.abs_diff(now_ms) > vipcast_model::claim::CLOCK_SKEW_MS {
+            tracing::warn!(from, vip, sent_ms, now_ms, "provisional owner notice too far off this clock: ignored");
+            return Vec::new();
+        }
+        if !self.provisional.fresh(from, seq) {
+            return Vec::new();
+        }
+        let Some(v) = state.vips.get(&vip) else { return Vec::new() };
+        let current = v.owner.as_ref().map_or(0, |o| o.generation);
+        let here = self.view().is_some_and(|view| view.vpcs.contains_key(&v.spec.vpc));
+        if current > base || !here {
+            // The controller has moved on, or the VIP is not ours to program.
+            return Vec::new();
+        }
+        match self.provisional.propose(&state, &vip, &claim, now_ms, false, now) {
+            Proposed::Moved => {
+                tracing::warn!(vip, from, mac = %claim.mac, "controller away: VIP re-pointed provisionally, as told");
+                self.provisional_changed("provisional owner told")
+            }
+            Proposed::Refreshed | Proposed::Refused => Vec::new(),
+        }
+    }
+
+    /// Decides here a claim the controller cannot take now (see
+    /// [`provisional`]): programs and re-announces it, and tells the
+    /// VPC's other chassis.
+    fn propose_own(&mut self, vip: &str, claim: &Claim, now: Instant) -> Vec<Action> {
+        let state = self.synced.state.clone();
+        match self.provisional.propose(&state, vip, claim, claim.observed_at, true, now) {
+            Proposed::Moved => {
+                tracing::warn!(vip, mac = %claim.mac, "controller away: VIP re-pointed provisionally");
+                let base = self.provisional.get(vip).map_or(0, |e| e.base);
+                let mut actions = self.provisional_changed("provisional owner");
+                actions.extend(self.notify(vip, claim, base));
+                actions
+            }
+            Proposed::Refreshed | Proposed::Refused => Vec::new(),
+        }
+    }
+
+    /// Provisional owners changed: program and re-announce.
+    fn provisional_changed(&mut self, why: &'static str) -> Vec<Action> {
+        self.set_effective();
+        let mut actions = vec![Action::Reconcile { why, read: false }];
+        actions.extend(self.moves());
+        actions
+    }
+
+    /// The notice telling the other chassis of `vip`'s VPC about a
+    /// provisional claim.
+    fn notify(&self, vip: &str, claim: &Claim, base: u64) -> Option<Action> {
+        let state = &self.synced.state;
+        let vpc = &state.vips.get(vip)?.spec.vpc;
+        let to: Vec<IpAddr> = view::participants(state, vpc)
+            .iter()
+            .filter(|c| **c != self.cfg.chassis)
+            .filter_map(|c| state.chassis.get(c).map(|c| c.underlay_ip))
+            .collect();
+        let notice = Notice { seq: 0, sent_ms: 0, vip: vip.to_string(), base, claim: claim.clone() };
+        (!to.is_empty()).then_some(Action::Notify { notice, to })
     }
 
     /// The peer watch says `chassis` went down (or came back): a master
@@ -296,6 +474,13 @@ impl AgentCore {
         match seen.frame {
             Frame::Announcement(a) => {
                 actions.extend(self.claim(&seen.port, a.ip, a.mac, seen.at_ms, "announcement", now));
+                if !self.controller_up
+                    && self.cfg.sniff
+                    && let Some(vip) = self.vip_of(&seen.port, a.ip)
+                {
+                    let claim = self.own_claim(a.mac, seen.at_ms);
+                    actions.extend(self.propose_own(&vip, &claim, now));
+                }
             }
             Frame::Advert { eth_src, src, dst, advert } => {
                 let Some(port) = self.synced.state.ports.get(&seen.port) else { return actions };
@@ -329,9 +514,14 @@ impl AgentCore {
         actions
     }
 
-    /// A claim got no answer: the next announcement claims again.
-    pub fn on_claim_failed(&mut self, vip: &str, mac: MacAddr) {
-        self.claims.forget(vip, mac, &self.cfg.chassis);
+    /// A claim got no answer: the next announcement claims again, and
+    /// the claim is decided here meanwhile ([`provisional`]).
+    pub fn on_claim_failed(&mut self, vip: &str, claim: &Claim, now: Instant) -> Vec<Action> {
+        self.claims.forget(vip, claim.mac, &self.cfg.chassis);
+        if !self.cfg.sniff {
+            return Vec::new();
+        }
+        self.propose_own(vip, claim, now)
     }
 
     /// The local ports the data plane has open: adverts delivered to others
@@ -358,17 +548,32 @@ impl AgentCore {
         if !self.cfg.sniff {
             return None;
         }
-        let state: &Arc<State> = &self.synced.state;
-        let p = state.ports.get(port)?;
-        let vip = state.vips.values().find(|v| v.spec.vpc == p.vpc && v.spec.ip == ip)?;
+        let name = self.vip_of(port, ip)?;
+        let vip = self.synced.state.vips.get(&name)?;
         if vip.owner.as_ref().is_some_and(|o| o.mac == mac && o.chassis == self.cfg.chassis) {
             return None;
         }
-        if !self.claims.should_claim(now, &vip.spec.name, mac, &self.cfg.chassis) {
+        // A provisional claim is made again on its own schedule.
+        if self.provisional.get(&name).is_some_and(|e| e.own && e.claim.mac == mac) {
             return None;
         }
-        let claim = Claim { mac, chassis: self.cfg.chassis.clone(), source: ClaimSource::Agent, observed_at: at_ms };
-        Some(Action::Claim { vip: vip.spec.name.clone(), port: port.to_string(), why, claim })
+        if !self.claims.should_claim(now, &name, mac, &self.cfg.chassis) {
+            return None;
+        }
+        let claim = self.own_claim(mac, at_ms);
+        Some(Action::Claim { vip: name, port: port.to_string(), why, claim })
+    }
+
+    /// The VIP `ip` of local port `port`'s VPC, if there is one.
+    fn vip_of(&self, port: &str, ip: IpAddr) -> Option<String> {
+        let state: &Arc<State> = &self.synced.state;
+        let p = state.ports.get(port)?;
+        state.vpc_vips(&p.vpc).find(|v| v.spec.ip == ip).map(|v| v.spec.name.clone())
+    }
+
+    /// A claim by this chassis of an announcement at `mac` seen at `at_ms`.
+    fn own_claim(&self, mac: MacAddr, at_ms: u64) -> Claim {
+        Claim { mac, chassis: self.cfg.chassis.clone(), source: ClaimSource::Agent, observed_at: at_ms }
     }
 
     /// Speaks for the VRRP masters on chassis the controller declared dead,

@@ -221,10 +221,17 @@ fn an_announcement_is_claimed_once_per_burst_and_never_for_the_known_owner() {
     for i in 1..5 {
         assert!(c.on_seen(announcement("pay1", A), t0 + ms(i * 20)).is_empty());
     }
-    // After the window the claim is made again; a failed claim at once.
-    assert_eq!(claims(&c.on_seen(announcement("pay1", A), t0 + ms(600))).len(), 1);
-    c.on_claim_failed("pay-vip", A);
-    assert_eq!(claims(&c.on_seen(announcement("pay1", A), t0 + ms(610))).len(), 1);
+    // After the window the claim is made again.
+    let again = c.on_seen(announcement("pay1", A), t0 + ms(600));
+    assert_eq!(claims(&again).len(), 1);
+    // A claim that got no answer is decided here (provisional owner) and
+    // claimed again on the provisional schedule, not on every announcement.
+    let Action::Claim { claim, .. } = &again[0] else { unreachable!() };
+    let failed = c.on_claim_failed("pay-vip", claim, t0 + ms(605));
+    assert!(failed.iter().any(|a| matches!(a, Action::Notify { .. })), "{failed:?}");
+    assert!(claims(&c.on_seen(announcement("pay1", A), t0 + ms(610))).is_empty());
+    let retry = c.on_tick(t0 + ms(605) + provisional::RETRY);
+    assert!(retry.iter().any(|a| matches!(a, Action::ClaimAgain { vip, claim } if vip == "pay-vip" && claim.mac == A)));
     // The owner the view already shows is not claimed; nor an unknown port.
     let _ = c.on_revision(state(Some(("pay1", A, "hv1", 1)), false, true), t0 + ms(700));
     assert!(c.on_seen(announcement("pay1", A), t0 + ms(2000)).is_empty());
@@ -387,4 +394,117 @@ fn a_peer_seen_down_whose_master_still_advertises_is_not_spoken_for() {
     assert!(c.on_peer("hv2", false, t0 + ms(2000)).is_empty());
     assert!(c.on_tick(t0 + ms(2200)).is_empty());
     assert!(!c.wants_tick());
+}
+
+fn notice(seq: u64, mac: MacAddr, chassis: &str, base: u64, sent_ms: u64) -> Notice {
+    Notice {
+        seq,
+        sent_ms,
+        vip: "pay-vip".into(),
+        base,
+        claim: Claim { mac, chassis: chassis.into(), source: ClaimSource::Agent, observed_at: sent_ms },
+    }
+}
+
+fn reannounced(actions: &[Action]) -> Vec<(MacAddr, u64, Vec<String>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Reannounce(r) => Some((r.mac, r.generation, r.ports.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn view_owner(c: &AgentCore) -> Option<(MacAddr, String, u64)> {
+    c.view().unwrap().vpcs["prod"].vips[0].owner.clone()
+}
+
+#[test]
+fn with_the_controller_away_a_failover_is_decided_here_told_and_yields_to_the_controller() {
+    let t0 = Instant::now();
+    let mut c = core();
+    let _ = c.on_revision(state(Some(("pay2", B, "hv2", 1)), false, true), t0);
+    assert!(c.on_controller(false).is_empty());
+    // pay1 (local) announces the VIP: claimed as always, and decided here
+    // at once: programmed, re-announced to the client, told to hv2.
+    let got = c.on_seen(announcement("pay1", A), t0);
+    assert_eq!(claims(&got), vec![("pay-vip".to_string(), A)]);
+    assert!(got.contains(&Action::Reconcile { why: "provisional owner", read: false }), "{got:?}");
+    assert_eq!(reannounced(&got), vec![(A, 2, vec!["client".to_string()])]);
+    let Some(Action::Notify { notice, to }) = got.iter().find(|a| matches!(a, Action::Notify { .. })) else {
+        panic!("{got:?}")
+    };
+    assert_eq!(
+        (notice.base, notice.claim.mac, notice.claim.observed_at, to.clone()),
+        (1, A, 1000, vec![ip("10.0.0.2")])
+    );
+    assert_eq!(view_owner(&c), Some((A, "hv1".into(), 2)));
+    // The rest of the burst changes nothing.
+    assert!(c.on_seen(announcement("pay1", A), t0 + ms(20)).is_empty());
+    // Claimed and told again every RETRY until the controller answers.
+    assert!(c.on_tick(t0 + ms(100)).is_empty());
+    let retry = c.on_tick(t0 + provisional::RETRY);
+    assert_eq!(retry.iter().filter(|a| matches!(a, Action::ClaimAgain { .. } | Action::Notify { .. })).count(), 2);
+    // The stream is back: claimed again at once.
+    let back = c.on_controller(true);
+    assert!(
+        matches!(back.as_slice(), [Action::ClaimAgain { claim, .. }] if claim.mac == A && claim.observed_at == 1000)
+    );
+    // The controller agrees (generation 2, pay1): nothing moves again.
+    let agreed = c.on_revision(state(Some(("pay1", A, "hv1", 2)), false, true), t0 + ms(600));
+    assert_eq!(agreed, vec![Action::Reconcile { why: "snapshot", read: true }]);
+    assert!(c.provisional().is_empty());
+    assert!(!c.wants_slow_tick());
+
+    // The controller decides otherwise: its owner wins and is re-announced.
+    let mut d = core();
+    let _ = d.on_revision(state(Some(("pay2", B, "hv2", 1)), false, true), t0);
+    let _ = d.on_controller(false);
+    let _ = d.on_seen(announcement("pay1", A), t0);
+    let theirs = d.on_revision(state(Some(("pay2", B, "hv2", 3)), false, true), t0 + ms(50));
+    assert_eq!(reannounced(&theirs), vec![(B, 3, vec!["client".to_string(), "pay1".to_string()])]);
+    assert!(d.provisional().is_empty());
+    // A claim refused (answered without this owner): dropped, reverted.
+    let mut e = core();
+    let _ = e.on_revision(state(Some(("pay2", B, "hv2", 1)), false, true), t0);
+    let _ = e.on_controller(false);
+    let _ = e.on_seen(announcement("pay1", A), t0);
+    let refused = e.on_claim_answered("pay-vip", A, Some((B, "hv2")), t0 + ms(10));
+    assert_eq!(reannounced(&refused), vec![(B, 1, vec!["client".to_string(), "pay1".to_string()])]);
+    // A non-member's announcement is never decided here.
+    let mut f = core();
+    let _ = f.on_revision(state(Some(("pay2", B, "hv2", 1)), false, true), t0);
+    let _ = f.on_controller(false);
+    let spoof = f.on_seen(announcement("client", C), t0);
+    assert!(!spoof.iter().any(|a| matches!(a, Action::Notify { .. } | Action::Reannounce(_))), "{spoof:?}");
+}
+
+#[test]
+fn a_notice_from_another_chassis_is_decided_again_here_and_lapses_without_refresh() {
+    let t0 = Instant::now();
+    let mut c = core();
+    let _ = c.on_revision(state(Some(("pay1", A, "hv1", 1)), false, true), t0);
+    // hv2 says pay2 announced the VIP: re-pointed and re-announced here.
+    let got = c.on_notice(notice(10, B, "hv2", 1, 5_000), 5_000, t0);
+    assert!(got.contains(&Action::Reconcile { why: "provisional owner told", read: false }));
+    assert_eq!(reannounced(&got), vec![(B, 2, vec!["client".to_string(), "pay1".to_string()])]);
+    assert_eq!(view_owner(&c), Some((B, "hv2".into(), 2)));
+    // A replay, a notice from this chassis, from an unknown one, a MAC that
+    // is no member on the sender, a clock 31 s off: nothing.
+    assert!(c.on_notice(notice(10, B, "hv2", 1, 5_000), 5_000, t0).is_empty());
+    assert!(c.on_notice(notice(11, A, "hv1", 1, 5_000), 5_000, t0).is_empty());
+    assert!(c.on_notice(notice(12, B, "hv9", 1, 5_000), 5_000, t0).is_empty());
+    assert!(c.on_notice(notice(13, A, "hv2", 1, 5_000), 5_000, t0).is_empty());
+    assert!(c.on_notice(notice(14, B, "hv2", 1, 5_000), 36_001, t0).is_empty());
+    assert_eq!(view_owner(&c), Some((B, "hv2".into(), 2)));
+    // Refreshed at 1 s; not refreshed after: reverts TTL later.
+    assert!(c.on_notice(notice(15, B, "hv2", 1, 6_000), 6_000, t0 + ms(1000)).is_empty());
+    assert!(c.on_tick(t0 + provisional::TTL + ms(500)).iter().all(|a| !matches!(a, Action::Reannounce(_))));
+    let lapsed = c.on_tick(t0 + ms(1000) + provisional::TTL + ms(1));
+    assert_eq!(reannounced(&lapsed), vec![(A, 1, vec!["client".to_string()])]);
+    assert_eq!(view_owner(&c), Some((A, "hv1".into(), 1)));
+    // The controller has moved on past the notice's base: ignored.
+    let _ = c.on_revision(state(Some(("pay1", A, "hv1", 4)), false, true), t0 + ms(5000));
+    assert!(c.on_notice(notice(16, B, "hv2", 3, 9_000), 9_000, t0 + ms(5000)).is_empty());
 }

@@ -29,6 +29,7 @@ pub mod peer;
 pub mod plan;
 pub mod ports;
 pub mod probe;
+pub mod provisional;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -116,12 +117,12 @@ pub async fn run_with(
     match cfg.dataplane {
         vipcast_model::Dataplane::Kernel => {
             let dp = KernelDataplane::new(kernel, cfg.sniff || cfg.announce_burst > 0, seen_tx);
-            drive(cfg, client, prober, dp, seen_rx, security.heartbeat_key, shutdown).await
+            drive(cfg, client, prober, dp, seen_rx, &security, shutdown).await
         }
         vipcast_model::Dataplane::Ovs => {
             let ovs = ovs::Ovs::start(cfg.openflow_listen, seen_tx)?;
             tracing::info!(listen = %cfg.openflow_listen, "waiting for Open vSwitch (OpenFlow 1.3)");
-            drive(cfg, client, prober, OvsDataplane::new(ovs, kernel), seen_rx, security.heartbeat_key, shutdown).await
+            drive(cfg, client, prober, OvsDataplane::new(ovs, kernel), seen_rx, &security, shutdown).await
         }
     }
 }
@@ -133,9 +134,18 @@ async fn drive<D: Dataplane>(
     prober: probe::Prober,
     dp: D,
     mut seen_rx: mpsc::Receiver<Seen>,
-    heartbeat_key: Option<[u8; vipcast_tls::heartbeat::LEN]>,
+    security: &Security,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let heartbeat_key = security.heartbeat_key;
+    // Provisional-owner notices are signed with the agent's certificate key
+    // and checked against its CA (without TLS, neither).
+    let (signer, verifier) = match &security.tls {
+        Some(f) => {
+            (Some(vipcast_tls::sign::Signer::load(&f.cert, &f.key)?), Some(vipcast_tls::sign::Verifier::load(&f.ca)?))
+        }
+        None => (None, None),
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = {
         let mut rx = stop_rx.clone();
@@ -151,22 +161,27 @@ async fn drive<D: Dataplane>(
         stopped,
     ));
     let (tx, mut rx) = watch::channel(Synced::default());
-    let follower = tokio::spawn(WatchFollower::chassis(client.clone(), &cfg.chassis).run(tx));
+    let (up_tx, mut up_rx) = watch::channel(false);
+    let follower = tokio::spawn(WatchFollower::chassis(client.clone(), &cfg.chassis).run_reporting(tx, Some(up_tx)));
     let mut link_rx = links::watch()?;
     let mut health = prober.changed.clone();
     let mut switch = dp.reconnects();
     // Peer liveness: its own task; the core says whom to watch.
     let (wanted_tx, wanted_rx) = watch::channel(BTreeMap::new());
     let (peer_tx, mut peer_rx) = mpsc::unbounded_channel::<peer::Change>();
+    let (notice_in_tx, mut notice_in_rx) = mpsc::channel(256);
+    let (notice_out_tx, notice_out_rx) = mpsc::channel(256);
     if cfg.peer.enabled {
         let (pc, me, ip) = (cfg.peer, cfg.chassis.clone(), cfg.underlay_ip);
+        let notices = peer::Notices { inbound: notice_in_tx, outbound: notice_out_rx };
         tokio::spawn(async move {
-            if let Err(e) = peer::run(pc, me, ip, wanted_rx, peer_tx).await {
+            if let Err(e) = peer::run(pc, me, ip, wanted_rx, peer_tx, notices).await {
                 tracing::warn!(error = %e, port = pc.port, "peer liveness is off: cannot use its socket");
             }
         });
     }
-    let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<(String, MacAddr)>();
+    let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<(String, vipcast_api::Claim)>();
+    let (answered_tx, mut answered_rx) = mpsc::unbounded_channel::<Answered>();
     let core = AgentCore::new(CoreConfig { chassis: cfg.chassis.clone(), sniff: cfg.sniff, assist: cfg.assist });
     let stats = std::sync::Arc::new(metrics::Stats::default());
     if let Some(addr) = cfg.metrics_listen {
@@ -187,6 +202,14 @@ async fn drive<D: Dataplane>(
         client,
         prober,
         failed_tx,
+        answered_tx,
+        notices: NoticeIo {
+            out: notice_out_tx,
+            signer,
+            verifier,
+            seq: vipcast_api::now_ms().saturating_mul(1000),
+            budget: (Instant::now(), 0),
+        },
         replicator_choice: BTreeMap::new(),
         unrouted: Vec::new(),
         stats: stats.clone(),
@@ -195,6 +218,9 @@ async fn drive<D: Dataplane>(
     // Only while a master on a dead chassis may still need speaking for.
     let mut assist_tick = tokio::time::interval(core::TICK);
     assist_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Only while there are provisional owners.
+    let mut provisional_tick = tokio::time::interval(core::PROVISIONAL_TICK);
+    provisional_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     let result = loop {
         // Whom to watch changes only with the state and the adverts seen
@@ -237,9 +263,41 @@ async fn drive<D: Dataplane>(
                 let actions = agent.core.on_peer(&change.chassis, change.down, now);
                 agent.execute(actions, now).await;
             }
-            Some((vip, mac)) = failed_rx.recv() => {
+            Some((vip, claim)) = failed_rx.recv() => {
                 peers_may_change = false;
-                agent.core.on_claim_failed(&vip, mac);
+                let now = Instant::now();
+                let actions = agent.core.on_claim_failed(&vip, &claim, now);
+                agent.execute(actions, now).await;
+            }
+            Some(a) = answered_rx.recv() => {
+                peers_may_change = false;
+                let now = Instant::now();
+                let owner = a.owner.as_ref().map(|(m, c)| (*m, c.as_str()));
+                let actions = agent.core.on_claim_answered(&a.vip, a.mac, owner, now);
+                agent.execute(actions, now).await;
+            }
+            Ok(()) = up_rx.changed() => {
+                peers_may_change = false;
+                let up = *up_rx.borrow_and_update();
+                if !up {
+                    tracing::warn!("controller unreachable: failovers seen here are decided here until it is back");
+                }
+                let actions = agent.core.on_controller(up);
+                agent.execute(actions, Instant::now()).await;
+            }
+            Some((from, datagram)) = notice_in_rx.recv() => {
+                peers_may_change = false;
+                let now = Instant::now();
+                if let Some(notice) = agent.check_notice(from, &datagram) {
+                    let actions = agent.core.on_notice(notice, vipcast_api::now_ms(), now);
+                    agent.execute(actions, now).await;
+                }
+            }
+            _ = provisional_tick.tick(), if agent.core.wants_slow_tick() => {
+                peers_may_change = false;
+                let now = Instant::now();
+                let actions = agent.core.on_tick(now);
+                agent.execute(actions, now).await;
             }
             Ok(()) = health.changed() => agent.reconcile("replicator health", false).await,
             _ = assist_tick.tick(), if agent.core.wants_tick() => {
@@ -283,7 +341,10 @@ struct Driver<D> {
     client: ControllerClient,
     prober: probe::Prober,
     /// Claims that got no answer, back to the core.
-    failed_tx: mpsc::UnboundedSender<(String, MacAddr)>,
+    failed_tx: mpsc::UnboundedSender<(String, vipcast_api::Claim)>,
+    /// Claims the controller answered, back to the core.
+    answered_tx: mpsc::UnboundedSender<Answered>,
+    notices: NoticeIo,
     /// VNI -> replicator in use, as last reported.
     replicator_choice: BTreeMap<u32, String>,
     /// Subnets this gateway cannot route, as last reported.
@@ -310,6 +371,10 @@ impl<D: Dataplane> Driver<D> {
         for action in actions {
             if let Action::Reconcile { why, read } = action {
                 self.reconcile(why, read).await;
+                continue;
+            }
+            if let Action::Notify { notice, to } = action {
+                self.notices.send(notice, &to, self.cfg.peer);
                 continue;
             }
             match &action {
@@ -370,20 +435,26 @@ impl<D: Dataplane> Driver<D> {
         match call {
             Call::Claim { vip, claim } => {
                 let failed = self.failed_tx.clone();
+                let answered = self.answered_tx.clone();
                 tokio::spawn(async move {
                     match client.claim(&vip, &claim).await {
-                        Ok(answer) => Event::ClaimAnswered {
-                            vip: &vip,
-                            result: answer.result,
-                            generation: answer.owner.map(|o| o.generation),
+                        Ok(answer) => {
+                            Event::ClaimAnswered {
+                                vip: &vip,
+                                result: answer.result,
+                                generation: answer.owner.as_ref().map(|o| o.generation),
+                            }
+                            .log();
+                            let owner = answer.owner.map(|o| (o.mac, o.chassis));
+                            let _ = answered.send(Answered { vip, mac: claim.mac, owner });
                         }
-                        .log(),
                         Err(e @ vipcast_client::Error::Refused { .. }) => {
-                            tracing::warn!(what = "claim", vip, error = %e, "controller refused")
+                            tracing::warn!(what = "claim", vip, error = %e, "controller refused");
+                            let _ = answered.send(Answered { vip, mac: claim.mac, owner: None });
                         }
                         Err(e) => {
                             tracing::warn!(what = "claim", vip, error = %e, "controller unreachable");
-                            let _ = failed.send((vip, claim.mac));
+                            let _ = failed.send((vip, claim));
                         }
                     }
                 });
@@ -445,6 +516,12 @@ pub fn perform(dp: &mut impl Dataplane, cfg: &Config, action: Action, now: Insta
             Some(Call::Claim { vip, claim })
         }
         Action::ReportVrrp(report) => Some(Call::ReportVrrp(report)),
+        Action::ClaimAgain { vip, claim } => {
+            tracing::info!(vip, mac = %claim.mac, "claiming a provisional owner again");
+            Some(Call::Claim { vip, claim })
+        }
+        // Sent by the driver (it holds the socket and the key).
+        Action::Notify { .. } => None,
         Action::AssistPortDown { master, vni, frames } => {
             let mut sent = 0;
             for _ in 0..ADVERT_REPEAT {
@@ -505,4 +582,103 @@ fn assist_call(
     let (key, fault, master) = record?;
     let record = AssistRecord { fault, by: cfg.chassis.clone(), master, at_ms: vipcast_api::now_ms() };
     Some(Call::ReportAssist { router_id: key.id(), vpc: key.vpc, record })
+}
+
+/// A claim the controller answered: the VIP's owner (MAC, chassis) after it
+/// (`None`: refused).
+#[derive(Debug)]
+struct Answered {
+    vip: String,
+    mac: MacAddr,
+    owner: Option<(MacAddr, String)>,
+}
+
+/// Notices checked per second at most (a signature check each).
+const NOTICES_PER_SECOND: u32 = 200;
+
+/// The sending and checking of provisional-owner notices.
+struct NoticeIo {
+    out: mpsc::Sender<(std::net::SocketAddr, Vec<u8>)>,
+    signer: Option<vipcast_tls::sign::Signer>,
+    verifier: Option<vipcast_tls::sign::Verifier>,
+    /// The last sequence number sent (starts at the clock in µs, so a
+    /// restarted agent goes on above its predecessor).
+    seq: u64,
+    /// Start of the current second and notices checked in it.
+    budget: (Instant, u32),
+}
+
+impl NoticeIo {
+    /// Numbers, dates, signs and sends `notice` to the agents at `to`.
+    fn send(&mut self, mut notice: provisional::Notice, to: &[IpAddr], peer: peer::PeerConfig) {
+        if !peer.enabled {
+            tracing::warn!(
+                vip = notice.vip,
+                "provisional owner not told: the agent's underlay port is off (--peer-liveness)"
+            );
+            return;
+        }
+        self.seq += 1;
+        notice.seq = self.seq;
+        notice.sent_ms = vipcast_api::now_ms();
+        let body = notice.body();
+        let datagram = match &self.signer {
+            Some(s) => match s.sign(&body) {
+                Ok(sig) => notice.encode(s.cert(), &sig),
+                Err(e) => {
+                    tracing::warn!(error = %e, "signing a notice");
+                    return;
+                }
+            },
+            None => notice.encode(&[], &[]),
+        };
+        for ip in to {
+            let _ = self.out.try_send((std::net::SocketAddr::new(*ip, peer.port), datagram.clone()));
+        }
+        tracing::info!(vip = notice.vip, mac = %notice.claim.mac, chassis = to.len(), "provisional owner told");
+    }
+}
+
+impl<D: Dataplane> Driver<D> {
+    /// A notice received from `from`, if it is to be believed: well formed,
+    /// from the underlay address of the chassis it names, within the rate,
+    /// and (with TLS) signed by that chassis' agent.
+    fn check_notice(&mut self, from: std::net::SocketAddr, datagram: &[u8]) -> Option<provisional::Notice> {
+        let (notice, signed) = match provisional::Notice::decode(datagram) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(%from, error = e, "not a notice");
+                return None;
+            }
+        };
+        let chassis = &notice.claim.chassis;
+        let underlay = self.core.synced().state.chassis.get(chassis).map(|c| c.underlay_ip);
+        if underlay != Some(from.ip()) {
+            tracing::warn!(%from, chassis, "notice not from the chassis it names: ignored");
+            return None;
+        }
+        let io = &mut self.notices;
+        let now = Instant::now();
+        if now.duration_since(io.budget.0) >= Duration::from_secs(1) {
+            io.budget = (now, 0);
+        }
+        if io.budget.1 >= NOTICES_PER_SECOND {
+            return None;
+        }
+        io.budget.1 += 1;
+        match &mut io.verifier {
+            Some(v) => match v.verify(signed.cert, signed.body, signed.sig) {
+                Ok(who) if who.role == vipcast_api::PeerRole::Agent && who.name == *chassis => Some(notice),
+                Ok(who) => {
+                    tracing::warn!(%from, chassis, signer = who.actor(), "notice signed by another holder: ignored");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(%from, chassis, error = e, "notice not authenticated: ignored");
+                    None
+                }
+            },
+            None => Some(notice),
+        }
+    }
 }

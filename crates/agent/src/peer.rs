@@ -292,16 +292,27 @@ impl PeerWatch {
     }
 }
 
+/// The provisional-owner notices ([`crate::provisional`]) that share the
+/// echo's socket: those received go to `inbound` (unchecked), those in
+/// `outbound` are sent.
+#[derive(Debug)]
+pub struct Notices {
+    pub inbound: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    pub outbound: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+}
+
 /// Runs the echo on `underlay:port` until `wanted` closes: answers every
 /// peer's requests, watches the peers `wanted` names, and sends each change
-/// to `changes`.
+/// to `changes`; carries the `notices` too.
 pub async fn run(
     cfg: PeerConfig,
     me: String,
     underlay: IpAddr,
     mut wanted: watch::Receiver<BTreeMap<String, IpAddr>>,
     changes: mpsc::UnboundedSender<Change>,
+    notices: Notices,
 ) -> std::io::Result<()> {
+    let Notices { inbound, mut outbound } = notices;
     let sock = tokio::net::UdpSocket::bind(SocketAddr::new(underlay, cfg.port)).await?;
     let seed = {
         use std::hash::BuildHasher;
@@ -311,7 +322,7 @@ pub async fn run(
     w.set_peers(&wanted.borrow_and_update());
     let mut tick = tokio::time::interval(cfg.interval / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut buf = [0u8; 128];
+    let mut buf = vec![0u8; crate::provisional::MAX_LEN + 1];
     loop {
         tokio::select! {
             r = wanted.changed() => {
@@ -336,8 +347,17 @@ pub async fn run(
                     }
                 }
             }
+            Some((to, b)) = outbound.recv() => {
+                let _ = sock.try_send_to(&b, to);
+            }
             r = sock.recv_from(&mut buf) => {
                 let Ok((n, from)) = r else { continue };
+                let datagram = buf.get(..n).unwrap_or_default();
+                if datagram.starts_with(crate::provisional::MAGIC) {
+                    // Checked by the driver; dropped when it is behind.
+                    let _ = inbound.try_send((from, datagram.to_vec()));
+                    continue;
+                }
                 let (answer, up) = w.on_datagram(from, buf.get(..n).unwrap_or_default(), Instant::now());
                 if let Some(a) = answer {
                     let _ = sock.try_send_to(&a, from);

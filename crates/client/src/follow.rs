@@ -59,6 +59,17 @@ impl WatchFollower {
     /// Follows the stream until `tx` has no receivers, publishing every
     /// revision.
     pub async fn run(self, tx: watch::Sender<Synced>) {
+        self.run_reporting(tx, None).await;
+    }
+
+    /// [`WatchFollower::run`], also saying in `up` whether the stream is
+    /// connected (true from its first message to its end).
+    pub async fn run_reporting(self, tx: watch::Sender<Synced>, up: Option<watch::Sender<bool>>) {
+        let set = |v: bool| {
+            if let Some(u) = &up {
+                u.send_if_modified(|s| std::mem::replace(s, v) != v);
+            }
+        };
         let mut delay = Duration::from_millis(100);
         loop {
             let from = tx.borrow().revision;
@@ -66,7 +77,9 @@ impl WatchFollower {
             if from > 0 {
                 url.push_str(&format!("?from={from}"));
             }
-            match self.stream_once(&url, &tx).await {
+            let result = self.stream_once(&url, &tx, &|| set(true)).await;
+            set(false);
+            match result {
                 Ok(true) => {
                     tracing::warn!("watch stream ended; reconnecting");
                     delay = Duration::from_millis(100);
@@ -83,7 +96,12 @@ impl WatchFollower {
     }
 
     /// One connection; whether it delivered at least one message.
-    async fn stream_once(&self, url: &str, tx: &watch::Sender<Synced>) -> Result<bool, String> {
+    async fn stream_once(
+        &self,
+        url: &str,
+        tx: &watch::Sender<Synced>,
+        connected: &(dyn Fn() + Send + Sync),
+    ) -> Result<bool, String> {
         let resp = self.client.http().get(url).send().await.map_err(|e| e.to_string())?;
         let resp = resp.error_for_status().map_err(|e| e.to_string())?;
         let mut body = resp.bytes_stream();
@@ -104,6 +122,9 @@ impl WatchFollower {
                 let line = buf.get(start..start + i).unwrap_or_default();
                 let msg: Message = serde_json::from_slice(line).map_err(|e| format!("a watch line: {e}"))?;
                 apply(tx, msg);
+                if !any {
+                    connected();
+                }
                 any = true;
                 start += i + 1;
             }

@@ -18,6 +18,7 @@
 
 pub mod heartbeat;
 pub mod pki;
+pub mod sign;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -41,7 +42,7 @@ pub enum Error {
 }
 
 impl Error {
-    fn file(path: &Path, message: impl std::fmt::Display) -> Error {
+    pub(crate) fn file(path: &Path, message: impl std::fmt::Display) -> Error {
         Error::File { path: path.display().to_string(), message: message.to_string() }
     }
 }
@@ -72,7 +73,7 @@ pub fn roots(ca: &Path) -> Result<Arc<RootCertStore>, Error> {
     Ok(Arc::new(store))
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
