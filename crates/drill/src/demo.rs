@@ -208,12 +208,25 @@ pub fn demo(opts: &DemoOptions<'_>) -> Result<DemoReport> {
     ));
     let mut drills = crate::drills(&plain, &faults, Some(baseline.target()), &session_opts)?;
     drop(baseline);
-    say("drills link-down and chassis-down on VPC prod (assisted handover) from the client VM, then link-down from \
-         inet1 through the gateway; a frozen VM gets no assistance, so that one is not repeated there");
+    say("drills link-down, chassis-down and controller-down on VPC prod (assisted handover) from the client VM, then \
+         link-down from inet1 through the gateway; a frozen VM gets no assistance, so that one is not repeated there");
     for (target, inside) in [(&prod, true), (&prod_outside, false)] {
-        let faults: &[Fault] = if inside { &[Fault::LinkDown, Fault::ChassisDown] } else { &[Fault::LinkDown] };
+        let faults: &[Fault] =
+            if inside { &[Fault::LinkDown, Fault::ChassisDown, Fault::ControllerDown] } else { &[Fault::LinkDown] };
         for mut d in crate::drills(target, faults, None, &session_opts)? {
-            let Some(same) = drills.iter_mut().find(|x| x.fault == d.fault) else { continue };
+            let Some(same) = drills.iter_mut().find(|x| x.fault == d.fault) else {
+                // A fault only an overlay has (controller-down): against the
+                // baseline's link-down, the same fault to a plain bridge.
+                let link = drills.iter().position(|x| x.fault == Fault::LinkDown);
+                if let Some(b) = link.and_then(|i| drills.get(i)).and_then(|x| x.variant("baseline")).cloned() {
+                    d.variants.push(b);
+                }
+                d.compute_ratios();
+                d.notes.clear();
+                crate::drill::add_notes(&mut d);
+                drills.insert(link.map_or(drills.len(), |i| i + 1), d);
+                continue;
+            };
             if inside {
                 // Next to the unassisted overlay, same baseline.
                 same.variants.splice(1..1, d.variants.drain(..));

@@ -6,6 +6,7 @@
 //! | `vm-freeze` | SIGSTOP to every process in the master VM's namespace (keepalived, the responder) | SIGCONT |
 //! | `chassis-down` | the master's chassis cut from the underlay: its port on the underlay bridge down (baseline: the VM's port on the bridge) | port up |
 //! | `replicator-down` | SIGKILL to the replicator the master's chassis uses for the VIP's VNI | started again with the same command |
+//! | `controller-down` | SIGKILL to the controller, then (once the agents have lost it) `link-down` on the master: a failover with no controller (baseline: `link-down`) | the controller started again with the same command and store (and waited for) before the link comes up |
 //!
 //! An [`Injected`] fault is a guard: dropped without [`Injected::restore`]
 //! (an error, Ctrl-C), it is undone anyway.
@@ -27,11 +28,13 @@ pub enum Fault {
     VmFreeze,
     ChassisDown,
     ReplicatorDown,
+    ControllerDown,
 }
 
 impl Fault {
     /// Every fault, in the order drills and tables list them.
-    pub const ALL: [Fault; 4] = [Fault::LinkDown, Fault::VmFreeze, Fault::ChassisDown, Fault::ReplicatorDown];
+    pub const ALL: [Fault; 5] =
+        [Fault::LinkDown, Fault::VmFreeze, Fault::ChassisDown, Fault::ReplicatorDown, Fault::ControllerDown];
 
     /// The name on the command line.
     pub fn as_str(self) -> &'static str {
@@ -40,6 +43,7 @@ impl Fault {
             Fault::VmFreeze => "vm-freeze",
             Fault::ChassisDown => "chassis-down",
             Fault::ReplicatorDown => "replicator-down",
+            Fault::ControllerDown => "controller-down",
         }
     }
 
@@ -93,8 +97,19 @@ enum Undo {
         lab: String,
         root: std::path::PathBuf,
         old_pid: u32,
+        /// `/healthz` to wait for (a controller), with the client files.
+        ready: Option<(String, Option<vipcast_tls::ClientFiles>)>,
     },
+    /// The first, then the second.
+    Both(Box<Undo>, Box<Undo>),
 }
+
+/// How long a restarted controller may take to answer `/healthz`.
+const READY_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long the agents are given to lose a killed controller before the
+/// master's link goes down (their watch streams end at once with it).
+const CONTROLLER_GONE: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// A fault in effect; undone on [`Injected::restore`] or on drop.
 #[derive(Debug)]
@@ -113,6 +128,15 @@ pub struct Injected {
 /// Whether `fault` can be injected into `target` at all (replicator-down
 /// needs a running replicator); the error says why not.
 pub fn check(fault: Fault, target: &Target) -> Result<()> {
+    if fault == Fault::ControllerDown {
+        return match &target.overlay {
+            Some(ov) if controller_process(ov).is_none() => Err(Error::Refused(format!(
+                "controller-down: lab {} has no running controller process to stop",
+                ov.lab
+            ))),
+            _ => Ok(()),
+        };
+    }
     if fault != Fault::ReplicatorDown {
         return Ok(());
     }
@@ -170,7 +194,52 @@ pub fn inject(fault: Fault, target: &Target, master: &Member) -> Result<Injected
             })
         }
         Fault::ReplicatorDown => replicator_down(target, master),
+        Fault::ControllerDown => controller_down(target, master),
     }
+}
+
+/// The lab's controller process, if it runs.
+fn controller_process(ov: &crate::target::Overlay) -> Option<vipcast_lab::state::ProcessState> {
+    let state = vipcast_lab::state::Root(ov.root.clone()).read(&ov.lab).ok()??;
+    state.processes.into_iter().find(|p| p.role == "controller" && p.is_running())
+}
+
+fn controller_down(target: &Target, master: &Member) -> Result<Injected> {
+    let Some(ov) = &target.overlay else {
+        // A plain bridge has no controller: the same link-down.
+        let mut i = inject(Fault::LinkDown, target, master)?;
+        i.fault = Fault::ControllerDown;
+        i.what = format!("{} (no controller on a plain bridge)", i.what);
+        return Ok(i);
+    };
+    check(Fault::ControllerDown, target)?;
+    let victim = controller_process(ov).ok_or_else(|| Error::Refused("controller-down: no controller".into()))?;
+    signal(&[victim.pid], "KILL")?;
+    let gone = std::time::Instant::now();
+    while victim.is_running() && gone.elapsed() < READY_LIMIT {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(CONTROLLER_GONE);
+    let restart = Undo::Restart {
+        ns: victim.namespace.clone(),
+        command: victim.command.split_whitespace().map(str::to_string).collect(),
+        log: victim.log.clone(),
+        lab: ov.lab.clone(),
+        root: ov.root.clone(),
+        old_pid: victim.pid,
+        ready: Some((format!("{}/healthz", ov.controller_url), ov.tls.clone())),
+    };
+    let mut link = inject(Fault::LinkDown, target, master)?;
+    let Some(link_up) = link.undo.take() else {
+        return Err(Error::Failed("controller-down: link-down left nothing to undo".into()));
+    };
+    Ok(Injected {
+        fault: Fault::ControllerDown,
+        at_us: link.at_us,
+        took_us: link.took_us,
+        what: format!("SIGKILL to the controller (pid {}), then {}", victim.pid, link.what),
+        undo: Some(Undo::Both(Box::new(restart), Box::new(link_up))),
+    })
 }
 
 fn replicator_down(target: &Target, master: &Member) -> Result<Injected> {
@@ -225,11 +294,29 @@ fn replicator_down(target: &Target, master: &Member) -> Result<Injected> {
             lab: ov.lab.clone(),
             root: ov.root.clone(),
             old_pid: victim.pid,
+            ready: None,
         }),
     })
 }
 
 impl Injected {
+    /// Starts the control plane again (`controller-down`: the controller,
+    /// waited for) and leaves the rest of the fault in place; whether there
+    /// was anything to start.
+    pub fn restore_control_plane(&mut self) -> Result<bool> {
+        match self.undo.take() {
+            Some(Undo::Both(first, then)) => {
+                self.undo = Some(*then);
+                undo(*first)?;
+                Ok(true)
+            }
+            other => {
+                self.undo = other;
+                Ok(false)
+            }
+        }
+    }
+
     /// Undoes the fault.
     pub fn restore(mut self) -> Result<()> {
         match self.undo.take() {
@@ -263,9 +350,14 @@ fn undo(u: Undo) -> Result<()> {
             vipcast_lab::ip(&["-n", &ns, "link", "set", &dev, "up"])?;
             Ok(())
         }
-        Undo::Restart { ns, command, log, lab, root, old_pid } => {
+        Undo::Both(first, then) => {
+            let a = undo(*first);
+            undo(*then)?;
+            a
+        }
+        Undo::Restart { ns, command, log, lab, root, old_pid, ready } => {
             let Some((program, args)) = command.split_first() else {
-                return Err(Error::Failed("replicator: empty command".into()));
+                return Err(Error::Failed(format!("restarting pid {old_pid}: empty command")));
             };
             let out = std::fs::OpenOptions::new()
                 .append(true)
@@ -281,7 +373,7 @@ fn undo(u: Undo) -> Result<()> {
                 .stdout(out)
                 .stderr(err)
                 .spawn()
-                .map_err(|e| Error::Failed(format!("restarting the replicator: {e}")))?;
+                .map_err(|e| Error::Failed(format!("restarting {program}: {e}")))?;
             // The lab owns it from now on: record its new pid.
             let root = vipcast_lab::state::Root(root);
             if let Ok(Some(mut state)) = root.read(&lab) {
@@ -289,6 +381,19 @@ fn undo(u: Undo) -> Result<()> {
                     p.pid = child.id();
                 }
                 root.write(&state)?;
+            }
+            if let Some((url, tls)) = ready {
+                let start = std::time::Instant::now();
+                while vipcast_lab::state::http_get(&url, tls.as_ref(), std::time::Duration::from_secs(1)).is_err() {
+                    if start.elapsed() > READY_LIMIT {
+                        return Err(Error::Failed(format!(
+                            "the restarted controller did not answer {url} within {} s (log {})",
+                            READY_LIMIT.as_secs(),
+                            log.display()
+                        )));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
             }
             Ok(())
         }

@@ -73,6 +73,10 @@ const NUDGE_AFTER: Duration = Duration::from_millis(1500);
 /// A fault that does not move the VIP is watched this long.
 const NO_MOVE_WINDOW: Duration = Duration::from_secs(2);
 
+/// How long a restarted controller is given to take the claim of the
+/// failover made without it.
+const CONTROLLER_VERDICT: Duration = Duration::from_secs(10);
+
 /// A running session: responders and a prober in the target's namespaces.
 pub struct Session<'a> {
     target: Target,
@@ -317,7 +321,7 @@ impl<'a> Session<'a> {
         let gen_before = self.owner().map(|o| o.1).unwrap_or(0);
         let others: Vec<String> =
             self.target.members.iter().filter(|m| m.name != master.name).map(|m| m.name.clone()).collect();
-        let injected = fault::inject(fault, &self.target, &master)?;
+        let mut injected = fault::inject(fault, &self.target, &master)?;
         let fault_us = injected.at_us;
         let (what, took_us) = (injected.what.clone(), injected.took_us);
         let limit = self.limit();
@@ -351,6 +355,16 @@ impl<'a> Session<'a> {
             ..StageTimes::default()
         };
         let mut report_control = None;
+        // With the controller stopped, its verdict comes once it is back:
+        // start it, and wait for the owner the agents claim again.
+        let mut control_end_us = end_us + SETTLE_LOGS.as_micros() as u64;
+        if injected.restore_control_plane()? {
+            let back = Instant::now();
+            while back.elapsed() < CONTROLLER_VERDICT && self.owner().is_none_or(|o| o.0 == master.name) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            control_end_us = now_us();
+        }
         if let Some(ov) = &self.target.overlay {
             let mut events = Vec::new();
             for (chassis, path) in &ov.agent_logs {
@@ -369,7 +383,7 @@ impl<'a> Session<'a> {
                     old_port: &master.name,
                     gen_before,
                     fault_us,
-                    end_us: end_us + SETTLE_LOGS.as_micros() as u64,
+                    end_us: control_end_us,
                 },
             );
             stages.garp_sniffed_ms = rel(c.garp_sniffed_us);

@@ -24,7 +24,9 @@ pub struct DrillArgs {
     vip: String,
     /// link-down (the master VM's eth0 down), vm-freeze (SIGSTOP to every
     /// process of the master VM), chassis-down (the master's chassis cut from
-    /// the underlay), replicator-down (the replicator in use killed).
+    /// the underlay), replicator-down (the replicator in use killed),
+    /// controller-down (the controller killed, then the master's eth0 down;
+    /// restarted before the link comes back).
     #[arg(long, default_value = "link-down")]
     fault: Fault,
     /// Runs per variant (overlay, baseline).

@@ -277,6 +277,40 @@ fn chassis_down_drill() {
     }
 }
 
+/// A failover while the controller is down: the agents decide it among
+/// themselves (provisional owners, signed notices), every chassis follows
+/// during the outage, and the restarted controller takes the same claim,
+/// with the announcement's time, as the next generation.
+#[test]
+fn controller_down_drill() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::up("headend");
+    let r = lab.drill("controller-down", &[]);
+    let variants = r["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 2, "{r}");
+    assert_eq!(variants[0]["variant"], "overlay+assist", "{r}");
+    for run in variants[0]["runs"].as_array().unwrap() {
+        let outage = run["outage_ms"].as_f64().unwrap();
+        let s = &run["stages"];
+        eprintln!("controller-down run {}: outage {outage:.0} ms, stages {s}", run["run"]);
+        assert!(outage < 1000.0 && !run["timed_out"].as_bool().unwrap(), "{run}");
+        assert_eq!((run["old_master"].as_str(), run["new_master"].as_str()), (Some("pay1"), Some("pay2")), "{run}");
+        assert_eq!(run["assisted"], true, "{run}");
+        // Every chassis re-pointed the VIP without the controller...
+        assert_eq!(run["agents_reprogrammed"], "4/4", "{run}");
+        let (sniffed, last) = (s["garp_sniffed_ms"].as_f64().unwrap(), s["last_agent_ms"].as_f64().unwrap());
+        assert!(0.0 < sniffed && sniffed <= last && last < 1000.0, "{s}");
+        // ...and the controller, back, took that claim: observed at the
+        // announcement, accepted after the restart, one generation on.
+        let (observed, accepted) = (s["claim_observed_ms"].as_f64().unwrap(), s["claim_accepted_ms"].as_f64().unwrap());
+        assert!((observed - sniffed).abs() <= 2.0 && accepted > last, "{s}");
+        assert_eq!(run["extra_owner_changes"], 0, "{run}");
+        assert!(run["generation"].as_u64().unwrap() >= 2, "{run}");
+    }
+    let ratio = r["ratio_p50"].as_f64().unwrap();
+    assert!(ratio < 1.0, "controller-down (assisted) against link-down on a plain bridge: p50 ratio {ratio}\n{r}");
+}
+
 #[test]
 fn replicator_down_drill_or_a_clear_refusal() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
