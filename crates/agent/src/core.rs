@@ -205,6 +205,11 @@ impl AgentCore {
         &self.provisional
     }
 
+    /// Whether the controller's watch stream is up.
+    pub fn controller_up(&self) -> bool {
+        self.controller_up
+    }
+
     /// The masters behind local ports (for status and tests).
     pub fn masters(&self) -> &assist::Masters {
         &self.masters

@@ -52,6 +52,44 @@ pub trait Dataplane: Send {
     fn reconnects(&self) -> Option<watch::Receiver<bool>> {
         None
     }
+
+    /// Where each of `wanted` (VNI, address) is sent, read back from the
+    /// data plane where it can be (for `vipcast ctl vip check`); by
+    /// default as `plan` says.
+    fn forwarding(
+        &mut self,
+        plan: &Plan,
+        wanted: &[(u32, IpAddr)],
+    ) -> impl Future<Output = anyhow::Result<Vec<Forward>>> + Send {
+        let out = wanted.iter().map(|(vni, ip)| Forward::planned(plan, *vni, *ip)).collect();
+        async move { Ok(out) }
+    }
+}
+
+/// What a data plane does with traffic to an address of a VPC.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Forward {
+    /// The MAC its ARP / ND is answered with here (the VXLAN device's
+    /// neighbour entry, under ARP suppression).
+    pub mac: Option<vipcast_packet::MacAddr>,
+    /// The underlay address frames to that MAC are sent to (none: a local
+    /// port, or not known here).
+    pub underlay: Option<IpAddr>,
+    /// Gateways: the MAC routed traffic to it goes to.
+    pub routed_mac: Option<vipcast_packet::MacAddr>,
+    /// Read from the data plane itself; false: what the agent programmed
+    /// last (the switch's flows are read back on every full reconcile).
+    pub read_back: bool,
+}
+
+impl Forward {
+    /// As `plan` says it should be.
+    fn planned(plan: &Plan, vni: u32, ip: IpAddr) -> Forward {
+        let Some(v) = plan.vpcs.get(&vni) else { return Forward::default() };
+        let mac = v.neigh.get(&ip).copied();
+        let underlay = mac.and_then(|m| v.fdb.iter().find(|f| f.mac == m).map(|f| f.dst));
+        Forward { mac, underlay, routed_mac: v.bridge_neigh.get(&ip).copied(), read_back: false }
+    }
 }
 
 /// Whether a local port of `view` is not among those `found` last time.
@@ -167,6 +205,22 @@ impl Dataplane for KernelDataplane {
             self.sync_ports(view).await;
         }
         report
+    }
+
+    async fn forwarding(&mut self, plan: &Plan, wanted: &[(u32, IpAddr)]) -> anyhow::Result<Vec<Forward>> {
+        let obs = self.kernel.kernel().observe(plan).await?;
+        let index = |name: String| obs.links.iter().find(|l| l.name == name).map(|l| l.index);
+        Ok(wanted
+            .iter()
+            .map(|(vni, ip)| {
+                let vx = index(plan::vxlan_name(*vni));
+                let neigh = |dev: Option<u32>| dev.and_then(|i| obs.neigh.get(&i)?.get(ip).copied());
+                let mac = neigh(vx);
+                let underlay =
+                    vx.zip(mac).and_then(|(i, m)| obs.fdb.get(&i)?.iter().find(|f| f.mac == m).map(|f| f.dst));
+                Forward { mac, underlay, routed_mac: neigh(index(plan::bridge_name(*vni))), read_back: true }
+            })
+            .collect())
     }
 
     fn port_of(&self, ifindex: u32) -> Option<String> {

@@ -184,11 +184,12 @@ async fn drive<D: Dataplane>(
     let (answered_tx, mut answered_rx) = mpsc::unbounded_channel::<Answered>();
     let core = AgentCore::new(CoreConfig { chassis: cfg.chassis.clone(), sniff: cfg.sniff, assist: cfg.assist });
     let stats = std::sync::Arc::new(metrics::Stats::default());
+    let (query_tx, mut query_rx) = mpsc::channel(1);
     if let Some(addr) = cfg.metrics_listen {
         // Fails the agent when it cannot listen: asked for, so expected.
         let l = tokio::net::TcpListener::bind(addr).await?;
         tracing::info!(listen = %addr, "metrics endpoint");
-        let app = metrics::router(stats.clone());
+        let app = metrics::router(stats.clone(), query_tx);
         tokio::spawn(async move {
             if let Err(e) = axum::serve(l, app).await {
                 tracing::warn!(error = %e, "metrics endpoint stopped");
@@ -292,6 +293,10 @@ async fn drive<D: Dataplane>(
                     let actions = agent.core.on_notice(notice, vipcast_api::now_ms(), now);
                     agent.execute(actions, now).await;
                 }
+            }
+            Some(reply) = query_rx.recv() => {
+                peers_may_change = false;
+                let _ = reply.send(agent.forwarding_report().await);
             }
             _ = provisional_tick.tick(), if agent.core.wants_slow_tick() => {
                 peers_may_change = false;
@@ -640,6 +645,71 @@ impl NoticeIo {
 }
 
 impl<D: Dataplane> Driver<D> {
+    /// Where this chassis sends each VIP of its view, read back from the
+    /// data plane, next to the owner the view names (see
+    /// [`metrics::router`]).
+    async fn forwarding_report(&mut self) -> serde_json::Value {
+        let me = self.cfg.chassis.clone();
+        let state = self.core.synced().state.clone();
+        let mut out = serde_json::json!({
+            "chassis": me,
+            "revision": self.core.synced().revision,
+            "controller_up": self.core.controller_up(),
+            "vips": [],
+        });
+        let Some(view) = self.core.view() else { return out };
+        let prober = self.prober.clone();
+        let plan = plan::plan(&view, &|n: &str| prober.healthy(n));
+        let vips: Vec<(&str, &view::VipEntry, u32)> =
+            view.vpcs.values().flat_map(|v| v.vips.iter().map(move |e| (v.name.as_str(), e, v.vni))).collect();
+        let wanted: Vec<(u32, IpAddr)> = vips.iter().map(|(_, e, vni)| (*vni, e.ip)).collect();
+        let read = self.dp.forwarding(&plan, &wanted).await;
+        let chassis_at = |ip: IpAddr| state.chassis.values().find(|c| c.underlay_ip == ip).map(|c| c.name.clone());
+        let local = |vpc: &str, mac| view.vpcs.get(vpc).is_some_and(|v| v.local_ports.iter().any(|p| p.mac == mac));
+        let mut list = Vec::new();
+        for (i, (vpc, e, _)) in vips.iter().enumerate() {
+            // An owner on this chassis is answered by its VM, on its port of
+            // the VPC's bridge: no neighbour entry here, the port is the path.
+            let local_owner = e.owner.as_ref().filter(|(_, c, _)| *c == me).and_then(|(mac, ..)| {
+                let port = &state.vips.get(&e.name)?.owner.as_ref()?.port;
+                self.dp.has_port(port).then_some(*mac)
+            });
+            let forwards = match &read {
+                Ok(f) => f.get(i).map(|f| {
+                    let mut f = f.clone();
+                    if f.mac.is_none() && f.underlay.is_none() {
+                        f.mac = local_owner;
+                    }
+                    let chassis = match (f.mac, f.underlay) {
+                        (_, Some(u)) => chassis_at(u),
+                        (Some(m), None) if local(vpc, m) || Some(m) == local_owner => Some(me.clone()),
+                        _ => None,
+                    };
+                    serde_json::json!({
+                        "mac": f.mac, "chassis": chassis, "underlay": f.underlay,
+                        "routed_mac": f.routed_mac, "read_back": f.read_back,
+                    })
+                }),
+                Err(_) => None,
+            };
+            list.push(serde_json::json!({
+                "name": e.name,
+                "vpc": vpc,
+                "ip": e.ip,
+                "owner": e.owner.as_ref().map(|(mac, chassis, generation)| serde_json::json!({
+                    "mac": mac, "chassis": chassis, "generation": generation,
+                })),
+                "provisional": self.core.provisional().get(&e.name).is_some(),
+                "forwards": forwards,
+            }));
+        }
+        out["vips"] = serde_json::Value::Array(list);
+        if let Err(e) = read {
+            out["error"] = serde_json::Value::String(format!("reading the data plane: {e}"));
+        }
+        out
+    }
+
     /// A notice received from `from`, if it is to be believed: well formed,
     /// from the underlay address of the chassis it names, within the rate,
     /// and (with TLS) signed by that chassis' agent.

@@ -129,12 +129,33 @@ struct FaultLabels {
     fault: &'static str,
 }
 
-/// The routes.
-pub fn router(stats: Arc<Stats>) -> Router {
+/// Asks the driver for its forwarding report ([`crate::Driver`] answers
+/// between two events).
+pub type Queries = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<serde_json::Value>>;
+
+/// The routes: `/healthz`, `/metrics`, and `/forwarding` (where this
+/// chassis sends each VIP of its view, read back from the data plane, next
+/// to the owner its view names; what `vipcast ctl vip check` compares).
+pub fn router(stats: Arc<Stats>, queries: Queries) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(|State(s): State<Arc<Stats>>| async move { s.encode() }))
-        .with_state(stats)
+        .route("/metrics", get(|State((s, _)): State<(Arc<Stats>, Queries)>| async move { s.encode() }))
+        .route("/forwarding", get(forwarding))
+        .with_state((stats, queries))
+}
+
+async fn forwarding(State((_, q)): State<(Arc<Stats>, Queries)>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // One query waits at a time behind the agent's events, at most 2 s.
+    let answer = async {
+        q.try_send(tx).ok()?;
+        tokio::time::timeout(std::time::Duration::from_secs(2), rx).await.ok()?.ok()
+    };
+    match answer.await {
+        Some(v) => axum::Json(v).into_response(),
+        None => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "the agent is busy: try again\n").into_response(),
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 //! against the same state (one retries on the newer state).
 
 mod api;
+pub use api::CheckConfig;
 pub mod authz;
 mod cache;
 mod error;
@@ -66,6 +67,8 @@ pub struct Config {
     /// is logged and listed by [`Controller::recovery`]); otherwise
     /// [`Controller::new`] refuses them. Default `false`.
     pub recover: bool,
+    /// Where `GET /v1/vips/{name}/check` asks agents and replicators.
+    pub check: api::CheckConfig,
 }
 
 impl Default for Config {
@@ -78,6 +81,7 @@ impl Default for Config {
             store_probe: Duration::from_secs(1),
             store_probe_timeout: Duration::from_secs(1),
             recover: false,
+            check: api::CheckConfig::default(),
         }
     }
 }

@@ -864,6 +864,8 @@ impl<'a> Builder<'a> {
                 &format!("{}:4789", r.underlay_ip),
                 "--controller",
                 &plan::inner_controller_url(self.plan.tls),
+                "--admin",
+                &format!("{}:{REPLICATOR_ADMIN_PORT}", r.underlay_ip),
             ]
             .iter()
             .map(OsString::from)
@@ -1122,6 +1124,11 @@ impl Drop for Builder<'_> {
 }
 
 /// The arguments of chassis `ch`'s agent (without its certificate files).
+/// The agents' admin endpoint port (the controller's default for `vip check`).
+pub const AGENT_ADMIN_PORT: u16 = 7611;
+/// The replicators' admin endpoint port (likewise).
+pub const REPLICATOR_ADMIN_PORT: u16 = 7610;
+
 pub fn agent_args(ch: &ChassisPlan, tls: bool) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "agent",
@@ -1133,6 +1140,9 @@ pub fn agent_args(ch: &ChassisPlan, tls: bool) -> Vec<OsString> {
         &plan::inner_controller_url(tls),
         "--role",
         ch.role.as_str(),
+        // Metrics, and what `vipcast ctl vip check` asks through the controller.
+        "--metrics-listen",
+        &format!("{}:{AGENT_ADMIN_PORT}", ch.underlay_ip),
     ]
     .iter()
     .map(OsString::from)

@@ -46,6 +46,14 @@ pub struct LimitArgs {
     /// controller from another address).
     #[arg(long, default_value = "underlay", value_parser = ["underlay", "any"])]
     pub heartbeat_source: String,
+    /// Port of the agents' admin endpoint (`vipcast agent --metrics-listen`)
+    /// on each chassis' underlay address, asked by `GET /v1/vips/NAME/check`.
+    #[arg(long, default_value_t = 7611)]
+    pub agent_admin_port: u16,
+    /// Port of the replicators' admin endpoint (`vipcast replicator
+    /// --admin`) on their addresses, asked by the same check.
+    #[arg(long, default_value_t = 7610)]
+    pub replicator_admin_port: u16,
 }
 
 impl LimitArgs {
@@ -271,7 +279,13 @@ pub async fn run(
         bail!("--etcd-ca, --etcd-cert and --etcd-key are for an etcd store (--store etcd://HOST:PORT)");
     }
     let store = open_store(&store, recover, etcd_tls.as_ref()).await?;
-    let config = vipcast_controller::Config { http, authorize: server_tls.is_some(), recover, ..Default::default() };
+    let check = vipcast_controller::CheckConfig {
+        agent_port: limits.agent_admin_port,
+        replicator_port: limits.replicator_admin_port,
+        ..Default::default()
+    };
+    let config =
+        vipcast_controller::Config { http, authorize: server_tls.is_some(), recover, check, ..Default::default() };
     let controller =
         vipcast_controller::Controller::new(store, config).await.map_err(refused).context("loading state")?;
     if recover {

@@ -189,6 +189,12 @@ enum VipVerb {
     History {
         name: String,
     },
+    /// Asks every chassis of the VIP's VPC (and its replicators) what they
+    /// forward the VIP to, against the controller's owner; exits 1 unless
+    /// all answer and agree.
+    Check {
+        name: String,
+    },
     /// Replaces the member list.
     Members {
         name: String,
@@ -303,6 +309,7 @@ fn request(what: What) -> Req {
             VipVerb::Show { name } => crud("vips", "show", Some(&name), None),
             VipVerb::Delete { name } => crud("vips", "delete", Some(&name), None),
             VipVerb::History { name } => (Method::GET, format!("/v1/vips/{name}/history"), None),
+            VipVerb::Check { name } => (Method::GET, format!("/v1/vips/{name}/check"), None),
             VipVerb::Members { name, members } => {
                 (Method::PUT, format!("/v1/vips/{name}/members"), Some(json!({"members": members})))
             }
@@ -342,12 +349,52 @@ pub async fn run(ctl: Ctl) -> anyhow::Result<()> {
         }
         Err(e) => bail!("{method} {path}: {e}"),
     };
+    let check = path.ends_with("/check").then(|| value["consistent"].as_bool() == Some(true));
     if ctl.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
+    } else if check.is_some() {
+        print_check(&value);
     } else {
         print_table(&value);
     }
+    if check == Some(false) {
+        bail!("the data plane does not agree with the controller everywhere (see above)");
+    }
     Ok(())
+}
+
+/// `vip check`: the owner, then one row per chassis and replicator.
+fn print_check(v: &Value) {
+    println!("{} ({}) in VPC {}: owner {}", cell(&v["vip"]), cell(&v["ip"]), cell(&v["vpc"]), cell(&v["owner"]));
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+    t.set_header([
+        "chassis",
+        "verdict",
+        "answers with",
+        "sends to",
+        "routes to",
+        "generation",
+        "provisional",
+        "detail",
+    ]);
+    for c in v["chassis"].as_array().into_iter().flatten() {
+        t.add_row(
+            ["chassis", "verdict", "mac", "to_chassis", "routed_mac", "generation", "provisional", "detail"]
+                .map(|k| cell(&c[k])),
+        );
+    }
+    println!("{t}");
+    if let Some(rs) = v["replicators"].as_array().filter(|r| !r.is_empty()) {
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+        t.set_header(["replicator", "verdict", "missing", "extra", "detail"]);
+        for r in rs {
+            t.add_row(["replicator", "verdict", "missing", "extra", "detail"].map(|k| cell(&r[k])));
+        }
+        println!("{t}");
+    }
+    println!("{}", if v["consistent"].as_bool() == Some(true) { "consistent" } else { "NOT consistent" });
 }
 
 fn cell(v: &Value) -> String {

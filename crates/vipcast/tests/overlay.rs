@@ -177,6 +177,13 @@ gateway = "gw1"
     }
 
     fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let o = self.ctl(args);
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// `vipcast ctl --json ARGS` as the lab's admin.
+    fn ctl(&self, args: &[&str]) -> Output {
         let status = vipcast(&["lab", "status", &self.name, "--json"]);
         let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
         let url = st["controller_url"].as_str().unwrap().to_string();
@@ -189,9 +196,7 @@ gateway = "gw1"
             }
         }
         full.extend_from_slice(args);
-        let o = vipcast(&full);
-        assert!(o.status.success(), "{}", text(&o));
-        serde_json::from_slice(&o.stdout).unwrap()
+        vipcast(&full)
     }
 
     /// Lines of the lab's keepalived logs that complain about what they
@@ -408,6 +413,61 @@ fn losing_a_replicator_keeps_broadcast_working() {
     // VRRP multicast kept flowing: the backup never took over.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(lab.ctl_json(&["vip", "show", "pay-vip"])["owner"]["generation"], owner, "the VIP moved: split brain");
+}
+
+/// `vipcast ctl vip check`: every chassis' data plane (read back from its
+/// kernel through its agent) and every replicator's table against the
+/// controller's record; a neighbour entry changed behind an agent's back is
+/// reported until the agent's periodic read repairs it.
+#[test]
+fn vip_check_compares_every_data_plane_with_the_record() {
+    let lab = Lab::up("replicator", true, false);
+    lab.wait_reachable("client", "192.168.10.100");
+    let c = lab.ctl_json(&["vip", "check", "pay-vip"]);
+    assert_eq!(c["consistent"], true, "{c:#}");
+    let owner_mac = c["owner"]["mac"].clone();
+    let chassis: Vec<&str> = c["chassis"].as_array().unwrap().iter().map(|x| x["chassis"].as_str().unwrap()).collect();
+    assert_eq!(chassis, ["gw1", "hv1", "hv2", "hv3"], "{c:#}");
+    for x in c["chassis"].as_array().unwrap() {
+        assert_eq!(
+            (&x["verdict"], &x["mac"], x["read_back"].as_bool()),
+            (&"agrees".into(), &owner_mac, Some(true)),
+            "{x}"
+        );
+    }
+    assert_eq!(c["chassis"][0]["routed_mac"], owner_mac, "the gateway routes to the owner: {c:#}");
+    let reps = c["replicators"].as_array().unwrap();
+    assert_eq!(reps.len(), 2, "{c:#}");
+    assert!(reps.iter().all(|r| r["verdict"] == "agrees"), "{c:#}");
+    // hv3's ARP answer for the VIP changed behind its agent's back.
+    let o = lab.exec(
+        "hv3",
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            "192.168.10.100",
+            "lladdr",
+            "02:00:00:00:00:99",
+            "dev",
+            "vc-vx-100",
+            "nud",
+            "permanent",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = lab.ctl(&["vip", "check", "pay-vip"]);
+    assert!(!o.status.success(), "a check that differs exits non-zero");
+    let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(c["consistent"], false);
+    let hv3 = c["chassis"].as_array().unwrap().iter().find(|x| x["chassis"] == "hv3").unwrap();
+    assert_eq!((&hv3["verdict"], &hv3["mac"]), (&"differs".into(), &"02:00:00:00:00:99".into()), "{hv3}");
+    // The agent's periodic read (every 5 s) repairs it.
+    let start = Instant::now();
+    while lab.ctl(&["vip", "check", "pay-vip"]).status.code() != Some(0) {
+        assert!(start.elapsed() < Duration::from_secs(12), "not repaired");
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 #[test]

@@ -16,6 +16,7 @@
 //! from closed sets.
 
 mod chassis;
+mod check;
 mod meta;
 mod ports;
 mod replicators;
@@ -47,6 +48,8 @@ use crate::error::ApiError;
 use crate::http::HttpLimits;
 use crate::metrics::{RequestLabels, method_label};
 
+pub use check::CheckConfig;
+
 type Ctl = State<Arc<Controller>>;
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -69,6 +72,7 @@ pub fn routes() -> OpenApiRouter<Arc<Controller>> {
         .routes(routes!(vips::get_vip, vips::delete_vip))
         .routes(routes!(vips::put_members))
         .routes(routes!(vips::vip_history))
+        .routes(routes!(check::check_vip))
         .routes(routes!(vips::post_claim))
         .routes(routes!(vrrp::list_vrrp, vrrp::post_vrrp))
         .routes(routes!(vrrp::delete_vrrp))
