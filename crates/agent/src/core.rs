@@ -137,8 +137,6 @@ pub struct AgentCore {
     synced: Synced,
     /// VIP -> its owner as last programmed.
     owners: HashMap<String, Programmed>,
-    /// No revision handled yet: owners seen now are not moves.
-    first: bool,
     claims: ClaimDedup,
     /// VRRP masters behind local ports, learned from their adverts.
     masters: assist::Masters,
@@ -165,7 +163,6 @@ impl AgentCore {
             cfg,
             synced: Synced::default(),
             owners: HashMap::new(),
-            first: true,
             claims: ClaimDedup::new(CLAIM_WINDOW),
             masters: assist::Masters::default(),
             remotes: assist::Remotes::default(),
@@ -250,7 +247,10 @@ impl AgentCore {
     }
 
     /// Re-announcements of every VIP whose programmed owner changed since
-    /// the last call (none the first time: owners seen then are not moves).
+    /// the last call. The first time, every VIP with an owner: an agent
+    /// (re)started does not know what its VMs were told while it was away
+    /// (a failover then reached every chassis but this one), and announcing
+    /// the owner they already know changes nothing.
     fn moves(&mut self) -> Vec<Action> {
         let mut actions = Vec::new();
         let Some(view) = self.view() else { return actions };
@@ -260,12 +260,11 @@ impl AgentCore {
                 let Some((mac, chassis, generation)) = &vip.owner else { continue };
                 let now = Programmed { generation: *generation, mac: *mac };
                 let prev = self.owners.insert(vip.name.clone(), now);
-                if prev != Some(now) && !self.first {
+                if prev != Some(now) {
                     moved.push((vpc, vip, *mac, chassis.clone(), *generation));
                 }
             }
         }
-        self.first = false;
         for (vpc, vip, mac, owner_chassis, generation) in moved {
             let frame = match vip.ip {
                 IpAddr::V4(v4) => vipcast_packet::build::garp(mac, v4, ArpOp::Request),

@@ -400,6 +400,35 @@ fn undo(u: Undo) -> Result<()> {
     }
 }
 
+/// Starts lab process `p` again with its recorded command (its log
+/// appended, its new pid recorded in the lab's state); with `ready`, waits
+/// until that URL answers.
+pub(crate) fn restart(
+    p: &vipcast_lab::state::ProcessState,
+    ov: &crate::target::Overlay,
+    ready: Option<(String, Option<vipcast_tls::ClientFiles>)>,
+) -> Result<()> {
+    undo(Undo::Restart {
+        ns: p.namespace.clone(),
+        command: p.command.split_whitespace().map(str::to_string).collect(),
+        log: p.log.clone(),
+        lab: ov.lab.clone(),
+        root: ov.root.clone(),
+        old_pid: p.pid,
+        ready,
+    })
+}
+
+/// SIGKILL to `pid`, and waits (at most 5 s) until it is gone.
+pub(crate) fn kill(p: &vipcast_lab::state::ProcessState) -> Result<()> {
+    signal(&[p.pid], "KILL")?;
+    let start = std::time::Instant::now();
+    while p.is_running() && start.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(())
+}
+
 /// `ip route show default dev DEV` in `ns` (both families), as arguments
 /// for `ip FAMILY route replace`.
 fn default_routes(ns: &str, dev: &str) -> Vec<(&'static str, Vec<String>)> {

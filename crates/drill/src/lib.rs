@@ -23,6 +23,7 @@
 
 pub mod analysis;
 pub mod baseline;
+pub mod chaos;
 pub mod demo;
 pub mod drill;
 pub mod fault;

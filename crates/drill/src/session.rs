@@ -210,7 +210,7 @@ impl<'a> Session<'a> {
     }
 
     /// The members that have the VIP configured.
-    fn holders(&self) -> Vec<String> {
+    pub(crate) fn holders(&self) -> Vec<String> {
         self.target
             .members
             .iter()

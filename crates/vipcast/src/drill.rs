@@ -56,6 +56,17 @@ pub struct DrillArgs {
     /// Microseconds between probes.
     #[arg(long, default_value_t = 1000)]
     interval_us: u64,
+    /// Chaos for SECONDS instead of a drill: link-down failovers back to
+    /// back while the controller, the replicators and the agents of chassis
+    /// without a member are killed (SIGKILL) and restarted at random; after
+    /// each failover the invariants are checked (one member holds the VIP,
+    /// every chassis forwards to the owner, the history has no gap or
+    /// repeat). Exits 1 on any violation.
+    #[arg(long, value_name = "SECONDS", conflicts_with_all = ["fault", "runs", "svg", "no_baseline", "assist"])]
+    chaos: Option<u64>,
+    /// Seed of the chaos' random choices (default: from the clock).
+    #[arg(long, requires = "chaos")]
+    seed: Option<u64>,
 }
 
 /// `vipcast demo`
@@ -147,6 +158,19 @@ pub fn drill(a: DrillArgs) -> anyhow::Result<()> {
         progress: &progress,
         cancel: Some(&cancel),
     };
+    if let Some(secs) = a.chaos {
+        let seed = a.seed.unwrap_or_else(|| vipcast_api::now_ms());
+        let c = vipcast_drill::chaos::ChaosOptions { duration: Duration::from_secs(secs), seed };
+        let report = vipcast_drill::chaos::chaos(&target, &opts, &c)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        eprintln!("{}", report.summary());
+        if !report.violations.is_empty() {
+            anyhow::bail!("{} invariant violations", report.violations.len());
+        }
+        return Ok(());
+    }
     let report =
         vipcast_drill::drill(&target, a.fault, Variants { baseline: !a.no_baseline, assist: a.assist }, &opts)?;
     if let Some(path) = &a.svg {

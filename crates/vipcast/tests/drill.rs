@@ -311,6 +311,24 @@ fn controller_down_drill() {
     assert!(ratio < 1.0, "controller-down (assisted) against link-down on a plain bridge: p50 ratio {ratio}\n{r}");
 }
 
+/// The chaos drill, briefly: failovers back to back while the controller,
+/// the replicators and the agents of chassis without a member are killed
+/// and restarted at random; no invariant may break.
+#[test]
+fn chaos_drill_breaks_no_invariant() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::up(if has_replicator() { "replicator" } else { "headend" });
+    let o = vipcast(&["drill", "--lab", &lab.name, "--vip", "pay-vip", "--chaos", "40", "--seed", "7", "--json"]);
+    eprintln!("{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", text(&o));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["violations"], serde_json::json!([]), "{r:#}");
+    assert!(r["failovers"].as_u64().unwrap() >= 3, "{r:#}");
+    assert_eq!(r["checks"], r["failovers"], "{r:#}");
+    let killed: u64 = r["killed"].as_object().unwrap().values().filter_map(Value::as_u64).sum();
+    assert!(killed >= 3, "{r:#}");
+}
+
 #[test]
 fn replicator_down_drill_or_a_clear_refusal() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
