@@ -159,7 +159,7 @@ pub fn drill(a: DrillArgs) -> anyhow::Result<()> {
         cancel: Some(&cancel),
     };
     if let Some(secs) = a.chaos {
-        let seed = a.seed.unwrap_or_else(|| vipcast_api::now_ms());
+        let seed = a.seed.unwrap_or_else(vipcast_api::now_ms);
         let c = vipcast_drill::chaos::ChaosOptions { duration: Duration::from_secs(secs), seed };
         let report = vipcast_drill::chaos::chaos(&target, &opts, &c)?;
         if a.json {
