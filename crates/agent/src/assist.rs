@@ -69,7 +69,13 @@ pub struct Origin {
 #[derive(Debug, Default)]
 pub struct Masters {
     by_router: HashMap<RouterKey, Master>,
+    /// The priority each local port last advertised with, per router: what
+    /// its VM will wait as a backup after a priority-0 advert (Skew_Time).
+    priorities: HashMap<(RouterKey, String), u8>,
 }
+
+/// Priorities remembered at most (local ports x routers).
+pub const MAX_PRIORITIES: usize = 4096;
 
 impl Masters {
     /// Records an advert sent by a VM behind `port` of `vpc`; returns the
@@ -77,6 +83,10 @@ impl Masters {
     pub fn observe(&mut self, o: Origin, advert: &VrrpRepr, now: Instant) -> Option<&Master> {
         let Origin { vpc, port, eth_src, src, dst } = o;
         let key = RouterKey::new(&vpc, advert.vrid, src);
+        let seen = (key.clone(), port.clone());
+        if advert.priority > 0 && (self.priorities.len() < MAX_PRIORITIES || self.priorities.contains_key(&seen)) {
+            self.priorities.insert(seen, advert.priority);
+        }
         if advert.priority == 0 {
             // The master is leaving by itself.
             if self.by_router.get(&key).is_some_and(|m| m.src == src) {
@@ -121,6 +131,16 @@ impl Masters {
     /// Every master known (for status and tests).
     pub fn all(&self) -> impl Iterator<Item = &Master> {
         self.by_router.values()
+    }
+
+    /// The priority local port `port` last advertised with for `router`.
+    pub fn priority(&self, router: &RouterKey, port: &str) -> Option<u8> {
+        self.priorities.get(&(router.clone(), port.to_string())).copied()
+    }
+
+    /// Forgets the priorities of ports no longer local.
+    pub fn retain_ports(&mut self, local: &dyn Fn(&str) -> bool) {
+        self.priorities.retain(|(_, p), _| local(p));
     }
 }
 
@@ -199,12 +219,34 @@ pub enum Verdict {
 #[derive(Debug, Default)]
 pub struct Remotes {
     by_router: HashMap<RouterKey, RemoteMaster>,
+    /// Spoken for before its next advert was due (see [`Remotes::due`]),
+    /// and when.
+    early: HashMap<RouterKey, Instant>,
+    /// Spoken for early, then heard again (alive after all: a path that
+    /// carries adverts but not the echo): not early again until then.
+    not_early_until: HashMap<RouterKey, Instant>,
 }
+
+/// How long a master heard after being spoken for early is only spoken for
+/// once its adverts are overdue (unless a watched chassis answers again
+/// before: [`Remotes::peer_up`]).
+pub const NOT_EARLY_FOR: Duration = Duration::from_secs(60);
 
 impl Remotes {
     /// Records an advert delivered to a local port.
     pub fn observe(&mut self, d: Delivery, advert: &VrrpRepr, now: Instant) {
         let key = RouterKey::new(&d.vpc, advert.vrid, d.src);
+        if let Some(at) = self.early.remove(&key)
+            && advert.priority > 0
+            && now.saturating_duration_since(at) < timing::centis(advert.interval_cs).saturating_mul(4)
+        {
+            tracing::warn!(vpc = d.vpc, vrid = advert.vrid, master = %d.src, "a master spoken for early advertises again: \
+                its chassis answers no echo but it is alive; waiting for overdue adverts from now on");
+            self.not_early_until.insert(key.clone(), now + NOT_EARLY_FOR);
+        }
+        if self.not_early_until.len() > 1024 {
+            self.not_early_until.retain(|_, t| *t > now);
+        }
         if advert.priority == 0 {
             if self.by_router.get(&key).is_some_and(|m| m.src == d.src) {
                 self.by_router.remove(&key);
@@ -245,7 +287,22 @@ impl Remotes {
     /// the others, whose adverts may still come, stay and are asked about
     /// again later. Returns the verdicts and whether any dead-chassis master
     /// is still waiting.
-    pub fn due(&mut self, dead: &dyn Fn(&str, MacAddr) -> bool, now: Instant) -> (Vec<Verdict>, bool) {
+    ///
+    /// `skew` is the shortest Skew_Time of the local backups receiving a
+    /// master's adverts, when their priorities are known (zero if not).
+    /// A backup told priority 0 takes over only Skew_Time later, and a live
+    /// master's next advert in between cancels it (RFC 5798 §6.4.2: it
+    /// resets the Master_Down_Timer). So the priority-0 advert may go out
+    /// that much before the next advert is overdue: a master that was alive
+    /// after all is still safe, and a dead one is replaced Skew_Time sooner.
+    /// A master heard again after that is not spoken for early for
+    /// [`NOT_EARLY_FOR`].
+    pub fn due(
+        &mut self,
+        dead: &dyn Fn(&str, MacAddr) -> bool,
+        skew: &dyn Fn(&RemoteMaster) -> Duration,
+        now: Instant,
+    ) -> (Vec<Verdict>, bool) {
         let mut out = Vec::new();
         let mut waiting = false;
         let keys: Vec<RouterKey> =
@@ -253,12 +310,18 @@ impl Remotes {
         for k in keys {
             let Some(m) = self.by_router.get(&k) else { continue };
             let age = now.saturating_duration_since(m.last);
-            let stopped = age > m.interval() + STOPPED_MARGIN.min(m.interval() / 4);
+            let overdue = m.interval() + STOPPED_MARGIN.min(m.interval() / 4);
+            let ahead = if self.not_early_until.get(&k).is_some_and(|t| *t > now) { Duration::ZERO } else { skew(m) };
+            let stopped = age > overdue.saturating_sub(ahead);
+            let early = age <= overdue;
             if !m.as_master().assistable() || age >= m.down_interval() {
                 if let Some(m) = self.by_router.remove(&k) {
                     out.push(Verdict::Refuse(m));
                 }
             } else if stopped {
+                if early {
+                    self.early.insert(k.clone(), now);
+                }
                 if let Some(m) = self.by_router.remove(&k) {
                     out.push(Verdict::Speak(m));
                 }
@@ -272,6 +335,12 @@ impl Remotes {
     /// Every master followed (for status and tests).
     pub fn all(&self) -> impl Iterator<Item = &RemoteMaster> {
         self.by_router.values()
+    }
+
+    /// A watched chassis answers the echo again: whatever cut it is over,
+    /// masters may be spoken for early again.
+    pub fn peer_up(&mut self) {
+        self.not_early_until.clear();
     }
 }
 
@@ -358,14 +427,15 @@ mod tests {
         assert_eq!(r.all().next().unwrap().receivers.len(), 2);
         let dead = |_: &str, _: MacAddr| true;
         let alive = |_: &str, _: MacAddr| false;
+        let none = |_: &RemoteMaster| Duration::ZERO;
         // Its chassis is fine: nothing to do.
-        assert_eq!(r.due(&alive, t0 + ms(200)), (vec![], false));
+        assert_eq!(r.due(&alive, &none, t0 + ms(200)), (vec![], false));
         // Declared dead, but the last advert came 110 ms ago (interval
         // 100 ms): the next one may still come.
-        let (v, waiting) = r.due(&dead, t0 + ms(110));
+        let (v, waiting) = r.due(&dead, &none, t0 + ms(110));
         assert!(v.is_empty() && waiting);
         // More than 10 ms overdue, well within the down interval: speak.
-        let (v, waiting) = r.due(&dead, t0 + ms(111));
+        let (v, waiting) = r.due(&dead, &none, t0 + ms(111));
         assert!(!waiting);
         let [Verdict::Speak(m)] = v.as_slice() else { panic!("{v:?}") };
         assert_eq!(m.priority_zero().priority, 0);
@@ -373,11 +443,11 @@ mod tests {
         assert_eq!(r.all().count(), 0, "spoken for once");
         // Too late: the backups may have taken over already.
         r.observe(delivery("pay2", "224.0.0.18"), &advert(Version::V3, 150, 0), t0);
-        let (v, _) = r.due(&dead, t0 + ms(400));
+        let (v, _) = r.due(&dead, &none, t0 + ms(400));
         assert!(matches!(v.as_slice(), [Verdict::Refuse(_)]));
         // VRRPv2 with authentication: never.
         r.observe(delivery("pay2", "224.0.0.18"), &advert(Version::V2, 150, 1), t0);
-        let (v, _) = r.due(&dead, t0 + ms(1200));
+        let (v, _) = r.due(&dead, &none, t0 + ms(1200));
         assert!(matches!(v.as_slice(), [Verdict::Refuse(_)]));
         // A master leaving by itself is forgotten.
         r.observe(delivery("pay2", "224.0.0.18"), &advert(Version::V3, 150, 0), t0);
@@ -387,6 +457,47 @@ mod tests {
         r.observe(delivery("pay2", "224.0.0.18"), &advert(Version::V3, 150, 0), t0);
         r.retain_ports(&|p| p != "pay2");
         assert_eq!(r.all().count(), 0);
+    }
+
+    #[test]
+    fn with_the_backups_skew_known_a_dead_master_is_spoken_for_before_its_advert_is_overdue() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = Remotes::default();
+        let dead = |_: &str, _: MacAddr| true;
+        // The backup's priority 100: Skew_Time 60.9 ms at 0.1 s.
+        let skew = |m: &RemoteMaster| timing::skew_time(m.advert.version, 100, m.advert.interval_cs);
+        r.observe(delivery("pay2", "224.0.0.18"), &advert(Version::V3, 150, 0), t0);
+        // Overdue at 110 ms; 60.9 ms ahead of that is 49.1 ms.
+        assert!(r.due(&dead, &skew, t0 + ms(49)).0.is_empty());
+        let (v, _) = r.due(&dead, &skew, t0 + ms(50));
+        assert!(matches!(v.as_slice(), [Verdict::Speak(_)]), "{v:?}");
+        // It advertises again (alive: only the echo was cut): from now on
+        // it is spoken for only once its adverts are overdue.
+        r.observe(delivery("pay2", "224.0.0.18"), &advert(Version::V3, 150, 0), t0 + ms(100));
+        assert!(r.due(&dead, &skew, t0 + ms(160)).0.is_empty());
+        let (v, _) = r.due(&dead, &skew, t0 + ms(211));
+        assert!(matches!(v.as_slice(), [Verdict::Speak(_)]), "{v:?}");
+        // Until NOT_EARLY_FOR has passed.
+        let later = t0 + NOT_EARLY_FOR + ms(500);
+        r.observe(delivery("pay2", "224.0.0.18"), &advert(Version::V3, 150, 0), later);
+        assert!(matches!(r.due(&dead, &skew, later + ms(50)).0.as_slice(), [Verdict::Speak(_)]));
+    }
+
+    #[test]
+    fn local_priorities_are_remembered_per_router_and_port() {
+        let t0 = Instant::now();
+        let mut m = Masters::default();
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let (src, group) = ("192.168.10.11".parse().unwrap(), "224.0.0.18".parse().unwrap());
+        m.observe(origin(mac, src, group), &advert(Version::V3, 120, 0), t0);
+        let key = RouterKey::new("prod", 51, src);
+        assert_eq!(m.priority(&key, "pay1"), Some(120));
+        assert_eq!(m.priority(&key, "pay2"), None);
+        m.observe(origin(mac, src, group), &advert(Version::V3, 0, 0), t0);
+        assert_eq!(m.priority(&key, "pay1"), Some(120), "leaving keeps what it will be as a backup");
+        m.retain_ports(&|p| p != "pay1");
+        assert_eq!(m.priority(&key, "pay1"), None);
     }
 
     #[test]

@@ -418,6 +418,7 @@ impl AgentCore {
     pub fn on_peer(&mut self, chassis: &str, down: bool, now: Instant) -> Vec<Action> {
         if !down {
             self.peers_down.remove(chassis);
+            self.remotes.peer_up();
             return Vec::new();
         }
         self.peers_down.insert(chassis.to_string());
@@ -532,6 +533,7 @@ impl AgentCore {
     /// are forgotten.
     pub fn on_ports(&mut self, open: &dyn Fn(&str) -> bool) {
         self.remotes.retain_ports(open);
+        self.masters.retain_ports(open);
     }
 
     fn assist_on(&self, vpc: &str) -> bool {
@@ -593,7 +595,19 @@ impl AgentCore {
                 .and_then(|p| state.chassis.get(&p.chassis))
                 .is_some_and(|c| c.name != me && (c.is_dead() || peers_down.contains(&c.name)))
         };
-        let (verdicts, waiting) = self.remotes.due(&dead, now);
+        // The local backups' shortest Skew_Time, if every one's priority is
+        // known (from its adverts when it was master).
+        let masters = &self.masters;
+        let skew = |m: &RemoteMaster| {
+            let key = RouterKey::new(&m.vpc, m.advert.vrid, m.src);
+            m.receivers
+                .keys()
+                .map(|p| masters.priority(&key, p))
+                .collect::<Option<Vec<u8>>>()
+                .and_then(|ps| ps.into_iter().max())
+                .map_or(Duration::ZERO, |p| vipcast_vrrp::timing::skew_time(m.advert.version, p, m.advert.interval_cs))
+        };
+        let (verdicts, waiting) = self.remotes.due(&dead, &skew, now);
         self.remote_waiting = waiting;
         let mut actions = Vec::new();
         for v in verdicts {
