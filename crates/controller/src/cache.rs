@@ -168,6 +168,12 @@ impl Cache {
         self.current.borrow().clone()
     }
 
+    /// A receiver of the latest state, woken at each new one (states in
+    /// between may be skipped).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.current.clone()
+    }
+
     /// Waits until the cache holds revision `rev` (or later).
     pub async fn wait_for(&self, rev: Revision) -> Arc<Snapshot> {
         let mut rx = self.current.clone();

@@ -446,3 +446,51 @@ async fn old_history_is_expired_after_the_next_move() {
     let (kvs, _) = s.store.range(&vipcast_model::history_prefix("pay-vip")).await.unwrap();
     assert_eq!(kvs.len(), 3);
 }
+
+/// `GET /v1/vips/{name}/watch`: the owner now, then every change of owner
+/// in generation order, each once (two accepted between two looks at the
+/// state are both sent), then the end when the VIP is deleted.
+#[tokio::test]
+async fn a_vip_watch_sees_every_change_of_owner_once() {
+    let s = Server::start().await;
+    let api = Api::new(&s);
+    api.populate().await;
+    let resp = api.http.get(format!("{}/v1/vips/pay-vip/watch", s.url)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.bytes_stream();
+    let mut buf = Vec::new();
+    let mut next = async || -> Value {
+        loop {
+            if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                return serde_json::from_slice(&line).unwrap();
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), body.next()).await.unwrap().unwrap().unwrap();
+            buf.extend_from_slice(&chunk);
+        }
+    };
+    let hello = next().await;
+    assert_eq!(hello["owner"], Value::Null, "{hello}");
+    let t = now_ms();
+    for (m, at) in [(1, t), (2, t + 1), (1, t + 2)] {
+        assert!(api.claim_at(m, at).await.0.is_success());
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let v = next().await;
+        if let Some(c) = v.get("change") {
+            seen.push((c["generation"].as_u64().unwrap(), c["owner"]["port"].as_str().unwrap().to_string()));
+        }
+    }
+    assert_eq!(seen, [(1, "pay1".to_string()), (2, "pay2".to_string()), (3, "pay1".to_string())]);
+    assert!(api.delete("/v1/vips/pay-vip").await.0.is_success());
+    loop {
+        let v = next().await;
+        if v.get("deleted").is_some() {
+            break;
+        }
+        assert!(v.get("ping").is_some() || v.get("change").is_none(), "no change after the last: {v}");
+    }
+    let (status, _) = api.get("/v1/vips/nosuch/watch").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -195,6 +195,11 @@ enum VipVerb {
     Check {
         name: String,
     },
+    /// Prints the owner, then every change of owner as it happens, until
+    /// interrupted (or the VIP is deleted).
+    Watch {
+        name: String,
+    },
     /// Replaces the member list.
     Members {
         name: String,
@@ -310,6 +315,7 @@ fn request(what: What) -> Req {
             VipVerb::Delete { name } => crud("vips", "delete", Some(&name), None),
             VipVerb::History { name } => (Method::GET, format!("/v1/vips/{name}/history"), None),
             VipVerb::Check { name } => (Method::GET, format!("/v1/vips/{name}/check"), None),
+            VipVerb::Watch { name } => (Method::GET, format!("/v1/vips/{name}/watch"), None),
             VipVerb::Members { name, members } => {
                 (Method::PUT, format!("/v1/vips/{name}/members"), Some(json!({"members": members})))
             }
@@ -339,8 +345,12 @@ fn request(what: What) -> Req {
 }
 
 pub async fn run(ctl: Ctl) -> anyhow::Result<()> {
+    let watch = matches!(&ctl.what, What::Vip { verb: VipVerb::Watch { .. } });
     let (method, path, body) = request(ctl.what);
     let client = vipcast_client::ControllerClient::with_tls(&ctl.controller, ctl.tls.files()?.as_ref())?;
+    if watch {
+        return watch_vip(&client, &path, ctl.json).await;
+    }
     let value = match client.call(method.clone(), &path, body.as_ref(), vipcast_client::Retry::ONCE).await {
         Ok(v) => v,
         Err(vipcast_client::Error::Refused { status, code, message, .. }) => {
@@ -437,4 +447,79 @@ fn print_table(v: &Value) {
         t.add_row(cols.iter().map(|c| r.get(*c).map(cell).unwrap_or_default()));
     }
     println!("{t}");
+}
+
+/// `vip watch`: follows `GET /v1/vips/NAME/watch`, a line per change.
+async fn watch_vip(client: &vipcast_client::ControllerClient, path: &str, json: bool) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let url = format!("{}{path}", client.base());
+    let resp = client.http().get(&url).send().await.map_err(|e| anyhow::anyhow!("GET {path}: {e}"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        bail!("GET {path}: {status}: {}", body["error"]["message"].as_str().unwrap_or("no message"));
+    }
+    let mut stream = resp.bytes_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| anyhow::anyhow!("GET {path}: {e}"))?;
+        if buf.len() + chunk.len() > 1 << 20 {
+            bail!("GET {path}: a line over 1 MiB");
+        }
+        buf.extend_from_slice(&chunk);
+        while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            let v: Value = serde_json::from_slice(&line).map_err(|e| anyhow::anyhow!("GET {path}: {e}"))?;
+            if json {
+                if v.get("ping").is_none() {
+                    println!("{v}");
+                }
+            } else if let Some(text) = watch_line(&v) {
+                println!("{text}");
+            }
+            if v["deleted"] == true {
+                return Ok(());
+            }
+        }
+    }
+    bail!("GET {path}: the controller ended the stream")
+}
+
+/// `HH:MM:SS.mmm` (UTC) of ms since the Unix epoch.
+fn clock(ms: u64) -> String {
+    let s = ms / 1000;
+    format!("{:02}:{:02}:{:02}.{:03}", s / 3600 % 24, s / 60 % 60, s % 60, ms % 1000)
+}
+
+/// One line of `vip watch` for people (`None`: nothing to say).
+fn watch_line(v: &Value) -> Option<String> {
+    let owner = |o: &Value| {
+        format!(
+            "{} ({} on {}), generation {}",
+            cell(&o["port"]),
+            cell(&o["mac"]),
+            cell(&o["chassis"]),
+            cell(&o["generation"])
+        )
+    };
+    if let Some(c) = v.get("change") {
+        let (observed, accepted) = (c["observed_at"].as_u64()?, c["accepted_at"].as_u64()?);
+        return Some(format!(
+            "{} {} -> {}, observed {} ({} ms before it was accepted){}",
+            clock(accepted),
+            c["previous_port"].as_str().unwrap_or("nobody"),
+            owner(&c["owner"]),
+            clock(observed),
+            accepted.saturating_sub(observed),
+            c["actor"].as_str().map(|a| format!(", claimed by {a}")).unwrap_or_default()
+        ));
+    }
+    if v["deleted"] == true {
+        return Some("the VIP was deleted".into());
+    }
+    match v.get("owner") {
+        Some(Value::Null) => Some("no owner yet".into()),
+        Some(o) => Some(format!("owner {} since {}", owner(o), clock(o["since"].as_u64().unwrap_or(0)))),
+        None => None,
+    }
 }

@@ -22,6 +22,7 @@ mod ports;
 mod replicators;
 mod subnets;
 mod views;
+mod vip_watch;
 mod vips;
 mod vpcs;
 mod vrrp;
@@ -73,6 +74,7 @@ pub fn routes() -> OpenApiRouter<Arc<Controller>> {
         .routes(routes!(vips::put_members))
         .routes(routes!(vips::vip_history))
         .routes(routes!(check::check_vip))
+        .routes(routes!(vip_watch::watch_vip))
         .routes(routes!(vips::post_claim))
         .routes(routes!(vrrp::list_vrrp, vrrp::post_vrrp))
         .routes(routes!(vrrp::delete_vrrp))

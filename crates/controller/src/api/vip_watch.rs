@@ -1,0 +1,105 @@
+//! `GET /v1/vips/{name}/watch`: a VIP's changes of owner as they happen.
+//!
+//! NDJSON, one object a line: first `{"revision", "owner"}` (the owner now,
+//! or null), then `{"revision", "change"}` with the history record of each
+//! change of owner, in generation order (read from the store, so changes
+//! that came between two looks at the state are all there), `{"ping":
+//! revision}` every [`PING`] while nothing happens, and `{"revision",
+//! "deleted": true}` as the last line if the VIP is deleted. Each stream
+//! holds only a receiver of the cache's latest state; the HTTP limits bound
+//! how many there are.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::json;
+use tokio::sync::mpsc;
+use vipcast_model::OwnershipChange;
+
+use super::{ApiResult, Ctl};
+use crate::error::{ApiError, ErrorBody};
+
+/// Keep-alive interval of an idle stream.
+pub const PING: Duration = Duration::from_secs(5);
+
+/// The VIP's owner now, then every change of owner as it is accepted.
+#[utoipa::path(get, path = "/v1/vips/{name}/watch", tag = "vips",
+    params(("name" = String, Path, description = "The VIP's name")),
+    responses(
+        (status = 200, description = "NDJSON stream: `{revision, owner}`, then `{revision, change}` (an ownership history record) per change of owner, `{ping}` when idle, `{revision, deleted: true}` at the end if the VIP is deleted",
+         body = OwnershipChange, content_type = "application/x-ndjson"),
+        (status = 404, description = "`not_found`: no such VIP", body = ErrorBody),
+))]
+pub(super) async fn watch_vip(State(c): Ctl, Path(name): Path<String>) -> ApiResult<Response> {
+    let mut rx = c.cache.subscribe();
+    let first = rx.borrow_and_update().clone();
+    let vip = first.state.vips.get(&name).ok_or_else(|| ApiError::not_found("VIP", &name))?;
+    let mut generation = vip.owner.as_ref().map_or(0, |o| o.generation);
+    let (tx, out) = mpsc::channel::<bytes::Bytes>(8);
+    let line = |v: serde_json::Value| {
+        let mut b = serde_json::to_vec(&v).unwrap_or_default();
+        b.push(b'\n');
+        bytes::Bytes::from(b)
+    };
+    let hello = line(json!({"revision": first.revision, "owner": vip.owner}));
+    tokio::spawn(async move {
+        if tx.send(hello).await.is_err() {
+            return;
+        }
+        let mut ping = tokio::time::interval(PING);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let snap = rx.borrow_and_update().clone();
+                    let Some(vip) = snap.state.vips.get(&name) else {
+                        let _ = tx.send(line(json!({"revision": snap.revision, "deleted": true}))).await;
+                        return;
+                    };
+                    let now = vip.owner.as_ref().map_or(0, |o| o.generation);
+                    if now == generation {
+                        continue;
+                    }
+                    // Every record after the last one sent, in order.
+                    let changes: Vec<OwnershipChange> = match c.store.range(&vipcast_model::history_prefix(&name)).await {
+                        Ok((kvs, _)) => kvs
+                            .iter()
+                            .filter_map(|kv| serde_json::from_slice::<OwnershipChange>(&kv.value).ok())
+                            .filter(|h| h.generation > generation && h.generation <= now)
+                            .collect(),
+                        Err(_) => Vec::new(),
+                    };
+                    let mut sorted = changes;
+                    sorted.sort_by_key(|h| h.generation);
+                    if sorted.is_empty() {
+                        // No record (the store did not answer): the owner itself.
+                        if tx.send(line(json!({"revision": snap.revision, "owner": vip.owner}))).await.is_err() {
+                            return;
+                        }
+                    }
+                    for h in sorted {
+                        if tx.send(line(json!({"revision": snap.revision, "change": h}))).await.is_err() {
+                            return;
+                        }
+                    }
+                    generation = now;
+                }
+                _ = ping.tick() => {
+                    let revision = rx.borrow().revision;
+                    if tx.send(line(json!({"ping": revision}))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let body =
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(out).map(Ok::<_, std::convert::Infallible>));
+    Ok(([("content-type", "application/x-ndjson"), ("cache-control", "no-cache")], body).into_response())
+}
