@@ -857,11 +857,26 @@ fn peer_liveness_moves_nothing_while_the_master_still_advertises() {
     let lab = Lab::up("headend", true, false);
     lab.wait_reachable("client", "192.168.10.100");
     let vip = || lab.ctl_json(&["vip", "show", "pay-vip"]);
-    assert_eq!(vip()["owner"]["port"], "pay1");
+    let wait_owner = |port: &str| {
+        let end = Instant::now() + Duration::from_secs(5);
+        while vip()["owner"]["port"] != port {
+            assert!(Instant::now() < end, "the VIP did not go to {port}: {}", vip());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_owner("pay1");
+    // pay2 master once (pay1's link down, then up: pay1 preempts): hv2's
+    // agent learns pay2's priority, hence its Skew_Time, and may speak for
+    // pay1 that much before pay1's next advert is overdue.
+    assert!(lab.exec("pay1", &["ip", "link", "set", "eth0", "down"]).status.success());
+    wait_owner("pay2");
+    assert!(lab.exec("pay1", &["ip", "link", "set", "eth0", "up"]).status.success());
+    wait_owner("pay1");
     let owner = vip()["owner"].clone();
     let hv1 = lab.ctl_json(&["chassis", "show", "hv1"])["underlay_ip"].as_str().unwrap().to_string();
     let log = |node: &str| std::fs::read_to_string(format!("/run/vipcast/labs/{}/agent-{node}.log", lab.name)).unwrap();
     let downs = |node: &str| log(node).matches("peer chassis down").count();
+    let early = |node: &str| log(node).matches("spoken for early advertises again").count();
     // The watch is in place once hv2's agent heard pay1's adverts (they come every 0.1 s).
     std::thread::sleep(Duration::from_millis(500));
     let unmoved = |what: &str| {
@@ -878,8 +893,10 @@ fn peer_liveness_moves_nothing_while_the_master_still_advertises() {
     assert!(downs("hv2") > before, "hv2 never saw hv1 down: the case proves nothing\n{}", log("hv2"));
 
     // hv2 cannot reach hv1 (a blackhole route), but hv1's adverts still
-    // arrive at hv2: for two seconds.
-    let before = downs("hv2");
+    // arrive at hv2: for two seconds. hv2's agent speaks for pay1 early (it
+    // knows pay2's Skew_Time), pay1's next advert cancels pay2's takeover,
+    // and the agent waits for overdue adverts from then on.
+    let (before, early_before) = (downs("hv2"), early("hv2"));
     let route = ["ip", "route", "add", "blackhole", &format!("{hv1}/32")];
     assert!(lab.exec("hv2", &route).status.success());
     std::thread::sleep(Duration::from_millis(2000));
@@ -887,6 +904,7 @@ fn peer_liveness_moves_nothing_while_the_master_still_advertises() {
     assert!(o.status.success(), "{}", text(&o));
     unmoved("an echo partition between hv1 and hv2");
     assert!(downs("hv2") > before, "hv2 never saw hv1 down behind the blackhole\n{}", log("hv2"));
+    assert!(early("hv2") > early_before, "hv2 never spoke early for pay1: the case proves nothing\n{}", log("hv2"));
 
     // hv1 off the underlay for 15 ms (less than the 30 ms detection).
     let before = downs("hv2");
