@@ -227,6 +227,11 @@ pub struct Remotes {
     not_early_until: HashMap<RouterKey, Instant>,
 }
 
+/// Of the backups' Skew_Time, how much is kept as the live master's margin
+/// when speaking early: a master whose next advert is up to this much (and
+/// [`STOPPED_MARGIN`]) late still cancels the takeover.
+pub const EARLY_KEEP: Duration = Duration::from_millis(20);
+
 /// How long a master heard after being spoken for early is only spoken for
 /// once its adverts are overdue (unless a watched chassis answers again
 /// before: [`Remotes::peer_up`]).
@@ -293,8 +298,10 @@ impl Remotes {
     /// A backup told priority 0 takes over only Skew_Time later, and a live
     /// master's next advert in between cancels it (RFC 5798 §6.4.2: it
     /// resets the Master_Down_Timer). So the priority-0 advert may go out
-    /// that much before the next advert is overdue: a master that was alive
-    /// after all is still safe, and a dead one is replaced Skew_Time sooner.
+    /// up to that much (less [`EARLY_KEEP`]) before the next advert is
+    /// overdue: a master that was alive after all is still safe if its
+    /// advert is at most 30 ms late, and a dead one is replaced ~40 ms
+    /// sooner (at 0.1 s, priority 100).
     /// A master heard again after that is not spoken for early for
     /// [`NOT_EARLY_FOR`].
     pub fn due(
@@ -311,7 +318,11 @@ impl Remotes {
             let Some(m) = self.by_router.get(&k) else { continue };
             let age = now.saturating_duration_since(m.last);
             let overdue = m.interval() + STOPPED_MARGIN.min(m.interval() / 4);
-            let ahead = if self.not_early_until.get(&k).is_some_and(|t| *t > now) { Duration::ZERO } else { skew(m) };
+            let ahead = if self.not_early_until.get(&k).is_some_and(|t| *t > now) {
+                Duration::ZERO
+            } else {
+                skew(m).saturating_sub(EARLY_KEEP)
+            };
             let stopped = age > overdue.saturating_sub(ahead);
             let early = age <= overdue;
             if !m.as_master().assistable() || age >= m.down_interval() {
@@ -468,9 +479,9 @@ mod tests {
         // The backup's priority 100: Skew_Time 60.9 ms at 0.1 s.
         let skew = |m: &RemoteMaster| timing::skew_time(m.advert.version, 100, m.advert.interval_cs);
         r.observe(delivery("pay2", "224.0.0.18"), &advert(Version::V3, 150, 0), t0);
-        // Overdue at 110 ms; 60.9 ms ahead of that is 49.1 ms.
-        assert!(r.due(&dead, &skew, t0 + ms(49)).0.is_empty());
-        let (v, _) = r.due(&dead, &skew, t0 + ms(50));
+        // Overdue at 110 ms; 60.9 - 20 ms ahead of that is 69.1 ms.
+        assert!(r.due(&dead, &skew, t0 + ms(69)).0.is_empty());
+        let (v, _) = r.due(&dead, &skew, t0 + ms(70));
         assert!(matches!(v.as_slice(), [Verdict::Speak(_)]), "{v:?}");
         // It advertises again (alive: only the echo was cut): from now on
         // it is spoken for only once its adverts are overdue.
@@ -481,7 +492,7 @@ mod tests {
         // Until NOT_EARLY_FOR has passed.
         let later = t0 + NOT_EARLY_FOR + ms(500);
         r.observe(delivery("pay2", "224.0.0.18"), &advert(Version::V3, 150, 0), later);
-        assert!(matches!(r.due(&dead, &skew, later + ms(50)).0.as_slice(), [Verdict::Speak(_)]));
+        assert!(matches!(r.due(&dead, &skew, later + ms(70)).0.as_slice(), [Verdict::Speak(_)]));
     }
 
     #[test]
