@@ -15,6 +15,8 @@
 # 2. demo:  the README's first command, `bash scripts/demo.sh --runs 1`.
 #    readme: the README's other `vipcast ...` commands as written
 #           (scripts/readme-walk.sh: controller and ctl, each store, the lab, a drill).
+#    package: the Debian package built, installed with apt, the controller
+#           started as its unit does and used (scripts/deploy-check.sh).
 # 3. tests: the README's install step for the tests, `source scripts/setup.sh`,
 #           then `cargo test --workspace --no-run --locked`.
 #
@@ -186,6 +188,7 @@ echo "fresh-root: commit $commit in $root"
 phase root build_root
 phase demo in_root 'bash scripts/demo.sh --runs 1'
 phase readme in_root 'bash scripts/readme-walk.sh'
+phase package in_root 'bash scripts/deploy-check.sh'
 phase tests in_root 'source scripts/setup.sh && cargo test --workspace --no-run --locked'
 report
 echo "fresh-root: the README works on a clean Debian 12 root (commit ${commit:0:12})"
