@@ -15,6 +15,7 @@ packages=(
     ethtool         # TX checksum offload off on the veths whose frames reach OVS (lab, tests)
     g++             # libFuzzer, built by the fuzz targets
     pkg-config
+    prometheus      # promtool: the alerting rules are checked and unit-tested (monitoring/)
 )
 
 missing=()
@@ -34,6 +35,16 @@ fi
 # their own on loopback ports, so the system one is not needed.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
     systemctl stop etcd || true
+fi
+
+# The Debian prometheus package starts a host-wide Prometheus; only its
+# promtool is used (monitoring/ rules), so the daemon is stopped and disabled.
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    if systemctl is-enabled --quiet prometheus 2>/dev/null || systemctl is-active --quiet prometheus 2>/dev/null; then
+        systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+elif [ -x /etc/init.d/prometheus ] && pgrep -x prometheus >/dev/null 2>&1; then
+    /etc/init.d/prometheus stop >/dev/null 2>&1 || true
 fi
 
 # The Debian openvswitch-switch package starts and enables a host-wide Open

@@ -62,6 +62,12 @@ pub struct FaultLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LivenessLabels {
+    /// alive, dead, unknown
+    pub liveness: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeniedLabels {
     /// admin, viewer, agent, replicator, controller, none
     pub role: &'static str,
@@ -102,6 +108,11 @@ pub struct Metrics {
     pub vip_damped: Counter,
     /// VIPs flagged split-brain now (set when scraped).
     pub vip_split_brain: Gauge,
+    /// Chassis by liveness (`alive`, `dead`, `unknown`: no heartbeat yet),
+    /// and VIPs without an owner: set from the state at each scrape.
+    pub chassis: Family<LivenessLabels, Gauge>,
+    pub vips: Gauge,
+    pub vips_without_owner: Gauge,
     registry: Registry,
 }
 
@@ -124,7 +135,16 @@ impl Default for Metrics {
         let (vip_moves, vip_damped, vip_split_brain) = (Counter::default(), Counter::default(), Gauge::default());
         let denied = Family::<DeniedLabels, Counter>::default();
         let certificate_expiry = Family::<CertLabels, Gauge>::default();
+        let (chassis, vips, vips_without_owner) =
+            (Family::<LivenessLabels, Gauge>::default(), Gauge::default(), Gauge::default());
         let mut registry = Registry::with_prefix("vipcast_controller");
+        registry.register("chassis", "Registered chassis by liveness (alive, dead, unknown)", chassis.clone());
+        registry.register("vips", "VIPs defined", vips.clone());
+        registry.register(
+            "vips_without_owner",
+            "VIPs no member has claimed yet (or whose owner was removed)",
+            vips_without_owner.clone(),
+        );
         registry.register("requests_denied", "Requests refused by authorization, by role and reason", denied.clone());
         registry.register(
             "certificate_expiry_timestamp_seconds",
@@ -168,6 +188,14 @@ impl Default for Metrics {
         registry.register("watchers", "Open watch streams", watchers.clone());
         registry.register("store_txn_seconds", "Latency of store write transactions", store_txn_seconds.clone());
         registry.register("write_conflicts", "Writes retried because another writer won", write_conflicts.clone());
+        // Known label values start at zero, so rates and alerts work before
+        // the first event.
+        for fault in ["port-down", "chassis-dead"] {
+            let _ = assists.get_or_create(&FaultLabels { fault });
+        }
+        for result in ["accepted", "unchanged", "damped", "refused"] {
+            let _ = claims.get_or_create(&ClaimLabels { result });
+        }
         Metrics {
             requests,
             connections,
@@ -188,12 +216,35 @@ impl Default for Metrics {
             vip_moves,
             vip_damped,
             vip_split_brain,
+            chassis,
+            vips,
+            vips_without_owner,
             registry,
         }
     }
 }
 
 impl Metrics {
+    /// Sets the gauges that describe `state` (chassis liveness, VIPs).
+    pub fn set_state(&self, state: &vipcast_model::State) {
+        let mut n = [0i64; 3];
+        for c in state.chassis.values() {
+            let i = match c.liveness {
+                None => 2,
+                Some(l) if l.alive => 0,
+                Some(_) => 1,
+            };
+            if let Some(x) = n.get_mut(i) {
+                *x += 1;
+            }
+        }
+        for (liveness, count) in ["alive", "dead", "unknown"].into_iter().zip(n) {
+            self.chassis.get_or_create(&LivenessLabels { liveness }).set(count);
+        }
+        self.vips.set(state.vips.len() as i64);
+        self.vips_without_owner.set(state.vips.values().filter(|v| v.owner.is_none()).count() as i64);
+    }
+
     /// Exports the count of watch streams cut for a full queue (kept by the
     /// cache's fan-out).
     pub fn register_watch_dropped(&mut self, dropped: Counter) {

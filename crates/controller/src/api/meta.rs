@@ -96,7 +96,9 @@ pub(super) async fn readyz(State(c): Ctl) -> ApiResult<Json<Health>> {
      content_type = "text/plain; version=0.0.4; charset=utf-8"),
 ))]
 pub(super) async fn metrics(State(c): Ctl) -> Response {
-    c.metrics.vrrp_routers.set(c.cache.current().state.routers.len() as i64);
+    let state = c.cache.current().state.clone();
+    c.metrics.vrrp_routers.set(state.routers.len() as i64);
+    c.metrics.set_state(&state);
     super::vips::set_split_brain_gauge(&c);
     let mut body = c.metrics.encode();
     if body.is_empty() {
