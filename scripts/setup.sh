@@ -16,6 +16,7 @@ packages=(
     g++             # libFuzzer, built by the fuzz targets
     pkg-config
     prometheus      # promtool: the alerting rules are checked and unit-tested (monitoring/)
+    chromium        # headless: the status page (/ui) is tested in a real browser
 )
 
 missing=()

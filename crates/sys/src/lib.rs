@@ -275,6 +275,28 @@ pub fn enter_netns(name: &str) -> io::Result<()> {
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// Makes `cmd`'s child inherit each `(fd, at)` of `fds` as descriptor
+/// number `at` (e.g. 3 and 4 for a program that talks on them, as
+/// Chromium's `--remote-debugging-pipe`). The descriptors must stay open
+/// until the child is spawned.
+pub fn inherit_fds(cmd: &mut std::process::Command, fds: &[(RawFd, RawFd)]) {
+    use std::os::unix::process::CommandExt;
+    let fds = fds.to_vec();
+    // SAFETY: the closure runs in the child between fork and exec and calls
+    // only dup2, which is async-signal-safe; it allocates nothing (the
+    // vector was moved in before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            for (fd, at) in &fds {
+                if libc::dup2(*fd, *at) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// CPU time (user and system, including softirq work done on its behalf)
 /// the calling thread has used: `clock_gettime(CLOCK_THREAD_CPUTIME_ID)`.
 pub fn thread_cpu_time() -> io::Result<std::time::Duration> {

@@ -21,6 +21,7 @@ mod meta;
 mod ports;
 mod replicators;
 mod subnets;
+mod ui;
 mod views;
 mod vip_watch;
 mod vips;
@@ -75,6 +76,10 @@ pub fn routes() -> OpenApiRouter<Arc<Controller>> {
         .routes(routes!(vips::vip_history))
         .routes(routes!(check::check_vip))
         .routes(routes!(vip_watch::watch_vip))
+        .routes(routes!(vip_watch::watch_vips))
+        .routes(routes!(ui::page))
+        .routes(routes!(ui::script))
+        .routes(routes!(ui::style))
         .routes(routes!(vips::post_claim))
         .routes(routes!(vrrp::list_vrrp, vrrp::post_vrrp))
         .routes(routes!(vrrp::delete_vrrp))
