@@ -289,9 +289,12 @@ async fn drive<D: Dataplane>(
             Some((from, datagram)) = notice_in_rx.recv() => {
                 peers_may_change = false;
                 let now = Instant::now();
-                if let Some(notice) = agent.check_notice(from, &datagram) {
-                    let actions = agent.core.on_notice(notice, vipcast_api::now_ms(), now);
-                    agent.execute(actions, now).await;
+                match agent.check_notice(from, &datagram) {
+                    Some(notice) => {
+                        let actions = agent.core.on_notice(notice, vipcast_api::now_ms(), now);
+                        agent.execute(actions, now).await;
+                    }
+                    None => stats.notice_refused(),
                 }
             }
             Some(reply) = query_rx.recv() => {
@@ -375,6 +378,11 @@ impl<D: Dataplane> Driver<D> {
     async fn execute(&mut self, actions: Vec<Action>, now: Instant) {
         for action in actions {
             if let Action::Reconcile { why, read } = action {
+                match why {
+                    "provisional owner" => self.stats.provisional(true),
+                    "provisional owner told" => self.stats.provisional(false),
+                    _ => {}
+                }
                 self.reconcile(why, read).await;
                 continue;
             }
@@ -382,6 +390,7 @@ impl<D: Dataplane> Driver<D> {
                 self.notices.send(notice, &to, self.cfg.peer);
                 continue;
             }
+
             match &action {
                 Action::AssistPortDown { .. } => self.stats.assisted(false),
                 Action::AssistChassisDead { .. } => self.stats.assisted(true),

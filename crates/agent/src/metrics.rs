@@ -32,6 +32,11 @@ pub struct Stats {
     assists_port_down: AtomicU64,
     assists_chassis_dead: AtomicU64,
     revision: AtomicI64,
+    /// Provisional owners (controller away): decided here from a local
+    /// announcement, or told by another chassis; notices not believed.
+    provisional_own: AtomicU64,
+    provisional_told: AtomicU64,
+    notices_refused: AtomicU64,
 }
 
 const DRIFT_KINDS: [&str; 4] = ["link", "fdb", "neigh", "addr"];
@@ -71,6 +76,18 @@ impl Stats {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A provisional owner: decided here (`own`) or told by another chassis.
+    pub fn provisional(&self, own: bool) {
+        let c = if own { &self.provisional_own } else { &self.provisional_told };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A notice from another chassis not believed (malformed, not from the
+    /// chassis it names, not signed by it, over the rate).
+    pub fn notice_refused(&self) {
+        self.notices_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn revision(&self, r: i64) {
         self.revision.store(r, Ordering::Relaxed);
     }
@@ -105,6 +122,17 @@ impl Stats {
         assists.get_or_create(&FaultLabels { fault: "port-down" }).inc_by(get(&self.assists_port_down));
         assists.get_or_create(&FaultLabels { fault: "chassis-dead" }).inc_by(get(&self.assists_chassis_dead));
         r.register("assisted_handovers", "Priority-0 adverts sent for a master, by fault", assists);
+        let prov = Family::<FromLabels, Counter>::default();
+        prov.get_or_create(&FromLabels { from: "here" }).inc_by(get(&self.provisional_own));
+        prov.get_or_create(&FromLabels { from: "told" }).inc_by(get(&self.provisional_told));
+        r.register(
+            "provisional_owners",
+            "VIP owners decided without the controller (it was away): from an announcement here, or told by another chassis",
+            prov,
+        );
+        let refused = Counter::<u64>::default();
+        refused.inc_by(get(&self.notices_refused));
+        r.register("notices_refused", "Provisional-owner notices from other chassis not believed", refused);
         let rev = Gauge::<i64>::default();
         rev.set(self.revision.load(Ordering::Relaxed));
         r.register("view_revision", "Store revision of the view in use", rev);
@@ -122,6 +150,11 @@ struct KindLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReadLabels {
     read: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FromLabels {
+    from: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
