@@ -275,10 +275,10 @@ pub fn enter_netns(name: &str) -> io::Result<()> {
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
-/// Makes `cmd`'s child inherit each `(fd, at)` of `fds` as descriptor
-/// number `at` (e.g. 3 and 4 for a program that talks on them, as
-/// Chromium's `--remote-debugging-pipe`). The descriptors must stay open
-/// until the child is spawned.
+/// Makes `cmd`'s child inherit each `(fd, at)` of `fds` (at most 16) as
+/// descriptor number `at` (e.g. 3 and 4 for a program that talks on them,
+/// as Chromium's `--remote-debugging-pipe`), whatever numbers they have
+/// now. The descriptors must stay open until the child is spawned.
 pub fn inherit_fds(cmd: &mut std::process::Command, fds: &[(RawFd, RawFd)]) {
     use std::os::unix::process::CommandExt;
     let fds = fds.to_vec();
@@ -287,8 +287,20 @@ pub fn inherit_fds(cmd: &mut std::process::Command, fds: &[(RawFd, RawFd)]) {
     // vector was moved in before the fork).
     unsafe {
         cmd.pre_exec(move || {
-            for (fd, at) in &fds {
-                if libc::dup2(*fd, *at) < 0 {
+            // Out of the way first (a source may already sit where another
+            // goes), close-on-exec; then in place, where dup2 clears it.
+            let mut moved = [0; 16];
+            for (i, (fd, _)) in fds.iter().enumerate().take(moved.len()) {
+                let high = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 1000);
+                if high < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if let Some(m) = moved.get_mut(i) {
+                    *m = high;
+                }
+            }
+            for (high, (_, at)) in moved.iter().zip(&fds) {
+                if libc::dup2(*high, *at) < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }
