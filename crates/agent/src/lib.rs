@@ -215,6 +215,8 @@ async fn drive<D: Dataplane>(
         unrouted: Vec::new(),
         stats: stats.clone(),
     };
+    // SIGHUP: the certificate and key again (a renewed certificate).
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     // Only while a master on a dead chassis may still need speaking for.
     let mut assist_tick = tokio::time::interval(core::TICK);
@@ -296,6 +298,13 @@ async fn drive<D: Dataplane>(
                     }
                     None => stats.notice_refused(),
                 }
+            }
+            Some(()) = async { match hangup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            } } => {
+                peers_may_change = false;
+                agent.reload_tls(security);
             }
             Some(reply) = query_rx.recv() => {
                 peers_may_change = false;
@@ -654,6 +663,31 @@ impl NoticeIo {
 }
 
 impl<D: Dataplane> Driver<D> {
+    /// SIGHUP: reads the certificate, key and CA again; connections made
+    /// from now on, and notices, use them. On any error nothing changes.
+    fn reload_tls(&mut self, security: &Security) {
+        let Some(files) = &security.tls else {
+            tracing::info!("SIGHUP: no certificate to reload (plain HTTP)");
+            return;
+        };
+        let loaded = vipcast_tls::sign::Signer::load(&files.cert, &files.key)
+            .and_then(|s| Ok((s, vipcast_tls::sign::Verifier::load(&files.ca)?)));
+        let (signer, verifier) = match loaded {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGHUP: certificate not reloaded; keeping the one in use");
+                return;
+            }
+        };
+        if let Err(e) = self.client.reload_tls(files) {
+            tracing::warn!(error = %e, "SIGHUP: certificate not reloaded; keeping the one in use");
+            return;
+        }
+        self.notices.signer = Some(signer);
+        self.notices.verifier = Some(verifier);
+        tracing::info!(cert = %files.cert.display(), "SIGHUP: certificate, key and CA reloaded");
+    }
+
     /// Where this chassis sends each VIP of its view, read back from the
     /// data plane, next to the owner the view names (see
     /// [`metrics::router`]).

@@ -80,8 +80,23 @@ impl Retry {
 /// kept-alive connection.
 #[derive(Debug, Clone)]
 pub struct ControllerClient {
-    http: reqwest::Client,
+    /// Shared by every clone; replaced by [`ControllerClient::reload_tls`].
+    http: std::sync::Arc<std::sync::RwLock<reqwest::Client>>,
     base: String,
+}
+
+/// The HTTP client: keep-alive, no Nagle, a connect timeout; with `tls`,
+/// mutual TLS.
+fn http_client(tls: Option<&vipcast_tls::ClientFiles>) -> Result<reqwest::Client, Error> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(90));
+    if let Some(files) = tls {
+        let config = files.config().map_err(|e| Error::Unavailable(format!("TLS: {e}")))?;
+        builder = builder.tls_backend_preconfigured(config);
+    }
+    builder.build().map_err(|e| Error::Unavailable(format!("HTTP client: {e}")))
 }
 
 impl ControllerClient {
@@ -105,16 +120,17 @@ impl ControllerClient {
             };
             return Err(Error::Unavailable(format!("controller URL {base:?} is not {scheme}host:port ({hint})")));
         }
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90));
-        if let Some(files) = tls {
-            let config = files.config().map_err(|e| Error::Unavailable(format!("TLS: {e}")))?;
-            builder = builder.tls_backend_preconfigured(config);
-        }
-        let http = builder.build().map_err(|e| Error::Unavailable(format!("HTTP client: {e}")))?;
+        let http = std::sync::Arc::new(std::sync::RwLock::new(http_client(tls)?));
         Ok(ControllerClient { http, base })
+    }
+
+    /// Reads `tls`'s files again (SIGHUP: a renewed certificate): the
+    /// connections made from now on, by this client and every clone of
+    /// it, present the new certificate. On error nothing changes.
+    pub fn reload_tls(&self, tls: &vipcast_tls::ClientFiles) -> Result<(), Error> {
+        let fresh = http_client(Some(tls))?;
+        *self.http.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        Ok(())
     }
 
     /// The controller's base URL, without a trailing slash.
@@ -123,8 +139,8 @@ impl ControllerClient {
     }
 
     /// The underlying HTTP client (for streams).
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
+    pub fn http(&self) -> reqwest::Client {
+        self.http.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Any call: `method` on `path` (e.g. `/v1/vpcs`) with an optional JSON
@@ -142,7 +158,7 @@ impl ControllerClient {
             if attempt > 0 {
                 tokio::time::sleep(retry.pause).await;
             }
-            let mut req = self.http.request(method.clone(), &url);
+            let mut req = self.http().request(method.clone(), &url);
             if let Some(b) = body {
                 req = req.json(b);
             }

@@ -80,6 +80,9 @@ pub fn start(
     admin_listener: Option<tokio::net::TcpListener>,
 ) -> anyhow::Result<(Running, impl Future<Output = anyhow::Error>)> {
     let client = vipcast_client::ControllerClient::with_tls(&opts.controller, opts.tls.as_ref())?;
+    if let Some(files) = opts.tls.clone() {
+        tokio::spawn(reload_on_hangup(client.clone(), files));
+    }
     let (sniff_tx, sniff_rx) = mpsc::channel::<sniff::SniffEvent>(4096);
     let sniff_tx_gre = sniff_tx.clone();
     let dataplane =
@@ -147,6 +150,18 @@ async fn install_tables(mut rx: watch::Receiver<sync::Synced>, admin: Arc<admin:
         if let Some(new) = new {
             tracing::info!(revision = synced.revision, vnis = new.slots().len(), "replication table updated");
             admin.dataplane.set_table(new);
+        }
+    }
+}
+
+/// SIGHUP: the certificate and key again (a renewed certificate); the
+/// connections made from now on present it. On error the old one stays.
+async fn reload_on_hangup(client: vipcast_client::ControllerClient, files: vipcast_tls::ClientFiles) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        match client.reload_tls(&files) {
+            Ok(()) => tracing::info!(cert = %files.cert.display(), "SIGHUP: certificate and key reloaded"),
+            Err(e) => tracing::warn!(error = %e, "SIGHUP: certificate not reloaded; keeping the one in use"),
         }
     }
 }

@@ -926,3 +926,65 @@ fn peer_liveness_moves_nothing_while_the_master_still_advertises() {
     let spoke = ["hv2", "hv3"].iter().any(|n| log(n).contains("peer chassis down"));
     assert!(spoke, "nobody saw hv1 go");
 }
+
+/// SIGHUP makes an agent read its certificate and key again (a renewed
+/// certificate): the connections it makes from then on present the new
+/// one, and so do its provisional-owner notices. Shown with a certificate
+/// of another CA: after SIGHUP hv1's claims are refused at the handshake
+/// and its notices are not believed by hv2; its own certificate back and
+/// SIGHUP again, its claim goes through.
+#[test]
+fn sighup_reloads_an_agents_certificate() {
+    let lab = Lab::up("headend", true, false);
+    lab.wait_reachable("client", "192.168.10.100");
+    let vip = || lab.ctl_json(&["vip", "show", "pay-vip"]);
+    let wait_owner = |port: &str, secs: u64| {
+        let end = Instant::now() + Duration::from_secs(secs);
+        while vip()["owner"]["port"] != port {
+            assert!(Instant::now() < end, "the VIP is not on {port}: {}", vip());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_owner("pay1", 5);
+    let agent = lab.process("agent", "hv1");
+    let words: Vec<&str> = agent["command"].as_str().unwrap().split_whitespace().collect();
+    let arg = |flag: &str| words.iter().position(|w| *w == flag).map(|i| words[i + 1].to_string()).unwrap();
+    let (cert, key) = (arg("--cert"), arg("--key"));
+    let pid = agent["pid"].as_i64().unwrap().to_string();
+    let log = |node: &str| std::fs::read_to_string(format!("/run/vipcast/labs/{}/agent-{node}.log", lab.name)).unwrap();
+    let hup = || assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let wait_log = |node: &str, what: &str, n: usize| {
+        let end = Instant::now() + Duration::from_secs(5);
+        while log(node).matches(what).count() < n {
+            assert!(Instant::now() < end, "{node} never logged {what:?} ({n})\n{}", log(node));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // hv1's certificate replaced by one of another CA (same name), reloaded.
+    let dir = tempfile::tempdir().unwrap();
+    let (saved_cert, saved_key) = (std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap());
+    let foreign = dir.path().join("foreign");
+    let pki = |args: &[&str]| assert!(vipcast(args).status.success());
+    pki(&["pki", "init", foreign.to_str().unwrap()]);
+    pki(&["pki", "issue", foreign.to_str().unwrap(), "--role", "agent", "--name", "hv1"]);
+    std::fs::copy(foreign.join("hv1.crt"), &cert).unwrap();
+    std::fs::copy(foreign.join("hv1.key"), &key).unwrap();
+    hup();
+    wait_log("hv1", "SIGHUP: certificate, key and CA reloaded", 1);
+    // pay2 takes the VIP (its link is fine), then pay1 takes it back: hv1's
+    // claim cannot reach the controller with that certificate, and hv2 does
+    // not believe hv1's notice.
+    assert!(lab.exec("pay1", &["ip", "link", "set", "eth0", "down"]).status.success());
+    wait_owner("pay2", 5);
+    let refused_before = log("hv2").matches("notice not authenticated").count();
+    assert!(lab.exec("pay1", &["ip", "link", "set", "eth0", "up"]).status.success());
+    wait_log("hv2", "notice not authenticated", refused_before + 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(vip()["owner"]["port"], "pay2", "a claim went through with a certificate of another CA");
+    // Its own certificate back, SIGHUP: the next claim (every 500 ms) goes through.
+    std::fs::write(&cert, saved_cert).unwrap();
+    std::fs::write(&key, saved_key).unwrap();
+    hup();
+    wait_log("hv1", "SIGHUP: certificate, key and CA reloaded", 2);
+    wait_owner("pay1", 5);
+}
