@@ -124,7 +124,7 @@ pub struct AnnounceArgs {
 }
 
 fn progress(line: &str) {
-    eprintln!("{line}");
+    crate::progress::line(line);
 }
 
 /// The first Ctrl-C asks the drill to undo its fault and stop; a second one
@@ -162,6 +162,7 @@ pub fn drill(a: DrillArgs) -> anyhow::Result<()> {
         let seed = a.seed.unwrap_or_else(vipcast_api::now_ms);
         let c = vipcast_drill::chaos::ChaosOptions { duration: Duration::from_secs(secs), seed };
         let report = vipcast_drill::chaos::chaos(&target, &opts, &c)?;
+        crate::progress::finish();
         if a.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
@@ -173,6 +174,7 @@ pub fn drill(a: DrillArgs) -> anyhow::Result<()> {
     }
     let report =
         vipcast_drill::drill(&target, a.fault, Variants { baseline: !a.no_baseline, assist: a.assist }, &opts)?;
+    crate::progress::finish();
     if let Some(path) = &a.svg {
         std::fs::write(path, vipcast_drill::demo::timeline_svg(&report))
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -203,6 +205,7 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
         cancel: Some(&cancel),
     };
     let r = vipcast_drill::demo::demo(&opts)?;
+    crate::progress::finish();
     let drills: Vec<&report::DrillReport> = r.drills.iter().collect();
     println!();
     println!(

@@ -75,7 +75,7 @@ pub fn run(lab: Lab) -> anyhow::Result<()> {
 }
 
 fn progress(line: &str) {
-    eprintln!("{line}");
+    crate::progress::line(line);
 }
 
 fn up(root: &Root, file: &std::path::Path) -> anyhow::Result<()> {
@@ -86,6 +86,7 @@ fn up(root: &Root, file: &std::path::Path) -> anyhow::Result<()> {
     let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
     let opts = UpOptions { root, exe: &exe, file: Some(&file), progress: &progress, cancel: Some(&cancel) };
     let state = vipcast_lab::topology::up(&cfg, opts)?;
+    crate::progress::finish();
     print_summary(&state, None);
     let how = if state.tls.is_some() { "mutual TLS" } else { "plain HTTP" };
     println!("controller: {} ({how})    ctl: eval \"$(vipcast lab env {})\"", state.controller_url, state.name);

@@ -23,6 +23,7 @@ mod dissect;
 mod drill;
 mod lab;
 mod pki;
+mod progress;
 mod tls_args;
 
 /// Highly available virtual IPs for VXLAN overlays.
@@ -189,6 +190,7 @@ fn main() -> ExitCode {
         Command::ProbeResponder(r) => drill::respond(r),
         Command::Announce(a) => drill::announce(a),
     };
+    progress::finish();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
