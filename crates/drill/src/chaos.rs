@@ -24,6 +24,7 @@ use serde::Serialize;
 
 use crate::analysis::percentile;
 use crate::fault::{self, Fault};
+use crate::rng::Rng;
 use crate::session::{Options, Session};
 use crate::target::{Overlay, Target};
 use crate::{Error, Result};
@@ -87,25 +88,6 @@ impl ChaosReport {
             s.push_str(&format!("\n  VIOLATION {v}"));
         }
         s
-    }
-}
-
-/// splitmix64: the random choices, reproducible from the seed.
-#[derive(Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..hi` (ms).
-    fn ms(&mut self, (lo, hi): (u64, u64)) -> Duration {
-        Duration::from_millis(lo + self.next() % (hi - lo).max(1))
     }
 }
 

@@ -31,6 +31,7 @@ pub mod lab;
 pub mod probe;
 pub mod record;
 pub mod report;
+pub mod rng;
 pub mod session;
 pub mod stages;
 pub mod svg;

@@ -88,6 +88,8 @@ pub struct Session<'a> {
     tail: Tail,
     log: ProbeLog,
     dir: tempfile::TempDir,
+    /// Draws the phase of each fault in the VRRP advert interval.
+    phase: crate::rng::Rng,
 }
 
 impl std::fmt::Debug for Session<'_> {
@@ -169,6 +171,7 @@ impl<'a> Session<'a> {
             tail,
             log: ProbeLog::default(),
             dir,
+            phase: crate::rng::Rng::from_clock(),
         };
         let master = s.master()?;
         s.settle(&master)?;
@@ -321,6 +324,15 @@ impl<'a> Session<'a> {
         let gen_before = self.owner().map(|o| o.1).unwrap_or(0);
         let others: Vec<String> =
             self.target.members.iter().filter(|m| m.name != master.name).map(|m| m.name.clone()).collect();
+        // At a random point of the master's advert interval: a fault does not
+        // care when the last advert went out, and how long a dead chassis
+        // goes unnoticed depends on it.
+        let phase = self.phase.below(Duration::from_secs_f64(self.target.advert_int.clamp(0.0, 1.0)));
+        let until = Instant::now() + phase;
+        while Instant::now() < until {
+            self.pump()?;
+            std::thread::sleep(Duration::from_millis(2).min(until.saturating_duration_since(Instant::now())));
+        }
         let mut injected = fault::inject(fault, &self.target, &master)?;
         let fault_us = injected.at_us;
         let (what, took_us) = (injected.what.clone(), injected.took_us);
