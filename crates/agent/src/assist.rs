@@ -241,9 +241,12 @@ impl Remotes {
     /// Records an advert delivered to a local port.
     pub fn observe(&mut self, d: Delivery, advert: &VrrpRepr, now: Instant) {
         let key = RouterKey::new(&d.vpc, advert.vrid, d.src);
+        // The next advert of a master spoken for early, within an interval:
+        // it was alive (a master back after a real death advertises much
+        // later, once its chassis is reachable again).
         if let Some(at) = self.early.remove(&key)
             && advert.priority > 0
-            && now.saturating_duration_since(at) < timing::centis(advert.interval_cs).saturating_mul(4)
+            && now.saturating_duration_since(at) < timing::centis(advert.interval_cs)
         {
             tracing::warn!(vpc = d.vpc, vrid = advert.vrid, master = %d.src, "a master spoken for early advertises again: \
                 its chassis answers no echo but it is alive; waiting for overdue adverts from now on");
@@ -489,8 +492,23 @@ mod tests {
         assert!(r.due(&dead, &skew, t0 + ms(160)).0.is_empty());
         let (v, _) = r.due(&dead, &skew, t0 + ms(211));
         assert!(matches!(v.as_slice(), [Verdict::Speak(_)]), "{v:?}");
-        // Until NOT_EARLY_FOR has passed.
-        let later = t0 + NOT_EARLY_FOR + ms(500);
+        // The watched chassis answers again: early again. Spoken for early,
+        // then heard only 830 ms later (dead, back with its chassis): that
+        // says nothing against it, early again at once.
+        r.peer_up();
+        let back = t0 + ms(1000);
+        r.observe(delivery("pay2", "224.0.0.18"), &advert(Version::V3, 150, 0), back);
+        let (v, _) = r.due(&dead, &skew, back + ms(70));
+        assert!(matches!(v.as_slice(), [Verdict::Speak(_)]), "{v:?}");
+        r.observe(delivery("pay2", "224.0.0.18"), &advert(Version::V3, 150, 0), back + ms(900));
+        let (v, _) = r.due(&dead, &skew, back + ms(970));
+        assert!(matches!(v.as_slice(), [Verdict::Speak(_)]), "{v:?}");
+        // Heard again within an interval of an early advert: not early
+        // until NOT_EARLY_FOR has passed (or a peer comes back).
+        r.observe(delivery("pay2", "224.0.0.18"), &advert(Version::V3, 150, 0), back + ms(1000));
+        assert!(r.due(&dead, &skew, back + ms(1070)).0.is_empty());
+        let _ = r.due(&dead, &skew, back + ms(1111));
+        let later = back + ms(1111) + NOT_EARLY_FOR;
         r.observe(delivery("pay2", "224.0.0.18"), &advert(Version::V3, 150, 0), later);
         assert!(matches!(r.due(&dead, &skew, later + ms(70)).0.as_slice(), [Verdict::Speak(_)]));
     }
