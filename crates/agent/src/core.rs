@@ -425,6 +425,14 @@ impl AgentCore {
         self.speak_for_dead_chassis(now)
     }
 
+    /// Forgets that chassis the peer watch no longer follows are down
+    /// (`watched` says which it still follows): a chassis seen down, then
+    /// no longer watched once its masters were spoken for, must not count
+    /// as down when a master there is heard again.
+    pub fn forget_peers(&mut self, watched: &dyn Fn(&str) -> bool) {
+        self.peers_down.retain(|c| watched(c));
+    }
+
     /// The chassis to watch directly: those hosting a VRRP master whose
     /// adverts local VMs receive, in a VPC with assistance on, with their
     /// underlay addresses. Only these pairs, never a full mesh.

@@ -378,6 +378,17 @@ fn a_peer_seen_down_is_spoken_for_without_the_controller_once_its_adverts_stop()
     let spoken = c.on_tick(t0 + ms(111));
     assert!(matches!(spoken.as_slice(), [Action::AssistChassisDead { silent_ms: 111, .. }]), "{spoken:?}");
     assert!(!c.wants_tick());
+    // Spoken for, its chassis is no longer watched, so no longer known to
+    // be down: when it advertises again (its chassis back), it is a live
+    // master, not one to speak for at once.
+    let wanted = c.peers_wanted();
+    assert!(wanted.is_empty());
+    c.forget_peers(&|ch| wanted.contains_key(ch));
+    let _ = c.on_seen(delivered_advert(), t0 + ms(1000));
+    for t in [1005, 1050, 1099] {
+        assert!(c.on_tick(t0 + ms(t)).is_empty(), "spoke for a master heard again at {t} ms");
+    }
+    assert!(!c.wants_tick());
 }
 
 #[test]

@@ -333,6 +333,9 @@ async fn drive<D: Dataplane>(
             continue;
         }
         let wanted = agent.core.peers_wanted();
+        // A chassis no longer watched is no longer known to be down: the
+        // watch forgets it, and will report it up only if asked again.
+        agent.core.forget_peers(&|c| wanted.contains_key(c));
         let watched = wanted.len();
         if wanted_tx.send_if_modified(|w| {
             let changed = *w != wanted;
