@@ -164,7 +164,7 @@ fn kill_loop(
             })
             .filter(|p| p.is_running())
             .collect();
-        let Some(victim) = candidates.get(rng.next() as usize % candidates.len().max(1)) else { continue };
+        let Some(victim) = candidates.get(rng.next_u64() as usize % candidates.len().max(1)) else { continue };
         let who = if victim.role == "agent" { format!("agent {}", victim.node) } else { victim.role.clone() };
         if let Err(e) = fault::kill(victim) {
             if let Ok(mut v) = errors.lock() {

@@ -12,7 +12,7 @@ impl Rng {
         Rng(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64))
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -22,12 +22,12 @@ impl Rng {
 
     /// Uniform in `lo..hi` (ms).
     pub fn ms(&mut self, (lo, hi): (u64, u64)) -> Duration {
-        Duration::from_millis(lo + self.next() % (hi - lo).max(1))
+        Duration::from_millis(lo + self.next_u64() % (hi - lo).max(1))
     }
 
     /// Uniform in `[0, d)`, to the microsecond.
     pub fn below(&mut self, d: Duration) -> Duration {
         let us = d.as_micros() as u64;
-        Duration::from_micros(if us == 0 { 0 } else { self.next() % us })
+        Duration::from_micros(if us == 0 { 0 } else { self.next_u64() % us })
     }
 }
