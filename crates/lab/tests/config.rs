@@ -381,7 +381,7 @@ fn ovs_chassis_and_gre_vpcs_are_planned_and_registered() {
     assert_eq!(
         args.join(" "),
         "agent --chassis hv1 --underlay-ip 10.255.0.10 --controller https://10.255.0.254:7600 --role hypervisor \
-         --dataplane ovs --openflow-listen 127.0.0.1:6653"
+         --metrics-listen 10.255.0.10:7611 --dataplane ovs --openflow-listen 127.0.0.1:6653"
     );
     let gw1: Vec<String> =
         vipcast_lab::topology::agent_args(&plan.chassis[1], false).iter().map(|a| a.to_string_lossy().into()).collect();
