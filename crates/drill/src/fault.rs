@@ -214,21 +214,9 @@ fn controller_down(target: &Target, master: &Member) -> Result<Injected> {
     };
     check(Fault::ControllerDown, target)?;
     let victim = controller_process(ov).ok_or_else(|| Error::Refused("controller-down: no controller".into()))?;
-    signal(&[victim.pid], "KILL")?;
-    let gone = std::time::Instant::now();
-    while victim.is_running() && gone.elapsed() < READY_LIMIT {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    kill(&victim)?;
     std::thread::sleep(CONTROLLER_GONE);
-    let restart = Undo::Restart {
-        ns: victim.namespace.clone(),
-        command: victim.command.split_whitespace().map(str::to_string).collect(),
-        log: victim.log.clone(),
-        lab: ov.lab.clone(),
-        root: ov.root.clone(),
-        old_pid: victim.pid,
-        ready: Some((format!("{}/healthz", ov.controller_url), ov.tls.clone())),
-    };
+    let restart = restart_undo(&victim, ov, Some((format!("{}/healthz", ov.controller_url), ov.tls.clone())));
     let mut link = inject(Fault::LinkDown, target, master)?;
     let Some(link_up) = link.undo.take() else {
         return Err(Error::Failed("controller-down: link-down left nothing to undo".into()));
@@ -287,15 +275,7 @@ fn replicator_down(target: &Target, master: &Member) -> Result<Injected> {
         at_us,
         took_us: now_us() - at_us,
         what: format!("SIGKILL to replicator {} (pid {}), used by {chassis}", victim.node, victim.pid),
-        undo: Some(Undo::Restart {
-            ns: victim.namespace.clone(),
-            command: victim.command.split_whitespace().map(str::to_string).collect(),
-            log: victim.log.clone(),
-            lab: ov.lab.clone(),
-            root: ov.root.clone(),
-            old_pid: victim.pid,
-            ready: None,
-        }),
+        undo: Some(restart_undo(victim, ov, None)),
     })
 }
 
@@ -408,7 +388,16 @@ pub(crate) fn restart(
     ov: &crate::target::Overlay,
     ready: Option<(String, Option<vipcast_tls::ClientFiles>)>,
 ) -> Result<()> {
-    undo(Undo::Restart {
+    undo(restart_undo(p, ov, ready))
+}
+
+/// How to start lab process `p` again (see [`restart`]).
+fn restart_undo(
+    p: &vipcast_lab::state::ProcessState,
+    ov: &crate::target::Overlay,
+    ready: Option<(String, Option<vipcast_tls::ClientFiles>)>,
+) -> Undo {
+    Undo::Restart {
         ns: p.namespace.clone(),
         command: p.command.split_whitespace().map(str::to_string).collect(),
         log: p.log.clone(),
@@ -416,7 +405,7 @@ pub(crate) fn restart(
         root: ov.root.clone(),
         old_pid: p.pid,
         ready,
-    })
+    }
 }
 
 /// SIGKILL to `pid`, and waits (at most 5 s) until it is gone.

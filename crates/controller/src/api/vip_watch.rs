@@ -26,6 +26,20 @@ use crate::error::{ApiError, ErrorBody};
 /// Keep-alive interval of an idle stream.
 pub const PING: Duration = Duration::from_secs(5);
 
+/// One NDJSON line.
+fn line(v: serde_json::Value) -> bytes::Bytes {
+    let mut b = serde_json::to_vec(&v).unwrap_or_default();
+    b.push(b'\n');
+    bytes::Bytes::from(b)
+}
+
+/// The streaming answer whose lines come from `out`.
+fn ndjson(out: mpsc::Receiver<bytes::Bytes>) -> Response {
+    let body =
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(out).map(Ok::<_, std::convert::Infallible>));
+    ([("content-type", "application/x-ndjson"), ("cache-control", "no-cache")], body).into_response()
+}
+
 /// The VIP's owner now, then every change of owner as it is accepted.
 #[utoipa::path(get, path = "/v1/vips/{name}/watch", tag = "vips",
     params(("name" = String, Path, description = "The VIP's name")),
@@ -40,11 +54,6 @@ pub(super) async fn watch_vip(State(c): Ctl, Path(name): Path<String>) -> ApiRes
     let vip = first.state.vips.get(&name).ok_or_else(|| ApiError::not_found("VIP", &name))?;
     let mut generation = vip.owner.as_ref().map_or(0, |o| o.generation);
     let (tx, out) = mpsc::channel::<bytes::Bytes>(8);
-    let line = |v: serde_json::Value| {
-        let mut b = serde_json::to_vec(&v).unwrap_or_default();
-        b.push(b'\n');
-        bytes::Bytes::from(b)
-    };
     let hello = line(json!({"revision": first.revision, "owner": vip.owner}));
     tokio::spawn(async move {
         if tx.send(hello).await.is_err() {
@@ -91,9 +100,7 @@ pub(super) async fn watch_vip(State(c): Ctl, Path(name): Path<String>) -> ApiRes
             }
         }
     });
-    let body =
-        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(out).map(Ok::<_, std::convert::Infallible>));
-    Ok(([("content-type", "application/x-ndjson"), ("cache-control", "no-cache")], body).into_response())
+    Ok(ndjson(out))
 }
 
 /// The history records of `vip` after generation `after`, up to `upto`, in
@@ -125,11 +132,6 @@ pub(super) async fn watch_vips(State(c): Ctl) -> Response {
     let owners: serde_json::Map<String, serde_json::Value> =
         first.state.vips.iter().map(|(n, v)| (n.clone(), json!(v.owner))).collect();
     let (tx, out) = mpsc::channel::<bytes::Bytes>(16);
-    let line = |v: serde_json::Value| {
-        let mut b = serde_json::to_vec(&v).unwrap_or_default();
-        b.push(b'\n');
-        bytes::Bytes::from(b)
-    };
     let hello = line(json!({"revision": first.revision, "owners": owners}));
     tokio::spawn(async move {
         if tx.send(hello).await.is_err() {
@@ -181,7 +183,5 @@ pub(super) async fn watch_vips(State(c): Ctl) -> Response {
             }
         }
     });
-    let body =
-        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(out).map(Ok::<_, std::convert::Infallible>));
-    ([("content-type", "application/x-ndjson"), ("cache-control", "no-cache")], body).into_response()
+    ndjson(out)
 }
