@@ -17,6 +17,9 @@ packages=(
     pkg-config
     prometheus      # promtool: the alerting rules are checked and unit-tested (monitoring/)
     chromium        # headless: the status page (/ui) is tested in a real browser
+    mariadb-server  # the database workload: a semi-synchronous pair behind a VIP (lab, drills)
+    mariadb-client
+    nginx-light     # the payment workload's front end (lab, drills)
 )
 
 missing=()
@@ -47,6 +50,20 @@ if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
 elif [ -x /etc/init.d/prometheus ] && pgrep -x prometheus >/dev/null 2>&1; then
     /etc/init.d/prometheus stop >/dev/null 2>&1 || true
 fi
+
+# The Debian mariadb-server and nginx packages start host-wide daemons; the
+# lab runs its own, one per VM namespace with private data and run directories,
+# so the host ones are stopped and kept from starting at boot.
+for unit in mariadb nginx; do
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        if systemctl is-enabled --quiet "$unit" 2>/dev/null || systemctl is-active --quiet "$unit" 2>/dev/null; then
+            systemctl disable --now "$unit" >/dev/null 2>&1 || true
+        fi
+    elif [ -x "/etc/init.d/$unit" ]; then
+        "/etc/init.d/$unit" stop >/dev/null 2>&1 || true
+        command -v update-rc.d >/dev/null 2>&1 && update-rc.d "$unit" disable >/dev/null 2>&1 || true
+    fi
+done
 
 # The Debian openvswitch-switch package starts and enables a host-wide Open
 # vSwitch; vipcast's tests run private ones, each in its own namespace and run

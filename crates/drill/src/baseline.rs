@@ -123,10 +123,41 @@ impl Baseline {
             &mut veths,
             "c",
         )?;
-        // keepalived with the lab's own configuration files.
+        // The workload first (keepalived tracks its files): the same pair,
+        // from the lab's template, in directories of the baseline's own.
         let mut keepalived = Vec::new();
+        let mut workload = None;
+        let mut moved_dirs = Vec::new();
+        if let Some(w) = &overlay.workload {
+            let lab_dir =
+                w.dirs.first().and_then(|d| d.parent()).ok_or_else(|| Error::Failed("no workload directory".into()))?;
+            let template = lab_dir.join("mariadb-template");
+            let password = vipcast_lab::workload::password(&w.dirs[0])?;
+            let mut dirs = Vec::new();
+            for (i, m) in members.iter().enumerate() {
+                let peer = members.iter().find(|o| o.name != m.name).map(|o| o.ip).unwrap_or(m.ip);
+                let here = dir.path().join(format!("mariadb-m{i}"));
+                let member =
+                    vipcast_lab::workload::Member { dir: &here, server_id: i as u32 + 1, peer, password: &password };
+                vipcast_lab::workload::prepare(&member, &template)?;
+                vipcast_lab::workload::start(&m.ns, &here, i == 0)?;
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", &m.ns]).arg(here.join("dbctl")).arg("watch").process_group(0);
+                keepalived.push(Child::spawn(&mut cmd, &here.join("watch.log"))?);
+                if let Some(lab) = w.dirs.get(i) {
+                    moved_dirs.push((lab.to_string_lossy().into_owned(), here.to_string_lossy().into_owned()));
+                }
+                dirs.push(here);
+            }
+            progress(&format!("baseline: the MariaDB pair started ({})", dirs[0].display()));
+            workload = Some(crate::target::Workload { dirs, service: w.service });
+        }
+        // keepalived with the lab's own configuration files.
         for (m, conf) in members.iter().zip(&overlay.keepalived) {
-            let conf = conf.as_deref().unwrap_or_default();
+            let mut conf = conf.clone().unwrap_or_default();
+            for (lab, here) in &moved_dirs {
+                conf = conf.replace(lab.as_str(), here);
+            }
             let stem = dir.path().join(format!("keepalived-{}", m.name));
             let conf_path = stem.with_extension("conf");
             std::fs::write(&conf_path, conf).map_err(|e| Error::Failed(format!("{}: {e}", conf_path.display())))?;
@@ -152,6 +183,7 @@ impl Baseline {
             advert_int: overlay.advert_int,
             keepalived: overlay.keepalived.clone(),
             overlay: None,
+            workload,
         };
         Ok(Baseline { target, _keepalived: keepalived, _veths: veths, _namespaces: namespaces, _dir: dir })
     }

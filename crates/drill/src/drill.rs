@@ -51,7 +51,7 @@ impl std::str::FromStr for Assist {
 }
 
 impl Assist {
-    fn settings(self) -> &'static [bool] {
+    pub(crate) fn settings(self) -> &'static [bool] {
         match self {
             Assist::On => &[true],
             Assist::Off => &[false],
@@ -62,7 +62,7 @@ impl Assist {
 
 /// Sets a VPC's assisted handover through the controller; its agents follow
 /// within their watch latency (milliseconds), given a moment here.
-fn set_assist(ov: &Overlay, on: bool) -> Result<()> {
+pub(crate) fn set_assist(ov: &Overlay, on: bool) -> Result<()> {
     let (url, vpc) = (&ov.controller_url, &ov.vpc);
     let body = serde_json::json!({ "assist": on });
     let timeout = std::time::Duration::from_secs(5);
@@ -73,9 +73,9 @@ fn set_assist(ov: &Overlay, on: bool) -> Result<()> {
 }
 
 /// Sets a VPC's assisted handover back on drop.
-struct RestoreAssist<'a> {
-    ov: &'a Overlay,
-    was: bool,
+pub(crate) struct RestoreAssist<'a> {
+    pub(crate) ov: &'a Overlay,
+    pub(crate) was: bool,
 }
 
 impl Drop for RestoreAssist<'_> {

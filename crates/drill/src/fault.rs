@@ -29,12 +29,20 @@ pub enum Fault {
     ChassisDown,
     ReplicatorDown,
     ControllerDown,
+    /// kill -9 of the workload's server process on the master.
+    ServiceKill,
 }
 
 impl Fault {
     /// Every fault, in the order drills and tables list them.
-    pub const ALL: [Fault; 5] =
-        [Fault::LinkDown, Fault::VmFreeze, Fault::ChassisDown, Fault::ReplicatorDown, Fault::ControllerDown];
+    pub const ALL: [Fault; 6] = [
+        Fault::LinkDown,
+        Fault::VmFreeze,
+        Fault::ChassisDown,
+        Fault::ReplicatorDown,
+        Fault::ControllerDown,
+        Fault::ServiceKill,
+    ];
 
     /// The name on the command line.
     pub fn as_str(self) -> &'static str {
@@ -44,6 +52,7 @@ impl Fault {
             Fault::ChassisDown => "chassis-down",
             Fault::ReplicatorDown => "replicator-down",
             Fault::ControllerDown => "controller-down",
+            Fault::ServiceKill => "service-kill",
         }
     }
 
@@ -128,6 +137,12 @@ pub struct Injected {
 /// Whether `fault` can be injected into `target` at all (replicator-down
 /// needs a running replicator); the error says why not.
 pub fn check(fault: Fault, target: &Target) -> Result<()> {
+    if fault == Fault::ServiceKill && target.workload.is_none() {
+        return Err(Error::Refused(format!(
+            "service-kill: VIP {} has no workload (`[[vip]] workload`) whose server could be killed",
+            target.vip_name
+        )));
+    }
     if fault == Fault::ControllerDown {
         return match &target.overlay {
             Some(ov) if controller_process(ov).is_none() => Err(Error::Refused(format!(
@@ -195,7 +210,35 @@ pub fn inject(fault: Fault, target: &Target, master: &Member) -> Result<Injected
         }
         Fault::ReplicatorDown => replicator_down(target, master),
         Fault::ControllerDown => controller_down(target, master),
+        Fault::ServiceKill => service_kill(target, master),
     }
+}
+
+/// kill -9 of the workload's server in the master; nothing to undo (the
+/// member's own scripts bring it back as a replica).
+fn service_kill(target: &Target, master: &Member) -> Result<Injected> {
+    check(Fault::ServiceKill, target)?;
+    let service = target.workload.as_ref().map(|w| w.service).unwrap_or_default();
+    let pids: Vec<u32> = vipcast_lab::teardown::namespace_pids(&master.ns)
+        .into_iter()
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == service))
+        .collect();
+    if pids.is_empty() {
+        return Err(Error::Failed(format!("service-kill: no {service} runs in {}", master.ns)));
+    }
+    let at_us = now_us();
+    signal(&pids, "KILL")?;
+    Ok(Injected {
+        fault: Fault::ServiceKill,
+        at_us,
+        took_us: now_us() - at_us,
+        what: format!(
+            "SIGKILL to {service} (pid {}) in {}",
+            pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
+            master.ns
+        ),
+        undo: None,
+    })
 }
 
 /// The lab's controller process, if it runs.

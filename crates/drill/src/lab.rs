@@ -96,6 +96,11 @@ pub fn resolve(root: &Root, lab: &str, vip: &str, from: Option<&str>) -> Result<
     // Platform-assisted handover (absent from older controllers: off).
     let assist = vpc_json.as_ref().and_then(|v| v["assist"].as_bool()).unwrap_or(false);
     let replicators = state.processes.iter().filter(|p| p.role == "replicator").cloned().collect();
+    // A MariaDB pair: each member has its directory (lab `workloads` step).
+    let dirs: Vec<_> =
+        members.iter().map(|m| vipcast_lab::workload::member_dir(&state.state_dir, &vip_name, &m.name)).collect();
+    let workload =
+        dirs.iter().all(|d| d.join("db.env").exists()).then_some(crate::target::Workload { dirs, service: "mariadbd" });
     Ok(Target {
         variant: if assist { "overlay+assist" } else { "overlay" }.into(),
         vip_name,
@@ -114,6 +119,7 @@ pub fn resolve(root: &Root, lab: &str, vip: &str, from: Option<&str>) -> Result<
             replicators,
             root: root.0.clone(),
         }),
+        workload,
     })
 }
 

@@ -33,10 +33,12 @@ pub mod record;
 pub mod report;
 pub mod rng;
 pub mod session;
+pub mod sql;
 pub mod stages;
 pub mod svg;
 pub mod target;
 pub mod wire;
+pub mod workload;
 
 use std::net::IpAddr;
 

@@ -101,6 +101,18 @@ impl ProbeLog {
     }
 }
 
+/// A record built from the lines of a file (a prober's, a workload
+/// client's).
+pub trait ApplyLine {
+    fn apply_line(&mut self, line: &str);
+}
+
+impl ApplyLine for ProbeLog {
+    fn apply_line(&mut self, line: &str) {
+        ProbeLog::apply_line(self, line);
+    }
+}
+
 /// Follows a file that a prober appends lines to.
 #[derive(Debug)]
 pub struct Tail {
@@ -116,7 +128,7 @@ impl Tail {
 
     /// Reads what was appended since the last call into `log`; returns how
     /// many complete lines were applied.
-    pub fn poll(&mut self, log: &mut ProbeLog) -> std::io::Result<usize> {
+    pub fn poll(&mut self, log: &mut impl ApplyLine) -> std::io::Result<usize> {
         let mut f = match std::fs::File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),

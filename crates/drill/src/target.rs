@@ -27,6 +27,17 @@ pub struct Target {
     pub keepalived: Vec<Option<String>>,
     /// The control plane, for an overlay lab.
     pub overlay: Option<Overlay>,
+    /// What the members run behind the VIP (`[[vip]] workload`).
+    pub workload: Option<Workload>,
+}
+
+/// A workload on the members: for `mariadb`, each member's directory
+/// (`my.cnf`, `db.env`, `dbctl`; same order as the members).
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub dirs: Vec<PathBuf>,
+    /// The server process `service-kill` kills in the master.
+    pub service: &'static str,
 }
 
 /// A member VM.

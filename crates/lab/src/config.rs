@@ -254,6 +254,17 @@ pub struct VipConfig {
     /// virtual_router_id; 1 + the VIP's index in the file unless given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vrid: Option<u8>,
+    /// What the members run behind the VIP (see [`crate::workload`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
+}
+
+/// `[[vip]] workload`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// A semi-synchronous MariaDB pair: the first member starts as master.
+    Mariadb,
 }
 
 fn one_second() -> f64 {
@@ -630,6 +641,20 @@ impl Validator {
             match vip.vrrp {
                 Vrrp::None => {}
                 Vrrp::Keepalived | Vrrp::Vipcast => self.check_keepalived(c, i, vip, &here, &mut vrids),
+            }
+            if vip.workload == Some(Workload::Mariadb) {
+                if vip.members.len() != 2 {
+                    self.problem(format!(
+                        "{here}, key \"workload\": a MariaDB pair needs exactly 2 members, not {}",
+                        vip.members.len()
+                    ));
+                }
+                if vip.vrrp != Vrrp::Keepalived {
+                    self.problem(format!(
+                        "{here}, key \"workload\": the MariaDB pair is driven by keepalived's notify and \
+                         track_file; set vrrp = \"keepalived\""
+                    ));
+                }
             }
         }
     }

@@ -26,6 +26,7 @@ pub mod register;
 pub mod state;
 pub mod teardown;
 pub mod topology;
+pub mod workload;
 
 pub use netns::{Netns, Veth, unique_id};
 pub use process::Child;

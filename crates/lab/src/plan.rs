@@ -218,6 +218,10 @@ pub struct KeepalivedPlan {
     pub config: String,
 }
 
+/// Stands for the lab's state directory in [`KeepalivedPlan::config`]
+/// (paths of a workload's scripts); replaced when the file is written.
+pub const STATE_DIR_TOKEN: &str = "@STATE_DIR@";
+
 impl KeepalivedPlan {
     /// A file-name stem unique in the lab: `keepalived-<vip>-<vm>` or
     /// `vrrpd-<vip>-<vm>`.
@@ -303,17 +307,27 @@ impl Plan {
             let member_ips: Vec<IpAddr> = vip.members.iter().filter_map(|m| c.vm(m).map(|(_, vm)| vm.ip)).collect();
             for (k, member) in vip.members.iter().enumerate() {
                 let Some((_, vm)) = c.vm(member) else { continue };
+                // A workload member's priority follows its role (track_file);
+                // both start equal.
+                let workload = vip.workload.map(|_| {
+                    crate::workload::keepalived_lines(&crate::workload::member_dir(
+                        std::path::Path::new(STATE_DIR_TOKEN),
+                        &vip.name,
+                        member,
+                    ))
+                });
                 let instance = KeepalivedInstance {
                     router_id: member,
                     instance: &vip.name,
                     vrid: c.vrid(i).unwrap_or(1),
-                    priority: if k == 0 { 150 } else { 100 },
+                    priority: if k == 0 && workload.is_none() { 150 } else { 100 },
                     advert_int: vip.advert_int,
                     version: vip.vrrp_version.unwrap_or(3),
                     unicast: vip
                         .unicast
                         .then(|| (vm.ip, member_ips.iter().copied().filter(|ip| *ip != vm.ip).collect::<Vec<_>>())),
                     vip: format!("{}/{prefix}", vip.ip),
+                    workload,
                 };
                 keepalived.push(KeepalivedPlan {
                     daemon: vip.vrrp,
@@ -366,12 +380,21 @@ struct KeepalivedInstance<'a> {
     unicast: Option<(IpAddr, Vec<IpAddr>)>,
     /// VIP/prefix
     vip: String,
+    /// A workload's top-level and instance lines.
+    workload: Option<(String, String)>,
 }
 
 impl KeepalivedInstance<'_> {
     fn render(&self) -> String {
         let mut s = String::new();
-        s.push_str(&format!("global_defs {{\n    router_id {}\n}}\n", self.router_id));
+        s.push_str(&format!("global_defs {{\n    router_id {}\n", self.router_id));
+        if self.workload.is_some() {
+            s.push_str("    script_user root\n");
+        }
+        s.push_str("}\n");
+        if let Some((top, _)) = &self.workload {
+            s.push_str(top);
+        }
         s.push_str(&format!("vrrp_instance {} {{\n", self.instance));
         s.push_str("    state BACKUP\n");
         s.push_str(&format!("    interface {VM_IF}\n"));
@@ -385,6 +408,9 @@ impl KeepalivedInstance<'_> {
                 s.push_str(&format!("        {p}\n"));
             }
             s.push_str("    }\n");
+        }
+        if let Some((_, lines)) = &self.workload {
+            s.push_str(lines);
         }
         s.push_str(&format!("    virtual_ipaddress {{\n        {} dev {VM_IF}\n    }}\n}}\n", self.vip));
         s

@@ -17,7 +17,7 @@ use crate::config::{Bum, Dataplane, LabConfig, Role, StoreKind, Vrrp};
 use crate::ovs::{Ovs, tx_checksum_off};
 use crate::plan::{
     self, CONTROLLER_PORT, ChassisPlan, HOST_ALIAS_PREFIX, MGMT_IF, OPENFLOW_LISTEN, OVS_INT_BRIDGE, OVS_PHY_BRIDGE,
-    PORT_ALIAS_PREFIX, Plan, UNDERLAY_GW, UNDERLAY_IF, UNDERLAY_MTU, UNDERLAY_PREFIX, VM_IF, VM_MTU,
+    PORT_ALIAS_PREFIX, Plan, STATE_DIR_TOKEN, UNDERLAY_GW, UNDERLAY_IF, UNDERLAY_MTU, UNDERLAY_PREFIX, VM_IF, VM_MTU,
 };
 use crate::state::{HostLinkState, LabState, NodeState, ProcessState, Root, TlsState, http_get, log_tail};
 use crate::{Child, Error, Netns, Result, ip, unique_id};
@@ -83,6 +83,7 @@ pub fn up(cfg: &LabConfig, opts: UpOptions<'_>) -> Result<LabState> {
     b.agents()?;
     b.integration_bridges()?;
     b.wait_ports_attached()?;
+    b.workloads()?;
     b.vrrp()?;
     b.commit()
 }
@@ -1011,6 +1012,58 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// Starts each VIP's workload in its member VMs (before VRRP, whose
+    /// track files and notify script it provides): for `mariadb`, a
+    /// template data directory once, then the first member as master, the
+    /// second as its replica, and `dbctl watch` in each.
+    pub fn workloads(&mut self) -> Result<()> {
+        let pairs: Vec<_> = self
+            .cfg
+            .vip
+            .iter()
+            .filter(|v| v.workload == Some(crate::config::Workload::Mariadb))
+            .map(|v| (v.name.clone(), v.members.clone()))
+            .collect();
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        self.check_cancel()?;
+        let password = format!("lab-{}", unique_id());
+        let template = self.state_dir.join("mariadb-template");
+        crate::workload::template(&template, &password)?;
+        self.say("mariadb: template data directory made");
+        let first = self.children.len();
+        for (vip, members) in pairs {
+            let vms: Vec<_> =
+                members.iter().filter_map(|m| self.plan.vms.iter().find(|v| &v.name == m).cloned()).collect();
+            for (k, vm) in vms.iter().enumerate() {
+                self.check_cancel()?;
+                let peer = vms[1 - k].addr.addr();
+                let dir = crate::workload::member_dir(&self.state_dir, &vip, &vm.name);
+                let member =
+                    crate::workload::Member { dir: &dir, server_id: vm.index as u32 + 1, peer, password: &password };
+                crate::workload::prepare(&member, &template)?;
+                crate::workload::start(&vm.ns, &dir, k == 0)?;
+                let dbctl = dir.join("dbctl");
+                self.spawn(
+                    "db-watch",
+                    &vm.name,
+                    &vm.ns,
+                    &dbctl,
+                    &["watch".into()],
+                    &format!("db-watch-{vip}-{}.log", vm.name),
+                )?;
+                self.say(&format!(
+                    "mariadb for vip {vip} in {} ({}): {}",
+                    vm.name,
+                    if k == 0 { "master" } else { "replica" },
+                    dir.display()
+                ));
+            }
+        }
+        self.check_started(first)
+    }
+
     /// Starts keepalived for each VIP with `vrrp = "keepalived"` in each
     /// member VM (distinct pid files per instance), and `vipcast vrrpd` with
     /// the same configuration for `vrrp = "vipcast"`.
@@ -1025,8 +1078,8 @@ impl<'a> Builder<'a> {
         for k in self.plan.keepalived.clone() {
             let stem = k.stem();
             let conf = self.state_dir.join(format!("{stem}.conf"));
-            std::fs::write(&conf, &k.config)
-                .map_err(|e| Error::Lab(format!("cannot write {}: {e}", conf.display())))?;
+            let text = k.config.replace(STATE_DIR_TOKEN, &self.state_dir.to_string_lossy());
+            std::fs::write(&conf, text).map_err(|e| Error::Lab(format!("cannot write {}: {e}", conf.display())))?;
             if k.daemon == Vrrp::Vipcast {
                 let status = self.state_dir.join(format!("{stem}.status.json"));
                 let args: Vec<OsString> = vec![

@@ -67,6 +67,31 @@ pub struct DrillArgs {
     /// Seed of the chaos' random choices (default: from the clock).
     #[arg(long, requires = "chaos")]
     seed: Option<u64>,
+    /// Drill the VIP's workload instead of UDP probes: `mariadb` (the lab's
+    /// `[[vip]] workload = "mariadb"` pair). A client writes through the VIP;
+    /// every acknowledged write must be stored after each failover. Faults:
+    /// link-down, vm-freeze, service-kill (kill -9 mariadbd on the master),
+    /// chassis-down, controller-down. Exits 1 unless every run passed.
+    #[arg(long, value_parser = ["mariadb"], conflicts_with_all = ["chaos", "svg", "from"])]
+    workload: Option<String>,
+    /// Negative control: let the master fall back to asynchronous
+    /// replication before each fault (semi-sync timeout 500 ms, the
+    /// standby's IO thread stopped); the drill must report lost writes.
+    #[arg(long, requires = "workload", hide = true)]
+    unsafe_async_fallback: bool,
+}
+
+/// `vipcast workload-client` (hidden): the database workload's client.
+#[derive(Debug, Args)]
+pub struct WorkloadClientArgs {
+    /// VIP:PORT
+    #[arg(long)]
+    addr: SocketAddr,
+    /// A file with DB_USER= and DB_PASSWORD= lines (a member's db.env).
+    #[arg(long)]
+    credentials: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    workers: u32,
 }
 
 /// `vipcast demo`
@@ -172,8 +197,22 @@ pub fn drill(a: DrillArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let report =
-        vipcast_drill::drill(&target, a.fault, Variants { baseline: !a.no_baseline, assist: a.assist }, &opts)?;
+    let variants = Variants { baseline: !a.no_baseline, assist: a.assist };
+    if a.workload.is_some() {
+        let unsafe_ = vipcast_drill::workload::Unsafe { async_fallback: a.unsafe_async_fallback };
+        let report = vipcast_drill::workload::drill(&target, a.fault, variants, unsafe_, &opts)?;
+        crate::progress::finish();
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.table());
+        }
+        if !report.passed() {
+            anyhow::bail!("not every run passed: see the failed runs above");
+        }
+        return Ok(());
+    }
+    let report = vipcast_drill::drill(&target, a.fault, variants, &opts)?;
     crate::progress::finish();
     if let Some(path) = &a.svg {
         std::fs::write(path, vipcast_drill::demo::timeline_svg(&report))
@@ -248,6 +287,27 @@ pub fn respond(a: ResponderArgs) -> anyhow::Result<()> {
         None => std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string(),
     };
     vipcast_drill::probe::respond(a.listen, &name)?;
+    Ok(())
+}
+
+pub fn workload_client(a: WorkloadClientArgs) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(&a.credentials).with_context(|| format!("reading {}", a.credentials.display()))?;
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::to_string)
+            .with_context(|| format!("{}: no {key} line", a.credentials.display()))
+    };
+    let cfg = vipcast_drill::workload::client::ClientConfig {
+        addr: a.addr,
+        user: field("DB_USER=")?,
+        password: field("DB_PASSWORD=")?,
+        workers: a.workers.clamp(1, 64),
+        connect_timeout: vipcast_drill::workload::CONNECT_TIMEOUT,
+        io_timeout: vipcast_drill::workload::IO_TIMEOUT,
+    };
+    vipcast_drill::workload::client::run(&cfg, std::io::stdout())?;
     Ok(())
 }
 

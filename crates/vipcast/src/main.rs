@@ -107,6 +107,9 @@ enum Command {
     /// lab namespace).
     #[command(hide = true)]
     Announce(drill::AnnounceArgs),
+    /// The database workload's client (run inside a lab namespace).
+    #[command(hide = true)]
+    WorkloadClient(drill::WorkloadClientArgs),
 }
 
 /// The command line, with a daemon's `--config FILE` read into it (see
@@ -188,6 +191,7 @@ fn main() -> ExitCode {
         Command::Demo(d) => drill::demo(d),
         Command::Probe(p) => drill::probe(p),
         Command::ProbeResponder(r) => drill::respond(r),
+        Command::WorkloadClient(w) => drill::workload_client(w),
         Command::Announce(a) => drill::announce(a),
     };
     progress::finish();
