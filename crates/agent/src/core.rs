@@ -466,6 +466,10 @@ impl AgentCore {
                 tracing::info!(port, vpc = m.vpc, vrid = m.advert.vrid, "port down: assistance is off");
                 continue;
             }
+            if let Some(vip) = no_eligible_successor(&self.synced.state, &m.vpc, &m.advert.addresses, Some(&m.port)) {
+                tracing::info!(port, vip, vrid = m.advert.vrid, "port down: no assistance (no other member is eligible)");
+                continue;
+            }
             match priority_zero_frames(&self.synced.state, &m) {
                 Ok((vni, frames)) => actions.push(Action::AssistPortDown { master: m, vni, frames }),
                 Err(e) => tracing::warn!(port, vrid = m.advert.vrid, error = %e, "assisted handover failed"),
@@ -635,6 +639,11 @@ impl AgentCore {
                 tracing::info!(vpc = m.vpc, vrid = m.advert.vrid, "master's chassis dead: assistance is off");
                 continue;
             }
+            let master_port = port_by_mac(&state, &m.vpc, m.eth_src).map(|p| p.name.clone());
+            if let Some(vip) = no_eligible_successor(&state, &m.vpc, &m.advert.addresses, master_port.as_deref()) {
+                tracing::info!(vip, vrid = m.advert.vrid, "master's chassis dead: no assistance (no other member is eligible)");
+                continue;
+            }
             let advert = m.priority_zero();
             let mut frames = Vec::new();
             for (port, (eth_dst, dst)) in &m.receivers {
@@ -644,12 +653,26 @@ impl AgentCore {
                     Err(e) => tracing::warn!(port, error = %e, "building a priority-0 advert"),
                 }
             }
-            let master_port = port_by_mac(&state, &m.vpc, m.eth_src).map(|p| p.name.clone());
             let silent_ms = now.saturating_duration_since(m.last).as_millis() as u64;
             actions.push(Action::AssistChassisDead { master: m, master_port, frames, silent_ms });
         }
         actions
     }
+}
+
+/// A VIP among `addresses` (of VPC `vpc`) whose members other than the
+/// master's port are all marked not eligible: speaking for the master would
+/// hand the VIP to a member the controller refuses.
+fn no_eligible_successor(state: &State, vpc: &str, addresses: &[IpAddr], master_port: Option<&str>) -> Option<String> {
+    state
+        .vips
+        .values()
+        .filter(|v| v.spec.vpc == vpc && addresses.contains(&v.spec.ip))
+        .find(|v| {
+            let mut others = v.spec.members.iter().filter(|p| Some(p.as_str()) != master_port).peekable();
+            others.peek().is_some() && others.all(|p| !v.eligible(p))
+        })
+        .map(|v| v.spec.name.clone())
 }
 
 /// The port of VPC `vpc` with MAC `mac`, if any.

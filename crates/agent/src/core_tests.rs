@@ -313,6 +313,50 @@ fn link_down_speaks_for_the_master_once_and_only_in_time() {
     assert!(off.on_link("pay1", false, t0 + ms(10)).is_empty());
 }
 
+/// [`state`] with `pay2` marked not eligible to take the VIP.
+fn state_pay2_ineligible(owner: Option<(&str, MacAddr, &str, u64)>, hv2_dead: bool) -> Synced {
+    let mut synced = state(owner, hv2_dead, true);
+    let mut s = (*synced.state).clone();
+    let mut vip = s.vips["pay-vip"].clone();
+    vip.ineligible = vec!["pay2".into()];
+    s.put(Object::Vip(vip));
+    synced.state = Arc::new(s);
+    synced
+}
+
+#[test]
+fn no_handover_to_a_member_marked_not_eligible() {
+    let t0 = Instant::now();
+    // pay1's port goes down; pay2, the only other member, is not eligible.
+    let mut c = core();
+    let _ = c.on_revision(state_pay2_ineligible(Some(("pay1", A, "hv1", 1)), false), t0);
+    let _ = c.on_seen(sent_advert(150), t0);
+    assert!(c.on_link("pay1", false, t0 + ms(60)).is_empty());
+    // The same with pay2 eligible: spoken for (the control for the above).
+    let mut c = core();
+    let _ = c.on_revision(state(Some(("pay1", A, "hv1", 1)), false, true), t0);
+    let _ = c.on_seen(sent_advert(150), t0);
+    assert_eq!(c.on_link("pay1", false, t0 + ms(60)).len(), 1);
+    // A dead chassis' master whose only other member (pay1, here) is not
+    // eligible is not spoken for either.
+    let mut c = core();
+    let mut synced = state(Some(("pay2", B, "hv2", 1)), false, true);
+    let mut st = (*synced.state).clone();
+    let mut vip = st.vips["pay-vip"].clone();
+    vip.ineligible = vec!["pay1".into()];
+    st.put(Object::Vip(vip.clone()));
+    synced.state = Arc::new(st.clone());
+    let _ = c.on_revision(synced.clone(), t0);
+    let _ = c.on_seen(delivered_advert(), t0);
+    let mut dead = (*synced.state).clone();
+    let mut hv2 = dead.chassis["hv2"].clone();
+    hv2.liveness = Some(Liveness { alive: false, since_ms: 1, last_heard_ms: 1 });
+    dead.put(Object::Chassis(hv2));
+    let _ = c.on_revision(Synced { revision: 2, state: Arc::new(dead), ..synced }, t0 + ms(50));
+    // (Eligible, it is spoken for at 111 ms: a_dead_chassis_master_is_spoken_for_once_its_adverts_stop.)
+    assert!(c.on_tick(t0 + ms(111)).is_empty());
+}
+
 #[test]
 fn a_dead_chassis_master_is_spoken_for_once_its_adverts_stop() {
     let t0 = Instant::now();

@@ -446,6 +446,7 @@ mod tests {
             owner: Some(Owner { port: "a2".into(), mac: VM2, chassis: "hv2".into(), generation: 1, since: 0 }),
             recent_moves: vec![],
             split_brain_until: 0,
+            ineligible: vec![],
         }));
         s
     }

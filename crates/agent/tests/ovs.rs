@@ -332,6 +332,7 @@ fn state() -> State {
         owner: None,
         recent_moves: vec![],
         split_brain_until: 0,
+        ineligible: vec![],
     }));
     s
 }

@@ -272,6 +272,12 @@ pub fn decide(
 ) -> Result<Decision, Invalid> {
     let vip = state.vips.get(name).ok_or_else(|| Invalid::not_found("VIP", name))?;
     let port = member(state, vip, claim)?;
+    if !vip.eligible(port) {
+        return Err(Invalid::forbidden(
+            "not_eligible",
+            format!("port {port:?} is marked not eligible to take VIP {name:?}"),
+        ));
+    }
     check_clock(claim.observed_at, now_ms)?;
     if let Some(o) = &vip.owner
         && &o.port == port

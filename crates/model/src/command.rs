@@ -56,6 +56,9 @@ pub enum Command {
     /// Replaces a VIP's member list; an owner that is no longer a member
     /// loses the VIP.
     PutMembers { vip: String, members: Vec<String> },
+    /// Marks a member of a VIP eligible to take it, or not. An owner marked
+    /// not eligible keeps the VIP; it cannot take it back once it lost it.
+    SetEligible { vip: String, port: String, eligible: bool },
     /// A VRRP master reported by a chassis (`master.port` is filled in from
     /// the MAC; `assists` and `last_assist` are the recorded ones).
     ReportVrrp(VrrpRouter),
@@ -172,6 +175,7 @@ pub fn apply(state: &State, command: &Command, now_ms: u64) -> Result<Applied, I
             let mut next = vip.clone();
             next.spec.members = members.clone();
             state.check_members(&next.spec)?;
+            next.ineligible.retain(|p| next.spec.members.contains(p));
             // An owner that is no longer a member no longer owns the VIP.
             let mut puts = Vec::new();
             if next.owner.as_ref().is_some_and(|o| !next.spec.members.contains(&o.port)) {
@@ -187,6 +191,23 @@ pub fn apply(state: &State, command: &Command, now_ms: u64) -> Result<Applied, I
             }
             puts.insert(0, Object::Vip(next));
             Ok(Applied { puts, deletes: Vec::new(), outcome: Outcome::Updated })
+        }
+        Command::SetEligible { vip: name, port, eligible } => {
+            let vip = state.vips.get(name).ok_or_else(|| Invalid::not_found("VIP", name))?;
+            if !vip.spec.members.contains(port) {
+                return Err(Invalid::bad("not_member", "port", format!("port {port:?} is not a member of VIP {name:?}")));
+            }
+            if vip.eligible(port) == *eligible {
+                return Ok(Applied::unchanged());
+            }
+            let mut next = vip.clone();
+            if *eligible {
+                next.ineligible.retain(|p| p != port);
+            } else {
+                next.ineligible.push(port.clone());
+                next.ineligible.sort();
+            }
+            Ok(Applied::put(Object::Vip(next), Outcome::Updated))
         }
         Command::ReportVrrp(report) => {
             let mut r = report.clone();
@@ -470,6 +491,31 @@ mod tests {
         assert_eq!(s.chassis["hv1"].liveness, Some(Liveness { alive: true, since_ms: 30, last_heard_ms: 7 }));
         let ghost = Command::SetLiveness { chassis: "ghost".into(), alive: false, last_heard_ms: 0 };
         assert_eq!(run(&mut s, &ghost, 40), Ok(Outcome::Unchanged));
+    }
+
+    #[test]
+    fn an_ineligible_member_cannot_take_the_vip() {
+        let mut s = sample();
+        let set = |port: &str, eligible: bool| Command::SetEligible { vip: "pay-vip".into(), port: port.into(), eligible };
+        assert_eq!(run(&mut s, &set("pay2", false), 0), Ok(Outcome::Updated));
+        assert_eq!(run(&mut s, &set("pay2", false), 0), Ok(Outcome::Unchanged));
+        assert_eq!(s.vips["pay-vip"].ineligible, ["pay2"]);
+        assert_eq!(run(&mut s, &set("client", false), 0).unwrap_err().code, "not_member");
+        assert_eq!(run(&mut s, &Command::SetEligible { vip: "nope".into(), port: "pay2".into(), eligible: true }, 0).unwrap_err().code, "not_found");
+        // pay1 takes the VIP; pay2 (on hv2) may not, however often it claims.
+        assert!(matches!(run(&mut s, &claim("02:00:00:00:00:01", "hv1"), 100), Ok(Outcome::Moved { .. })));
+        let e = run(&mut s, &claim("02:00:00:00:00:02", "hv2"), 200).unwrap_err();
+        assert_eq!(e.code, "not_eligible");
+        assert_eq!(s.vips["pay-vip"].owner.as_ref().map(|o| o.port.as_str()), Some("pay1"));
+        // Eligible again: it may.
+        assert_eq!(run(&mut s, &set("pay2", true), 0), Ok(Outcome::Updated));
+        assert!(s.vips["pay-vip"].ineligible.is_empty());
+        assert!(matches!(run(&mut s, &claim("02:00:00:00:00:02", "hv2"), 300), Ok(Outcome::Moved { .. })));
+        // A member that leaves the list leaves the ineligible list too.
+        assert_eq!(run(&mut s, &set("pay2", false), 0), Ok(Outcome::Updated));
+        let members = Command::PutMembers { vip: "pay-vip".into(), members: vec!["pay1".into()] };
+        assert_eq!(run(&mut s, &members, 0), Ok(Outcome::Updated));
+        assert!(s.vips["pay-vip"].ineligible.is_empty());
     }
 
     #[test]

@@ -210,6 +210,11 @@ pub struct Vip {
     /// Split-brain is reported until this time (ms), 0 for never.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub split_brain_until: u64,
+    /// Members that may not take the VIP (sorted, no repeats): their claims
+    /// are refused and agents do not hand the VIP over to them. E.g. a
+    /// database standby that is behind, marked by its health agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ineligible: Vec<String>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -219,7 +224,12 @@ fn is_zero(v: &u64) -> bool {
 impl Vip {
     /// A new VIP with no owner.
     pub fn new(spec: VipSpec) -> Vip {
-        Vip { spec, owner: None, recent_moves: Vec::new(), split_brain_until: 0 }
+        Vip { spec, owner: None, recent_moves: Vec::new(), split_brain_until: 0, ineligible: Vec::new() }
+    }
+
+    /// Whether member `port` may take the VIP.
+    pub fn eligible(&self, port: &str) -> bool {
+        !self.ineligible.iter().any(|p| p == port)
     }
 
     /// Whether members have been alternating as owner recently.

@@ -206,6 +206,14 @@ enum VipVerb {
         #[arg(value_delimiter = ',', required = true)]
         members: Vec<String>,
     },
+    /// Marks a member eligible to take the VIP, or not (`--eligible
+    /// false`: its claims are refused and nothing hands the VIP to it).
+    Member {
+        name: String,
+        port: String,
+        #[arg(long, action = clap::ArgAction::Set)]
+        eligible: bool,
+    },
     /// Reports a GARP / NA as a sniffer would.
     Claim {
         name: String,
@@ -318,6 +326,9 @@ fn request(what: What) -> Req {
             VipVerb::Watch { name } => (Method::GET, format!("/v1/vips/{name}/watch"), None),
             VipVerb::Members { name, members } => {
                 (Method::PUT, format!("/v1/vips/{name}/members"), Some(json!({"members": members})))
+            }
+            VipVerb::Member { name, port, eligible } => {
+                (Method::PUT, format!("/v1/vips/{name}/members/{port}"), Some(json!({"eligible": eligible})))
             }
             VipVerb::Claim { name, mac, chassis, source } => {
                 let now = std::time::SystemTime::now()

@@ -73,6 +73,7 @@ pub fn routes() -> OpenApiRouter<Arc<Controller>> {
         .routes(routes!(vips::list_vips, vips::create_vip))
         .routes(routes!(vips::get_vip, vips::delete_vip))
         .routes(routes!(vips::put_members))
+        .routes(routes!(vips::put_member))
         .routes(routes!(vips::vip_history))
         .routes(routes!(check::check_vip))
         .routes(routes!(vip_watch::watch_vip))

@@ -35,6 +35,8 @@ pub(super) struct VipView {
     /// The VRRP view: the virtual routers of the VIP's VPC that advertise
     /// its address, as their masters' chassis saw them.
     vrrp: Vec<VrrpRouter>,
+    /// Members marked not eligible to take the VIP.
+    ineligible: Vec<String>,
 }
 
 /// A VIP's flap damping, now (the policy: 30 moves in a 10 s window put
@@ -62,7 +64,14 @@ fn vip_view(s: &vipcast_model::State, v: &Vip) -> VipView {
         moves_in_window: if window_open { d.moves_in_window } else { 0 },
         holds: d.holds,
     };
-    VipView { spec: v.spec.clone(), owner: v.owner.clone(), split_brain: v.split_brain(now), damping, vrrp }
+    VipView {
+        spec: v.spec.clone(),
+        owner: v.owner.clone(),
+        split_brain: v.split_brain(now),
+        damping,
+        vrrp,
+        ineligible: v.ineligible.clone(),
+    }
 }
 
 /// Sets the split-brain gauge to the VIPs flagged now.
@@ -154,6 +163,40 @@ pub(super) async fn put_members(State(c): Ctl, Path(name): Path<String>, body: B
     get_vip(State(c), Path(name)).await
 }
 
+/// A member's standing.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct MemberBody {
+    /// Whether the member may take the VIP. A member marked `false` (e.g.
+    /// by a database's health agent while its standby is behind) has its
+    /// claims refused (`not_eligible`), and agents do not hand the VIP over
+    /// to it; an owner marked `false` keeps the VIP until it loses it.
+    eligible: bool,
+}
+
+/// Marks a member of a VIP eligible to take it, or not.
+#[utoipa::path(put, path = "/v1/vips/{name}/members/{port}", tag = "vips",
+    params(
+        ("name" = String, Path, description = "The VIP's name"),
+        ("port" = String, Path, description = "A member port's name"),
+    ),
+    request_body = MemberBody,
+    responses(
+        (status = 200, description = "The VIP after the change", body = VipView),
+        (status = 400, description = "`malformed_json`, `invalid_body` (with `field` naming the JSON path at fault), `not_member` (field `port`)", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such VIP", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store failed or writes kept conflicting; try again", body = ErrorBody),
+))]
+pub(super) async fn put_member(
+    State(c): Ctl,
+    Path((name, port)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<VipView>> {
+    let b: MemberBody = parse(&body)?;
+    c.write(Command::SetEligible { vip: name.clone(), port, eligible: b.eligible }).await?;
+    get_vip(State(c), Path(name)).await
+}
+
 /// `?before=&limit=`: a page of history.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -232,7 +275,7 @@ pub(super) async fn post_claim(
     let refused = |e: &vipcast_model::Invalid| {
         count("refused");
         match e.code {
-            "not_member" | "clock_skew" => {
+            "not_member" | "clock_skew" | "not_eligible" => {
                 tracing::warn!(vip = name, mac = %claim.mac, chassis = claim.chassis, code = e.code, "refused claim: {}", e.message)
             }
             _ => {
