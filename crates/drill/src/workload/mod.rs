@@ -284,20 +284,25 @@ impl<'a> Session<'a> {
         let at = injected.at_us;
         (self.opts.progress)(&format!("{}: {} on {}: {}", self.target.variant, fault, master.name, injected.what));
         let acked_before = self.log.acked_between(window_start, at);
-        // The failover: the peer writable, acknowledgements flowing again.
+        // The failover: the peer writable, then acknowledgements flowing
+        // again (counted from when it was seen writable: acknowledgements
+        // right after the fault may still be the old master's).
         let start = Instant::now();
-        let mut to = None;
+        let mut to: Option<(String, u64)> = None;
         let mut settled_us = now_us();
         while start.elapsed() < LIMIT {
             self.sleep(Duration::from_millis(50))?;
             if to.is_none() && writable(&peer.ns, pdir) {
-                to = Some(peer.name.clone());
+                to = Some((peer.name.clone(), now_us()));
             }
             settled_us = now_us();
-            if to.is_some() && self.log.acked_between(at, u64::MAX) >= ENOUGH {
+            if let Some((_, since)) = &to
+                && self.log.acked_between(*since, u64::MAX) >= ENOUGH
+            {
                 break;
             }
         }
+        let to = to.map(|(name, _)| name);
         let mut problems = Vec::new();
         if to.is_none() {
             problems.push(format!("{} did not become writable within {LIMIT:?}", peer.name));
@@ -316,7 +321,11 @@ impl<'a> Session<'a> {
         let outage_ms = self.log.longest_gap(at.saturating_sub(PRE_FAULT_US), settled_us).map(|g| g as f64 / 1000.0);
         let acked_after = self.log.acked_between(at, u64::MAX);
         // The old master rejoins as a replica and holds the same rows.
-        if to.is_some()
+        if unsafe_.async_fallback {
+            // The old master acknowledged writes its peer never got: it
+            // cannot rejoin (GTID strict mode refuses it), by design.
+            problems.push("negative control: the pair diverged by design; rejoin not checked".into());
+        } else if to.is_some()
             && let Err(e) = self.rejoined(master, mdir, peer, pdir, base)
         {
             problems.push(e.to_string());
