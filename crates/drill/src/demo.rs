@@ -116,7 +116,7 @@ pub fn lab_file(name: &str, bum: &str, tls: bool) -> String {
 }
 
 /// A lab that is up; `lab down` on drop.
-struct LabUp<'a> {
+pub(crate) struct LabUp<'a> {
     root: &'a Root,
     name: String,
     progress: &'a dyn Fn(&str),
@@ -130,7 +130,12 @@ impl Drop for LabUp<'_> {
 }
 
 fn up<'a>(root: &'a Root, name: &str, bum: &str, opts: &DemoOptions<'a>) -> Result<LabUp<'a>> {
-    let cfg = LabConfig::parse(&lab_file(name, bum, opts.tls)).map_err(vipcast_lab::Error::from)?;
+    up_file(root, name, &lab_file(name, bum, opts.tls), opts)
+}
+
+/// Builds the lab `text` describes (named `name`), torn down on drop.
+pub(crate) fn up_file<'a>(root: &'a Root, name: &str, text: &str, opts: &DemoOptions<'a>) -> Result<LabUp<'a>> {
+    let cfg = LabConfig::parse(text).map_err(vipcast_lab::Error::from)?;
     let quiet = |_: &str| {};
     let up_opts = UpOptions { root, exe: &opts.exe, file: None, progress: &quiet, cancel: opts.cancel };
     let guard = LabUp { root, name: name.to_string(), progress: opts.progress };
@@ -307,10 +312,16 @@ pub const END: &str = "<!-- END vipcast demo -->";
 /// `old` with the text between [`BEGIN`] and [`END`] replaced by `section`
 /// (appended, with the markers, if they are not there).
 pub fn splice_markdown(old: &str, section: &str) -> String {
-    let block = format!("{BEGIN}\n{section}{END}\n");
-    match (old.find(BEGIN), old.find(END)) {
+    splice_between(old, BEGIN, END, section)
+}
+
+/// `old` with the text between markers `begin` and `end` replaced by
+/// `section` (the block appended when the markers are missing).
+pub fn splice_between(old: &str, begin: &str, end: &str, section: &str) -> String {
+    let block = format!("{begin}\n{section}{end}\n");
+    match (old.find(begin), old.find(end)) {
         (Some(a), Some(b)) if b > a => {
-            let after = old.get(b + END.len()..).unwrap_or_default().trim_start_matches('\n');
+            let after = old.get(b + end.len()..).unwrap_or_default().trim_start_matches('\n');
             format!("{}{block}{after}", old.get(..a).unwrap_or_default())
         }
         _ if old.trim().is_empty() => format!("# vipcast benchmarks\n\n{block}"),
@@ -361,7 +372,7 @@ fn first_line(cmd: &mut Command) -> String {
         .unwrap_or_default()
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()

@@ -19,6 +19,7 @@
 //! master after the previous one (the pair runs with `nopreempt`).
 
 pub mod client;
+pub mod demo;
 pub mod ops;
 
 use std::collections::BTreeSet;

@@ -83,15 +83,29 @@ promote() {
     ip route del prohibit "$PEER" 2>/dev/null
     [ "$stopped" = 0 ] || return 1
     # Everything the replica acknowledged is in its relay log: apply it all
-    # before taking writes. (Not MASTER_GTID_WAIT on Gtid_IO_Pos: that names
-    # a transaction whose start arrived, and one cut off midway is never
-    # applied; it was never acknowledged either.)
-    local i st
-    for i in $(seq 6000); do
-        st=$(slave_status)
-        [[ "$(field "$st" Slave_SQL_Running_State)" == "Slave has read all relay log"* ]] && break
-        [ "$(field "$st" Slave_SQL_Running)" = Yes ] || { log "SQL thread stopped: $(field "$st" Last_SQL_Error)"; break; }
-        sleep 0.005
+    # before taking writes, up to the last transaction received
+    # (MASTER_GTID_WAIT on Gtid_IO_Pos). That one may have arrived only in
+    # part (the stream cut midway): never acknowledged, it is never applied.
+    # It is taken to be so when the parallel applier is idle (the SQL
+    # thread at the end of the relay log, every worker waiting for work)
+    # and gtid_slave_pos has not moved, twice 100 ms apart. (The SQL
+    # thread's state alone says nothing of the workers: relay log deleted
+    # before they finish would lose acknowledged writes.)
+    local io pos last="" idle=0 i
+    io=$(slave_field Gtid_IO_Pos)
+    for i in $(seq 600); do
+        [ "$(sql "SELECT MASTER_GTID_WAIT('$io', 0.1)")" = 0 ] && break
+        pos=$(sql 'SELECT @@global.gtid_slave_pos')
+        if [ "$(sql "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'system user' AND
+                ((COMMAND = 'Slave_SQL' AND STATE NOT LIKE 'Slave has read all relay log%') OR
+                 (COMMAND = 'Slave_worker' AND STATE <> 'Waiting for work from SQL thread'))")" = 0 ] &&
+            [ "$pos" = "$last" ]; then
+            idle=$((idle + 1))
+            [ "$idle" -ge 2 ] && { log "the last transaction ($io) arrived only in part: not applied"; break; }
+        else
+            idle=0
+        fi
+        last=$pos
     done
     local applied
     applied=$(sql 'SELECT @@global.gtid_slave_pos')
