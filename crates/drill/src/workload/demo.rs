@@ -91,11 +91,23 @@ pub fn table(r: &WorkloadsDemoReport) -> String {
     format!("{t}\n")
 }
 
-fn rows_header() -> [&'static str; 9] {
-    ["fault", "variant", "runs", "outage p50", "p95", "max", "acknowledged", "lost", "in doubt (stored after all)"]
+fn rows_header() -> [&'static str; 11] {
+    [
+        "fault",
+        "variant",
+        "runs",
+        "new VRRP master p50",
+        "writable p50",
+        "outage p50",
+        "p95",
+        "max",
+        "acknowledged",
+        "lost",
+        "in doubt (stored after all)",
+    ]
 }
 
-fn rows(r: &WorkloadsDemoReport) -> Vec<[String; 9]> {
+fn rows(r: &WorkloadsDemoReport) -> Vec<[String; 11]> {
     let ms = |v: Option<f64>| v.map(|v| format!("{v:.0} ms")).unwrap_or("-".into());
     let mut out = Vec::new();
     for w in &r.reports {
@@ -104,6 +116,8 @@ fn rows(r: &WorkloadsDemoReport) -> Vec<[String; 9]> {
                 w.fault.to_string(),
                 s.variant.clone(),
                 format!("{}/{} passed", s.passed, s.runs),
+                ms(s.vrrp_master_p50_ms),
+                ms(s.writable_p50_ms),
                 ms(s.outage_p50_ms),
                 ms(s.outage_p95_ms),
                 ms(s.outage_max_ms),
@@ -122,7 +136,8 @@ pub fn markdown(r: &WorkloadsDemoReport) -> String {
     let mut s = format!(
         "Measured {} UTC with `vipcast demo --workloads` ({} runs per row; took {:.0} s) on {} ({} CPUs), kernel {}, \
          {}, MariaDB from Debian. A client writes through the VIP with 4 connections (connect timeout 100 ms, \
-         statement timeout 500 ms); outage: the longest time without an acknowledged write; lost: acknowledged \
+         statement timeout 500 ms). From the fault: the new master's keepalived is MASTER, its database is \
+         promoted (writable); outage: the longest time without an acknowledged write; lost: acknowledged \
          writes missing after the failover (exact sets, checked on the new master and on the old one once it has \
          rejoined).\n\n",
         m.date, r.runs, r.elapsed_s, m.cpu, m.cpus, m.kernel, m.keepalived

@@ -67,6 +67,10 @@ pub struct WorkloadRun {
     pub to: Option<String>,
     /// Longest time without an acknowledged operation around the fault.
     pub outage_ms: Option<f64>,
+    /// From the fault: the new master's keepalived became MASTER, and its
+    /// database was promoted (writable), from its `dbctl.log`.
+    pub vrrp_master_ms: Option<f64>,
+    pub writable_ms: Option<f64>,
     pub acked_before: usize,
     pub acked_after: usize,
     /// Preconditions at the fault: semi-sync ON, no commit without an ACK.
@@ -133,6 +137,21 @@ fn writable(ns: &str, dir: &Path) -> bool {
 fn stored(ns: &str, dir: &Path, base: u64) -> Result<BTreeSet<u64>> {
     let out = sql(ns, dir, &format!("SELECT id FROM vipcast.ops WHERE id >= {base}"))?;
     Ok(out.lines().filter_map(|l| l.trim().parse().ok()).collect())
+}
+
+/// From a `dbctl.log`: ms from `at_us` to the first `-> MASTER` line and to
+/// the first `promoted` line after it.
+pub fn stages(log: &str, at_us: u64) -> (Option<f64>, Option<f64>) {
+    let at_ms = at_us / 1000;
+    let after = |needle: &str| {
+        log.lines()
+            .filter_map(|l| {
+                let ms: u64 = l.split_whitespace().next()?.parse().ok()?;
+                (ms >= at_ms && l.contains(needle)).then(|| (ms - at_ms) as f64)
+            })
+            .next()
+    };
+    (after("-> MASTER"), after("promoted after"))
 }
 
 /// A workload session on one target: the client runs for all its runs.
@@ -331,12 +350,15 @@ impl<'a> Session<'a> {
         {
             problems.push(e.to_string());
         }
+        let (vrrp_master_ms, writable_ms) = stages(&std::fs::read_to_string(pdir.join("dbctl.log")).unwrap_or_default(), at);
         Ok(WorkloadRun {
             variant: self.target.variant.clone(),
             fault,
             from: master.name.clone(),
             to,
             outage_ms,
+            vrrp_master_ms,
+            writable_ms,
             acked_before,
             acked_after,
             preconditions,
@@ -402,13 +424,16 @@ pub fn runs(
     for i in 0..runs {
         s.cancelled()?;
         let r = s.run(fault, unsafe_, rng.below(interval))?;
+        let ms = |v: Option<f64>| v.map(|v| format!("{v:.0} ms")).unwrap_or("-".into());
         (opts.progress)(&format!(
-            "{} run {}/{runs}: {} -> {}: outage {}, acknowledged {}+{}, lost {}, in doubt {} ({} stored){}",
+            "{} run {}/{runs}: {} -> {}: VRRP master +{}, writable +{}, outage {}, acknowledged {}+{}, lost {}, in doubt {} ({} stored){}",
             r.variant,
             i + 1,
             r.from,
             r.to.as_deref().unwrap_or("nobody"),
-            r.outage_ms.map(|o| format!("{o:.0} ms")).unwrap_or("-".into()),
+            ms(r.vrrp_master_ms),
+            ms(r.writable_ms),
+            ms(r.outage_ms),
             r.acked_before,
             r.acked_after,
             r.lost,
@@ -429,6 +454,9 @@ pub struct WorkloadSummary {
     pub outage_p50_ms: Option<f64>,
     pub outage_p95_ms: Option<f64>,
     pub outage_max_ms: Option<f64>,
+    /// Medians: the new master's keepalived MASTER, its database writable.
+    pub vrrp_master_p50_ms: Option<f64>,
+    pub writable_p50_ms: Option<f64>,
     pub acked: usize,
     pub lost: usize,
     pub in_doubt: usize,
@@ -445,6 +473,14 @@ impl WorkloadSummary {
             outage_p50_ms: crate::analysis::percentile(&outages, 50.0),
             outage_p95_ms: crate::analysis::percentile(&outages, 95.0),
             outage_max_ms: outages.iter().copied().fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x)))),
+            vrrp_master_p50_ms: crate::analysis::percentile(
+                &runs.iter().filter_map(|r| r.vrrp_master_ms).collect::<Vec<_>>(),
+                50.0,
+            ),
+            writable_p50_ms: crate::analysis::percentile(
+                &runs.iter().filter_map(|r| r.writable_ms).collect::<Vec<_>>(),
+                50.0,
+            ),
             acked: runs.iter().map(|r| r.verdict.acked).sum(),
             lost: runs.iter().map(|r| r.lost).sum(),
             in_doubt: runs.iter().map(|r| r.verdict.in_doubt).sum(),
@@ -554,4 +590,20 @@ pub fn drill(
         summaries,
         runs: all,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_from_a_dbctl_log() {
+        let log = "1000 dbctl[1]: keepalived: INIT -> BACKUP\n\
+                   1000 dbctl[1]: keepalived: BACKUP -> MASTER\n\
+                   5065 dbctl[2]: keepalived: BACKUP -> MASTER\n\
+                   5130 dbctl[2]: promoted after applying 0-1-9; semi-sync disarmed until the peer rejoins\n\
+                   junk\n";
+        assert_eq!(stages(log, 5_000_000), (Some(65.0), Some(130.0)));
+        assert_eq!(stages(log, 6_000_000), (None, None));
+    }
 }

@@ -32,7 +32,8 @@ field() { sed -n "s/^ *$2: //p" <<<"$1"; }
 slave_field() { field "$(slave_status)" "$1"; }
 alive() { timeout 2 mariadb-admin --defaults-file="$here/my.cnf" --connect-timeout=1 ping >/dev/null 2>&1; }
 put() { printf '%s\n' "$2" > "$here/$1.tmp" && mv -f "$here/$1.tmp" "$here/$1"; }
-log() { printf '%s dbctl[%s]: %s\n' "$(date +%H:%M:%S.%3N)" "$$" "$*" >> "$here/dbctl.log"; }
+# Lines start with the wall clock in ms since the epoch (drills read them).
+log() { printf '%s dbctl[%s]: %s\n' "$(date +%s%3N)" "$$" "$*" >> "$here/dbctl.log"; }
 # A process that has exited (a zombie not yet reaped by whoever adopted it
 # counts as gone).
 exists() {
