@@ -12,6 +12,7 @@ cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     vipcast lab down shop >/dev/null 2>&1 || true
+    vipcast lab down db >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -80,5 +81,10 @@ run vipcast ctl vip show pay-vip
 run vipcast drill --lab shop --vip pay-vip --fault link-down --runs 1
 run vipcast lab down shop
 run vipcast lab down shop
+
+# The database workload (labs/db.toml): MariaDB from the packages setup.sh installs.
+run vipcast lab up labs/db.toml
+run vipcast drill --lab db --vip db-vip --workload mariadb --fault service-kill --runs 1 --no-baseline
+run vipcast lab down db
 echo
 echo "readme-walk: every command ran"

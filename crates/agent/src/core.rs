@@ -467,7 +467,12 @@ impl AgentCore {
                 continue;
             }
             if let Some(vip) = no_eligible_successor(&self.synced.state, &m.vpc, &m.advert.addresses, Some(&m.port)) {
-                tracing::info!(port, vip, vrid = m.advert.vrid, "port down: no assistance (no other member is eligible)");
+                tracing::info!(
+                    port,
+                    vip,
+                    vrid = m.advert.vrid,
+                    "port down: no assistance (no other member is eligible)"
+                );
                 continue;
             }
             match priority_zero_frames(&self.synced.state, &m) {
@@ -641,7 +646,11 @@ impl AgentCore {
             }
             let master_port = port_by_mac(&state, &m.vpc, m.eth_src).map(|p| p.name.clone());
             if let Some(vip) = no_eligible_successor(&state, &m.vpc, &m.advert.addresses, master_port.as_deref()) {
-                tracing::info!(vip, vrid = m.advert.vrid, "master's chassis dead: no assistance (no other member is eligible)");
+                tracing::info!(
+                    vip,
+                    vrid = m.advert.vrid,
+                    "master's chassis dead: no assistance (no other member is eligible)"
+                );
                 continue;
             }
             let advert = m.priority_zero();

@@ -477,13 +477,19 @@ async fn a_session_matches_the_document() {
     let vip = json!({"name": "pay-vip", "vpc": "prod", "subnet": "web", "ip": "192.168.10.100", "members": ["pay1"]});
     api.ok("post", "/v1/vips", &[], Some(vip)).await;
     api.ok("put", "/v1/vips/{name}/members", &["pay-vip"], Some(json!({"members": ["pay1", "pay2"]}))).await;
-    let v = api.ok("put", "/v1/vips/{name}/members/{port}", &["pay-vip", "pay2"], Some(json!({"eligible": false}))).await;
+    let v =
+        api.ok("put", "/v1/vips/{name}/members/{port}", &["pay-vip", "pay2"], Some(json!({"eligible": false}))).await;
     assert_eq!(v["ineligible"], json!(["pay2"]));
-    let v = api.ok("put", "/v1/vips/{name}/members/{port}", &["pay-vip", "pay2"], Some(json!({"eligible": true}))).await;
+    let v =
+        api.ok("put", "/v1/vips/{name}/members/{port}", &["pay-vip", "pay2"], Some(json!({"eligible": true}))).await;
     assert_eq!(v["ineligible"], json!([]));
-    let (status, e) =
-        api.call("put", "/v1/vips/{name}/members/{port}", &["pay-vip", "client"], Some(json!({"eligible": false}))).await;
-    assert_eq!((status.as_u16(), e["error"]["code"].as_str(), e["error"]["field"].as_str()), (400, Some("not_member"), Some("port")));
+    let (status, e) = api
+        .call("put", "/v1/vips/{name}/members/{port}", &["pay-vip", "client"], Some(json!({"eligible": false})))
+        .await;
+    assert_eq!(
+        (status.as_u16(), e["error"]["code"].as_str(), e["error"]["field"].as_str()),
+        (400, Some("not_member"), Some("port"))
+    );
     api.ok("put", "/v1/replicators/{name}", &["rep1"], Some(json!({"address": "172.31.1.1:4789"}))).await;
     api.ok("put", "/v1/replicators/{name}", &["rep6"], Some(json!({"address": "[fd00::6]:4789", "name": "rep6"})))
         .await;

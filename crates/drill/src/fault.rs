@@ -494,11 +494,8 @@ fn signal(pids: &[u32], sig: &str) -> Result<()> {
                     .is_ok_and(|st| st.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"))
             };
             let text = e.to_string();
-            let failed: Vec<&u32> = pids
-                .iter()
-                .filter(alive)
-                .filter(|pid| text.contains(&format!("({pid})")))
-                .collect();
+            let failed: Vec<&u32> =
+                pids.iter().filter(alive).filter(|pid| text.contains(&format!("({pid})"))).collect();
             if failed.is_empty() { Ok(()) } else { Err(e.into()) }
         }
     }

@@ -444,3 +444,31 @@ fn a_gre_vpc_with_a_vm_on_a_kernel_chassis_names_both() {
     assert!(p.starts_with("vm[1] \"b\", key \"chassis\"") && p.contains("chassis[1] \"gw1\""), "{p}");
     assert_eq!(p.lines().count(), 1, "{p}");
 }
+
+#[test]
+fn a_mariadb_workload_is_a_keepalived_pair_with_role_tracking() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../labs/db.toml");
+    let cfg = LabConfig::load(&path).unwrap();
+    let plan = Plan::new(&cfg);
+    assert_eq!(plan.keepalived.len(), 2);
+    for k in &plan.keepalived {
+        // Equal priorities, no preemption: the role file decides.
+        assert!(k.config.contains("    priority 100\n"), "{}", k.config);
+        assert!(k.config.contains("nopreempt"));
+        assert!(k.config.contains("script_user root"));
+        let dir = format!("{}/mariadb-db-vip-{}", vipcast_lab::plan::STATE_DIR_TOKEN, k.vm);
+        assert!(k.config.contains(&format!("file {dir}/role\n    weight 50")), "{}", k.config);
+        assert!(k.config.contains(&format!("file {dir}/health\n    weight 0")), "{}", k.config);
+        assert!(k.config.contains(&format!("notify \"{dir}/dbctl notify\"")), "{}", k.config);
+    }
+    // Without a workload, the first member is preferred as before.
+    let plain = Plan::new(&LabConfig::parse(SMALL).unwrap());
+    assert!(plain.keepalived[0].config.contains("priority 150") && !plain.keepalived[0].config.contains("nopreempt"));
+
+    let three = SMALL.replace("members = [\"a\", \"b\"]", "members = [\"a\"]\nworkload = \"mariadb\"");
+    assert!(problems(&three).contains("a MariaDB pair needs exactly 2 members, not 1"), "{}", problems(&three));
+    let none = SMALL.replace("advert_int = 0.1", "advert_int = 0.1\nvrrp = \"none\"\nworkload = \"mariadb\"");
+    assert!(problems(&none).contains("set vrrp = \"keepalived\""), "{}", problems(&none));
+    let unknown = SMALL.replace("advert_int = 0.1", "advert_int = 0.1\nworkload = \"postgres\"");
+    assert!(problems(&unknown).contains("workload"), "{}", problems(&unknown));
+}

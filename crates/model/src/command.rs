@@ -195,7 +195,11 @@ pub fn apply(state: &State, command: &Command, now_ms: u64) -> Result<Applied, I
         Command::SetEligible { vip: name, port, eligible } => {
             let vip = state.vips.get(name).ok_or_else(|| Invalid::not_found("VIP", name))?;
             if !vip.spec.members.contains(port) {
-                return Err(Invalid::bad("not_member", "port", format!("port {port:?} is not a member of VIP {name:?}")));
+                return Err(Invalid::bad(
+                    "not_member",
+                    "port",
+                    format!("port {port:?} is not a member of VIP {name:?}"),
+                ));
             }
             if vip.eligible(port) == *eligible {
                 return Ok(Applied::unchanged());
@@ -496,12 +500,18 @@ mod tests {
     #[test]
     fn an_ineligible_member_cannot_take_the_vip() {
         let mut s = sample();
-        let set = |port: &str, eligible: bool| Command::SetEligible { vip: "pay-vip".into(), port: port.into(), eligible };
+        let set =
+            |port: &str, eligible: bool| Command::SetEligible { vip: "pay-vip".into(), port: port.into(), eligible };
         assert_eq!(run(&mut s, &set("pay2", false), 0), Ok(Outcome::Updated));
         assert_eq!(run(&mut s, &set("pay2", false), 0), Ok(Outcome::Unchanged));
         assert_eq!(s.vips["pay-vip"].ineligible, ["pay2"]);
         assert_eq!(run(&mut s, &set("client", false), 0).unwrap_err().code, "not_member");
-        assert_eq!(run(&mut s, &Command::SetEligible { vip: "nope".into(), port: "pay2".into(), eligible: true }, 0).unwrap_err().code, "not_found");
+        assert_eq!(
+            run(&mut s, &Command::SetEligible { vip: "nope".into(), port: "pay2".into(), eligible: true }, 0)
+                .unwrap_err()
+                .code,
+            "not_found"
+        );
         // pay1 takes the VIP; pay2 (on hv2) may not, however often it claims.
         assert!(matches!(run(&mut s, &claim("02:00:00:00:00:01", "hv1"), 100), Ok(Outcome::Moved { .. })));
         let e = run(&mut s, &claim("02:00:00:00:00:02", "hv2"), 200).unwrap_err();

@@ -56,8 +56,8 @@ impl Lab {
         let mut all = vec!["drill", "--lab", &self.name, "--vip", "db-vip", "--workload", "mariadb", "--json"];
         all.extend_from_slice(args);
         let out = vipcast(&all);
-        let report: Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("no JSON report ({e}): {}", text(&out)));
+        let report: Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no JSON report ({e}): {}", text(&out)));
         (report, out.status.success(), text(&out))
     }
 

@@ -350,7 +350,8 @@ impl<'a> Session<'a> {
         {
             problems.push(e.to_string());
         }
-        let (vrrp_master_ms, writable_ms) = stages(&std::fs::read_to_string(pdir.join("dbctl.log")).unwrap_or_default(), at);
+        let (vrrp_master_ms, writable_ms) =
+            stages(&std::fs::read_to_string(pdir.join("dbctl.log")).unwrap_or_default(), at);
         Ok(WorkloadRun {
             variant: self.target.variant.clone(),
             fault,
