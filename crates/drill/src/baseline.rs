@@ -128,6 +128,13 @@ impl Baseline {
         let mut keepalived = Vec::new();
         let mut workload = None;
         let mut moved_dirs = Vec::new();
+        if overlay.workload.as_ref().is_some_and(|w| w.kind == "http") {
+            return Err(Error::Refused(format!(
+                "no baseline for VIP {}: its payment service writes through the lab's database VIP, which a plain \
+                 bridge does not have (use --no-baseline)",
+                overlay.vip_name
+            )));
+        }
         if let Some(w) = &overlay.workload {
             let lab_dir =
                 w.dirs.first().and_then(|d| d.parent()).ok_or_else(|| Error::Failed("no workload directory".into()))?;
@@ -150,7 +157,7 @@ impl Baseline {
                 dirs.push(here);
             }
             progress(&format!("baseline: the MariaDB pair started ({})", dirs[0].display()));
-            workload = Some(crate::target::Workload { dirs, service: w.service });
+            workload = Some(crate::target::Workload { kind: w.kind, dirs, service: w.service, db: Vec::new() });
         }
         // keepalived with the lab's own configuration files.
         for (m, conf) in members.iter().zip(&overlay.keepalived) {

@@ -99,8 +99,39 @@ pub fn resolve(root: &Root, lab: &str, vip: &str, from: Option<&str>) -> Result<
     // A MariaDB pair: each member has its directory (lab `workloads` step).
     let dirs: Vec<_> =
         members.iter().map(|m| vipcast_lab::workload::member_dir(&state.state_dir, &vip_name, &m.name)).collect();
-    let workload =
-        dirs.iter().all(|d| d.join("db.env").exists()).then_some(crate::target::Workload { dirs, service: "mariadbd" });
+    let mut workload = dirs.iter().all(|d| d.join("db.env").exists()).then_some(crate::target::Workload {
+        kind: "mariadb",
+        dirs,
+        service: "mariadbd",
+        db: Vec::new(),
+    });
+    // A payment service: its directories, and the database VIP its backends
+    // write through (their `--db`), with that pair's directories.
+    let web: Vec<_> =
+        members.iter().map(|m| vipcast_lab::workload::web_dir(&state.state_dir, &vip_name, &m.name)).collect();
+    if web.iter().all(|d| d.join("nginx.conf").exists()) {
+        let db_ip = state
+            .processes
+            .iter()
+            .filter(|p| p.role == "payment-backend")
+            .find_map(|p| p.command.split_whitespace().skip_while(|w| *w != "--db").nth(1).map(str::to_string))
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.ip());
+        let db_vip = vips.iter().find(|v| db_ip.is_some_and(|ip| v["ip"] == ip.to_string()));
+        let db: Vec<_> = db_vip
+            .map(|d| {
+                let name = d["name"].as_str().unwrap_or_default();
+                d["members"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(|m| (plan::namespace(lab, m), vipcast_lab::workload::member_dir(&state.state_dir, name, m)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        workload = Some(crate::target::Workload { kind: "http", dirs: web, service: "nginx", db });
+    }
     Ok(Target {
         variant: if assist { "overlay+assist" } else { "overlay" }.into(),
         vip_name,

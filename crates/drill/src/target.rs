@@ -35,9 +35,13 @@ pub struct Target {
 /// (`my.cnf`, `db.env`, `dbctl`; same order as the members).
 #[derive(Debug, Clone)]
 pub struct Workload {
+    /// `mariadb` or `http`.
+    pub kind: &'static str,
     pub dirs: Vec<PathBuf>,
     /// The server process `service-kill` kills in the master.
     pub service: &'static str,
+    /// `http`: the database pair it writes through (namespace, directory).
+    pub db: Vec<(String, PathBuf)>,
 }
 
 /// A member VM.

@@ -257,6 +257,10 @@ pub struct VipConfig {
     /// What the members run behind the VIP (see [`crate::workload`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<Workload>,
+    /// `workload = "http"`: the VIP (a `workload = "mariadb"` pair) the
+    /// payment service writes through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
 /// `[[vip]] workload`.
@@ -265,6 +269,9 @@ pub struct VipConfig {
 pub enum Workload {
     /// A semi-synchronous MariaDB pair: the first member starts as master.
     Mariadb,
+    /// A payment service on each member: nginx in front of `vipcast
+    /// payment-backend`, writing through the `database` VIP.
+    Http,
 }
 
 fn one_second() -> f64 {
@@ -641,6 +648,27 @@ impl Validator {
             match vip.vrrp {
                 Vrrp::None => {}
                 Vrrp::Keepalived | Vrrp::Vipcast => self.check_keepalived(c, i, vip, &here, &mut vrids),
+            }
+            match (vip.workload, &vip.database) {
+                (Some(Workload::Http), None) => self.problem(format!(
+                    "{here}, key \"database\": a payment service needs the VIP of a MariaDB pair to write through"
+                )),
+                (Some(Workload::Http), Some(db)) => match c.vip.iter().find(|v| &v.name == db) {
+                    Some(d) if d.workload == Some(Workload::Mariadb) && d.vpc == vip.vpc => {}
+                    Some(_) => self.problem(format!(
+                        "{here}, key \"database\": vip {db:?} is not a workload = \"mariadb\" VIP of vpc {:?}",
+                        vip.vpc
+                    )),
+                    None => self.problem(format!("{here}, key \"database\": no [[vip]] named {db:?}")),
+                },
+                (_, Some(_)) => self.problem(format!("{here}, key \"database\": only for workload = \"http\"")),
+                _ => {}
+            }
+            if vip.workload == Some(Workload::Http) && vip.vrrp != Vrrp::Keepalived {
+                self.problem(format!(
+                    "{here}, key \"workload\": the payment service is tracked by keepalived's track_file; set vrrp = \
+                     \"keepalived\""
+                ));
             }
             if vip.workload == Some(Workload::Mariadb) {
                 if vip.members.len() != 2 {

@@ -23,7 +23,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::config::{Dataplane, LabConfig, Role, StoreKind, Vrrp};
+use crate::config::{Dataplane, LabConfig, Role, StoreKind, Vrrp, Workload};
 
 /// The underlay bridge in `<lab>-net`, and the chassis' underlay interface.
 pub const UNDERLAY_IF: &str = "ul0";
@@ -309,18 +309,20 @@ impl Plan {
                 let Some((_, vm)) = c.vm(member) else { continue };
                 // A workload member's priority follows its role (track_file);
                 // both start equal.
-                let workload = vip.workload.map(|_| {
-                    crate::workload::keepalived_lines(&crate::workload::member_dir(
-                        std::path::Path::new(STATE_DIR_TOKEN),
-                        &vip.name,
-                        member,
-                    ))
+                let token = std::path::Path::new(STATE_DIR_TOKEN);
+                let workload = vip.workload.map(|w| match w {
+                    Workload::Mariadb => {
+                        crate::workload::keepalived_lines(&crate::workload::member_dir(token, &vip.name, member))
+                    }
+                    Workload::Http => {
+                        crate::workload::web_keepalived_lines(&crate::workload::web_dir(token, &vip.name, member))
+                    }
                 });
                 let instance = KeepalivedInstance {
                     router_id: member,
                     instance: &vip.name,
                     vrid: c.vrid(i).unwrap_or(1),
-                    priority: if k == 0 && workload.is_none() { 150 } else { 100 },
+                    priority: if k == 0 && vip.workload != Some(Workload::Mariadb) { 150 } else { 100 },
                     advert_int: vip.advert_int,
                     version: vip.vrrp_version.unwrap_or(3),
                     unicast: vip

@@ -1024,15 +1024,23 @@ impl<'a> Builder<'a> {
             .filter(|v| v.workload == Some(crate::config::Workload::Mariadb))
             .map(|v| (v.name.clone(), v.members.clone()))
             .collect();
-        if pairs.is_empty() {
-            return Ok(());
+        let first = self.children.len();
+        if !pairs.is_empty() {
+            self.mariadb_pairs(pairs)?;
         }
+        self.payment_services()?;
+        if self.children.len() > first {
+            self.check_started(first)?;
+        }
+        Ok(())
+    }
+
+    fn mariadb_pairs(&mut self, pairs: Vec<(String, Vec<String>)>) -> Result<()> {
         self.check_cancel()?;
         let password = format!("lab-{}", unique_id());
         let template = self.state_dir.join("mariadb-template");
         crate::workload::template(&template, &password)?;
         self.say("mariadb: template data directory made");
-        let first = self.children.len();
         for (vip, members) in pairs {
             let vms: Vec<_> =
                 members.iter().filter_map(|m| self.plan.vms.iter().find(|v| &v.name == m).cloned()).collect();
@@ -1061,7 +1069,54 @@ impl<'a> Builder<'a> {
                 ));
             }
         }
-        self.check_started(first)
+        Ok(())
+    }
+
+    /// `workload = "http"`: in each member, `vipcast payment-backend` on
+    /// loopback (writing through the database VIP), nginx in front of it and
+    /// `webctl watch` (health file, nginx restarted after it died).
+    fn payment_services(&mut self) -> Result<()> {
+        let services: Vec<_> = self
+            .cfg
+            .vip
+            .iter()
+            .filter(|v| v.workload == Some(crate::config::Workload::Http))
+            .map(|v| (v.name.clone(), v.members.clone(), v.database.clone().unwrap_or_default()))
+            .collect();
+        for (vip, members, database) in services {
+            let Some(db) = self.cfg.vip.iter().find(|v| v.name == database).cloned() else {
+                return Err(Error::Lab(format!("vip {vip}: no database vip {database}")));
+            };
+            let first_db = db.members.first().cloned().unwrap_or_default();
+            let credentials = crate::workload::member_dir(&self.state_dir, &db.name, &first_db).join("db.env");
+            for m in &members {
+                self.check_cancel()?;
+                let Some(vm) = self.plan.vms.iter().find(|v| &v.name == m).cloned() else { continue };
+                let dir = crate::workload::web_dir(&self.state_dir, &vip, m);
+                crate::workload::prepare_web(&dir)?;
+                let exe = self.opts.exe.to_path_buf();
+                let args: Vec<OsString> = vec![
+                    "payment-backend".into(),
+                    "--listen".into(),
+                    format!("127.0.0.1:{}", crate::workload::BACKEND_PORT).into(),
+                    "--db".into(),
+                    std::net::SocketAddr::new(db.ip, 3306).to_string().into(),
+                    "--credentials".into(),
+                    credentials.clone().into_os_string(),
+                    "--name".into(),
+                    m.into(),
+                ];
+                self.spawn("payment-backend", m, &vm.ns, &exe, &args, &format!("payment-backend-{vip}-{m}.log"))?;
+                let webctl = dir.join("webctl");
+                self.spawn("web-watch", m, &vm.ns, &webctl, &["watch".into()], &format!("web-watch-{vip}-{m}.log"))?;
+                self.say(&format!(
+                    "payment service for vip {vip} in {m}: nginx, backend, via {} ({})",
+                    db.ip,
+                    dir.display()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Starts keepalived for each VIP with `vrrp = "keepalived"` in each

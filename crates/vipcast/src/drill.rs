@@ -68,17 +68,45 @@ pub struct DrillArgs {
     #[arg(long, requires = "chaos")]
     seed: Option<u64>,
     /// Drill the VIP's workload instead of UDP probes: `mariadb` (the lab's
-    /// `[[vip]] workload = "mariadb"` pair). A client writes through the VIP;
-    /// every acknowledged write must be stored after each failover. Faults:
+    /// `[[vip]] workload = "mariadb"` pair: a client writes through the VIP;
+    /// every acknowledged write must be stored after each failover) or
+    /// `http` (a `workload = "http"` payment service: every paid key must be
+    /// stored once, with the id the client was given). Faults:
     /// link-down, vm-freeze, service-kill (kill -9 mariadbd on the master),
     /// chassis-down, controller-down. Exits 1 unless every run passed.
-    #[arg(long, value_parser = ["mariadb"], conflicts_with_all = ["chaos", "svg", "from"])]
+    #[arg(long, value_parser = ["mariadb", "http"], conflicts_with_all = ["chaos", "svg"])]
     workload: Option<String>,
     /// Negative control: let the master fall back to asynchronous
     /// replication before each fault (semi-sync timeout 500 ms, the
     /// standby's IO thread stopped); the drill must report lost writes.
     #[arg(long, requires = "workload", hide = true)]
     unsafe_async_fallback: bool,
+}
+
+/// `vipcast payment-backend` (hidden): the payment service's backend.
+#[derive(Debug, Args)]
+pub struct PaymentBackendArgs {
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The database VIP:PORT.
+    #[arg(long)]
+    db: SocketAddr,
+    /// A file with DB_USER= and DB_PASSWORD= lines (a database member's db.env).
+    #[arg(long)]
+    credentials: PathBuf,
+    /// Who answers (stored with each payment).
+    #[arg(long)]
+    name: String,
+}
+
+/// `vipcast payment-client` (hidden): pays through the service's VIP.
+#[derive(Debug, Args)]
+pub struct PaymentClientArgs {
+    /// VIP:PORT
+    #[arg(long)]
+    addr: SocketAddr,
+    #[arg(long, default_value_t = 4)]
+    workers: u32,
 }
 
 /// `vipcast workload-client` (hidden): the database workload's client.
@@ -204,6 +232,19 @@ pub fn drill(a: DrillArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let variants = Variants { baseline: !a.no_baseline, assist: a.assist };
+    if a.workload.as_deref() == Some("http") {
+        let report = vipcast_drill::workload::pay_drill::drill(&target, a.fault, a.assist, &opts)?;
+        crate::progress::finish();
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.table());
+        }
+        if !report.passed() {
+            anyhow::bail!("not every run passed: see the failed runs above");
+        }
+        return Ok(());
+    }
     if a.workload.is_some() {
         let unsafe_ = vipcast_drill::workload::Unsafe { async_fallback: a.unsafe_async_fallback };
         let report = vipcast_drill::workload::drill(&target, a.fault, variants, unsafe_, &opts)?;
@@ -286,6 +327,10 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
             println!("note: {}, {n}", d.fault);
         }
     }
+    if let Some(p) = &r.payments {
+        println!("The payment case (nginx and the payment backend writing through a semi-synchronous MariaDB pair):");
+        print!("{}", p.table());
+    }
     println!("timeline of the median link-down runs: {}", a.svg.display());
     if let Some(p) = &a.json {
         println!("report: {}", p.display());
@@ -294,6 +339,9 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
         println!("results written into {}", p.display());
     }
     println!("done in {:.0} s; everything is torn down", r.elapsed_s);
+    if r.payments.as_ref().is_some_and(|p| !p.passed()) {
+        anyhow::bail!("the payment case did not pass: see its runs above");
+    }
     Ok(())
 }
 
@@ -316,24 +364,47 @@ pub fn respond(a: ResponderArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn workload_client(a: WorkloadClientArgs) -> anyhow::Result<()> {
-    let text =
-        std::fs::read_to_string(&a.credentials).with_context(|| format!("reading {}", a.credentials.display()))?;
+/// DB_USER and DB_PASSWORD from a member's `db.env`.
+fn credentials(path: &std::path::Path) -> anyhow::Result<(String, String)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let field = |key: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(key))
             .map(str::to_string)
-            .with_context(|| format!("{}: no {key} line", a.credentials.display()))
+            .with_context(|| format!("{}: no {key} line", path.display()))
     };
+    Ok((field("DB_USER=")?, field("DB_PASSWORD=")?))
+}
+
+pub fn workload_client(a: WorkloadClientArgs) -> anyhow::Result<()> {
+    let (user, password) = credentials(&a.credentials)?;
     let cfg = vipcast_drill::workload::client::ClientConfig {
         addr: a.addr,
-        user: field("DB_USER=")?,
-        password: field("DB_PASSWORD=")?,
+        user,
+        password,
         workers: a.workers.clamp(1, 64),
         connect_timeout: vipcast_drill::workload::CONNECT_TIMEOUT,
         io_timeout: vipcast_drill::workload::IO_TIMEOUT,
     };
     vipcast_drill::workload::client::run(&cfg, std::io::stdout())?;
+    Ok(())
+}
+
+pub fn payment_backend(a: PaymentBackendArgs) -> anyhow::Result<()> {
+    let (user, password) = credentials(&a.credentials)?;
+    let cfg =
+        vipcast_drill::workload::payment::BackendConfig { listen: a.listen, db: a.db, user, password, name: a.name };
+    vipcast_drill::workload::payment::serve(cfg).with_context(|| format!("serving on {}", a.listen))
+}
+
+pub fn payment_client(a: PaymentClientArgs) -> anyhow::Result<()> {
+    let cfg = vipcast_drill::workload::payment::ClientConfig {
+        addr: a.addr,
+        workers: a.workers.clamp(1, 64),
+        connect_timeout: vipcast_drill::workload::CONNECT_TIMEOUT,
+        io_timeout: vipcast_drill::workload::payment::IO_TIMEOUT,
+    };
+    vipcast_drill::workload::payment::run_client(&cfg, std::io::stdout())?;
     Ok(())
 }
 

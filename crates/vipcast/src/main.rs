@@ -110,6 +110,12 @@ enum Command {
     /// The database workload's client (run inside a lab namespace).
     #[command(hide = true)]
     WorkloadClient(drill::WorkloadClientArgs),
+    /// The payment service's backend (run inside a lab namespace).
+    #[command(hide = true)]
+    PaymentBackend(drill::PaymentBackendArgs),
+    /// The payment workload's client (run inside a lab namespace).
+    #[command(hide = true)]
+    PaymentClient(drill::PaymentClientArgs),
 }
 
 /// The command line, with a daemon's `--config FILE` read into it (see
@@ -192,6 +198,8 @@ fn main() -> ExitCode {
         Command::Probe(p) => drill::probe(p),
         Command::ProbeResponder(r) => drill::respond(r),
         Command::WorkloadClient(w) => drill::workload_client(w),
+        Command::PaymentBackend(p) => drill::payment_backend(p),
+        Command::PaymentClient(p) => drill::payment_client(p),
         Command::Announce(a) => drill::announce(a),
     };
     progress::finish();

@@ -37,10 +37,15 @@ struct Lab {
 
 impl Lab {
     fn up() -> Lab {
+        Lab::up_file("db")
+    }
+
+    /// `labs/<file>.toml` under a unique name.
+    fn up_file(file: &str) -> Lab {
         let name = format!("wl{}", unique_id());
-        let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../labs/db.toml"))
+        let file = std::fs::read_to_string(format!("{}/../../labs/{file}.toml", env!("CARGO_MANIFEST_DIR")))
             .unwrap()
-            .replace("name = \"db\"", &format!("name = \"{name}\""));
+            .replace(&format!("name = \"{file}\""), &format!("name = \"{name}\""));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lab.toml");
         std::fs::write(&path, file).unwrap();
@@ -53,7 +58,11 @@ impl Lab {
     /// `vipcast drill --workload mariadb` with `args`; its JSON report and
     /// whether it exited 0.
     fn drill(&self, args: &[&str]) -> (Value, bool, String) {
-        let mut all = vec!["drill", "--lab", &self.name, "--vip", "db-vip", "--workload", "mariadb", "--json"];
+        self.drill_workload("db-vip", "mariadb", args)
+    }
+
+    fn drill_workload(&self, vip: &str, workload: &str, args: &[&str]) -> (Value, bool, String) {
+        let mut all = vec!["drill", "--lab", &self.name, "--vip", vip, "--workload", workload, "--json"];
         all.extend_from_slice(args);
         let out = vipcast(&all);
         let report: Value =
@@ -170,5 +179,32 @@ fn a_member_marked_not_eligible_never_gets_the_vip() {
     while owner(&lab).as_deref() != Some("db2") {
         assert!(start.elapsed() < Duration::from_secs(10), "db2's claim was not accepted once eligible");
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_payment_service_charges_every_paid_key_exactly_once() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::up_file("pay");
+    for fault in ["link-down", "vm-freeze", "service-kill"] {
+        let (report, ok, out) = lab.drill_workload(
+            "pay-vip",
+            "http",
+            &["--fault", fault, "--runs", "2", "--no-baseline", "--from", "client"],
+        );
+        assert!(ok, "{fault}: {out}");
+        let runs = report["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 2, "{report:#}");
+        for r in runs {
+            for k in ["lost", "wrong_id", "phantoms"] {
+                assert_eq!(r["verdict"][k], serde_json::json!([]), "{fault} {k}: {r:#}");
+            }
+            assert!(r["verdict"]["paid"].as_u64().unwrap() >= 30, "{r:#}");
+            assert_eq!(r["server_errors_after"], 0, "{r:#}");
+            assert_eq!(r["problems"], serde_json::json!([]), "{r:#}");
+            let outage = r["outage_ms"].as_f64().unwrap();
+            assert!(outage > 0.0 && outage < 5000.0, "{fault}: outage {outage} ms");
+        }
+        eprintln!("{fault}: {}", serde_json::to_string(&report["runs"]).unwrap().len());
     }
 }

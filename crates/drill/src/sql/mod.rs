@@ -100,12 +100,18 @@ impl Conn {
 
     /// Runs a statement without rows; the affected row count.
     pub fn execute(&mut self, sql: &str) -> Result<u64, SqlError> {
+        self.insert(sql).map(|(affected, _)| affected)
+    }
+
+    /// Runs a statement without rows; the affected row count and the last
+    /// insert id.
+    pub fn insert(&mut self, sql: &str) -> Result<(u64, u64), SqlError> {
         match self.command(sql)? {
-            wire::Reply::Ok { affected, .. } => Ok(affected),
+            wire::Reply::Ok { affected, last_insert_id } => Ok((affected, last_insert_id)),
             wire::Reply::Err(e) => Err(SqlError::Server(e)),
             wire::Reply::Columns(n) => {
                 self.rows(n)?;
-                Ok(0)
+                Ok((0, 0))
             }
             wire::Reply::AuthSwitch { .. } => Err(wire::Malformed("authentication switch after a query").into()),
         }

@@ -19,6 +19,11 @@ pub fn lab_file(name: &str) -> String {
     include_str!("../../../../labs/db.toml").replace("name = \"db\"", &format!("name = \"{name}\""))
 }
 
+/// `labs/pay.toml` under another name.
+pub fn pay_lab_file(name: &str) -> String {
+    include_str!("../../../../labs/pay.toml").replace("name = \"pay\"", &format!("name = \"{name}\""))
+}
+
 /// What the workloads demo measured.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct WorkloadsDemoReport {

@@ -21,6 +21,8 @@
 pub mod client;
 pub mod demo;
 pub mod ops;
+pub mod pay_drill;
+pub mod payment;
 
 use std::collections::BTreeSet;
 use std::os::unix::process::CommandExt;

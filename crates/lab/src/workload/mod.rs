@@ -52,6 +52,12 @@ CREATE TABLE vipcast.ops (
     worker INT UNSIGNED NOT NULL,
     sent_us BIGINT UNSIGNED NOT NULL
 ) ENGINE=InnoDB;
+CREATE TABLE vipcast.payments (
+    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    idem_key VARCHAR(64) NOT NULL UNIQUE,
+    amount BIGINT UNSIGNED NOT NULL,
+    backend VARCHAR(64) NOT NULL
+) ENGINE=InnoDB;
 ";
 
 /// How long mariadbd may take to answer.
@@ -220,4 +226,74 @@ pub fn password(dir: &Path) -> Result<String> {
         .find_map(|l| l.strip_prefix("DB_PASSWORD="))
         .map(str::to_string)
         .ok_or_else(|| Error::Lab(format!("{}: no DB_PASSWORD", path.display())))
+}
+
+/// The script each payment-service member's directory gets as `webctl`.
+pub const WEBCTL: &str = include_str!("webctl.sh");
+
+/// The port the payment backend listens on (loopback, behind nginx).
+pub const BACKEND_PORT: u16 = 8080;
+
+/// The directory of one payment-service member: `<dir>/http-<vip>-<vm>`.
+pub fn web_dir(dir: &Path, vip: &str, vm: &str) -> PathBuf {
+    dir.join(format!("http-{vip}-{vm}"))
+}
+
+/// Writes a payment-service member's directory: `nginx.conf` (port 80 to
+/// the backend on loopback), `webctl`, the health file keepalived tracks.
+pub fn prepare_web(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| Error::Lab(format!("{}: {e}", dir.display())))?;
+    }
+    std::fs::create_dir_all(dir.join("tmp")).map_err(|e| Error::Lab(format!("{}: {e}", dir.display())))?;
+    let write = |name: &str, text: &str, mode: u32| -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| Error::Lab(format!("{}: {e}", path.display())))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::Lab(format!("{}: {e}", path.display())))
+    };
+    write("nginx.conf", &nginx_conf(dir), 0o644)?;
+    write("webctl", WEBCTL, 0o700)?;
+    write("health", "0\n", 0o644)
+}
+
+fn nginx_conf(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "# The payment service's front end (vipcast lab).
+daemon off;
+user root;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    client_max_body_size 4k;
+    server {{
+        listen 80;
+        location / {{
+            proxy_pass http://127.0.0.1:{BACKEND_PORT};
+            proxy_connect_timeout 1s;
+            proxy_read_timeout 5s;
+        }}
+    }}
+}}
+"
+    )
+}
+
+/// The lines keepalived.conf gets for a payment-service member in `dir`:
+/// the health file (weight 0: non-zero is FAULT).
+pub fn web_keepalived_lines(dir: &Path) -> (String, String) {
+    let d = dir.display();
+    let top = format!("vrrp_track_file web_health {{\n    file {d}/health\n    weight 0\n}}\n");
+    let instance = "    track_file {\n        web_health weight 0\n    }\n".to_string();
+    (top, instance)
 }
