@@ -472,3 +472,27 @@ fn a_mariadb_workload_is_a_keepalived_pair_with_role_tracking() {
     let unknown = SMALL.replace("advert_int = 0.1", "advert_int = 0.1\nworkload = \"postgres\"");
     assert!(problems(&unknown).contains("workload"), "{}", problems(&unknown));
 }
+
+#[test]
+fn a_payment_service_names_a_mariadb_vip_of_its_vpc() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../labs/pay.toml");
+    let cfg = LabConfig::load(&path).unwrap();
+    let plan = Plan::new(&cfg);
+    let web: Vec<_> = plan.keepalived.iter().filter(|k| k.vip == "pay-vip").collect();
+    assert_eq!(web.len(), 2);
+    // The web tier keeps the preferred member (150) and preemption; its
+    // health file is tracked.
+    assert!(web[0].config.contains("priority 150") && !web[0].config.contains("nopreempt"), "{}", web[0].config);
+    let dir = format!("{}/http-pay-vip-pay1", vipcast_lab::plan::STATE_DIR_TOKEN);
+    assert!(web[0].config.contains(&format!("file {dir}/health\n    weight 0")), "{}", web[0].config);
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    let no_db = text.replace("database = \"db-vip\"\n", "");
+    assert!(problems(&no_db).contains("key \"database\": a payment service needs"), "{}", problems(&no_db));
+    let not_db = text.replace("database = \"db-vip\"", "database = \"pay-vip\"");
+    assert!(problems(&not_db).contains("is not a workload = \"mariadb\" VIP"), "{}", problems(&not_db));
+    let missing = text.replace("database = \"db-vip\"", "database = \"nope\"");
+    assert!(problems(&missing).contains("no [[vip]] named \"nope\""), "{}", problems(&missing));
+    let stray = SMALL.replace("advert_int = 0.1", "advert_int = 0.1\ndatabase = \"v\"");
+    assert!(problems(&stray).contains("only for workload = \"http\""), "{}", problems(&stray));
+}
