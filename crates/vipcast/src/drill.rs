@@ -142,10 +142,12 @@ pub struct DemoArgs {
     /// HTTP (`off`), to compare.
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     tls: String,
-    /// The database case instead: a semi-synchronous MariaDB pair behind a
-    /// VIP, a client writing through it, link-down (assisted handover off
-    /// and on), vm-freeze and service-kill against the native-L2 baseline;
-    /// outage and acknowledged writes lost (0) per row.
+    /// The workloads instead (labs/pay.toml): a semi-synchronous MariaDB
+    /// pair behind a VIP with a client writing through it, and a payment
+    /// service writing through that VIP with a client paying; link-down,
+    /// vm-freeze and service-kill, assisted handover off and on, the
+    /// database also against the native-L2 baseline; outage and
+    /// acknowledged writes or payments lost (0) per row.
     #[arg(long)]
     workloads: bool,
 }

@@ -76,9 +76,14 @@ pub fn run(cfg: &ClientConfig, mut out: impl Write) -> io::Result<()> {
         std::thread::spawn(move || worker(&cfg, w, &next, &tx));
     }
     drop(tx);
+    write_lines(&rx, out)
+}
+
+/// Writes the workers' lines to `out` until every worker has gone; what
+/// is queued goes out in one write.
+pub(crate) fn write_lines(rx: &mpsc::Receiver<String>, mut out: impl Write) -> io::Result<()> {
     while let Ok(line) = rx.recv() {
         out.write_all(line.as_bytes())?;
-        // Everything queued goes out in one write.
         while let Ok(more) = rx.try_recv() {
             out.write_all(more.as_bytes())?;
         }

@@ -156,17 +156,67 @@ pub fn stages(log: &str, at_us: u64) -> (Option<f64>, Option<f64>) {
     (after("-> MASTER"), after("promoted after"))
 }
 
+/// A client run in the target's client VM for a whole session (a hidden
+/// `vipcast` subcommand), its lines followed into `log`.
+pub(crate) struct Follower<'a, L> {
+    opts: &'a Options<'a>,
+    _client: Child,
+    tail: Tail,
+    pub(crate) log: L,
+    _dir: tempfile::TempDir,
+}
+
+impl<'a, L: crate::record::ApplyLine + Default> Follower<'a, L> {
+    /// Starts `vipcast <args>` in `target`'s client VM.
+    pub(crate) fn start(
+        target: &Target,
+        opts: &'a Options<'a>,
+        args: &[std::ffi::OsString],
+    ) -> Result<Follower<'a, L>> {
+        let dir = tempfile::Builder::new()
+            .prefix("vipcast-workload-")
+            .tempdir()
+            .map_err(|e| Error::Failed(format!("temporary directory: {e}")))?;
+        let out = dir.path().join("client");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &target.client.ns]).arg(&opts.exe).args(args).process_group(0);
+        let client = Child::spawn(&mut cmd, &out)?;
+        Ok(Follower { opts, _client: client, tail: Tail::new(out), log: L::default(), _dir: dir })
+    }
+
+    /// Sleeps `d` (Ctrl-C ends it with [`Error::Cancelled`]), then reads
+    /// what the client wrote meanwhile.
+    pub(crate) fn sleep(&mut self, d: Duration) -> Result<()> {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            self.cancelled()?;
+            std::thread::sleep(Duration::from_millis(20).min(end.saturating_duration_since(Instant::now())));
+        }
+        self.tail.poll(&mut self.log).map_err(|e| Error::Failed(format!("reading the client's log: {e}")))?;
+        Ok(())
+    }
+
+    /// One line of progress.
+    pub(crate) fn say(&self, line: &str) {
+        (self.opts.progress)(line);
+    }
+
+    pub(crate) fn cancelled(&self) -> Result<()> {
+        if self.opts.cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+            return Err(Error::Cancelled);
+        }
+        Ok(())
+    }
+}
+
 /// A workload session on one target: the client runs for all its runs.
 struct Session<'a> {
     target: &'a Target,
     workload: &'a Workload,
     opts: &'a Options<'a>,
-    _client: Child,
-    tail: Tail,
-    log: OpLog,
+    c: Follower<'a, OpLog>,
     /// Operations finished before this were judged by an earlier run.
     judged_until: u64,
-    _dir: tempfile::TempDir,
 }
 
 impl<'a> Session<'a> {
@@ -175,58 +225,26 @@ impl<'a> Session<'a> {
             .workload
             .as_ref()
             .ok_or_else(|| Error::Refused(format!("VIP {} has no workload (`[[vip]] workload`)", target.vip_name)))?;
-        let dir = tempfile::Builder::new()
-            .prefix("vipcast-workload-")
-            .tempdir()
-            .map_err(|e| Error::Failed(format!("temporary directory: {e}")))?;
-        let out = dir.path().join("ops");
         let first = workload.dirs.first().ok_or_else(|| Error::Failed("no workload directory".into()))?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &target.client.ns])
-            .arg(&opts.exe)
-            .arg("workload-client")
-            .arg("--addr")
-            .arg(std::net::SocketAddr::new(target.vip_ip, 3306).to_string())
-            .arg("--credentials")
-            .arg(first.join("db.env"))
-            .args(["--workers", &WORKERS.to_string()])
-            .process_group(0);
-        let client = Child::spawn(&mut cmd, &out)?;
+        let args = [
+            "workload-client".into(),
+            "--addr".into(),
+            std::net::SocketAddr::new(target.vip_ip, 3306).to_string().into(),
+            "--credentials".into(),
+            first.join("db.env").into_os_string(),
+            "--workers".into(),
+            WORKERS.to_string().into(),
+        ];
+        let c = Follower::start(target, opts, &args)?;
         (opts.progress)(&format!(
             "{}: workload client in {} writing through {}:3306 ({WORKERS} connections)",
             target.variant, target.client.name, target.vip_ip
         ));
-        Ok(Session {
-            target,
-            workload,
-            opts,
-            _client: client,
-            tail: Tail::new(out),
-            log: OpLog::default(),
-            judged_until: 0,
-            _dir: dir,
-        })
-    }
-
-    fn poll(&mut self) -> Result<()> {
-        self.tail.poll(&mut self.log).map_err(|e| Error::Failed(format!("reading the client's log: {e}")))?;
-        Ok(())
-    }
-
-    fn cancelled(&self) -> Result<()> {
-        if self.opts.cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
-            return Err(Error::Cancelled);
-        }
-        Ok(())
+        Ok(Session { target, workload, opts, c, judged_until: 0 })
     }
 
     fn sleep(&mut self, d: Duration) -> Result<()> {
-        let end = Instant::now() + d;
-        while Instant::now() < end {
-            self.cancelled()?;
-            std::thread::sleep(Duration::from_millis(20).min(end.saturating_duration_since(Instant::now())));
-        }
-        self.poll()
+        self.c.sleep(d)
     }
 
     /// The members with their directories.
@@ -256,7 +274,7 @@ impl<'a> Session<'a> {
                         format!("semi-sync is not ON on {}", mm.name)
                     } else if file(pd, "rejoining") == "1" || file(pd, "health") != "0" {
                         format!("{} has not caught up", pairs[p].0.name)
-                    } else if self.log.acked_between(now.saturating_sub(1_000_000), now) < ENOUGH {
+                    } else if self.c.log.acked_between(now.saturating_sub(1_000_000), now) < ENOUGH {
                         "too few acknowledged writes in the last second".into()
                     } else {
                         return Ok((*m, p));
@@ -305,7 +323,7 @@ impl<'a> Session<'a> {
         let injected = fault::inject(fault, self.target, master)?;
         let at = injected.at_us;
         (self.opts.progress)(&format!("{}: {} on {}: {}", self.target.variant, fault, master.name, injected.what));
-        let acked_before = self.log.acked_between(window_start, at);
+        let acked_before = self.c.log.acked_between(window_start, at);
         // The failover: the peer writable, then acknowledgements flowing
         // again (counted from when it was seen writable: acknowledgements
         // right after the fault may still be the old master's).
@@ -319,7 +337,7 @@ impl<'a> Session<'a> {
             }
             settled_us = now_us();
             if let Some((_, since)) = &to
-                && self.log.acked_between(*since, u64::MAX) >= ENOUGH
+                && self.c.log.acked_between(*since, u64::MAX) >= ENOUGH
             {
                 break;
             }
@@ -332,16 +350,16 @@ impl<'a> Session<'a> {
         injected.restore()?;
         // Every operation in flight at the failover has a fate by now.
         self.sleep(IO_TIMEOUT + Duration::from_millis(500))?;
-        let base = self.log.base.unwrap_or(0);
+        let base = self.c.log.base.unwrap_or(0);
         let snapshot_us = now_us();
         let kept = stored(&peer.ns, pdir, base)?;
         // Operations in flight at the snapshot settle; then every stored id
         // must be in the log (no phantoms).
         self.sleep(IO_TIMEOUT + Duration::from_millis(500))?;
-        let (verdict, lost) = ops::verify(&self.log, &kept, self.judged_until, snapshot_us);
+        let (verdict, lost) = ops::verify(&self.c.log, &kept, self.judged_until, snapshot_us);
         self.judged_until = snapshot_us;
-        let outage_ms = self.log.longest_gap(at.saturating_sub(PRE_FAULT_US), settled_us).map(|g| g as f64 / 1000.0);
-        let acked_after = self.log.acked_between(at, u64::MAX);
+        let outage_ms = self.c.log.longest_gap(at.saturating_sub(PRE_FAULT_US), settled_us).map(|g| g as f64 / 1000.0);
+        let acked_after = self.c.log.acked_between(at, u64::MAX);
         // The old master rejoins as a replica and holds the same rows.
         if unsafe_.async_fallback {
             // The old master acknowledged writes its peer never got: it
@@ -425,7 +443,7 @@ pub fn runs(
     let interval = Duration::from_secs_f64(target.advert_int);
     let mut out = Vec::new();
     for i in 0..runs {
-        s.cancelled()?;
+        s.c.cancelled()?;
         let r = s.run(fault, unsafe_, rng.below(interval))?;
         let ms = |v: Option<f64>| v.map(|v| format!("{v:.0} ms")).unwrap_or("-".into());
         (opts.progress)(&format!(

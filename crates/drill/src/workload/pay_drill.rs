@@ -6,17 +6,12 @@
 //! member) judged against every answer the client got.
 
 use std::collections::BTreeMap;
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-use vipcast_lab::Child;
 
 use super::payment::{self, PayLog, PayVerdict};
 use super::sql;
 use crate::fault::{self, Fault};
 use crate::probe::now_us;
-use crate::record::Tail;
 use crate::session::Options;
 use crate::target::{Target, Workload};
 use crate::{Error, Result};
@@ -52,12 +47,8 @@ impl PayRun {
 struct Session<'a> {
     target: &'a Target,
     workload: &'a Workload,
-    opts: &'a Options<'a>,
-    _client: Child,
-    tail: Tail,
-    log: PayLog,
+    c: super::Follower<'a, PayLog>,
     judged_until: u64,
-    _dir: tempfile::TempDir,
 }
 
 impl<'a> Session<'a> {
@@ -70,20 +61,14 @@ impl<'a> Session<'a> {
         if workload.db.is_empty() {
             return Err(Error::Failed("the payment service's database pair was not found".into()));
         }
-        let dir = tempfile::Builder::new()
-            .prefix("vipcast-payments-")
-            .tempdir()
-            .map_err(|e| Error::Failed(format!("temporary directory: {e}")))?;
-        let out = dir.path().join("payments");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &target.client.ns])
-            .arg(&opts.exe)
-            .arg("payment-client")
-            .arg("--addr")
-            .arg(std::net::SocketAddr::new(target.vip_ip, 80).to_string())
-            .args(["--workers", &super::WORKERS.to_string()])
-            .process_group(0);
-        let client = Child::spawn(&mut cmd, &out)?;
+        let args = [
+            "payment-client".into(),
+            "--addr".into(),
+            std::net::SocketAddr::new(target.vip_ip, 80).to_string().into(),
+            "--workers".into(),
+            super::WORKERS.to_string().into(),
+        ];
+        let c = super::Follower::start(target, opts, &args)?;
         (opts.progress)(&format!(
             "{}: payment client in {} paying through {}:80 ({} connections)",
             target.variant,
@@ -91,28 +76,11 @@ impl<'a> Session<'a> {
             target.vip_ip,
             super::WORKERS
         ));
-        Ok(Session {
-            target,
-            workload,
-            opts,
-            _client: client,
-            tail: Tail::new(out),
-            log: PayLog::default(),
-            judged_until: 0,
-            _dir: dir,
-        })
+        Ok(Session { target, workload, c, judged_until: 0 })
     }
 
     fn sleep(&mut self, d: Duration) -> Result<()> {
-        let end = Instant::now() + d;
-        while Instant::now() < end {
-            if self.opts.cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
-                return Err(Error::Cancelled);
-            }
-            std::thread::sleep(Duration::from_millis(20).min(end.saturating_duration_since(Instant::now())));
-        }
-        self.tail.poll(&mut self.log).map_err(|e| Error::Failed(format!("reading the client's log: {e}")))?;
-        Ok(())
+        self.c.sleep(d)
     }
 
     /// Paid answers flowing: at least [`ENOUGH`] in the last second.
@@ -121,7 +89,7 @@ impl<'a> Session<'a> {
         loop {
             self.sleep(Duration::from_millis(100))?;
             let now = now_us();
-            if self.log.paid_between(now.saturating_sub(1_000_000), now) >= ENOUGH {
+            if self.c.log.paid_between(now.saturating_sub(1_000_000), now) >= ENOUGH {
                 return Ok(());
             }
             if start.elapsed() > LIMIT {
@@ -167,15 +135,15 @@ impl<'a> Session<'a> {
         self.sleep(Duration::from_secs(1) + phase)?;
         let injected = fault::inject(fault, self.target, master)?;
         let at = injected.at_us;
-        (self.opts.progress)(&format!("{}: {} on {}: {}", self.target.variant, fault, master.name, injected.what));
-        let paid_before = self.log.paid_between(window_start, at);
+        self.c.say(&format!("{}: {} on {}: {}", self.target.variant, fault, master.name, injected.what));
+        let paid_before = self.c.log.paid_between(window_start, at);
         // Settled: half a second past the fault, and paying steadily again.
         let start = Instant::now();
         let mut problems = Vec::new();
         let settled_us = loop {
             self.sleep(Duration::from_millis(50))?;
             let now = now_us();
-            if now > at + 500_000 && self.log.paid_between(now.saturating_sub(300_000), now) >= ENOUGH / 3 {
+            if now > at + 500_000 && self.c.log.paid_between(now.saturating_sub(300_000), now) >= ENOUGH / 3 {
                 break now;
             }
             if start.elapsed() > LIMIT {
@@ -183,19 +151,19 @@ impl<'a> Session<'a> {
                 break now;
             }
         };
-        let outage_ms = self.log.longest_gap(at.saturating_sub(500_000), settled_us).map(|g| g as f64 / 1000.0);
-        let paid_after = self.log.paid_between(at, u64::MAX);
+        let outage_ms = self.c.log.longest_gap(at.saturating_sub(500_000), settled_us).map(|g| g as f64 / 1000.0);
+        let paid_after = self.c.log.paid_between(at, u64::MAX);
         self.sleep(Duration::from_millis(500))?;
-        let server_errors_after = self.log.server_errors(settled_us, now_us());
+        let server_errors_after = self.c.log.server_errors(settled_us, now_us());
         injected.restore()?;
         // Back on the preferred member (keepalived preempts), then judged.
         self.healthy()?;
-        let base = self.log.base.unwrap_or(0);
+        let base = self.c.log.base.unwrap_or(0);
         let snapshot_us = now_us();
         let stored = self.stored(base)?;
         // Attempts in flight at the snapshot finish (the client's timeout).
         self.sleep(payment::IO_TIMEOUT + Duration::from_millis(500))?;
-        let verdict = payment::verify(&self.log, &stored, self.judged_until, snapshot_us);
+        let verdict = payment::verify(&self.c.log, &stored, self.judged_until, snapshot_us);
         self.judged_until = snapshot_us;
         Ok(PayRun {
             variant: self.target.variant.clone(),

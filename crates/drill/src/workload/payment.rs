@@ -394,14 +394,7 @@ pub fn run_client(cfg: &ClientConfig, mut out: impl Write) -> io::Result<()> {
         });
     }
     drop(tx);
-    while let Ok(line) = rx.recv() {
-        out.write_all(line.as_bytes())?;
-        while let Ok(more) = rx.try_recv() {
-            out.write_all(more.as_bytes())?;
-        }
-        out.flush()?;
-    }
-    Ok(())
+    super::client::write_lines(&rx, out)
 }
 
 /// One attempt, as logged.
