@@ -51,7 +51,7 @@ impl std::str::FromStr for Assist {
 }
 
 impl Assist {
-    pub(crate) fn settings(self) -> &'static [bool] {
+    fn settings(self) -> &'static [bool] {
         match self {
             Assist::On => &[true],
             Assist::Off => &[false],
@@ -62,7 +62,7 @@ impl Assist {
 
 /// Sets a VPC's assisted handover through the controller; its agents follow
 /// within their watch latency (milliseconds), given a moment here.
-pub(crate) fn set_assist(ov: &Overlay, on: bool) -> Result<()> {
+fn set_assist(ov: &Overlay, on: bool) -> Result<()> {
     let (url, vpc) = (&ov.controller_url, &ov.vpc);
     let body = serde_json::json!({ "assist": on });
     let timeout = std::time::Duration::from_secs(5);
@@ -72,10 +72,32 @@ pub(crate) fn set_assist(ov: &Overlay, on: bool) -> Result<()> {
     Ok(())
 }
 
+/// The runs `f` makes on `overlay`: once per assisted-handover setting of
+/// `assist` (the VPC switched through the API, each target named
+/// `overlay` or `overlay+assist`, the setting put back afterwards), or
+/// once as the VPC is set.
+pub(crate) fn per_assist<T>(
+    overlay: &Target,
+    assist: Option<Assist>,
+    mut f: impl FnMut(&Target) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
+    let (Some(assist), Some(ov)) = (assist, &overlay.overlay) else {
+        return f(overlay);
+    };
+    let _restore = RestoreAssist { ov, was: overlay.variant.ends_with("+assist") };
+    let mut all = Vec::new();
+    for &on in assist.settings() {
+        set_assist(ov, on)?;
+        let t = Target { variant: if on { "overlay+assist" } else { "overlay" }.into(), ..overlay.clone() };
+        all.extend(f(&t)?);
+    }
+    Ok(all)
+}
+
 /// Sets a VPC's assisted handover back on drop.
-pub(crate) struct RestoreAssist<'a> {
-    pub(crate) ov: &'a Overlay,
-    pub(crate) was: bool,
+struct RestoreAssist<'a> {
+    ov: &'a Overlay,
+    was: bool,
 }
 
 impl Drop for RestoreAssist<'_> {

@@ -234,29 +234,22 @@ pub fn drill(a: DrillArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let variants = Variants { baseline: !a.no_baseline, assist: a.assist };
-    if a.workload.as_deref() == Some("http") {
-        let report = vipcast_drill::workload::pay_drill::drill(&target, a.fault, a.assist, &opts)?;
+    if let Some(workload) = a.workload.as_deref() {
+        let (json, table, passed) = if workload == "http" {
+            let r = vipcast_drill::workload::pay_drill::drill(&target, a.fault, a.assist, &opts)?;
+            (serde_json::to_string_pretty(&r)?, r.table(), r.passed())
+        } else {
+            let unsafe_ = vipcast_drill::workload::Unsafe { async_fallback: a.unsafe_async_fallback };
+            let r = vipcast_drill::workload::drill(&target, a.fault, variants, unsafe_, &opts)?;
+            (serde_json::to_string_pretty(&r)?, r.table(), r.passed())
+        };
         crate::progress::finish();
         if a.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            println!("{json}");
         } else {
-            print!("{}", report.table());
+            print!("{table}");
         }
-        if !report.passed() {
-            anyhow::bail!("not every run passed: see the failed runs above");
-        }
-        return Ok(());
-    }
-    if a.workload.is_some() {
-        let unsafe_ = vipcast_drill::workload::Unsafe { async_fallback: a.unsafe_async_fallback };
-        let report = vipcast_drill::workload::drill(&target, a.fault, variants, unsafe_, &opts)?;
-        crate::progress::finish();
-        if a.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            print!("{}", report.table());
-        }
-        if !report.passed() {
+        if !passed {
             anyhow::bail!("not every run passed: see the failed runs above");
         }
         return Ok(());

@@ -577,18 +577,7 @@ pub fn drill(
     opts: &Options<'_>,
 ) -> Result<WorkloadReport> {
     fault::check(fault, overlay)?;
-    let mut all = Vec::new();
-    match (variants.assist, &overlay.overlay) {
-        (Some(assist), Some(ov)) => {
-            let _restore = crate::drill::RestoreAssist { ov, was: overlay.variant.ends_with("+assist") };
-            for &on in assist.settings() {
-                crate::drill::set_assist(ov, on)?;
-                let t = Target { variant: if on { "overlay+assist" } else { "overlay" }.into(), ..overlay.clone() };
-                all.extend(runs(&t, fault, opts.runs, unsafe_, opts)?);
-            }
-        }
-        _ => all.extend(runs(overlay, fault, opts.runs, unsafe_, opts)?),
-    }
+    let mut all = crate::drill::per_assist(overlay, variants.assist, |t| runs(t, fault, opts.runs, unsafe_, opts))?;
     if variants.baseline {
         let baseline = crate::baseline::Baseline::build(overlay, opts.progress)?;
         all.extend(runs(baseline.target(), fault, opts.runs, unsafe_, opts)?);

@@ -295,17 +295,6 @@ const HEADER: [&str; 12] = [
 /// `assist` says so). The web tier has no native-L2 baseline here: it
 /// writes through the lab's database VIP.
 pub fn drill(overlay: &Target, fault: Fault, assist: Option<crate::Assist>, opts: &Options<'_>) -> Result<PayReport> {
-    let mut all = Vec::new();
-    match (assist, &overlay.overlay) {
-        (Some(assist), Some(ov)) => {
-            let _restore = crate::drill::RestoreAssist { ov, was: overlay.variant.ends_with("+assist") };
-            for &on in assist.settings() {
-                crate::drill::set_assist(ov, on)?;
-                let t = Target { variant: if on { "overlay+assist" } else { "overlay" }.into(), ..overlay.clone() };
-                all.extend(runs(&t, fault, opts.runs, opts)?);
-            }
-        }
-        _ => all.extend(runs(overlay, fault, opts.runs, opts)?),
-    }
+    let all = crate::drill::per_assist(overlay, assist, |t| runs(t, fault, opts.runs, opts))?;
     Ok(PayReport { vip: overlay.vip_name.clone(), fault, runs: all })
 }
