@@ -453,14 +453,8 @@ impl PayLog {
 
     /// The longest time without a paid answer in `[from_us, to_us]`.
     pub fn longest_gap(&self, from_us: u64, to_us: u64) -> Option<u64> {
-        let mut done: Vec<u64> = self
-            .attempts
-            .iter()
-            .filter(|a| matches!(a.outcome, Outcome::Paid(_)) && (from_us..=to_us).contains(&a.done_us))
-            .map(|a| a.done_us)
-            .collect();
-        done.sort_unstable();
-        done.windows(2).map(|w| w[1] - w[0]).max()
+        let paid = self.attempts.iter().filter(|a| matches!(a.outcome, Outcome::Paid(_))).map(|a| a.done_us);
+        super::ops::longest_gap(paid, from_us, to_us)
     }
 
     /// 5xx answers finished in `[from_us, to_us)`.
