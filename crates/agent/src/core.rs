@@ -266,9 +266,16 @@ impl AgentCore {
             }
         }
         for (vpc, vip, mac, owner_chassis, generation) in moved {
+            // An IPv6 VIP is re-announced with the Router flag set, as its
+            // VRRP master announces it (RFC 5798 §6.4.2; vipcast vrrpd and
+            // keepalived on a forwarding interface). Never clearing it
+            // matters: a host that learns R=0 for an address it uses as its
+            // default router drops that router (RFC 4861 §7.2.5), while R=1
+            // for a master that sent R=0 (keepalived, forwarding off) only
+            // marks the neighbour entry as a router.
             let frame = match vip.ip {
                 IpAddr::V4(v4) => vipcast_packet::build::garp(mac, v4, ArpOp::Request),
-                IpAddr::V6(v6) => match vipcast_packet::build::unsolicited_na(mac, v6, v6) {
+                IpAddr::V6(v6) => match vipcast_packet::build::unsolicited_na(mac, v6, v6, true) {
                     Ok(f) => f,
                     Err(_) => continue,
                 },

@@ -312,6 +312,20 @@ impl Kernel {
                 ch.neigh += 1;
             }
             KernelOp::AddAddr { dev, net } => {
+                if net.addr().is_ipv6() {
+                    // The bridge was made without IPv6 (see CreateBridge): a
+                    // gateway of an IPv6 subnet turns it on, without duplicate
+                    // address detection (every gateway holds the same
+                    // anycast address) and without router solicitations
+                    // (it forwards).
+                    let name = vipcast_sys::ifname(resolve(dev)?).map_err(|e| KernelError {
+                        what: format!("naming the device of {net}: {e}"),
+                        source: rtnetlink::Error::RequestFailed,
+                    })?;
+                    for (key, value) in [("accept_dad", "0"), ("forwarding", "1"), ("disable_ipv6", "0")] {
+                        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/{key}"), value);
+                    }
+                }
                 self.handle
                     .address()
                     .add(resolve(dev)?, net.addr(), net.prefix_len())

@@ -364,7 +364,20 @@ fn undo(u: Undo) -> Result<()> {
             for (family, r) in routes {
                 let mut args = vec!["-n", ns.as_str(), family, "route", "replace"];
                 args.extend(r.iter().map(String::as_str));
-                vipcast_lab::ip(&args)?;
+                // IPv6 puts the link's prefix route back a moment after the
+                // link comes up (addrconf runs deferred): until then the
+                // gateway is "No route to host". Wait for it, up to 2 s.
+                let mut tries = 0;
+                loop {
+                    match vipcast_lab::ip(&args) {
+                        Ok(_) => break,
+                        Err(_) if family == "-6" && tries < 100 => {
+                            tries += 1;
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
             }
             Ok(())
         }

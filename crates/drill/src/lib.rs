@@ -83,7 +83,7 @@ pub fn announce(dev: &str, ip: IpAddr) -> Result<()> {
         .map_err(|e| Error::Failed(format!("packet socket on {dev}: {e}")))?;
     let frame = match ip {
         IpAddr::V4(v4) => vipcast_packet::build::garp(mac, v4, vipcast_packet::arp::ArpOp::Request),
-        IpAddr::V6(v6) => vipcast_packet::build::unsolicited_na(mac, v6, v6)
+        IpAddr::V6(v6) => vipcast_packet::build::unsolicited_na(mac, v6, v6, true)
             .map_err(|e| Error::Failed(format!("building the advertisement: {e}")))?,
     };
     for _ in 0..3 {

@@ -19,9 +19,9 @@
 //!   `vc-gre` and its VMs' ports; its daemons run from [`ovs_dir_name`] in the
 //!   lab's state directory (see [`crate::ovs`]).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::config::{Dataplane, LabConfig, Role, StoreKind, Vrrp, Workload};
 
@@ -136,6 +136,14 @@ pub fn external_addrs(index: usize) -> (Ipv4Net, Ipv4Net) {
     (net(1), net(2))
 }
 
+/// The IPv6 /64 of external client number `index`, fd00:30:0:<index>::/64:
+/// (gateway side ::1, client side ::2).
+pub fn external_addrs6(index: usize) -> (Ipv6Net, Ipv6Net) {
+    let x = u16::try_from(index).unwrap_or(u16::MAX);
+    let net = |host| Ipv6Net::new(Ipv6Addr::new(0xfd00, 0x30, 0, x, 0, 0, 0, host), 64).unwrap_or_default();
+    (net(1), net(2))
+}
+
 /// A whole lab, planned.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -203,6 +211,9 @@ pub struct ExternalPlan {
     pub gateway_if: String,
     pub gateway_addr: Ipv4Net,
     pub addr: Ipv4Net,
+    /// The IPv6 link to the gateway ([`external_addrs6`]).
+    pub gateway_addr6: Ipv6Net,
+    pub addr6: Ipv6Net,
 }
 
 /// One VRRP daemon (keepalived, or `vipcast vrrpd` with the same
@@ -286,6 +297,7 @@ impl Plan {
             .enumerate()
             .map(|(i, e)| {
                 let (gateway_addr, addr) = external_addrs(i);
+                let (gateway_addr6, addr6) = external_addrs6(i);
                 ExternalPlan {
                     name: e.name.clone(),
                     index: i,
@@ -295,6 +307,8 @@ impl Plan {
                     gateway_if: format!("ext{i}"),
                     gateway_addr,
                     addr,
+                    gateway_addr6,
+                    addr6,
                 }
             })
             .collect();

@@ -388,6 +388,7 @@ impl<'a> Builder<'a> {
             };
             if ch.role == Role::Gateway {
                 sysctl(&ch.ns, "net.ipv4.ip_forward=1")?;
+                sysctl(&ch.ns, "net.ipv6.conf.all.forwarding=1")?;
             }
             let detail = match ch.dataplane {
                 Dataplane::Kernel => ch.role.as_str().to_string(),
@@ -498,6 +499,10 @@ impl<'a> Builder<'a> {
                 tx_checksum_off(&vm.ns, VM_IF)?;
             }
             sysctl(&vm.ns, &format!("net.ipv6.conf.{VM_IF}.accept_dad=0"))?;
+            // A VM whose cable is pulled keeps its addresses (carrier loss);
+            // the drills' link-down sets eth0 administratively down, which
+            // would otherwise flush its IPv6 addresses.
+            sysctl(&vm.ns, &format!("net.ipv6.conf.{VM_IF}.keep_addr_on_down=1"))?;
             let addr = vm.addr.to_string();
             let mut add = vec!["-n", vm.ns.as_str(), "addr", "add", addr.as_str(), "dev", VM_IF];
             if vm.addr.addr().is_ipv6() {
@@ -548,16 +553,22 @@ impl<'a> Builder<'a> {
                 &e.gateway_ns,
             ])?;
             ip(&["-n", &e.ns, "addr", "add", &e.addr.to_string(), "dev", VM_IF])?;
+            ip(&["-n", &e.ns, "addr", "add", &e.addr6.to_string(), "dev", VM_IF, "nodad"])?;
             ip(&["-n", &e.ns, "link", "set", VM_IF, "up"])?;
             ip(&["-n", &e.ns, "route", "add", "default", "via", &e.gateway_addr.addr().to_string()])?;
+            ip(&["-n", &e.ns, "-6", "route", "add", "default", "via", &e.gateway_addr6.addr().to_string()])?;
             ip(&["-n", &e.gateway_ns, "addr", "add", &e.gateway_addr.to_string(), "dev", &e.gateway_if])?;
+            ip(&["-n", &e.gateway_ns, "addr", "add", &e.gateway_addr6.to_string(), "dev", &e.gateway_if, "nodad"])?;
             ip(&["-n", &e.gateway_ns, "link", "set", &e.gateway_if, "up"])?;
             sysctl(&e.gateway_ns, "net.ipv4.ip_forward=1")?;
+            sysctl(&e.gateway_ns, "net.ipv6.conf.all.forwarding=1")?;
             if let Some(n) = self.nodes.iter_mut().find(|n| n.kind == "chassis" && n.name == e.gateway) {
                 n.addresses.push(format!("{} {}", e.gateway_if, e.gateway_addr));
+                n.addresses.push(format!("{} {}", e.gateway_if, e.gateway_addr6));
             }
             let detail = format!("behind {} {}", e.gateway, e.gateway_if);
-            self.node(&e.name, "external", &e.ns, vec![format!("{VM_IF} {}", e.addr)], detail);
+            let addresses = vec![format!("{VM_IF} {}", e.addr), format!("{VM_IF} {}", e.addr6)];
+            self.node(&e.name, "external", &e.ns, addresses, detail);
             self.say(&format!(
                 "external {}: namespace {}, {VM_IF} {} via {} on {} {}",
                 e.name,

@@ -201,13 +201,17 @@ fn builds_the_documented_topology_and_down_removes_it() {
         assert!(port.get("master").is_none(), "{port}");
     }
 
-    // The external client: a /30 to ext0 on the gateway, which forwards.
+    // The external client: a /30 and a /64 to ext0 on the gateway, which
+    // forwards both families.
     let inet = lab.ns("inet");
-    assert_eq!(addrs(&inet, "eth0"), ["172.30.0.2/30"]);
-    assert_eq!(addrs(&lab.ns("gw1"), "ext0"), ["172.30.0.1/30"]);
+    assert_eq!(addrs(&inet, "eth0"), ["172.30.0.2/30", "fd00:30::2/64"]);
+    assert_eq!(addrs(&lab.ns("gw1"), "ext0"), ["172.30.0.1/30", "fd00:30::1/64"]);
     assert_eq!(ip_json(&["-n", &inet, "-j", "route", "show", "default"])[0]["gateway"], "172.30.0.1");
+    assert_eq!(ip_json(&["-n", &inet, "-j", "-6", "route", "show", "default"])[0]["gateway"], "fd00:30::1");
     assert_eq!(in_ns(&lab.ns("gw1"), &["sysctl", "-n", "net.ipv4.ip_forward"]).1.trim(), "1");
+    assert_eq!(in_ns(&lab.ns("gw1"), &["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).1.trim(), "1");
     assert!(ping(&inet, "172.30.0.1"));
+    assert!(ping(&inet, "fd00:30::1"));
 
     let state = b.commit().unwrap();
     assert_eq!(state.namespaces.len(), 1 + 2 + 1 + 2 + 1);

@@ -119,7 +119,7 @@ mod tests {
     #[test]
     fn unsolicited_na_only() {
         let ip6 = "fd00::100".parse().unwrap();
-        let f = build::unsolicited_na(MAC, ip6, "fe80::42".parse().unwrap()).unwrap();
+        let f = build::unsolicited_na(MAC, ip6, "fe80::42".parse().unwrap(), true).unwrap();
         let a = classify(&f).unwrap().unwrap();
         assert_eq!((a.kind, a.ip, a.mac), (AnnounceKind::UnsolicitedNa, IpAddr::V6(ip6), MAC));
     }

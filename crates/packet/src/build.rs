@@ -60,10 +60,12 @@ fn eth_dst(dst: IpAddr, unicast: Option<MacAddr>) -> MacAddr {
 
 /// An unsolicited neighbour advertisement for `target` at `mac`, from
 /// `src` (an address of the sender, usually its link-local) to all nodes
-/// (ff02::1), override flag set, hop limit 255 (RFC 4861 §7.2.6).
-pub fn unsolicited_na(mac: MacAddr, target: Ipv6Addr, src: Ipv6Addr) -> Result<Vec<u8>> {
+/// (ff02::1), override flag set, hop limit 255 (RFC 4861 §7.2.6). `router`
+/// sets the Router flag: a VRRP router announcing its virtual addresses sets
+/// it (RFC 5798 §6.4.2); a host moving an address of its own does not.
+pub fn unsolicited_na(mac: MacAddr, target: Ipv6Addr, src: Ipv6Addr, router: bool) -> Result<Vec<u8>> {
     let dst = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
-    let na = NdRepr::Advert { router: false, solicited: false, override_: true, target, target_lladdr: Some(mac) };
+    let na = NdRepr::Advert { router, solicited: false, override_: true, target, target_lladdr: Some(mac) };
     let mut body = Vec::with_capacity(na.buffer_len());
     na.emit(&mut body, src, dst);
     let ip = IpRepr::new(IpAddr::V6(src), IpAddr::V6(dst), protocol::ICMPV6, 255, body.len())?;

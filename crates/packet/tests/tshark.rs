@@ -50,6 +50,7 @@ const FIELDS: &[&str] = &[
     "arp.dst.proto_ipv4",
     "arp.isgratuitous",
     "icmpv6.checksum.status",
+    "icmpv6.nd.na.flag.r",
     "icmpv6.nd.na.flag.s",
     "icmpv6.nd.na.flag.o",
     "icmpv6.nd.na.target_address",
@@ -198,18 +199,23 @@ fn cases() -> Vec<Case> {
     });
 
     let target: Ipv6Addr = "fd00:97::100".parse().unwrap();
-    cases.push(Case {
-        name: "unsolicited neighbour advertisement",
-        frame: build::unsolicited_na(mac, target, "fe80::42:aff:fe63:b".parse().unwrap()).unwrap(),
-        expect: vec![
-            ("icmpv6.checksum.status", GOOD.into()),
-            ("icmpv6.nd.na.flag.s", "0".into()),
-            ("icmpv6.nd.na.flag.o", "1".into()),
-            ("icmpv6.nd.na.target_address", target.to_string()),
-            ("icmpv6.opt.linkaddr", mac.to_string()),
-            ("ipv6.hlim", "255".into()),
-        ],
-    });
+    for (name, router) in
+        [("unsolicited neighbour advertisement (host)", false), ("unsolicited neighbour advertisement (router)", true)]
+    {
+        cases.push(Case {
+            name,
+            frame: build::unsolicited_na(mac, target, "fe80::42:aff:fe63:b".parse().unwrap(), router).unwrap(),
+            expect: vec![
+                ("icmpv6.checksum.status", GOOD.into()),
+                ("icmpv6.nd.na.flag.r", u8::from(router).to_string()),
+                ("icmpv6.nd.na.flag.s", "0".into()),
+                ("icmpv6.nd.na.flag.o", "1".into()),
+                ("icmpv6.nd.na.target_address", target.to_string()),
+                ("icmpv6.opt.linkaddr", mac.to_string()),
+                ("ipv6.hlim", "255".into()),
+            ],
+        });
+    }
 
     let outer = Outer {
         src_mac: MacAddr([2, 0, 0, 0, 0xaa, 1]),

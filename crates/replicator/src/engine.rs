@@ -687,7 +687,7 @@ pub(crate) mod tests {
             })
         );
         assert!(matches!(d.action, Action::Replicate { .. }));
-        let na = build::unsolicited_na(mac, "fd00::100".parse().unwrap(), "fe80::42".parse().unwrap()).unwrap();
+        let na = build::unsolicited_na(mac, "fd00::100".parse().unwrap(), "fe80::42".parse().unwrap(), false).unwrap();
         assert_eq!(
             t.handle(now, from(C1), &frame(100, &na)).sniffed.map(|s| s.kind),
             Some(AnnounceKind::UnsolicitedNa)

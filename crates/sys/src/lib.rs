@@ -262,6 +262,19 @@ pub fn ifindex(name: &str) -> io::Result<u32> {
     if idx == 0 { Err(io::Error::last_os_error()) } else { Ok(idx) }
 }
 
+/// The name of interface `index`.
+pub fn ifname(index: u32) -> io::Result<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname may write.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: on success `buf` holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Ok(name.to_string_lossy().into_owned())
+}
+
 /// Moves the calling thread into network namespace `name` (as created by
 /// `ip netns add`, i.e. `/run/netns/<name>`). Call it before starting other
 /// threads (e.g. before building a tokio runtime): namespaces are per thread.

@@ -77,7 +77,8 @@ fn the_sniff_filter_passes_received_arp_na_and_vrrp_and_sent_vrrp_only() {
         let mac = vipcast_packet::MacAddr([2, 0, 0, 0, 0, 1]);
         let garp = vipcast_packet::build::garp(mac, "10.0.0.1".parse().unwrap(), vipcast_packet::arp::ArpOp::Request);
         let na =
-            vipcast_packet::build::unsolicited_na(mac, "fd00::1".parse().unwrap(), "fe80::1".parse().unwrap()).unwrap();
+            vipcast_packet::build::unsolicited_na(mac, "fd00::1".parse().unwrap(), "fe80::1".parse().unwrap(), false)
+                .unwrap();
         let vrrp = {
             let repr = vipcast_packet::vrrp::VrrpRepr {
                 version: vipcast_packet::vrrp::Version::V3,

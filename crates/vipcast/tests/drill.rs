@@ -52,6 +52,12 @@ fn has_replicator() -> bool {
 }
 
 /// A lab that is up; `lab down` on drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
 struct Lab {
     name: String,
     _dir: tempfile::TempDir,
@@ -59,12 +65,14 @@ struct Lab {
 
 impl Lab {
     fn up(bum: &str) -> Lab {
-        Lab::up_family(bum, false)
+        Lab::up_with(bum, Family::V4, "kernel", "keepalived")
     }
 
-    /// The same lab; with `ipv6`, its VPC IPv6-only (keepalived VRRPv3
-    /// over IPv6, the VIP announced by unsolicited NA) and no external client.
-    fn up_family(bum: &str, ipv6: bool) -> Lab {
+    /// The same lab; with [`Family::V6`] its VPC is IPv6-only (VRRPv3 over
+    /// IPv6, the VIP announced by unsolicited NA; the gateway routes IPv6 to
+    /// the external client); `dataplane` is that of hv1..hv3 (the gateway
+    /// stays on the kernel), `vrrp` who runs VRRP in the members.
+    fn up_with(bum: &str, family: Family, dataplane: &str, vrrp: &str) -> Lab {
         let name = format!("dr{}", unique_id());
         let replicators =
             if bum == "replicator" { "[[replicator]]\nname = \"rep1\"\n[[replicator]]\nname = \"rep2\"\n" } else { "" };
@@ -81,10 +89,13 @@ cidr = "192.168.10.0/24"
 gateway = "192.168.10.1"
 [[chassis]]
 name = "hv1"
+dataplane = "{dataplane}"
 [[chassis]]
 name = "hv2"
+dataplane = "{dataplane}"
 [[chassis]]
 name = "hv3"
+dataplane = "{dataplane}"
 [[chassis]]
 name = "gw1"
 role = "gateway"
@@ -113,15 +124,16 @@ subnet = "web"
 ip = "192.168.10.100"
 members = ["pay1", "pay2"]
 advert_int = 0.1
+vrrp = "{vrrp}"
 [[external]]
 name = "inet1"
 gateway = "gw1"
 "#
         );
-        let file = if ipv6 {
-            let mut f =
-                file.replace("cidr = \"192.168.10.0/24\"\ngateway = \"192.168.10.1\"", "cidr = \"fd00:10::/64\"");
+        let file = if family == Family::V6 {
+            let mut f = file.replace("\"192.168.10.0/24\"", "\"fd00:10::/64\"");
             for (v4, v6) in [
+                ("192.168.10.1", "fd00:10::1"),
                 ("192.168.10.11", "fd00:10::11"),
                 ("192.168.10.12", "fd00:10::12"),
                 ("192.168.10.50", "fd00:10::50"),
@@ -129,7 +141,7 @@ gateway = "gw1"
             ] {
                 f = f.replace(&format!("\"{v4}\""), &format!("\"{v6}\""));
             }
-            f.replace("[[external]]\nname = \"inet1\"\ngateway = \"gw1\"\n", "")
+            f
         } else {
             file
         };
@@ -245,16 +257,95 @@ fn link_down_drill_inside_and_through_the_gateway() {
 
 /// IPv6 end to end on the kernel data plane: an IPv6-only VPC, keepalived
 /// VRRPv3 over IPv6, the new master's unsolicited NA sniffed and claimed,
-/// the NA re-announced; link-down assisted like IPv4.
+/// the NA re-announced; link-down assisted like IPv4, from a VM and through
+/// the gateway from outside; a frozen master.
 #[test]
-fn link_down_drill_over_ipv6() {
+fn ipv6_drills_on_the_kernel_data_plane() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = Lab::up_family("headend", true);
-    let r = lab.drill("link-down", &[]);
-    check(&r, "link-down", true);
+    let lab = Lab::up_with("headend", Family::V6, "kernel", "keepalived");
+    ipv6_drills(&lab, true);
+}
+
+/// The same on Open vSwitch chassis, with `vipcast vrrpd` in the members:
+/// every unsolicited NA for the VIP that reaches the client VM, the
+/// master's (from its link-local address) and the agents' re-announcements
+/// (from the VIP), carries the Router flag, as tshark decodes them.
+#[test]
+fn ipv6_drills_on_open_vswitch_with_router_flags() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::up_with("headend", Family::V6, "ovs", "vipcast");
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("na.pcap");
+    let capture = Capture::start(&format!("{}-client", lab.name), &pcap);
+    // vipcast vrrpd has no native-L2 baseline (it is keepalived's).
+    ipv6_drills(&lab, false);
+    drop(capture);
+    let o = Command::new("tshark")
+        .args(["-r", pcap.to_str().unwrap(), "-Y", "icmpv6.type == 136", "-T", "fields"])
+        .args(["-e", "ipv6.src", "-e", "icmpv6.nd.na.target_address", "-e", "icmpv6.nd.na.flag.r"])
+        .args(["-e", "icmpv6.nd.na.flag.s", "-e", "icmpv6.nd.na.flag.o"])
+        .output()
+        .expect("tshark");
+    assert!(o.status.success(), "{}", text(&o));
+    let lines: Vec<Vec<String>> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .filter(|f: &Vec<String>| f.len() == 5 && f[1] == "fd00:10::100")
+        .collect();
+    // Solicited ones are the master's kernel answering a solicitation (a VM
+    // does not forward: R clear); the announcements are unsolicited.
+    let lines: Vec<Vec<String>> = lines.into_iter().filter(|f| f[3] == "0").collect();
+    let master = lines.iter().filter(|f| f[0].starts_with("fe80:")).count();
+    let agent = lines.iter().filter(|f| f[0] == "fd00:10::100").count();
+    assert!(master >= 3 && agent >= 3, "NAs for the VIP: {master} from masters, {agent} re-announced: {lines:?}");
+    for f in &lines {
+        assert_eq!((f[2].as_str(), f[4].as_str()), ("1", "1"), "R and O flags of {f:?}");
+    }
+}
+
+/// link-down from the client VM (against the baseline when there is one)
+/// and from the external client through the gateway, then vm-freeze.
+fn ipv6_drills(lab: &Lab, baseline: bool) {
+    let no_baseline: &[&str] = if baseline { &[] } else { &["--no-baseline"] };
+    let r = lab.drill("link-down", no_baseline);
+    check(&r, "link-down", baseline);
     assert_eq!(r["vip_ip"], "fd00:10::100", "{r}");
     for run in r["variants"][0]["runs"].as_array().unwrap() {
         assert_eq!(run["assisted"], true, "{run}");
+    }
+    let r = lab.drill("link-down", &["--from", "inet1", "--no-baseline"]);
+    check(&r, "link-down", false);
+    assert_eq!(r["from"], "inet1");
+    let r = lab.drill("vm-freeze", no_baseline);
+    check(&r, "vm-freeze", baseline);
+}
+
+/// tcpdump capturing neighbour advertisements in a namespace until dropped.
+struct Capture(std::process::Child);
+
+impl Capture {
+    fn start(ns: &str, file: &std::path::Path) -> Capture {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "tcpdump", "-i", "eth0", "-U", "-w", file.to_str().unwrap()])
+            .arg("icmp6 and ip6[40] == 136")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tcpdump");
+        // tcpdump opens its socket before it writes the file header.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::metadata(file).map(|m| m.len()).unwrap_or(0) == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Capture(child)
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        // SIGTERM: tcpdump flushes what it holds (-U writes each packet anyway).
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
     }
 }
 

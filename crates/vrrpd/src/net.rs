@@ -166,7 +166,7 @@ pub fn announce(
                 }
                 IpAddr::V6(a) => {
                     let Some(src) = src6 else { continue };
-                    build::unsolicited_na(mac, *a, src).map_err(invalid)?
+                    build::unsolicited_na(mac, *a, src, true).map_err(invalid)?
                 }
             };
             sock.send(&frame)?;
