@@ -74,6 +74,12 @@ fn state(owner: Option<(&str, MacAddr, &str, u64)>, hv2_dead: bool, assist: bool
             chassis: chassis.into(),
             mac,
             ip: ip(addr),
+            ip6: None,
+            subnet6: None,
+            kind: vipcast_model::PortKind::Vm,
+            interface: None,
+            vlan: None,
+            standby_chassis: None,
         }));
     }
     let mut vip = Vip::new(VipSpec {

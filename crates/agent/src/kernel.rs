@@ -26,7 +26,7 @@ use netlink_packet_route::neighbour::{
 };
 use netlink_packet_route::route::RouteType;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVlan, LinkVxlan};
 use vipcast_packet::MacAddr;
 
 pub use self::diff::{Dev, KernelOp, Kind, Link, Observed, VpcDevs, VxlanConf, delta, diff, set_diff};
@@ -269,6 +269,19 @@ impl Kernel {
                 self.del_link(*index, name).await?;
                 ch.links += 1;
                 self.create_vxlan(name, *vni, *local, *proxy, created).await?;
+                ch.links += 1;
+            }
+            KernelOp::CreateVlan { name, interface, vid, alias } => {
+                let parent = self.link_by_name(interface).await?;
+                let msg = LinkVlan::new(name, parent.index, *vid).alias(alias.clone()).up().build();
+                self.handle.link().add(msg).execute().await.map_err(ctx(|| format!("creating VLAN {name}")))?;
+                ch.links += 1;
+                let l = self.link_by_name(name).await?;
+                created.insert(name.clone(), l.index);
+            }
+            KernelOp::SetAlias { index, name, alias } => {
+                let msg = LinkUnspec::new_with_index(*index).alias(alias.clone()).build();
+                self.handle.link().set(msg).execute().await.map_err(ctx(|| format!("labelling {name}")))?;
                 ch.links += 1;
             }
             KernelOp::SetMaster { dev, name, bridge } => {

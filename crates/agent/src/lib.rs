@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use vipcast_api::{AssistRecord, ChassisRegistration, Event, SniffedAt};
 use vipcast_client::{ControllerClient, Synced, WatchFollower};
-use vipcast_model::Role;
+use vipcast_model::{PortKind, Role};
 use vipcast_model::view;
 use vipcast_packet::MacAddr;
 
@@ -213,6 +213,7 @@ async fn drive<D: Dataplane>(
         },
         replicator_choice: BTreeMap::new(),
         unrouted: Vec::new(),
+        underlay: None,
         stats: stats.clone(),
     };
     // SIGHUP: the certificate and key again (a renewed certificate).
@@ -249,6 +250,10 @@ async fn drive<D: Dataplane>(
             Some((ifindex, up)) = link_rx.recv() => {
                 let now = Instant::now();
                 peers_may_change = false;
+                if agent.underlay_link(ifindex, up) {
+                    agent.reconcile("underlay link", false).await;
+                    continue;
+                }
                 let Some(port) = agent.dp.port_of(ifindex) else { continue };
                 let actions = agent.core.on_link(&port, up, now);
                 agent.execute(actions, now).await;
@@ -370,6 +375,9 @@ struct Driver<D> {
     /// Subnets this gateway cannot route, as last reported.
     unrouted: Vec<(String, String, ipnet::IpNet)>,
     stats: std::sync::Arc<metrics::Stats>,
+    /// The interface holding the underlay address, and whether it has
+    /// carrier (see [`Driver::underlay_link`]).
+    underlay: Option<(u32, bool)>,
 }
 
 impl<D: Dataplane> Driver<D> {
@@ -429,7 +437,19 @@ impl<D: Dataplane> Driver<D> {
         self.prober.set_targets(replicators);
         let prober = self.prober.clone();
         let healthy = |n: &str| prober.healthy(n);
-        let plan = plan::plan(&view, &healthy);
+        let mut plan = plan::plan(&view, &healthy);
+        if self.underlay.is_some_and(|(_, up)| !up) {
+            // Cut from the underlay, this gateway is about to be declared
+            // dead and its physical attachments given to their standbys: let
+            // them go now, so no host's segment is ever bridged by both
+            // (the physical switch would see MACs flap between them).
+            for v in plan.vpcs.values_mut() {
+                for port in std::mem::take(&mut v.physical).into_keys() {
+                    tracing::warn!(port, "underlay link down: physical attachment released");
+                    v.ports.remove(&port);
+                }
+            }
+        }
         let mut bum = BTreeMap::new();
         for v in view.vpcs.values() {
             if let view::Flood::Replicator(r) = &v.flood
@@ -453,6 +473,30 @@ impl<D: Dataplane> Driver<D> {
         self.stats.revision(revision);
         let dp = &self.dp;
         self.core.on_ports(&|p| dp.has_port(p));
+    }
+
+    /// A carrier change of interface `ifindex`: whether it is the
+    /// underlay's (found by its address the first time a view has physical
+    /// ports) and changed.
+    fn underlay_link(&mut self, ifindex: u32, up: bool) -> bool {
+        if self.underlay.is_none() {
+            let Some(view) = self.core.view() else { return false };
+            let physical = view.vpcs.values().flat_map(|v| &v.local_ports).any(|p| p.kind == PortKind::Physical);
+            if !physical {
+                return false;
+            }
+            match vipcast_sys::ifindex_of_addr(view.underlay_ip) {
+                Ok(Some(i)) => self.underlay = Some((i, true)),
+                _ => return false,
+            }
+        }
+        match &mut self.underlay {
+            Some((i, was)) if *i == ifindex && *was != up => {
+                *was = up;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Makes a call to the controller in the background.

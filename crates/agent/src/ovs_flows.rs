@@ -408,6 +408,12 @@ mod tests {
             chassis: chassis.into(),
             mac,
             ip: ip(addr),
+            ip6: None,
+            subnet6: None,
+            kind: vipcast_model::PortKind::Vm,
+            interface: None,
+            vlan: None,
+            standby_chassis: None,
         })
     }
 

@@ -9,7 +9,9 @@
 //!              fdb  00:00:00:00:00:00 dst <chassis | replicator>  (BUM)
 //!              neigh <ip> lladdr <mac> (every remote port and VIP owner: ARP suppression)
 //!   gateways also: the subnets' gateway addresses on vc-br-<n>, and a
-//!   neighbour entry on vc-br-<n> for each VIP -> its owner's MAC
+//!   neighbour entry on vc-br-<n> for each VIP -> its owner's MAC; the
+//!   physical ports they serve, their devices (an interface, or a VLAN
+//!   of one) in vc-br-<n> with the alias "vipcast-port:<port>"
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -57,6 +59,9 @@ pub struct VpcPlan {
     pub proxy: bool,
     /// Port names whose interfaces join the bridge.
     pub ports: BTreeSet<String>,
+    /// The physical ones among them (bare-metal hosts on a gateway): the
+    /// device each is attached through, by port name.
+    pub physical: BTreeMap<String, Attachment>,
     pub fdb: BTreeSet<Fdb>,
     /// Neighbour entries on the VXLAN device.
     pub neigh: BTreeMap<IpAddr, MacAddr>,
@@ -66,6 +71,15 @@ pub struct VpcPlan {
     pub bridge_neigh: BTreeMap<IpAddr, MacAddr>,
     /// The bridge's MAC (gateways: the VPC's anycast router MAC).
     pub bridge_mac: Option<MacAddr>,
+}
+
+/// A physical port's device: an interface of the chassis, or a VLAN of it
+/// that the agent creates (`<interface>.<vlan>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub device: String,
+    pub interface: String,
+    pub vlan: Option<u16>,
 }
 
 /// What the chassis needs.
@@ -182,6 +196,15 @@ pub fn plan(view: &ChassisView, healthy: &dyn Fn(&str) -> bool) -> Plan {
                 vni: v.vni,
                 proxy: v.arp_suppression,
                 ports: v.local_ports.iter().map(|p| p.name.clone()).collect(),
+                physical: v
+                    .local_ports
+                    .iter()
+                    .filter(|p| p.kind == vipcast_model::PortKind::Physical)
+                    .filter_map(|p| {
+                        let a = Attachment { device: p.device()?, interface: p.interface.clone()?, vlan: p.vlan };
+                        Some((p.name.clone(), a))
+                    })
+                    .collect(),
                 fdb,
                 neigh,
                 bridge_addrs,

@@ -35,6 +35,7 @@ fn base_plan() -> Plan {
     vpcs.insert(
         4200,
         VpcPlan {
+            physical: Default::default(),
             name: "prod".into(),
             vni: 4200,
             proxy: true,

@@ -319,6 +319,12 @@ fn state() -> State {
             chassis: chassis.into(),
             mac,
             ip: ip.parse().unwrap(),
+            ip6: None,
+            subnet6: None,
+            kind: vipcast_model::PortKind::Vm,
+            interface: None,
+            vlan: None,
+            standby_chassis: None,
         }));
     }
     s.put(Object::Vip(Vip {

@@ -336,6 +336,12 @@ mod tests {
                 chassis: chassis.into(),
                 mac: mac.parse().unwrap(),
                 ip: ip.parse().unwrap(),
+                ip6: None,
+                subnet6: None,
+                kind: vipcast_model::PortKind::Vm,
+                interface: None,
+                vlan: None,
+                standby_chassis: None,
             }));
         }
         for (name, vpc, ip, members) in [

@@ -388,6 +388,12 @@ mod tests {
                 chassis: format!("hv{chassis}"),
                 mac: MacAddr([2, 0, 0, 0, 0, name]),
                 ip: format!("10.0.0.{}", name + 1).parse().unwrap(),
+                ip6: None,
+                subnet6: None,
+                kind: vipcast_model::PortKind::Vm,
+                interface: None,
+                vlan: None,
+                standby_chassis: None,
             }),
             Op::Vip { name, vpc, owner } => {
                 let mut v = Vip::new(VipSpec {

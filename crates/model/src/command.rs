@@ -129,6 +129,30 @@ impl Applied {
 }
 
 /// Checks `command` against `state` at time `now_ms` and says what it writes.
+/// The physical attachments served by `dead`, moved to their standby
+/// gateways (those not declared dead themselves): each port swaps `chassis`
+/// and `standby_chassis` (so the old one is the standby when it comes
+/// back: no move back, no second outage), and a VIP the port holds follows
+/// it. One gateway serves an attachment at a time: the one its port names.
+fn standby_takeover(state: &State, dead: &str) -> Vec<Object> {
+    let mut puts = Vec::new();
+    for p in state.index().chassis_ports(dead).iter().filter_map(|n| state.ports.get(n)) {
+        let Some(standby) = &p.standby_chassis else { continue };
+        if p.kind != crate::PortKind::Physical || state.chassis.get(standby).is_none_or(Chassis::is_dead) {
+            continue;
+        }
+        let moved = Port { chassis: standby.clone(), standby_chassis: Some(p.chassis.clone()), ..p.clone() };
+        for v in state.vpc_vips(&p.vpc) {
+            if let Some(o) = v.owner.as_ref().filter(|o| o.port == p.name && o.chassis == p.chassis) {
+                let owner = Owner { chassis: standby.clone(), ..o.clone() };
+                puts.push(Object::Vip(Vip { owner: Some(owner), ..v.clone() }));
+            }
+        }
+        puts.push(Object::Port(moved));
+    }
+    puts
+}
+
 pub fn apply(state: &State, command: &Command, now_ms: u64) -> Result<Applied, Invalid> {
     match command {
         Command::CreateVpc(v) => {
@@ -272,7 +296,12 @@ pub fn apply(state: &State, command: &Command, now_ms: u64) -> Result<Applied, I
                 return Ok(Applied::unchanged());
             }
             let liveness = Liveness { alive: *alive, since_ms: now_ms, last_heard_ms: *last_heard_ms };
-            Ok(Applied::put(Object::Chassis(Chassis { liveness: Some(liveness), ..ch.clone() }), Outcome::Updated))
+            let mut applied =
+                Applied::put(Object::Chassis(Chassis { liveness: Some(liveness), ..ch.clone() }), Outcome::Updated);
+            if !*alive {
+                applied.puts.extend(standby_takeover(state, chassis));
+            }
+            Ok(applied)
         }
         Command::DeleteVip { name, history } => {
             let key = ObjectKey::Vip(name.clone());

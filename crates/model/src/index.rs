@@ -158,6 +158,12 @@ pub(crate) mod tests {
                 chassis: format!("hv{chassis}"),
                 mac: vipcast_packet::MacAddr([2, 0, 0, 0, 0, name]),
                 ip: format!("10.0.0.{name}").parse().unwrap(),
+                ip6: None,
+                subnet6: None,
+                kind: crate::PortKind::Vm,
+                interface: None,
+                vlan: None,
+                standby_chassis: None,
             })),
             Op::DeletePort(n) => drop(s.delete(&ObjectKey::Port(format!("p{n}")))),
             Op::Vip { name, vpc, ip, owner } => {

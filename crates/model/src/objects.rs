@@ -2,7 +2,7 @@
 //! IPs and CIDRs as strings, names as given, times in milliseconds since the
 //! Unix epoch.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -145,7 +145,29 @@ pub struct Liveness {
     pub last_heard_ms: u64,
 }
 
-/// A VM's interface in a VPC subnet, on a chassis.
+/// What a port is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum PortKind {
+    /// A VM's interface on a hypervisor (found by its alias
+    /// `vipcast-port:<name>`).
+    #[default]
+    Vm,
+    /// A bare-metal host attached to a gateway chassis through a physical
+    /// interface (optionally one 802.1Q VLAN of it), bridged into the VPC.
+    Physical,
+}
+
+impl PortKind {
+    /// Serde: a VM port omits `kind`.
+    pub fn is_vm(&self) -> bool {
+        *self == PortKind::Vm
+    }
+}
+
+/// An interface in a VPC subnet, on a chassis: a VM's, or a bare-metal
+/// host's attachment to a gateway (`kind: physical`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
@@ -154,11 +176,74 @@ pub struct Port {
     pub name: String,
     pub vpc: String,
     pub subnet: String,
+    /// Where the port is: a VM's hypervisor, or the gateway serving a
+    /// physical attachment now (the controller swaps it with
+    /// `standby_chassis` when this chassis is declared dead).
     pub chassis: String,
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = "mac", example = "02:00:00:00:00:01"))]
     pub mac: MacAddr,
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = "ip", example = "192.168.10.11"))]
     pub ip: IpAddr,
+    /// Dual stack: a second address, IPv6, in subnet `subnet6` of the same
+    /// VPC (when `ip` is IPv4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = "ipv6", example = "fd00:10::11"))]
+    pub ip6: Option<Ipv6Addr>,
+    /// The IPv6 subnet of `ip6`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
+    /// `vm` (default) or `physical`.
+    #[serde(default, skip_serializing_if = "PortKind::is_vm")]
+    pub kind: PortKind,
+    /// Physical: the gateway's interface the host is cabled to (the same
+    /// name on the standby gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(example = "eth1"))]
+    pub interface: Option<String>,
+    /// Physical: the 802.1Q VLAN of `interface` that carries this host
+    /// (1..=4094); untagged when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 4094))]
+    pub vlan: Option<u16>,
+    /// Physical: a second gateway that takes the attachment over when
+    /// `chassis` is declared dead (one at a time, never both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_chassis: Option<String>,
+}
+
+impl Port {
+    /// A VM port with one address.
+    pub fn vm(name: &str, vpc: &str, subnet: &str, chassis: &str, mac: MacAddr, ip: IpAddr) -> Port {
+        Port {
+            name: name.into(),
+            vpc: vpc.into(),
+            subnet: subnet.into(),
+            chassis: chassis.into(),
+            mac,
+            ip,
+            ip6: None,
+            subnet6: None,
+            kind: PortKind::Vm,
+            interface: None,
+            vlan: None,
+            standby_chassis: None,
+        }
+    }
+
+    /// The port's addresses: `ip`, and `ip6` when dual stack.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        std::iter::once(self.ip).chain(self.ip6.map(IpAddr::V6))
+    }
+
+    /// Physical: the device the gateway bridges: `interface`, or
+    /// `<interface>.<vlan>` for a VLAN.
+    pub fn device(&self) -> Option<String> {
+        let i = self.interface.as_deref()?;
+        Some(match self.vlan {
+            Some(v) => format!("{i}.{v}"),
+            None => i.to_string(),
+        })
+    }
 }
 
 /// What an operator asks for when creating a VIP.

@@ -238,6 +238,11 @@ fn same_family(a: IpAddr, net: &IpNet) -> bool {
 
 /// An address a host may hold in `net`: inside, not the network address and,
 /// for IPv4 prefixes shorter than /31, not the broadcast address.
+/// An interface name the kernel accepts.
+fn is_ifname(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 15 && s != "." && s != ".." && s.bytes().all(|b| b.is_ascii_graphic() && !b"/:".contains(&b))
+}
+
 fn host_in(net: &IpNet, ip: IpAddr) -> bool {
     if !same_family(ip, net) || !net.contains(&ip) {
         return false;
@@ -360,7 +365,7 @@ impl State {
 
     /// Who already uses `ip` in `vpc` (a port or a VIP), other than `except`.
     fn ip_user(&self, vpc: &str, ip: IpAddr, except: Option<&str>) -> Option<String> {
-        let port = self.vpc_ports(vpc).find(|p| p.ip == ip && Some(p.name.as_str()) != except);
+        let port = self.vpc_ports(vpc).find(|p| p.addresses().any(|a| a == ip) && Some(p.name.as_str()) != except);
         if let Some(p) = port {
             return Some(format!("port {:?}", p.name));
         }
@@ -517,6 +522,122 @@ impl State {
                 format!("mac {} is used by port {:?} in VPC {:?}", p.mac, o.name, p.vpc),
             ));
         }
+        self.check_port_ip6(p)?;
+        self.check_attachment(p, chassis)
+    }
+
+    /// A dual-stack port's second address: IPv6, in an IPv6 subnet of the
+    /// same VPC, unused.
+    fn check_port_ip6(&self, p: &Port) -> Result<(), Invalid> {
+        let (ip6, name) = match (p.ip6, &p.subnet6) {
+            (None, None) => return Ok(()),
+            (Some(ip6), Some(name)) => (ip6, name),
+            (Some(_), None) => return Err(Invalid::bad("missing_subnet6", "subnet6", "ip6 needs subnet6")),
+            (None, Some(_)) => return Err(Invalid::bad("missing_ip6", "ip6", "subnet6 needs ip6")),
+        };
+        if p.ip.is_ipv6() {
+            return Err(Invalid::bad("ip6_needs_ipv4_ip", "ip6", "ip6 is the IPv6 address of a port whose ip is IPv4"));
+        }
+        let subnet6 = self.subnet(&p.vpc, name).ok_or_else(|| {
+            Invalid::bad("unknown_subnet", "subnet6", format!("subnet {name:?} does not exist in VPC {:?}", p.vpc))
+        })?;
+        let ip = IpAddr::V6(ip6);
+        if !host_in(&subnet6.cidr, ip) {
+            return Err(Invalid::bad(
+                "ip_outside_subnet",
+                "ip6",
+                format!("ip6 {ip6} is not a host address of subnet {name:?} ({})", subnet6.cidr),
+            ));
+        }
+        if subnet6.gateway == Some(ip) {
+            return Err(Invalid::conflict("duplicate_ip", Some("ip6"), format!("ip6 {ip6} is the subnet's gateway")));
+        }
+        if let Some(user) = self.ip_user(&p.vpc, ip, None) {
+            return Err(Invalid::conflict(
+                "duplicate_ip",
+                Some("ip6"),
+                format!("ip6 {ip6} is used by {user} in VPC {:?}", p.vpc),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A physical port: on a kernel gateway (and its standby), through an
+    /// interface whose device (with the VLAN) fits an interface name and
+    /// carries no other port; a VM port has none of that.
+    fn check_attachment(&self, p: &Port, chassis: &Chassis) -> Result<(), Invalid> {
+        if p.kind == PortKind::Vm {
+            for (field, set) in
+                [("interface", p.interface.is_some()), ("vlan", p.vlan.is_some()), ("standby_chassis", p.standby_chassis.is_some())]
+            {
+                if set {
+                    return Err(Invalid::bad(
+                        "not_physical",
+                        field,
+                        format!("{field} is for physical ports (kind \"physical\")"),
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        let gateway = |c: &Chassis, field: &'static str| -> Result<(), Invalid> {
+            if c.role != Role::Gateway || c.dataplane != Dataplane::Kernel {
+                return Err(Invalid::conflict(
+                    "not_a_kernel_gateway",
+                    Some(field),
+                    format!("chassis {:?} is not a gateway on the kernel data plane: physical ports attach there", c.name),
+                ));
+            }
+            Ok(())
+        };
+        gateway(chassis, "chassis")?;
+        let Some(interface) = p.interface.as_deref() else {
+            return Err(Invalid::bad("missing_interface", "interface", "a physical port needs the gateway's interface"));
+        };
+        if !is_ifname(interface) {
+            return Err(Invalid::bad(
+                "invalid_interface",
+                "interface",
+                format!("interface {interface:?} is not an interface name (1-15 bytes, no '/', ':' or space)"),
+            ));
+        }
+        if let Some(vlan) = p.vlan {
+            if !(1..=4094).contains(&vlan) {
+                return Err(Invalid::bad("invalid_vlan", "vlan", format!("vlan {vlan} is outside 1..=4094")));
+            }
+            if p.device().is_none_or(|d| d.len() > 15) {
+                return Err(Invalid::bad(
+                    "invalid_interface",
+                    "interface",
+                    format!("\"{interface}.{vlan}\", the VLAN's device, is longer than 15 bytes"),
+                ));
+            }
+        }
+        if let Some(standby) = &p.standby_chassis {
+            if standby == &p.chassis {
+                return Err(Invalid::bad("standby_is_chassis", "standby_chassis", "the standby must be another gateway"));
+            }
+            let Some(s) = self.chassis.get(standby) else {
+                return Err(Invalid::bad(
+                    "unknown_chassis",
+                    "standby_chassis",
+                    format!("chassis {standby:?} does not exist"),
+                ));
+            };
+            gateway(s, "standby_chassis")?;
+        }
+        // One port per attachment: the gateway knows the host by the device.
+        let serves = |o: &Port| [Some(&o.chassis), o.standby_chassis.as_ref()].into_iter().flatten().cloned().collect::<Vec<_>>();
+        let mine = serves(p);
+        if let Some(o) = self.ports.values().find(|o| {
+            o.kind == PortKind::Physical && o.device() == p.device() && serves(o).iter().any(|c| mine.contains(c))
+        }) {
+            return Err(Invalid::conflict(
+                "attachment_in_use",
+                Some("interface"),
+                format!("port {:?} is attached through {} already", o.name, p.device().unwrap_or_default()),
+            ));
+        }
         Ok(())
     }
 
@@ -608,7 +729,7 @@ impl State {
                 if self.subnet(v, n).is_none() {
                     return Err(Invalid::not_found("subnet", &format!("{v}/{n}")));
                 }
-                if let Some(p) = self.vpc_ports(v).find(|p| &p.subnet == n) {
+                if let Some(p) = self.vpc_ports(v).find(|p| &p.subnet == n || p.subnet6.as_ref() == Some(n)) {
                     return in_use(format!("subnet {v}/{n} still has port {:?}", p.name));
                 }
                 if let Some(x) = self.vpc_vips(v).find(|x| &x.spec.subnet == n) {
@@ -621,6 +742,9 @@ impl State {
                 }
                 if let Some(p) = self.index.chassis_ports(n).iter().next().and_then(|p| self.ports.get(p)) {
                     return in_use(format!("chassis {n:?} still hosts port {:?}", p.name));
+                }
+                if let Some(p) = self.ports.values().find(|p| p.standby_chassis.as_ref() == Some(n)) {
+                    return in_use(format!("chassis {n:?} is the standby of port {:?}", p.name));
                 }
             }
             ObjectKey::Port(n) => {
@@ -759,6 +883,12 @@ pub(crate) mod tests {
                 chassis: ch.to_string(),
                 mac: format!("02:00:00:00:00:{:02x}", i + 1).parse().unwrap(),
                 ip: format!("192.168.10.{}", 11 + i).parse().unwrap(),
+                ip6: None,
+                subnet6: None,
+                kind: crate::PortKind::Vm,
+                interface: None,
+                vlan: None,
+                standby_chassis: None,
             }));
         }
         s.put(Object::Vip(Vip::new(VipSpec {
@@ -838,6 +968,12 @@ pub(crate) mod tests {
             chassis: "hv1".into(),
             mac: mac.parse().unwrap(),
             ip: ip.parse().unwrap(),
+            ip6: None,
+            subnet6: None,
+            kind: crate::PortKind::Vm,
+            interface: None,
+            vlan: None,
+            standby_chassis: None,
         };
         assert!(s.check_port(&p("192.168.10.50", "02:00:00:00:01:01")).is_ok());
         assert_eq!(s.check_port(&p("192.168.11.50", "02:00:00:00:01:01")).unwrap_err().code, "ip_outside_subnet");
@@ -917,6 +1053,12 @@ pub(crate) mod tests {
             chassis: "hv1".into(),
             mac: mac.parse().unwrap(),
             ip: "192.168.10.50".parse().unwrap(),
+            ip6: None,
+            subnet6: None,
+            kind: crate::PortKind::Vm,
+            interface: None,
+            vlan: None,
+            standby_chassis: None,
         };
         for mac in ["00:00:5e:00:01:33", "00:00:5e:00:02:01"] {
             let e = s.check_port(&p(mac)).unwrap_err();

@@ -122,7 +122,7 @@ pub fn chassis_view(state: &State, chassis: &str) -> Option<ChassisView> {
         let mut fdb = BTreeMap::new();
         let mut neighbours = BTreeMap::new();
         for p in &ports {
-            neighbours.insert(p.ip, p.mac);
+            neighbours.extend(p.addresses().map(|a| (a, p.mac)));
             if p.chassis != chassis
                 && let Some(ip) = underlay(&p.chassis)
             {

@@ -786,6 +786,12 @@ pub(crate) mod tests {
                     chassis: hv.into(),
                     mac: MacAddr([2, 0, 0, 0, (vni / 100) as u8, j as u8]),
                     ip: format!("192.168.{}.{}", vni / 100, j + 10).parse().unwrap(),
+                    ip6: None,
+                    subnet6: None,
+                    kind: vipcast_model::PortKind::Vm,
+                    interface: None,
+                    vlan: None,
+                    standby_chassis: None,
                 }));
             }
         }
@@ -830,6 +836,12 @@ pub(crate) mod tests {
             chassis: "hv3".into(),
             mac: MacAddr([2, 0, 0, 0, 2, 3]),
             ip: "192.168.2.13".parse().unwrap(),
+            ip6: None,
+            subnet6: None,
+            kind: vipcast_model::PortKind::Vm,
+            interface: None,
+            vlan: None,
+            standby_chassis: None,
         }));
         let t2 = t0.update(&s1, &s2, 3).expect("a member joined");
         assert!(t2.same_as(&t0.rebuild_from_state(&s2, 3)));

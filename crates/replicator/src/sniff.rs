@@ -376,6 +376,12 @@ mod tests {
                 chassis: c.into(),
                 mac,
                 ip: ip.parse().unwrap(),
+                ip6: None,
+                subnet6: None,
+                kind: vipcast_model::PortKind::Vm,
+                interface: None,
+                vlan: None,
+                standby_chassis: None,
             }));
         }
         let mut vip = Vip::new(VipSpec {

@@ -287,6 +287,7 @@ mod reconcile {
             vpcs.insert(
                 vni,
                 VpcPlan {
+                    physical: Default::default(),
                     name: format!("vpc{i}"),
                     vni,
                     proxy: true,

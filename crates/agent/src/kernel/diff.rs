@@ -135,6 +135,11 @@ pub enum KernelOp {
     SetMaster { dev: Dev, name: String, bridge: Dev },
     /// `ip link set INDEX nomaster`
     Detach { index: u32, name: String },
+    /// `ip link add NAME link INTERFACE type vlan id VID` (a physical
+    /// port's VLAN), with `alias`.
+    CreateVlan { name: String, interface: String, vid: u16, alias: String },
+    /// `ip link set INDEX alias ALIAS` (a physical port's device).
+    SetAlias { index: u32, name: String, alias: String },
     /// `bridge fdb append MAC dev DEV dst IP [port P] self permanent`
     AddFdb { dev: Dev, fdb: Fdb },
     /// Deletes an observed FDB entry.
@@ -202,6 +207,8 @@ pub fn diff(plan: &Plan, obs: &Observed) -> Vec<KernelOp> {
     // may have followed, flushing their neighbours).
     let mut ports_changed: BTreeSet<u32> = BTreeSet::new();
     let mut wanted_ports: BTreeMap<&str, Dev> = BTreeMap::new();
+    // Physical ports by device name: (port, bridge, attachment).
+    let mut wanted_physical: BTreeMap<&str, (&str, Dev, &plan::Attachment)> = BTreeMap::new();
     let empty_fdb = BTreeSet::new();
     let empty_neigh = BTreeMap::new();
     let empty_addrs = BTreeSet::new();
@@ -247,7 +254,7 @@ pub fn diff(plan: &Plan, obs: &Observed) -> Vec<KernelOp> {
         };
         let vx_dev = match vx {
             Some(l) => {
-                ensure_port(&mut ops, &mut ports_changed, l, &br);
+                ensure_port(&mut ops, &mut ports_changed, l, &br, false);
                 Dev::Index(l.index)
             }
             None => {
@@ -263,7 +270,14 @@ pub fn diff(plan: &Plan, obs: &Observed) -> Vec<KernelOp> {
             }
         };
         for p in &v.ports {
-            wanted_ports.insert(p.as_str(), br.clone());
+            match v.physical.get(p) {
+                Some(a) => {
+                    wanted_physical.insert(a.device.as_str(), (p.as_str(), br.clone(), a));
+                }
+                None => {
+                    wanted_ports.insert(p.as_str(), br.clone());
+                }
+            }
         }
         // The device's FDB and neighbours (none yet on a new device).
         let (have_fdb, have_neigh) = match vx {
@@ -304,15 +318,41 @@ pub fn diff(plan: &Plan, obs: &Observed) -> Vec<KernelOp> {
         .filter(|l| l.name.starts_with("vc-br-") && l.kind == Some(Kind::Bridge))
         .map(|l| l.index)
         .collect();
+    let mut found_physical = BTreeSet::new();
     for l in &obs.links {
+        // A physical port's device is known by its name, and labelled.
+        if let Some((port, br, _)) = wanted_physical.get(l.name.as_str()) {
+            found_physical.insert(l.name.as_str());
+            let alias = format!("{PORT_ALIAS_PREFIX}{port}");
+            if l.alias.as_deref() != Some(alias.as_str()) {
+                ops.push(KernelOp::SetAlias { index: l.index, name: l.name.clone(), alias });
+            }
+            ensure_port(&mut ops, &mut ports_changed, l, br, true);
+            continue;
+        }
         let Some(port) = l.port() else { continue };
         match wanted_ports.get(port) {
-            Some(br) => ensure_port(&mut ops, &mut ports_changed, l, br),
+            Some(br) => ensure_port(&mut ops, &mut ports_changed, l, br, false),
             None if l.master.is_some_and(|m| our_bridges.contains(&m)) => {
                 ops.push(KernelOp::Detach { index: l.index, name: l.name.clone() })
             }
             None => {}
         }
+    }
+    // A physical port's VLAN device, made on its interface (a missing
+    // interface is reported as a missing port by the data plane).
+    for (device, (port, br, a)) in &wanted_physical {
+        if found_physical.contains(device) {
+            continue;
+        }
+        let Some(vid) = a.vlan.filter(|_| by_name.contains_key(a.interface.as_str())) else { continue };
+        let alias = format!("{PORT_ALIAS_PREFIX}{port}");
+        let name = device.to_string();
+        ops.push(KernelOp::CreateVlan { name: name.clone(), interface: a.interface.clone(), vid, alias });
+        if let Dev::Index(b) = br {
+            ports_changed.insert(*b);
+        }
+        ops.push(KernelOp::SetMaster { dev: Dev::New(name.clone()), name, bridge: br.clone() });
     }
     // Devices of VPCs this chassis no longer takes part in.
     for l in &obs.links {
@@ -378,9 +418,11 @@ fn del_link(ops: &mut Vec<KernelOp>, ports_changed: &mut BTreeSet<u32>, l: &Link
 
 /// `l` enslaved to bridge `br` and up. A VM port is brought up only when it
 /// is attached: once attached, its administrative state is the operator's (a
-/// port set down stays down — that is how a dead VM looks).
-fn ensure_port(ops: &mut Vec<KernelOp>, ports_changed: &mut BTreeSet<u32>, l: &Link, br: &Dev) {
-    let is_vm_port = l.alias.as_deref().is_some_and(|a| a.starts_with(PORT_ALIAS_PREFIX));
+/// port set down stays down — that is how a dead VM looks). A physical
+/// port's device is not a VM port: the gateway keeps it up (a host that
+/// is gone shows as lost carrier).
+fn ensure_port(ops: &mut Vec<KernelOp>, ports_changed: &mut BTreeSet<u32>, l: &Link, br: &Dev, physical: bool) {
+    let is_vm_port = !physical && l.alias.as_deref().is_some_and(|a| a.starts_with(PORT_ALIAS_PREFIX));
     let in_br = matches!(br, Dev::Index(b) if l.master == Some(*b));
     if !in_br || (!l.up && !is_vm_port) {
         if !in_br {
@@ -428,6 +470,7 @@ mod tests {
 
     fn vpc(vni: u32) -> VpcPlan {
         VpcPlan {
+            physical: Default::default(),
             name: format!("vpc{vni}"),
             vni,
             proxy: true,
@@ -571,6 +614,15 @@ mod tests {
                 KernelOp::Detach { index, .. } => {
                     o.links.iter_mut().find(|l| l.index == *index).unwrap().master = None;
                 }
+                KernelOp::CreateVlan { name, interface, alias, .. } => {
+                    assert!(o.links.iter().any(|l| &l.name == interface), "{interface} missing");
+                    next += 1;
+                    created.insert(name.clone(), next);
+                    o.links.push(Link { alias: Some(alias.clone()), up: true, ..link(next, name, None, None) });
+                }
+                KernelOp::SetAlias { index, alias, .. } => {
+                    o.links.iter_mut().find(|l| l.index == *index).unwrap().alias = Some(alias.clone());
+                }
                 KernelOp::AddFdb { dev, fdb } => assert!(o.fdb.entry(res(dev)).or_default().insert(*fdb)),
                 KernelOp::DelFdb { dev, fdb } => assert!(o.fdb.get_mut(dev).unwrap().remove(fdb)),
                 KernelOp::SetNeigh { dev, ip, mac } => {
@@ -588,6 +640,52 @@ mod tests {
         o.neigh.retain(|_, t| !t.is_empty());
         o.addrs.retain(|_, t| !t.is_empty());
         o
+    }
+
+    /// Physical ports of a gateway: an untagged interface labelled and
+    /// bridged, a VLAN made on its interface; both detached (not deleted)
+    /// when the port is served elsewhere; a missing interface left alone.
+    #[test]
+    fn physical_ports() {
+        let mut p = gateway();
+        let v = p.vpcs.get_mut(&4200).unwrap();
+        v.ports.extend(["h1".to_string(), "h2".to_string(), "h3".to_string()]);
+        let att = |device: &str, interface: &str, vlan| plan::Attachment {
+            device: device.into(),
+            interface: interface.into(),
+            vlan,
+        };
+        v.physical.insert("h1".into(), att("eth1", "eth1", None));
+        v.physical.insert("h2".into(), att("eth2.10", "eth2", Some(10)));
+        v.physical.insert("h3".into(), att("eth9.10", "eth9", Some(10)));
+        let mut o = gateway_programmed();
+        o.links.push(link(40, "eth1", None, None));
+        o.links.push(Link { up: true, ..link(41, "eth2", None, None) });
+        let ops = diff(&p, &o);
+        assert!(ops.contains(&KernelOp::SetAlias { index: 40, name: "eth1".into(), alias: "vipcast-port:h1".into() }));
+        assert!(ops.contains(&KernelOp::CreateVlan {
+            name: "eth2.10".into(),
+            interface: "eth2".into(),
+            vid: 10,
+            alias: "vipcast-port:h2".into()
+        }));
+        assert!(!ops.iter().any(|op| format!("{op:?}").contains("eth9")), "{ops:?}");
+        let o = converge(&p, &o);
+        let l = |n: &str| o.links.iter().find(|l| l.name == n).unwrap().clone();
+        assert_eq!((l("eth1").master, l("eth1").up), (Some(BR), true));
+        assert_eq!(l("eth2.10").master, Some(BR));
+        // Served by the standby now: both leave the bridge, nothing is deleted.
+        let v = p.vpcs.get_mut(&4200).unwrap();
+        v.ports.retain(|n| !n.starts_with('h'));
+        v.physical.clear();
+        let ops = diff(&p, &o);
+        assert_eq!(
+            ops,
+            vec![
+                KernelOp::Detach { index: l("eth1").index, name: "eth1".into() },
+                KernelOp::Detach { index: l("eth2.10").index, name: "eth2.10".into() },
+            ]
+        );
     }
 
     /// `plan` applied to `obs`, checked to need nothing more.

@@ -212,6 +212,12 @@ fn replicator_table(state: &vipcast_model::State, region: &Region, samples: usiz
                     chassis: Region::chassis_name(outside),
                     mac: MacAddr([2, 0xee, 0, 0, (v >> 8) as u8, v as u8]),
                     ip: IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 254, 254)),
+                    ip6: None,
+                    subnet6: None,
+                    kind: vipcast_model::PortKind::Vm,
+                    interface: None,
+                    vlan: None,
+                    standby_chassis: None,
                 }));
             }
         }

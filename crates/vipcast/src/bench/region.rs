@@ -180,6 +180,12 @@ impl Region {
                     chassis: Region::chassis_name(n),
                     mac,
                     ip: IpAddr::V4(Ipv4Addr::new(10, 0, (j / 250) as u8, (j % 250 + 1) as u8)),
+                    ip6: None,
+                    subnet6: None,
+                    kind: vipcast_model::PortKind::Vm,
+                    interface: None,
+                    vlan: None,
+                    standby_chassis: None,
                 }));
             }
         }
