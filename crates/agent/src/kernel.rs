@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload, Parseable,
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload, Parseable,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::neighbour::{
@@ -284,6 +284,19 @@ impl Kernel {
                 self.handle.link().set(msg).execute().await.map_err(ctx(|| format!("labelling {name}")))?;
                 ch.links += 1;
             }
+            KernelOp::PinMac { dev, name, mac } => {
+                let mut m = NeighbourMessage::default();
+                m.header.family = AddressFamily::Bridge;
+                m.header.ifindex = resolve(dev)?;
+                m.header.state = NeighbourState::Noarp;
+                m.header.flags = NeighbourFlags::Controller;
+                m.header.kind = RouteType::Unspec;
+                m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+                let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(m));
+                req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+                self.request(req, || format!("pinning {mac} to {name}")).await?;
+                ch.fdb += 1;
+            }
             KernelOp::SetMaster { dev, name, bridge } => {
                 let msg = LinkUnspec::new_with_index(resolve(dev)?).controller(resolve(bridge)?).up().build();
                 self.handle
@@ -408,16 +421,18 @@ impl Kernel {
         let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(fdb_message(vx, f)));
         // APPEND: the all-zeros MAC has one entry per flood destination.
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
+        self.request(req, || format!("adding fdb {f:?}")).await
+    }
+
+    /// Sends `req` and waits for its acknowledgement.
+    async fn request(&self, req: NetlinkMessage<RouteNetlinkMessage>, what: impl Fn() -> String) -> Result<()> {
         let mut handle = self.handle.clone();
-        let mut resp = handle.request(req).map_err(ctx(|| format!("adding fdb {f:?}")))?;
+        let mut resp = handle.request(req).map_err(ctx(&what))?;
         while let Some(msg) = futures::StreamExt::next(&mut resp).await {
             if let NetlinkPayload::Error(e) = msg.payload
                 && e.code.is_some()
             {
-                return Err(KernelError {
-                    what: format!("adding fdb {f:?}"),
-                    source: rtnetlink::Error::NetlinkError(e),
-                });
+                return Err(KernelError { what: what(), source: rtnetlink::Error::NetlinkError(e) });
             }
         }
         Ok(())

@@ -20,6 +20,7 @@
 pub mod assist;
 pub mod core;
 pub mod dataplane;
+pub mod fence;
 pub mod kernel;
 pub mod links;
 pub mod metrics;
@@ -39,8 +40,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use vipcast_api::{AssistRecord, ChassisRegistration, Event, SniffedAt};
 use vipcast_client::{ControllerClient, Synced, WatchFollower};
-use vipcast_model::{PortKind, Role};
 use vipcast_model::view;
+use vipcast_model::{PortKind, Role};
 use vipcast_packet::MacAddr;
 
 use crate::core::{ADVERT_REPEAT, Action, AgentCore, CoreConfig, Reannounce};
@@ -182,6 +183,7 @@ async fn drive<D: Dataplane>(
     }
     let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<(String, vipcast_api::Claim)>();
     let (answered_tx, mut answered_rx) = mpsc::unbounded_channel::<Answered>();
+    let (fresh_view_tx, mut fresh_view_rx) = mpsc::unbounded_channel::<view::ChassisView>();
     let core = AgentCore::new(CoreConfig { chassis: cfg.chassis.clone(), sniff: cfg.sniff, assist: cfg.assist });
     let stats = std::sync::Arc::new(metrics::Stats::default());
     let (query_tx, mut query_rx) = mpsc::channel(1);
@@ -214,6 +216,8 @@ async fn drive<D: Dataplane>(
         replicator_choice: BTreeMap::new(),
         unrouted: Vec::new(),
         underlay: None,
+        fence: fence::Fence::default(),
+        fresh_view_tx,
         stats: stats.clone(),
     };
     // SIGHUP: the certificate and key again (a renewed certificate).
@@ -252,6 +256,7 @@ async fn drive<D: Dataplane>(
                 peers_may_change = false;
                 if agent.underlay_link(ifindex, up) {
                     agent.reconcile("underlay link", false).await;
+                    agent.fetch_view_for_fence();
                     continue;
                 }
                 let Some(port) = agent.dp.port_of(ifindex) else { continue };
@@ -332,7 +337,14 @@ async fn drive<D: Dataplane>(
                 Some(w) => w.changed().await.ok().map(|()| *w.borrow_and_update()),
                 None => std::future::pending().await,
             } } => agent.reconcile("switch connected", true).await,
-            _ = tick.tick() => agent.reconcile("periodic", true).await,
+            Some(fresh) = fresh_view_rx.recv() => {
+                agent.fence.fresh_view(&fresh);
+                agent.reconcile("fresh view", false).await;
+            }
+            _ = tick.tick() => {
+                agent.reconcile("periodic", true).await;
+                agent.fetch_view_for_fence();
+            }
         }
         if !peers_may_change {
             continue;
@@ -375,9 +387,12 @@ struct Driver<D> {
     /// Subnets this gateway cannot route, as last reported.
     unrouted: Vec<(String, String, ipnet::IpNet)>,
     stats: std::sync::Arc<metrics::Stats>,
-    /// The interface holding the underlay address, and whether it has
-    /// carrier (see [`Driver::underlay_link`]).
-    underlay: Option<(u32, bool)>,
+    /// The interface holding the underlay address (see
+    /// [`Driver::underlay_link`]), and what its carrier fences.
+    underlay: Option<u32>,
+    fence: fence::Fence,
+    /// Views fetched for the fence.
+    fresh_view_tx: mpsc::UnboundedSender<view::ChassisView>,
 }
 
 impl<D: Dataplane> Driver<D> {
@@ -438,17 +453,8 @@ impl<D: Dataplane> Driver<D> {
         let prober = self.prober.clone();
         let healthy = |n: &str| prober.healthy(n);
         let mut plan = plan::plan(&view, &healthy);
-        if self.underlay.is_some_and(|(_, up)| !up) {
-            // Cut from the underlay, this gateway is about to be declared
-            // dead and its physical attachments given to their standbys: let
-            // them go now, so no host's segment is ever bridged by both
-            // (the physical switch would see MACs flap between them).
-            for v in plan.vpcs.values_mut() {
-                for port in std::mem::take(&mut v.physical).into_keys() {
-                    tracing::warn!(port, "underlay link down: physical attachment released");
-                    v.ports.remove(&port);
-                }
-            }
+        for port in self.fence.apply(&view, &mut plan) {
+            tracing::warn!(port, "underlay link down: physical attachment released to its standby gateway");
         }
         let mut bum = BTreeMap::new();
         for v in view.vpcs.values() {
@@ -477,7 +483,7 @@ impl<D: Dataplane> Driver<D> {
 
     /// A carrier change of interface `ifindex`: whether it is the
     /// underlay's (found by its address the first time a view has physical
-    /// ports) and changed.
+    /// ports) and changes the fence.
     fn underlay_link(&mut self, ifindex: u32, up: bool) -> bool {
         if self.underlay.is_none() {
             let Some(view) = self.core.view() else { return false };
@@ -486,17 +492,33 @@ impl<D: Dataplane> Driver<D> {
                 return false;
             }
             match vipcast_sys::ifindex_of_addr(view.underlay_ip) {
-                Ok(Some(i)) => self.underlay = Some((i, true)),
+                Ok(Some(i)) => self.underlay = Some(i),
                 _ => return false,
             }
         }
-        match &mut self.underlay {
-            Some((i, was)) if *i == ifindex && *was != up => {
-                *was = up;
-                true
-            }
-            _ => false,
+        self.underlay == Some(ifindex) && self.fence.underlay(up)
+    }
+
+    /// Fetches this chassis' view afresh when the fence waits for one.
+    fn fetch_view_for_fence(&self) {
+        if !self.fence.wants_view() {
+            return;
         }
+        let client = self.client.clone();
+        let tx = self.fresh_view_tx.clone();
+        let path = format!("/v1/views/chassis/{}", self.cfg.chassis);
+        tokio::spawn(async move {
+            let none: Option<&()> = None;
+            match client
+                .call_typed::<view::ChassisView>(reqwest::Method::GET, &path, none, vipcast_client::Retry::FAILOVER)
+                .await
+            {
+                Ok(v) => {
+                    let _ = tx.send(v);
+                }
+                Err(e) => tracing::warn!(error = %e, "fetching the view for fenced physical ports"),
+            }
+        });
     }
 
     /// Makes a call to the controller in the background.

@@ -80,6 +80,8 @@ pub struct Attachment {
     pub device: String,
     pub interface: String,
     pub vlan: Option<u16>,
+    /// The host's MAC, pinned to the device in the bridge when attached.
+    pub mac: MacAddr,
 }
 
 /// What the chassis needs.
@@ -201,7 +203,12 @@ pub fn plan(view: &ChassisView, healthy: &dyn Fn(&str) -> bool) -> Plan {
                     .iter()
                     .filter(|p| p.kind == vipcast_model::PortKind::Physical)
                     .filter_map(|p| {
-                        let a = Attachment { device: p.device()?, interface: p.interface.clone()?, vlan: p.vlan };
+                        let a = Attachment {
+                            device: p.device()?,
+                            interface: p.interface.clone()?,
+                            vlan: p.vlan,
+                            mac: p.mac,
+                        };
                         Some((p.name.clone(), a))
                     })
                     .collect(),

@@ -51,10 +51,7 @@ pub fn resolve(root: &Root, lab: &str, vip: &str, from: Option<&str>) -> Result<
     let mut keepalived = Vec::new();
     for m in v["members"].as_array().into_iter().flatten().filter_map(Value::as_str) {
         let p = port(m).ok_or_else(|| Error::Failed(format!("VIP {vip_name}: member {m} has no port")))?;
-        let ip: IpAddr = p["ip"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Error::Failed(format!("port {m}: no address")))?;
+        let ip = address_like(&p, vip_ip).ok_or_else(|| Error::Failed(format!("port {m}: no address")))?;
         let chassis = p["chassis"].as_str().unwrap_or_default().to_string();
         let ns = plan::namespace(lab, m);
         let prefix = prefix_of(&ns, VM_IF, ip).unwrap_or(if ip.is_ipv4() { 24 } else { 64 });
@@ -88,7 +85,7 @@ pub fn resolve(root: &Root, lab: &str, vip: &str, from: Option<&str>) -> Result<
         .flatten()
         .filter_map(|c| keepalived_params(c).1)
         .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
-    let client = pick_client(&state, lab, &vpc, &members, &ports, from)?;
+    let client = pick_client(&state, lab, &vpc, &members, &ports, from, vip_ip)?;
     let agent_logs =
         state.processes.iter().filter(|p| p.role == "agent").map(|p| (p.node.clone(), p.log.clone())).collect();
     let vpc_json = get_json(&format!("{url}/v1/vpcs/{vpc}"), tls.as_ref()).ok();
@@ -161,11 +158,12 @@ fn pick_client(
     members: &[Member],
     ports: &[Value],
     from: Option<&str>,
+    vip_ip: IpAddr,
 ) -> Result<Node> {
     let is_member = |n: &str| members.iter().any(|m| m.name == n);
     let node = |name: &str| -> Option<Node> {
-        let n = state.nodes.iter().find(|n| n.name == name && matches!(n.kind.as_str(), "vm" | "external"))?;
-        let ip = ports.iter().find(|p| p["name"] == name).and_then(|p| p["ip"].as_str()).and_then(|s| s.parse().ok());
+        let n = state.nodes.iter().find(|n| n.name == name && matches!(n.kind.as_str(), "vm" | "host" | "external"))?;
+        let ip = ports.iter().find(|p| p["name"] == name).and_then(|p| address_like(p, vip_ip));
         Some(Node { name: n.name.clone(), ns: n.namespace.clone(), ip })
     };
     if let Some(f) = from {
@@ -176,15 +174,15 @@ fn pick_client(
             let nodes: Vec<&str> = state
                 .nodes
                 .iter()
-                .filter(|n| matches!(n.kind.as_str(), "vm" | "external"))
+                .filter(|n| matches!(n.kind.as_str(), "vm" | "host" | "external"))
                 .map(|n| n.name.as_str())
                 .collect();
-            Error::Failed(format!("lab {lab} has no VM or external client {f:?} (nodes: {})", nodes.join(", ")))
+            Error::Failed(format!("lab {lab} has no VM, host or external client {f:?} (nodes: {})", nodes.join(", ")))
         });
     }
     let vm = ports
         .iter()
-        .filter(|p| p["vpc"] == vpc)
+        .filter(|p| p["vpc"] == vpc && address_like(p, vip_ip).is_some())
         .filter_map(|p| p["name"].as_str())
         .find(|n| !is_member(n))
         .and_then(node);
@@ -194,6 +192,15 @@ fn pick_client(
             "lab {lab} has no VM in VPC {vpc} besides the VIP's members and no external client to probe from"
         ))
     })
+}
+
+/// A port's address of the family of `like` (`ip`, or a dual-stack
+/// port's `ip6`).
+fn address_like(port: &Value, like: IpAddr) -> Option<IpAddr> {
+    ["ip", "ip6"]
+        .iter()
+        .filter_map(|k| port[*k].as_str()?.parse::<IpAddr>().ok())
+        .find(|ip| ip.is_ipv4() == like.is_ipv4())
 }
 
 /// The prefix length of `ip` on `dev` in namespace `ns`.

@@ -48,8 +48,14 @@ pub struct LabConfig {
     pub chassis: Vec<ChassisConfig>,
     #[serde(default)]
     pub replicator: Vec<ReplicatorConfig>,
+    /// VMs, then (after parsing) the `[[host]]`s as members of this list
+    /// with [`VmConfig::host`] set: a VIP member, a probe target and a
+    /// workload node alike.
     #[serde(default)]
     pub vm: Vec<VmConfig>,
+    /// `[[host]]` as read; [`LabConfig::parse`] moves them into `vm`.
+    #[serde(default, skip_serializing)]
+    pub host: Vec<HostConfig>,
     #[serde(default)]
     pub vip: Vec<VipConfig>,
     #[serde(default)]
@@ -229,6 +235,61 @@ pub struct VmConfig {
     pub vpc: String,
     pub subnet: String,
     pub ip: IpAddr,
+    /// Dual stack: an IPv6 address in subnet `subnet6` of the same VPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
+    /// Set for a `[[host]]` (whose `chassis` is its gateway).
+    #[serde(skip)]
+    pub host: Option<HostAttach>,
+}
+
+impl VmConfig {
+    /// Its address in subnet `subnet` (`ip`, or `ip6` in `subnet6`).
+    pub fn ip_in(&self, subnet: &str) -> Option<IpAddr> {
+        if self.subnet == subnet {
+            Some(self.ip)
+        } else if self.subnet6.as_deref() == Some(subnet) {
+            self.ip6
+        } else {
+            None
+        }
+    }
+}
+
+/// `[[host]]`: a bare-metal host, cabled to a gateway chassis (a physical
+/// port of the VPC there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    pub name: String,
+    /// A `[[chassis]]` with `role = "gateway"` (kernel data plane).
+    pub gateway: String,
+    pub vpc: String,
+    pub subnet: String,
+    pub ip: IpAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
+    /// The 802.1Q VLAN the host's frames carry to the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// A second gateway, cabled too, that takes the attachment over when the
+    /// first is declared dead; the host's side is then a switch (a bridge
+    /// in its namespace) with an uplink to each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_gateway: Option<String>,
+}
+
+/// How a `[[host]]` is attached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostAttach {
+    /// Its index among the `[[host]]` tables.
+    pub index: usize,
+    pub vlan: Option<u16>,
+    pub standby_gateway: Option<String>,
 }
 
 /// `[[vip]]`
@@ -320,9 +381,22 @@ pub const EXTERNAL_NET: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(172, 30, 0, 0
 };
 
 impl LabConfig {
-    /// Parses TOML (unknown keys refused) and validates it.
+    /// Parses TOML (unknown keys refused), moves the hosts into the VM
+    /// list and validates it.
     pub fn parse(text: &str) -> Result<LabConfig, ConfigError> {
-        let cfg: LabConfig = toml::from_str(text).map_err(|e| ConfigError { problems: vec![e.to_string()] })?;
+        let mut cfg: LabConfig = toml::from_str(text).map_err(|e| ConfigError { problems: vec![e.to_string()] })?;
+        for (index, h) in std::mem::take(&mut cfg.host).into_iter().enumerate() {
+            cfg.vm.push(VmConfig {
+                name: h.name,
+                chassis: h.gateway,
+                vpc: h.vpc,
+                subnet: h.subnet,
+                ip: h.ip,
+                ip6: h.ip6,
+                subnet6: h.subnet6,
+                host: Some(HostAttach { index, vlan: h.vlan, standby_gateway: h.standby_gateway }),
+            });
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -399,6 +473,20 @@ fn at(table: &str, index: usize, name: &str) -> String {
     format!("{table}[{index}] {name:?}")
 }
 
+/// The table and index of entry `i` of the VM list: `vm`, or `host` for a
+/// `[[host]]` moved there.
+fn machine<'c>(_c: &LabConfig, i: usize, vm: &'c VmConfig) -> (&'static str, usize, &'c str) {
+    match &vm.host {
+        Some(h) => ("host", h.index, vm.name.as_str()),
+        None => ("vm", i, vm.name.as_str()),
+    }
+}
+
+fn at_vm(c: &LabConfig, i: usize, vm: &VmConfig) -> String {
+    let (table, index, name) = machine(c, i, vm);
+    at(table, index, name)
+}
+
 impl Validator {
     fn problem(&mut self, p: String) {
         self.problems.push(p);
@@ -429,7 +517,7 @@ impl Validator {
             .enumerate()
             .map(|(i, n)| ("chassis", i, n.name.as_str()))
             .chain(c.replicator.iter().enumerate().map(|(i, n)| ("replicator", i, n.name.as_str())))
-            .chain(c.vm.iter().enumerate().map(|(i, n)| ("vm", i, n.name.as_str())))
+            .chain(c.vm.iter().enumerate().map(|(i, n)| machine(c, i, n)))
             .chain(c.external.iter().enumerate().map(|(i, n)| ("external", i, n.name.as_str())));
         for (table, i, name) in nodes {
             let here = at(table, i, name);
@@ -549,9 +637,13 @@ impl Validator {
             }
         }
         for (i, vm) in c.vm.iter().enumerate() {
-            let here = at("vm", i, &vm.name);
+            let here = at_vm(c, i, vm);
+            let key = if vm.host.is_some() { "gateway" } else { "chassis" };
+            if let Some(h) = &vm.host {
+                self.check_host(c, &here, vm, h);
+            }
             match c.chassis(&vm.chassis) {
-                None => self.problem(format!("{here}, key \"chassis\": no [[chassis]] named {:?}", vm.chassis)),
+                None => self.problem(format!("{here}, key \"{key}\": no [[chassis]] named {:?}", vm.chassis)),
                 Some((j, ch)) => {
                     if ch.dataplane == Dataplane::Kernel
                         && let Some(vpc) = c.vpc(&vm.vpc)
@@ -581,12 +673,69 @@ impl Validator {
                     vm.ip, subnet.name, subnet.cidr
                 ));
             }
+            match (vm.ip6, &vm.subnet6) {
+                (None, None) => {}
+                (Some(ip6), Some(name)) => match c.subnet(&vm.vpc, name) {
+                    None => self.problem(format!("{here}, key \"subnet6\": vpc {:?} has no subnet {name:?}", vm.vpc)),
+                    Some(s6) => {
+                        if !ip6.is_ipv6() || vm.ip.is_ipv6() {
+                            self.problem(format!(
+                                "{here}, key \"ip6\": {ip6} must be IPv6, the second address of an IPv4 {}",
+                                if vm.host.is_some() { "host" } else { "VM" }
+                            ));
+                        } else if !usable_host(&s6.cidr, ip6) {
+                            self.problem(format!(
+                                "{here}, key \"ip6\": {ip6} is not a host address of subnet {name:?} ({})",
+                                s6.cidr
+                            ));
+                        }
+                        match taken.get(&(vm.vpc.as_str(), ip6)) {
+                            Some(other) => self.problem(format!("{here}, key \"ip6\": {ip6} is also {other}")),
+                            None => {
+                                taken.insert((vm.vpc.as_str(), ip6), here.clone());
+                            }
+                        }
+                    }
+                },
+                (Some(_), None) => self.problem(format!("{here}, key \"subnet6\": ip6 needs subnet6")),
+                (None, Some(_)) => self.problem(format!("{here}, key \"ip6\": subnet6 needs ip6")),
+            }
             match taken.get(&(vm.vpc.as_str(), vm.ip)) {
                 Some(other) => self.problem(format!("{here}, key \"ip\": {} is also {other}", vm.ip)),
                 None => {
                     taken.insert((vm.vpc.as_str(), vm.ip), here);
                 }
             }
+        }
+    }
+
+    /// A host's gateways: kernel gateways, two different ones; its VLAN.
+    fn check_host(&mut self, c: &LabConfig, here: &str, vm: &VmConfig, h: &HostAttach) {
+        let gateways =
+            std::iter::once(("gateway", &vm.chassis)).chain(h.standby_gateway.iter().map(|g| ("standby_gateway", g)));
+        for (key, g) in gateways {
+            match c.chassis(g) {
+                None => {
+                    if key == "standby_gateway" {
+                        self.problem(format!("{here}, key \"{key}\": no [[chassis]] named {g:?}"));
+                    }
+                }
+                Some((_, ch)) if ch.role != Role::Gateway || ch.dataplane != Dataplane::Kernel => {
+                    self.problem(format!(
+                        "{here}, key \"{key}\": chassis {g:?} must have role = \"gateway\" and dataplane = \"kernel\" \
+                         (hosts attach to kernel gateways)"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if h.standby_gateway.as_ref() == Some(&vm.chassis) {
+            self.problem(format!("{here}, key \"standby_gateway\": the standby must be another gateway"));
+        }
+        if let Some(v) = h.vlan
+            && !(1..=4094).contains(&v)
+        {
+            self.problem(format!("{here}, key \"vlan\": {v} is not in 1..=4094"));
         }
     }
 
@@ -620,8 +769,10 @@ impl Validator {
                     }
                 }
             }
-            if let Some((j, vm)) = c.vm.iter().enumerate().find(|(_, vm)| vm.vpc == vip.vpc && vm.ip == vip.ip) {
-                self.problem(format!("{here}, key \"ip\": {} is the address of {}", vip.ip, at("vm", j, &vm.name)));
+            if let Some((j, vm)) =
+                c.vm.iter().enumerate().find(|(_, vm)| vm.vpc == vip.vpc && (vm.ip == vip.ip || vm.ip6 == Some(vip.ip)))
+            {
+                self.problem(format!("{here}, key \"ip\": {} is the address of {}", vip.ip, at_vm(c, j, vm)));
             }
             for (j, other) in c.vip.iter().enumerate().take(i) {
                 if other.vpc == vip.vpc && other.ip == vip.ip {
@@ -637,9 +788,9 @@ impl Validator {
                     self.problem(format!("{here}, key \"members\": {m:?} is listed twice"));
                 }
                 match c.vm(m) {
-                    None => self.problem(format!("{here}, key \"members\": no [[vm]] named {m:?}")),
-                    Some((_, vm)) if vm.vpc != vip.vpc || vm.subnet != vip.subnet => self.problem(format!(
-                        "{here}, key \"members\": vm {m:?} is in vpc {:?} subnet {:?}, the VIP in vpc {:?} subnet {:?}",
+                    None => self.problem(format!("{here}, key \"members\": no [[vm]] or [[host]] named {m:?}")),
+                    Some((_, vm)) if vm.vpc != vip.vpc || vm.ip_in(&vip.subnet).is_none() => self.problem(format!(
+                        "{here}, key \"members\": {m:?} is in vpc {:?} subnet {:?}, the VIP in vpc {:?} subnet {:?}",
                         vm.vpc, vm.subnet, vip.vpc, vip.subnet
                     )),
                     Some(_) => {}

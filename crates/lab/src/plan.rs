@@ -144,6 +144,12 @@ pub fn external_addrs6(index: usize) -> (Ipv6Net, Ipv6Net) {
     (net(1), net(2))
 }
 
+/// The interface of `[[host]]` number `index` on its gateways (and its
+/// VLAN device, `ph<index>.<vlan>`, fits an interface name).
+pub fn host_port_name(index: usize) -> String {
+    format!("ph{index}")
+}
+
 /// A whole lab, planned.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -197,6 +203,33 @@ pub struct VmPlan {
     /// The VM's address with the subnet's prefix length.
     pub addr: IpNet,
     pub gateway: Option<IpAddr>,
+    /// Dual stack: its IPv6 address (with `subnet6`'s prefix length) and
+    /// that subnet's gateway.
+    pub addr6: Option<IpNet>,
+    pub subnet6: Option<String>,
+    pub gateway6: Option<IpAddr>,
+    /// A `[[host]]`: how it is cabled (then `chassis` is its gateway and
+    /// `port` its interface there).
+    pub host: Option<HostPlan>,
+}
+
+/// A bare-metal host's attachment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPlan {
+    pub vlan: Option<u16>,
+    /// The standby gateway and its namespace (cabled with the same
+    /// interface name).
+    pub standby: Option<(String, String)>,
+}
+
+impl VmPlan {
+    /// The device the chassis bridges: the port, or its VLAN for a host.
+    pub fn attached_dev(&self) -> String {
+        match self.host.as_ref().and_then(|h| h.vlan) {
+            Some(v) => format!("{}.{v}", self.port),
+            None => self.port.clone(),
+        }
+    }
 }
 
 /// An external client behind a gateway chassis.
@@ -275,6 +308,19 @@ impl Plan {
                 .map(|(i, vm)| {
                     let subnet = c.subnet(&vm.vpc, &vm.subnet);
                     let prefix = subnet.map(|s| s.cidr.prefix_len()).unwrap_or(if vm.ip.is_ipv4() { 32 } else { 128 });
+                    let subnet6 = vm.subnet6.as_deref().and_then(|n| c.subnet(&vm.vpc, n));
+                    let addr6 = vm.ip6.map(|ip6| {
+                        let len = subnet6.map(|s| s.cidr.prefix_len()).unwrap_or(128);
+                        IpNet::new(ip6, len).unwrap_or_else(|_| IpNet::from(ip6))
+                    });
+                    let host = vm.host.as_ref().map(|h| HostPlan {
+                        vlan: h.vlan,
+                        standby: h.standby_gateway.as_ref().map(|g| (g.clone(), namespace(&lab, g))),
+                    });
+                    let port = match &vm.host {
+                        Some(h) => host_port_name(h.index),
+                        None => vm_port_name(i, &vm.name),
+                    };
                     VmPlan {
                         name: vm.name.clone(),
                         index: i,
@@ -282,12 +328,16 @@ impl Plan {
                         chassis: vm.chassis.clone(),
                         chassis_ns: namespace(&lab, &vm.chassis),
                         dataplane: c.chassis(&vm.chassis).map(|(_, ch)| ch.dataplane).unwrap_or_default(),
-                        port: vm_port_name(i, &vm.name),
+                        port,
                         mac: vm_mac(&lab, i),
                         vpc: vm.vpc.clone(),
                         subnet: vm.subnet.clone(),
                         addr: IpNet::new(vm.ip, prefix).unwrap_or_else(|_| IpNet::from(vm.ip)),
                         gateway: subnet.and_then(|s| s.gateway),
+                        addr6,
+                        subnet6: vm.subnet6.clone(),
+                        gateway6: subnet6.and_then(|s| s.gateway),
+                        host,
                     }
                 })
                 .collect();
@@ -318,9 +368,10 @@ impl Plan {
                 continue;
             }
             let prefix = c.subnet(&vip.vpc, &vip.subnet).map(|s| s.cidr.prefix_len()).unwrap_or(32);
-            let member_ips: Vec<IpAddr> = vip.members.iter().filter_map(|m| c.vm(m).map(|(_, vm)| vm.ip)).collect();
+            let member_ips: Vec<IpAddr> =
+                vip.members.iter().filter_map(|m| c.vm(m).and_then(|(_, vm)| vm.ip_in(&vip.subnet))).collect();
             for (k, member) in vip.members.iter().enumerate() {
-                let Some((_, vm)) = c.vm(member) else { continue };
+                let Some(member_ip) = c.vm(member).and_then(|(_, vm)| vm.ip_in(&vip.subnet)) else { continue };
                 // A workload member's priority follows its role (track_file);
                 // both start equal.
                 let token = std::path::Path::new(STATE_DIR_TOKEN);
@@ -339,9 +390,9 @@ impl Plan {
                     priority: if k == 0 && vip.workload != Some(Workload::Mariadb) { 150 } else { 100 },
                     advert_int: vip.advert_int,
                     version: vip.vrrp_version.unwrap_or(3),
-                    unicast: vip
-                        .unicast
-                        .then(|| (vm.ip, member_ips.iter().copied().filter(|ip| *ip != vm.ip).collect::<Vec<_>>())),
+                    unicast: vip.unicast.then(|| {
+                        (member_ip, member_ips.iter().copied().filter(|ip| *ip != member_ip).collect::<Vec<_>>())
+                    }),
                     vip: format!("{}/{prefix}", vip.ip),
                     workload,
                 };

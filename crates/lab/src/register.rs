@@ -52,15 +52,25 @@ pub fn calls(cfg: &LabConfig, plan: &Plan) -> Vec<ApiCall> {
         });
     }
     for vm in &plan.vms {
-        v.push(ApiCall {
-            method: "POST",
-            path: "/v1/ports".into(),
-            body: json!({
-                "name": vm.name, "vpc": vm.vpc, "subnet": vm.subnet, "chassis": vm.chassis,
-                "mac": vm.mac, "ip": vm.addr.addr().to_string(),
-            }),
-            what: format!("port {:?}", vm.name),
+        let mut body = json!({
+            "name": vm.name, "vpc": vm.vpc, "subnet": vm.subnet, "chassis": vm.chassis,
+            "mac": vm.mac, "ip": vm.addr.addr().to_string(),
         });
+        if let (Some(a6), Some(s6)) = (vm.addr6, &vm.subnet6) {
+            body["ip6"] = json!(a6.addr().to_string());
+            body["subnet6"] = json!(s6);
+        }
+        if let Some(h) = &vm.host {
+            body["type"] = json!("physical");
+            body["interface"] = json!(vm.port);
+            if let Some(vlan) = h.vlan {
+                body["vlan"] = json!(vlan);
+            }
+            if let Some((standby, _)) = &h.standby {
+                body["standby_chassis"] = json!(standby);
+            }
+        }
+        v.push(ApiCall { method: "POST", path: "/v1/ports".into(), body, what: format!("port {:?}", vm.name) });
     }
     for vip in &cfg.vip {
         v.push(ApiCall {

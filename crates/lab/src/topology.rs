@@ -16,8 +16,9 @@ use ipnet::Ipv4Net;
 use crate::config::{Bum, Dataplane, LabConfig, Role, StoreKind, Vrrp};
 use crate::ovs::{Ovs, tx_checksum_off};
 use crate::plan::{
-    self, CONTROLLER_PORT, ChassisPlan, HOST_ALIAS_PREFIX, MGMT_IF, OPENFLOW_LISTEN, OVS_INT_BRIDGE, OVS_PHY_BRIDGE,
-    PORT_ALIAS_PREFIX, Plan, STATE_DIR_TOKEN, UNDERLAY_GW, UNDERLAY_IF, UNDERLAY_MTU, UNDERLAY_PREFIX, VM_IF, VM_MTU,
+    self, CONTROLLER_PORT, ChassisPlan, HOST_ALIAS_PREFIX, HostPlan, MGMT_IF, OPENFLOW_LISTEN, OVS_INT_BRIDGE,
+    OVS_PHY_BRIDGE, PORT_ALIAS_PREFIX, Plan, STATE_DIR_TOKEN, UNDERLAY_GW, UNDERLAY_IF, UNDERLAY_MTU, UNDERLAY_PREFIX,
+    VM_IF, VM_MTU, VmPlan,
 };
 use crate::state::{HostLinkState, LabState, NodeState, ProcessState, Root, TlsState, http_get, log_tail};
 use crate::{Child, Error, Netns, Result, ip, unique_id};
@@ -473,62 +474,109 @@ impl<'a> Builder<'a> {
         for vm in self.plan.vms.clone() {
             self.check_cancel()?;
             self.new_netns(&vm.ns)?;
-            let mtu = VM_MTU.to_string();
-            ip(&[
-                "link",
-                "add",
-                VM_IF,
-                "netns",
-                &vm.ns,
-                "mtu",
-                &mtu,
-                "address",
-                &vm.mac,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &vm.port,
-                "netns",
-                &vm.chassis_ns,
-                "mtu",
-                &mtu,
-            ])?;
-            if vm.dataplane == Dataplane::Ovs {
-                // The device's setting: the same whether made before or after the move.
-                tx_checksum_off(&vm.ns, VM_IF)?;
+            match &vm.host {
+                None => self.cable_vm(&vm)?,
+                Some(h) => self.cable_host(&vm, h)?,
             }
             sysctl(&vm.ns, &format!("net.ipv6.conf.{VM_IF}.accept_dad=0"))?;
             // A VM whose cable is pulled keeps its addresses (carrier loss);
             // the drills' link-down sets eth0 administratively down, which
             // would otherwise flush its IPv6 addresses.
             sysctl(&vm.ns, &format!("net.ipv6.conf.{VM_IF}.keep_addr_on_down=1"))?;
-            let addr = vm.addr.to_string();
-            let mut add = vec!["-n", vm.ns.as_str(), "addr", "add", addr.as_str(), "dev", VM_IF];
-            if vm.addr.addr().is_ipv6() {
-                add.push("nodad");
+            let mut addresses = Vec::new();
+            for a in std::iter::once(vm.addr).chain(vm.addr6) {
+                let addr = a.to_string();
+                let mut add = vec!["-n", vm.ns.as_str(), "addr", "add", addr.as_str(), "dev", VM_IF];
+                if a.addr().is_ipv6() {
+                    add.push("nodad");
+                }
+                ip(&add)?;
+                addresses.push(format!("{VM_IF} {addr}"));
             }
-            ip(&add)?;
             ip(&["-n", &vm.ns, "link", "set", VM_IF, "up"])?;
-            if let Some(gw) = vm.gateway {
+            for gw in [vm.gateway, vm.gateway6].into_iter().flatten() {
                 let family = if gw.is_ipv6() { "-6" } else { "-4" };
                 ip(&["-n", &vm.ns, family, "route", "add", "default", "via", &gw.to_string(), "dev", VM_IF])?;
             }
-            let alias = format!("{PORT_ALIAS_PREFIX}{}", vm.name);
-            ip(&["-n", &vm.chassis_ns, "link", "set", "dev", &vm.port, "alias", &alias])?;
-            ip(&["-n", &vm.chassis_ns, "link", "set", &vm.port, "up"])?;
-            let detail = format!("on {} port {}, {} {}/{}", vm.chassis, vm.port, vm.mac, vm.vpc, vm.subnet);
-            self.node(&vm.name, "vm", &vm.ns, vec![format!("{VM_IF} {addr}")], detail);
+            let (kind, what) = if vm.host.is_some() { ("host", "gateway") } else { ("vm", "chassis") };
+            let detail = format!("on {} port {}, {} {}/{}", vm.chassis, vm.attached_dev(), vm.mac, vm.vpc, vm.subnet);
+            self.node(&vm.name, kind, &vm.ns, addresses.clone(), detail);
             self.say(&format!(
-                "vm {}: namespace {}, {VM_IF} {addr} {}{}; port {} in {}",
+                "{kind} {}: namespace {}, {}, {}{}; port {} in {what} {}",
                 vm.name,
                 vm.ns,
+                addresses.join(", "),
                 vm.mac,
                 vm.gateway.map(|g| format!(" via {g}")).unwrap_or_default(),
-                vm.port,
-                vm.chassis_ns
+                vm.attached_dev(),
+                vm.chassis
             ));
         }
+        Ok(())
+    }
+
+    /// A VM's `eth0` and its port in the chassis namespace.
+    fn cable_vm(&mut self, vm: &VmPlan) -> Result<()> {
+        let mtu = VM_MTU.to_string();
+        #[rustfmt::skip]
+        ip(&[
+            "link", "add", VM_IF, "netns", &vm.ns, "mtu", &mtu, "address", &vm.mac, "type", "veth",
+            "peer", "name", &vm.port, "netns", &vm.chassis_ns, "mtu", &mtu,
+        ])?;
+        if vm.dataplane == Dataplane::Ovs {
+            // The device's setting: the same whether made before or after the move.
+            tx_checksum_off(&vm.ns, VM_IF)?;
+        }
+        let alias = format!("{PORT_ALIAS_PREFIX}{}", vm.name);
+        ip(&["-n", &vm.chassis_ns, "link", "set", "dev", &vm.port, "alias", &alias])?;
+        ip(&["-n", &vm.chassis_ns, "link", "set", &vm.port, "up"])?;
+        Ok(())
+    }
+
+    /// A bare-metal host: a cable from its NIC to `ph<i>` on its gateway;
+    /// with a standby gateway, a switch in between (bridge `tor0` in the
+    /// host's namespace, an uplink `up1`/`up2` to `ph<i>` on each gateway,
+    /// the NIC on `tor-h`); with a VLAN, `eth0` is that VLAN of the NIC
+    /// (`link0`). The gateways' ends are up and unlabelled: their agents
+    /// label and bridge the one serving the host.
+    fn cable_host(&mut self, vm: &VmPlan, h: &HostPlan) -> Result<()> {
+        let mtu = VM_MTU.to_string();
+        let veth = |a: &str, a_ns: &str, b: &str, b_ns: &str| {
+            #[rustfmt::skip]
+            let r = ip(&[
+                "link", "add", a, "netns", a_ns, "mtu", &mtu, "type", "veth", "peer", "name", b, "netns", b_ns, "mtu", &mtu,
+            ]);
+            r
+        };
+        let nic = if h.vlan.is_some() { "link0" } else { VM_IF };
+        match &h.standby {
+            None => {
+                veth(nic, &vm.ns, &vm.port, &vm.chassis_ns)?;
+            }
+            Some((_, standby_ns)) => {
+                ip(&["-n", &vm.ns, "link", "add", "tor0", "type", "bridge"])?;
+                veth("up1", &vm.ns, &vm.port, &vm.chassis_ns)?;
+                veth("up2", &vm.ns, &vm.port, standby_ns)?;
+                veth(nic, &vm.ns, "tor-h", &vm.ns)?;
+                for p in ["up1", "up2", "tor-h"] {
+                    ip(&["-n", &vm.ns, "link", "set", p, "master", "tor0", "up"])?;
+                }
+                ip(&["-n", &vm.ns, "link", "set", "tor0", "up"])?;
+                ip(&["-n", standby_ns, "link", "set", &vm.port, "up"])?;
+            }
+        }
+        if let Some(vid) = h.vlan {
+            ip(&["-n", &vm.ns, "link", "set", nic, "up"])?;
+            #[rustfmt::skip]
+            ip(&["-n", &vm.ns, "link", "add", "link", nic, "name", VM_IF, "type", "vlan", "id", &vid.to_string()])
+                .map_err(|e| Error::Lab(format!(
+                    "host {}: vlan = {vid} needs 802.1Q VLAN devices, which this kernel does not have \
+                     (CONFIG_VLAN_8021Q): {e}",
+                    vm.name
+                )))?;
+        }
+        ip(&["-n", &vm.ns, "link", "set", VM_IF, "address", &vm.mac])?;
+        ip(&["-n", &vm.chassis_ns, "link", "set", &vm.port, "up"])?;
         Ok(())
     }
 
@@ -991,7 +1039,7 @@ impl<'a> Builder<'a> {
                 .vms
                 .iter()
                 .filter(|vm| match vm.dataplane {
-                    Dataplane::Kernel => port_master(&vm.chassis_ns, &vm.port).is_none(),
+                    Dataplane::Kernel => port_master(&vm.chassis_ns, &vm.attached_dev()).is_none(),
                     Dataplane::Ovs => !self.ovs(&vm.chassis).controller_connected(),
                 })
                 .collect();
@@ -1005,8 +1053,10 @@ impl<'a> Builder<'a> {
                 }
             }
             if Instant::now() >= end {
-                let list: Vec<String> =
-                    waiting.iter().map(|vm| format!("{} ({} in {})", vm.name, vm.port, vm.chassis_ns)).collect();
+                let list: Vec<String> = waiting
+                    .iter()
+                    .map(|vm| format!("{} ({} in {})", vm.name, vm.attached_dev(), vm.chassis_ns))
+                    .collect();
                 let logs: Vec<String> = waiting
                     .iter()
                     .map(|vm| self.state_dir.join(format!("agent-{}.log", vm.chassis)).display().to_string())

@@ -192,8 +192,9 @@ pub struct Port {
     /// The IPv6 subnet of `ip6`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<String>,
-    /// `vm` (default) or `physical`.
-    #[serde(default, skip_serializing_if = "PortKind::is_vm")]
+    /// `vm` (default) or `physical`. (JSON `type`: `kind` tags objects in
+    /// the store and the watch stream.)
+    #[serde(rename = "type", default, skip_serializing_if = "PortKind::is_vm")]
     pub kind: PortKind,
     /// Physical: the gateway's interface the host is cabled to (the same
     /// name on the standby gateway).

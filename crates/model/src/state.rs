@@ -240,7 +240,11 @@ fn same_family(a: IpAddr, net: &IpNet) -> bool {
 /// for IPv4 prefixes shorter than /31, not the broadcast address.
 /// An interface name the kernel accepts.
 fn is_ifname(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 15 && s != "." && s != ".." && s.bytes().all(|b| b.is_ascii_graphic() && !b"/:".contains(&b))
+    !s.is_empty()
+        && s.len() <= 15
+        && s != "."
+        && s != ".."
+        && s.bytes().all(|b| b.is_ascii_graphic() && !b"/:".contains(&b))
 }
 
 fn host_in(net: &IpNet, ip: IpAddr) -> bool {
@@ -567,14 +571,16 @@ impl State {
     /// carries no other port; a VM port has none of that.
     fn check_attachment(&self, p: &Port, chassis: &Chassis) -> Result<(), Invalid> {
         if p.kind == PortKind::Vm {
-            for (field, set) in
-                [("interface", p.interface.is_some()), ("vlan", p.vlan.is_some()), ("standby_chassis", p.standby_chassis.is_some())]
-            {
+            for (field, set) in [
+                ("interface", p.interface.is_some()),
+                ("vlan", p.vlan.is_some()),
+                ("standby_chassis", p.standby_chassis.is_some()),
+            ] {
                 if set {
                     return Err(Invalid::bad(
                         "not_physical",
                         field,
-                        format!("{field} is for physical ports (kind \"physical\")"),
+                        format!("{field} is for physical ports (type \"physical\")"),
                     ));
                 }
             }
@@ -585,14 +591,21 @@ impl State {
                 return Err(Invalid::conflict(
                     "not_a_kernel_gateway",
                     Some(field),
-                    format!("chassis {:?} is not a gateway on the kernel data plane: physical ports attach there", c.name),
+                    format!(
+                        "chassis {:?} is not a gateway on the kernel data plane: physical ports attach there",
+                        c.name
+                    ),
                 ));
             }
             Ok(())
         };
         gateway(chassis, "chassis")?;
         let Some(interface) = p.interface.as_deref() else {
-            return Err(Invalid::bad("missing_interface", "interface", "a physical port needs the gateway's interface"));
+            return Err(Invalid::bad(
+                "missing_interface",
+                "interface",
+                "a physical port needs the gateway's interface",
+            ));
         };
         if !is_ifname(interface) {
             return Err(Invalid::bad(
@@ -615,7 +628,11 @@ impl State {
         }
         if let Some(standby) = &p.standby_chassis {
             if standby == &p.chassis {
-                return Err(Invalid::bad("standby_is_chassis", "standby_chassis", "the standby must be another gateway"));
+                return Err(Invalid::bad(
+                    "standby_is_chassis",
+                    "standby_chassis",
+                    "the standby must be another gateway",
+                ));
             }
             let Some(s) = self.chassis.get(standby) else {
                 return Err(Invalid::bad(
@@ -627,7 +644,9 @@ impl State {
             gateway(s, "standby_chassis")?;
         }
         // One port per attachment: the gateway knows the host by the device.
-        let serves = |o: &Port| [Some(&o.chassis), o.standby_chassis.as_ref()].into_iter().flatten().cloned().collect::<Vec<_>>();
+        let serves = |o: &Port| {
+            [Some(&o.chassis), o.standby_chassis.as_ref()].into_iter().flatten().cloned().collect::<Vec<_>>()
+        };
         let mine = serves(p);
         if let Some(o) = self.ports.values().find(|o| {
             o.kind == PortKind::Physical && o.device() == p.device() && serves(o).iter().any(|c| mine.contains(c))
@@ -682,7 +701,7 @@ impl State {
                 .ports
                 .get(m)
                 .ok_or_else(|| Invalid::bad("unknown_port", "members", format!("port {m:?} does not exist")))?;
-            if port.vpc != v.vpc || port.subnet != v.subnet {
+            if port.vpc != v.vpc || (port.subnet != v.subnet && port.subnet6.as_ref() != Some(&v.subnet)) {
                 return Err(Invalid::bad(
                     "member_outside_subnet",
                     "members",

@@ -140,6 +140,11 @@ pub enum KernelOp {
     CreateVlan { name: String, interface: String, vid: u16, alias: String },
     /// `ip link set INDEX alias ALIAS` (a physical port's device).
     SetAlias { index: u32, name: String, alias: String },
+    /// `bridge fdb replace MAC dev DEV master static`: a physical port's
+    /// host behind its device from the moment it is attached. (While the
+    /// other gateway served it, this bridge learned the MAC behind the
+    /// VXLAN device, and would drop frames for it until the host spoke.)
+    PinMac { dev: Dev, name: String, mac: MacAddr },
     /// `bridge fdb append MAC dev DEV dst IP [port P] self permanent`
     AddFdb { dev: Dev, fdb: Fdb },
     /// Deletes an observed FDB entry.
@@ -321,13 +326,17 @@ pub fn diff(plan: &Plan, obs: &Observed) -> Vec<KernelOp> {
     let mut found_physical = BTreeSet::new();
     for l in &obs.links {
         // A physical port's device is known by its name, and labelled.
-        if let Some((port, br, _)) = wanted_physical.get(l.name.as_str()) {
+        if let Some((port, br, a)) = wanted_physical.get(l.name.as_str()) {
             found_physical.insert(l.name.as_str());
             let alias = format!("{PORT_ALIAS_PREFIX}{port}");
             if l.alias.as_deref() != Some(alias.as_str()) {
                 ops.push(KernelOp::SetAlias { index: l.index, name: l.name.clone(), alias });
             }
+            let attaching = !matches!(br, Dev::Index(b) if l.master == Some(*b));
             ensure_port(&mut ops, &mut ports_changed, l, br, true);
+            if attaching {
+                ops.push(KernelOp::PinMac { dev: Dev::Index(l.index), name: l.name.clone(), mac: a.mac });
+            }
             continue;
         }
         let Some(port) = l.port() else { continue };
@@ -352,7 +361,8 @@ pub fn diff(plan: &Plan, obs: &Observed) -> Vec<KernelOp> {
         if let Dev::Index(b) = br {
             ports_changed.insert(*b);
         }
-        ops.push(KernelOp::SetMaster { dev: Dev::New(name.clone()), name, bridge: br.clone() });
+        ops.push(KernelOp::SetMaster { dev: Dev::New(name.clone()), name: name.clone(), bridge: br.clone() });
+        ops.push(KernelOp::PinMac { dev: Dev::New(name.clone()), name, mac: a.mac });
     }
     // Devices of VPCs this chassis no longer takes part in.
     for l in &obs.links {
@@ -623,6 +633,7 @@ mod tests {
                 KernelOp::SetAlias { index, alias, .. } => {
                     o.links.iter_mut().find(|l| l.index == *index).unwrap().alias = Some(alias.clone());
                 }
+                KernelOp::PinMac { dev, .. } => assert!(o.links.iter().any(|l| l.index == res(dev))),
                 KernelOp::AddFdb { dev, fdb } => assert!(o.fdb.entry(res(dev)).or_default().insert(*fdb)),
                 KernelOp::DelFdb { dev, fdb } => assert!(o.fdb.get_mut(dev).unwrap().remove(fdb)),
                 KernelOp::SetNeigh { dev, ip, mac } => {
@@ -654,6 +665,7 @@ mod tests {
             device: device.into(),
             interface: interface.into(),
             vlan,
+            mac: MacAddr([2, 0, 0, 0, 0x0e, 1]),
         };
         v.physical.insert("h1".into(), att("eth1", "eth1", None));
         v.physical.insert("h2".into(), att("eth2.10", "eth2", Some(10)));
@@ -670,6 +682,8 @@ mod tests {
             alias: "vipcast-port:h2".into()
         }));
         assert!(!ops.iter().any(|op| format!("{op:?}").contains("eth9")), "{ops:?}");
+        let pinned = ops.iter().filter(|op| matches!(op, KernelOp::PinMac { .. })).count();
+        assert_eq!(pinned, 2, "{ops:?}");
         let o = converge(&p, &o);
         let l = |n: &str| o.links.iter().find(|l| l.name == n).unwrap().clone();
         assert_eq!((l("eth1").master, l("eth1").up), (Some(BR), true));
