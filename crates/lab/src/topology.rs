@@ -614,6 +614,15 @@ impl<'a> Builder<'a> {
                 n.addresses.push(format!("{} {}", e.gateway_if, e.gateway_addr));
                 n.addresses.push(format!("{} {}", e.gateway_if, e.gateway_addr6));
             }
+            // The other gateways reach this client through its gateway over
+            // the underlay (as gateways sharing one upstream would): a host
+            // served by another gateway answers through that one.
+            for other in self.plan.chassis.iter().filter(|c| c.role == Role::Gateway && c.name != e.gateway) {
+                let via = self.plan.chassis.iter().find(|c| c.name == e.gateway).map(|c| c.underlay_ip.to_string());
+                if let Some(via) = via {
+                    ip(&["-n", &other.ns, "route", "add", &e.addr.trunc().to_string(), "via", &via])?;
+                }
+            }
             let detail = format!("behind {} {}", e.gateway, e.gateway_if);
             let addresses = vec![format!("{VM_IF} {}", e.addr), format!("{VM_IF} {}", e.addr6)];
             self.node(&e.name, "external", &e.ns, addresses, detail);

@@ -167,9 +167,32 @@ gateway = "gw1"
     }
 
     /// `vipcast drill ... --json` on pay-vip; the report.
+    /// The repository's lab file `labs/<file>`, under a unique name.
+    fn up_file(file: &str) -> Lab {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../labs").join(file);
+        let file = std::fs::read_to_string(&path).unwrap();
+        let name = format!("dr{}", unique_id());
+        let first = file.lines().find(|l| l.starts_with("name = ")).expect("a lab name").to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let lab_path = dir.path().join("lab.toml");
+        std::fs::write(&lab_path, file.replacen(&first, &format!("name = \"{name}\""), 1)).unwrap();
+        let lab = Lab { name, _dir: dir };
+        let o = vipcast(&["lab", "up", lab_path.to_str().unwrap()]);
+        assert!(o.status.success(), "lab up failed:\n{}", text(&o));
+        lab
+    }
+
+    fn ns(&self, node: &str) -> String {
+        format!("{}-{node}", self.name)
+    }
+
     fn drill(&self, fault: &str, extra: &[&str]) -> Value {
-        let mut args =
-            vec!["drill", "--lab", &self.name, "--vip", "pay-vip", "--fault", fault, "--runs", "2", "--json"];
+        self.drill_vip("pay-vip", fault, extra)
+    }
+
+    /// `vipcast drill ... --json` on `vip`; the report.
+    fn drill_vip(&self, vip: &str, fault: &str, extra: &[&str]) -> Value {
+        let mut args = vec!["drill", "--lab", &self.name, "--vip", vip, "--fault", fault, "--runs", "2", "--json"];
         args.extend_from_slice(extra);
         let before = baseline_namespaces();
         let o = vipcast(&args);
@@ -191,8 +214,13 @@ impl Drop for Lab {
     }
 }
 
-/// The bounds every drill that moves the VIP must meet.
+/// The bounds every drill that moves the VIP from pay1 to pay2 must meet.
 fn check(report: &Value, fault: &str, with_baseline: bool) {
+    check_move(report, fault, with_baseline, "pay1", "pay2");
+}
+
+/// The bounds every drill that moves the VIP must meet.
+fn check_move(report: &Value, fault: &str, with_baseline: bool, old: &str, new: &str) {
     let variants = report["variants"].as_array().unwrap();
     assert_eq!(variants.len(), if with_baseline { 2 } else { 1 }, "{report}");
     for v in variants {
@@ -202,8 +230,8 @@ fn check(report: &Value, fault: &str, with_baseline: bool) {
             eprintln!("{fault} {name} run {}: outage {outage:.0} ms, stages {}", r["run"], r["stages"]);
             assert!(outage < 1000.0, "{fault} {name}: outage {outage} ms\n{r}");
             assert!(!r["timed_out"].as_bool().unwrap(), "{r}");
-            assert_eq!(r["old_master"], "pay1", "{r}");
-            assert_eq!(r["new_master"], "pay2", "{r}");
+            assert_eq!(r["old_master"], old, "{r}");
+            assert_eq!(r["new_master"], new, "{r}");
             assert!(r["lost"].as_u64().unwrap() > 20, "a failover at advert_int 0.1 loses probes: {r}");
             let s = &r["stages"];
             let first_new = s["first_new_reply_ms"].as_f64().unwrap();
@@ -346,6 +374,92 @@ impl Drop for Capture {
         // SIGTERM: tcpdump flushes what it holds (-U writes each packet anyway).
         let _ = Command::new("kill").arg(self.0.id().to_string()).status();
         let _ = self.0.wait();
+    }
+}
+
+/// Bare-metal hosts (labs/metal.toml): a host and a VM share a VIP. Host to
+/// VM and VM to host, the master's cable pulled, assisted by the chassis
+/// it is cabled to (the gateway for the host), from a VM on a third chassis
+/// and from outside; the dual-stack VIP over IPv6 the same way.
+#[test]
+fn physical_host_and_vm_share_a_vip() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::up_file("metal.toml");
+    for (vip, old, new) in
+        [("web-vip", "metal1", "pay1"), ("app-vip", "pay1", "metal1"), ("web-vip6", "metal1", "pay1")]
+    {
+        let r = lab.drill_vip(vip, "link-down", &[]);
+        check_move(&r, "link-down", true, old, new);
+        assert_eq!(r["from"], "client");
+        for run in r["variants"][0]["runs"].as_array().unwrap() {
+            assert_eq!(run["assisted"], true, "{vip}: {run}");
+        }
+        let r = lab.drill_vip(vip, "link-down", &["--from", "inet1", "--no-baseline"]);
+        check_move(&r, "link-down", false, old, new);
+        assert_eq!(r["from"], "inet1");
+    }
+}
+
+/// metal2 is served by gw1, cabled to gw2 as well: gw1 cut from the
+/// underlay, gw2 takes the attachment within the chassis-down bound, and
+/// the two never bridge it at once (gw1 lets go as its link goes; back,
+/// it does not take it again).
+#[test]
+fn a_standby_gateway_takes_a_physical_attachment_over() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::up_file("metal.toml");
+    let bridged = |gw: &str| {
+        let o = Command::new("ip").args(["-n", &lab.ns(gw), "-j", "link", "show", "ph1"]).output().unwrap();
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v[0]["master"] == "vc-br-100"
+    };
+    assert!(bridged("gw1") && !bridged("gw2"));
+    // A ping every 2 ms from the client VM, reply times kept.
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("client"), "ping", "-D", "-n", "-i", "0.002", "-W", "1", "192.168.10.22"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let cut = |up: &str| {
+        let o = Command::new("ip").args(["-n", &lab.ns("net"), "link", "set", "gw1", up]).output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    cut("down");
+    let mut both = 0;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        both += usize::from(bridged("gw1") && bridged("gw2"));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(!bridged("gw1") && bridged("gw2"), "gw2 serves metal2");
+    cut("up");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        both += usize::from(bridged("gw1") && bridged("gw2"));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(both, 0, "both gateways bridged metal2");
+    assert!(!bridged("gw1") && bridged("gw2"), "gw1 back: gw2 keeps metal2");
+    let _ = Command::new("kill").args(["-INT", &ping.id().to_string()]).status();
+    let out = ping.wait_with_output().unwrap();
+    let times: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("icmp_seq"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    assert!(times.len() > 200, "{} replies", times.len());
+    let gap = times.windows(2).map(|w| (w[1] - w[0]) * 1000.0).fold(0.0, f64::max);
+    eprintln!("standby takeover: longest gap between replies {gap:.0} ms");
+    assert!(gap < 1000.0, "metal2 unreachable for {gap:.0} ms");
+    // Reachable after all that, from the VM and from outside.
+    for (from, to) in [("client", "192.168.10.22"), ("inet1", "192.168.10.22"), ("inet1", "fd00:10::21")] {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &lab.ns(from), "ping", "-c", "1", "-W", "2", to])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{from} -> {to}: {}", text(&o));
     }
 }
 
