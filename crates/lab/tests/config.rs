@@ -496,3 +496,67 @@ fn a_payment_service_names_a_mariadb_vip_of_its_vpc() {
     let stray = SMALL.replace("advert_int = 0.1", "advert_int = 0.1\ndatabase = \"v\"");
     assert!(problems(&stray).contains("only for workload = \"http\""), "{}", problems(&stray));
 }
+
+/// labs/metal.toml: hosts join the VM list after the VMs, cabled to their
+/// gateway (and the standby), registered as physical ports; dual stack.
+#[test]
+fn hosts_are_physical_ports_of_their_gateways() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../labs/metal.toml");
+    let cfg = LabConfig::load(&path).unwrap();
+    let plan = Plan::new(&cfg);
+    let m2 = plan.vms.iter().find(|v| v.name == "metal2").unwrap();
+    assert_eq!((m2.chassis.as_str(), m2.port.as_str(), m2.attached_dev()), ("gw1", "ph1", "ph1".to_string()));
+    let standby = m2.host.as_ref().unwrap().standby.as_ref().unwrap();
+    assert_eq!(standby.0, "gw2");
+    let pay1 = plan.vms.iter().find(|v| v.name == "pay1").unwrap();
+    assert_eq!(pay1.addr6.unwrap().to_string(), "fd00:10::11/64");
+    assert_eq!(pay1.gateway6, Some("fd00:10::1".parse().unwrap()));
+    let calls = vipcast_lab::register::calls(&cfg, &plan);
+    let port =
+        |name: &str| calls.iter().find(|c| c.path == "/v1/ports" && c.body["name"] == name).unwrap().body.clone();
+    let b = port("metal2");
+    assert_eq!(
+        (b["type"].as_str(), b["interface"].as_str(), b["standby_chassis"].as_str()),
+        (Some("physical"), Some("ph1"), Some("gw2"))
+    );
+    assert_eq!(port("pay1")["ip6"], "fd00:10::11");
+    assert!(port("pay1").get("type").is_none());
+    // The IPv6 VIP's members are its dual-stack VMs and hosts; keepalived
+    // speaks IPv6 for it.
+    let k = plan.keepalived.iter().find(|k| k.vip == "web-vip6" && k.vm == "metal1").unwrap();
+    assert!(k.config.contains("fd00:10::100/64"), "{}", k.config);
+}
+
+#[test]
+fn hosts_are_checked() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../labs/metal.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    assert_problem(
+        &text.replace("gateway = \"gw1\"               # cabled", "gateway = \"hv1\"               # cabled"),
+        &["host[0] \"metal1\", key \"gateway\"", "role = \"gateway\""],
+    );
+    assert_problem(
+        &text.replace("standby_gateway = \"gw2\"", "standby_gateway = \"gw1\""),
+        &["host[1] \"metal2\", key \"standby_gateway\""],
+    );
+    assert_problem(
+        &text.replace("standby_gateway = \"gw2\"", "standby_gateway = \"nope\""),
+        &["no [[chassis]] named \"nope\""],
+    );
+    assert_problem(&text.replace("# vlan = 30", "vlan = 4095"), &["host[1] \"metal2\", key \"vlan\""]);
+    assert_problem(
+        &text.replace("ip6 = \"fd00:10::21\"", "ip6 = \"fd00:99::21\""),
+        &["host[0] \"metal1\", key \"ip6\""],
+    );
+    assert_problem(
+        &text.replace("ip6 = \"fd00:10::21\"", "ip6 = \"fd00:10::11\""),
+        &["key \"ip6\": fd00:10::11 is also vm[0] \"pay1\""],
+    );
+    assert_problem(
+        &text.replace(
+            "members = [\"metal1\", \"pay1\"]\nadvert_int = 0.1\n\n[[external]]",
+            "members = [\"metal2\", \"pay1\"]\nadvert_int = 0.1\n\n[[external]]",
+        ),
+        &["\"metal2\" is in vpc \"prod\" subnet \"web\""],
+    );
+}

@@ -398,6 +398,174 @@ mod tests {
         }
     }
 
+    /// `sample()` with gateways gw1, gw2 (kernel) and gw3 (Open vSwitch),
+    /// an IPv6 subnet, and physical port metal1 on gw1 (standby gw2)
+    /// holding pay-vip.
+    fn with_metal() -> State {
+        let mut s = sample();
+        for (i, (name, dataplane)) in
+            [("gw1", Dataplane::Kernel), ("gw2", Dataplane::Kernel), ("gw3", Dataplane::Ovs)].into_iter().enumerate()
+        {
+            let ip = format!("172.31.0.{}", 10 + i);
+            s.put(Object::Chassis(Chassis { role: Role::Gateway, dataplane, ..chassis(name, &ip) }));
+        }
+        s.put(Object::Subnet(Subnet {
+            vpc: "prod".into(),
+            name: "web6".into(),
+            cidr: "fd00:10::/64".parse().unwrap(),
+            gateway: Some("fd00:10::1".parse().unwrap()),
+        }));
+        let metal = metal("metal1", "gw1", "eth1");
+        run(&mut s, &Command::CreatePort(metal), 1).unwrap();
+        let mut vip = s.vips["pay-vip"].clone();
+        vip.spec.members.push("metal1".into());
+        vip.owner = Some(Owner {
+            port: "metal1".into(),
+            mac: s.ports["metal1"].mac,
+            chassis: "gw1".into(),
+            generation: 1,
+            since: 1,
+        });
+        s.put(Object::Vip(vip));
+        s
+    }
+
+    fn metal(name: &str, chassis: &str, interface: &str) -> Port {
+        Port {
+            kind: crate::PortKind::Physical,
+            interface: Some(interface.into()),
+            standby_chassis: Some("gw2".into()),
+            ..Port::vm(
+                name,
+                "prod",
+                "web",
+                chassis,
+                "02:00:00:00:0e:01".parse().unwrap(),
+                "192.168.10.21".parse().unwrap(),
+            )
+        }
+    }
+
+    #[test]
+    fn physical_and_dual_stack_ports_are_checked() {
+        let s = with_metal();
+        let refused = |p: Port| {
+            let e = apply(&s, &Command::CreatePort(p), 1).unwrap_err();
+            (e.code, e.field)
+        };
+        let other = |f: &dyn Fn(&mut Port)| {
+            let mut p = metal("metal2", "gw1", "eth2");
+            p.mac = "02:00:00:00:0e:02".parse().unwrap();
+            p.ip = "192.168.10.22".parse().unwrap();
+            f(&mut p);
+            p
+        };
+        assert!(apply(&s, &Command::CreatePort(other(&|_| {})), 1).is_ok());
+        assert_eq!(refused(other(&|p| p.chassis = "hv1".into())), ("not_a_kernel_gateway", Some("chassis")));
+        assert_eq!(refused(other(&|p| p.chassis = "gw3".into())), ("not_a_kernel_gateway", Some("chassis")));
+        assert_eq!(
+            refused(other(&|p| p.standby_chassis = Some("gw3".into()))),
+            ("not_a_kernel_gateway", Some("standby_chassis"))
+        );
+        assert_eq!(
+            refused(other(&|p| p.standby_chassis = Some("gw1".into()))),
+            ("standby_is_chassis", Some("standby_chassis"))
+        );
+        assert_eq!(refused(other(&|p| p.interface = None)), ("missing_interface", Some("interface")));
+        assert_eq!(refused(other(&|p| p.interface = Some("a/b".into()))), ("invalid_interface", Some("interface")));
+        assert_eq!(
+            refused(other(&|p| p.interface = Some("sixteen-bytes-xx".into()))),
+            ("invalid_interface", Some("interface"))
+        );
+        assert_eq!(refused(other(&|p| p.vlan = Some(4095))), ("invalid_vlan", Some("vlan")));
+        assert_eq!(
+            refused(other(&|p| {
+                p.interface = Some("enp129s0f1np1".into());
+                p.vlan = Some(4094)
+            })),
+            ("invalid_interface", Some("interface"))
+        );
+        // metal1's device on gw1 (and on its standby, gw2) is taken.
+        assert_eq!(refused(other(&|p| p.interface = Some("eth1".into()))), ("attachment_in_use", Some("interface")));
+        assert_eq!(
+            refused(other(&|p| {
+                p.interface = Some("eth1".into());
+                p.chassis = "gw2".into();
+                p.standby_chassis = None
+            })),
+            ("attachment_in_use", Some("interface"))
+        );
+        assert!(apply(&s, &Command::CreatePort(other(&|p| p.vlan = Some(30))), 1).is_ok());
+        let vm = |f: &dyn Fn(&mut Port)| {
+            let mut p = Port::vm(
+                "vm9",
+                "prod",
+                "web",
+                "hv1",
+                "02:00:00:00:09:01".parse().unwrap(),
+                "192.168.10.90".parse().unwrap(),
+            );
+            f(&mut p);
+            p
+        };
+        assert_eq!(refused(vm(&|p| p.vlan = Some(3))), ("not_physical", Some("vlan")));
+        assert_eq!(refused(vm(&|p| p.interface = Some("eth1".into()))), ("not_physical", Some("interface")));
+        // Dual stack.
+        let six = |ip6: &str, subnet6: &str| {
+            vm(&|p| {
+                p.ip6 = Some(ip6.parse().unwrap());
+                p.subnet6 = Some(subnet6.into())
+            })
+        };
+        assert!(apply(&s, &Command::CreatePort(six("fd00:10::90", "web6")), 1).is_ok());
+        assert_eq!(refused(six("fd00:10::90", "nope")), ("unknown_subnet", Some("subnet6")));
+        assert_eq!(refused(six("fd00:99::90", "web6")), ("ip_outside_subnet", Some("ip6")));
+        assert_eq!(refused(six("fd00:10::1", "web6")), ("duplicate_ip", Some("ip6")));
+        assert_eq!(refused(six("fd00:10::90", "web")), ("ip_outside_subnet", Some("ip6")));
+        assert_eq!(refused(vm(&|p| p.subnet6 = Some("web6".into()))), ("missing_ip6", Some("ip6")));
+        let mut s2 = s.clone();
+        run(&mut s2, &Command::CreatePort(six("fd00:10::90", "web6")), 1).unwrap();
+        let mut dup = six("fd00:10::90", "web6");
+        dup.name = "vm8".into();
+        dup.mac = "02:00:00:00:08:01".parse().unwrap();
+        dup.ip = "192.168.10.80".parse().unwrap();
+        assert_eq!(
+            apply(&s2, &Command::CreatePort(dup), 1).map_err(|e| (e.code, e.field)).unwrap_err(),
+            ("duplicate_ip", Some("ip6"))
+        );
+        // The IPv6 subnet cannot go while a port has an address in it.
+        assert_eq!(
+            apply(&s2, &Command::DeleteSubnet { vpc: "prod".into(), name: "web6".into() }, 1).unwrap_err().code,
+            "in_use"
+        );
+        // Nor the standby gateway.
+        assert_eq!(apply(&s, &Command::DeleteChassis("gw2".into()), 1).unwrap_err().code, "in_use");
+    }
+
+    #[test]
+    fn a_dead_gateway_hands_its_attachments_to_their_standby() {
+        let mut s = with_metal();
+        let dead = |c: &str| Command::SetLiveness { chassis: c.into(), alive: false, last_heard_ms: 5 };
+        let alive = |c: &str| Command::SetLiveness { chassis: c.into(), alive: true, last_heard_ms: 9 };
+        run(&mut s, &dead("gw1"), 10).unwrap();
+        let p = &s.ports["metal1"];
+        assert_eq!((p.chassis.as_str(), p.standby_chassis.as_deref()), ("gw2", Some("gw1")));
+        assert_eq!(s.index().chassis_ports("gw2").iter().collect::<Vec<_>>(), ["metal1"]);
+        // The VIP it holds follows it, same owner, same generation.
+        let o = s.vips["pay-vip"].owner.clone().unwrap();
+        assert_eq!((o.port.as_str(), o.chassis.as_str(), o.generation), ("metal1", "gw2", 1));
+        // Back alive: no move back.
+        run(&mut s, &alive("gw1"), 20).unwrap();
+        assert_eq!(s.ports["metal1"].chassis, "gw2");
+        // The standby dies while the first is dead: nowhere to go, it stays.
+        run(&mut s, &dead("gw1"), 30).unwrap();
+        run(&mut s, &dead("gw2"), 31).unwrap();
+        assert_eq!(s.ports["metal1"].chassis, "gw2");
+        // A VM port never moves.
+        run(&mut s, &dead("hv1"), 40).unwrap();
+        assert_eq!(s.ports["pay1"].chassis, "hv1");
+    }
+
     fn claim(mac: &str, chassis: &str) -> Command {
         Command::Claim {
             vip: "pay-vip".into(),
