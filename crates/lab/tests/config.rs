@@ -197,7 +197,7 @@ fn references_to_unknown_objects_name_the_key() {
     );
     assert_problem(
         &SMALL.replace("members = [\"a\", \"b\"]", "members = [\"a\", \"c\"]"),
-        &["vip[0] \"v\", key \"members\": no [[vm]] named \"c\""],
+        &["vip[0] \"v\", key \"members\": no [[vm]] or [[host]] named \"c\""],
     );
     assert_problem(
         &format!("{SMALL}\n[[external]]\nname = \"inet\"\ngateway = \"hv1\""),
@@ -310,7 +310,7 @@ fn a_file_with_errors_creates_nothing() {
     let err =
         up(&cfg, UpOptions { root: &root, exe: Path::new("/bin/false"), file: None, progress: &|_| {}, cancel: None })
             .unwrap_err();
-    assert!(err.to_string().contains("no [[vm]] named \"zz\""), "{err}");
+    assert!(err.to_string().contains("no [[vm]] or [[host]] named \"zz\""), "{err}");
     assert!(vipcast_lab::teardown::lab_namespaces(&name).unwrap().is_empty());
     assert!(!root.state_dir(&name).exists());
     assert!(!root.state_file(&name).exists());

@@ -416,7 +416,7 @@ mod tests {
             gateway: Some("fd00:10::1".parse().unwrap()),
         }));
         let metal = metal("metal1", "gw1", "eth1");
-        run(&mut s, &Command::CreatePort(metal), 1).unwrap();
+        assert_eq!(run(&mut s, &Command::CreatePort(metal), 1), Ok(Outcome::Created));
         let mut vip = s.vips["pay-vip"].clone();
         vip.spec.members.push("metal1".into());
         vip.owner = Some(Owner {
@@ -524,7 +524,7 @@ mod tests {
         assert_eq!(refused(six("fd00:10::90", "web")), ("ip_outside_subnet", Some("ip6")));
         assert_eq!(refused(vm(&|p| p.subnet6 = Some("web6".into()))), ("missing_ip6", Some("ip6")));
         let mut s2 = s.clone();
-        run(&mut s2, &Command::CreatePort(six("fd00:10::90", "web6")), 1).unwrap();
+        assert_eq!(run(&mut s2, &Command::CreatePort(six("fd00:10::90", "web6")), 1), Ok(Outcome::Created));
         let mut dup = six("fd00:10::90", "web6");
         dup.name = "vm8".into();
         dup.mac = "02:00:00:00:08:01".parse().unwrap();
@@ -547,7 +547,7 @@ mod tests {
         let mut s = with_metal();
         let dead = |c: &str| Command::SetLiveness { chassis: c.into(), alive: false, last_heard_ms: 5 };
         let alive = |c: &str| Command::SetLiveness { chassis: c.into(), alive: true, last_heard_ms: 9 };
-        run(&mut s, &dead("gw1"), 10).unwrap();
+        assert_eq!(run(&mut s, &dead("gw1"), 10), Ok(Outcome::Updated));
         let p = &s.ports["metal1"];
         assert_eq!((p.chassis.as_str(), p.standby_chassis.as_deref()), ("gw2", Some("gw1")));
         assert_eq!(s.index().chassis_ports("gw2").iter().collect::<Vec<_>>(), ["metal1"]);
@@ -555,14 +555,14 @@ mod tests {
         let o = s.vips["pay-vip"].owner.clone().unwrap();
         assert_eq!((o.port.as_str(), o.chassis.as_str(), o.generation), ("metal1", "gw2", 1));
         // Back alive: no move back.
-        run(&mut s, &alive("gw1"), 20).unwrap();
+        assert_eq!(run(&mut s, &alive("gw1"), 20), Ok(Outcome::Updated));
         assert_eq!(s.ports["metal1"].chassis, "gw2");
         // The standby dies while the first is dead: nowhere to go, it stays.
-        run(&mut s, &dead("gw1"), 30).unwrap();
-        run(&mut s, &dead("gw2"), 31).unwrap();
+        assert_eq!(run(&mut s, &dead("gw1"), 30), Ok(Outcome::Updated));
+        assert_eq!(run(&mut s, &dead("gw2"), 31), Ok(Outcome::Updated));
         assert_eq!(s.ports["metal1"].chassis, "gw2");
         // A VM port never moves.
-        run(&mut s, &dead("hv1"), 40).unwrap();
+        assert_eq!(run(&mut s, &dead("hv1"), 40), Ok(Outcome::Updated));
         assert_eq!(s.ports["pay1"].chassis, "hv1");
     }
 
