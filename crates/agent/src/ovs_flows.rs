@@ -31,7 +31,13 @@
 //! * The ARP responder answers only requests from local ports, for every
 //!   IPv4 entry of the VPC's neighbours; a request about the requester's own
 //!   address (gratuitous ARP, address probe) is not answered but flooded.
-//!   Neighbour solicitations are not answered (flooded).
+//! * The ND responder does the same for IPv6 entries: a neighbour
+//!   solicitation from a local port, with a source link-layer option, is
+//!   turned into the solicited NA in table 1 and finished in table 3
+//!   ([`TABLE_ND`]: the target link-layer option can only be written where
+//!   the match says NA). R is set for VIPs and subnet gateways (routers'
+//!   addresses, as their announcements say). Duplicate address detection
+//!   (from ::) and solicitations without the option are flooded.
 //! * Replicator mode: copies to the replicator leave through the VPC's own
 //!   tunnel port (the replicator replicates GRE VPCs over GRE, key = VNI),
 //!   and come back the same way.
@@ -43,12 +49,16 @@
 //!   the switch already holds.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use vipcast_model::Encap;
 use vipcast_model::view::{ChassisView, Flood, VpcView};
 use vipcast_openflow::action::OFPCML_NO_BUFFER;
-use vipcast_openflow::{Action, Bucket, Instruction, Match, OFPP_CONTROLLER, OxmField, arp_responder};
+use vipcast_openflow::action::{ICMPV6_NS, ND_OPT_SOURCE_LLADDR, ND_OPT_TARGET_LLADDR};
+use vipcast_openflow::{
+    Action, Bucket, Instruction, Match, OFPP_CONTROLLER, OxmField, arp_responder, nd_responder_finish,
+    nd_responder_start,
+};
 use vipcast_packet::MacAddr;
 
 /// Classification: VM and tunnel ports to metadata.
@@ -57,6 +67,8 @@ pub const TABLE_CLASSIFY: u8 = 0;
 pub const TABLE_ARP: u8 = 1;
 /// Layer 2 forwarding.
 pub const TABLE_L2: u8 = 2;
+/// The ND responder's second half (entered only from [`TABLE_ARP`]).
+pub const TABLE_ND: u8 = 3;
 
 /// Metadata bit: the frame came from a local VM port.
 pub const FROM_LOCAL: u64 = 1 << 32;
@@ -313,6 +325,46 @@ fn vpc_flows(d: &mut Desired, vpc: &VpcView, ports: &Ports, replicator: &dyn Fn(
                 request(),
                 vec![Instruction::ApplyActions(arp_responder(*mac, ip))],
             ));
+        }
+    }
+
+    // Tables 1 and 3: the ND responder.
+    if vpc.arp_suppression {
+        let routers: std::collections::BTreeSet<IpAddr> =
+            vpc.vips.iter().map(|v| v.ip).chain(vpc.subnets.iter().filter_map(|s| s.gateway)).collect();
+        let mut any = false;
+        for (ip, mac) in &vpc.neighbours {
+            let IpAddr::V6(ip6) = ip else { continue };
+            any = true;
+            let ns = || {
+                Match::new()
+                    .with(from_local(vni))
+                    .with(OxmField::EthType(ETH_TYPE_IPV6))
+                    .with(OxmField::IpProto(IP_PROTO_ICMPV6))
+                    .with(OxmField::Icmpv6Type(ICMPV6_NS))
+                    .with(OxmField::Ipv6NdTarget(*ip6))
+            };
+            let dad = ns().with(OxmField::Ipv6Src { value: Ipv6Addr::UNSPECIFIED, mask: None });
+            d.flow(Flow::new(TABLE_ARP, prio::ARP_SELF, dad, vec![goto_l2.clone()]));
+            d.flow(Flow::new(TABLE_ARP, prio::ARP_SELF, ns().with(OxmField::eth_src(*mac)), vec![goto_l2.clone()]));
+            d.flow(Flow::new(
+                TABLE_ARP,
+                prio::ARP_REPLY,
+                ns().with(OxmField::NdOptionsType(ND_OPT_SOURCE_LLADDR)),
+                vec![
+                    Instruction::ApplyActions(nd_responder_start(*mac, *ip6, routers.contains(ip))),
+                    Instruction::GotoTable(TABLE_ND),
+                ],
+            ));
+        }
+        if any {
+            let na = Match::new()
+                .with(in_vpc(vni))
+                .with(OxmField::EthType(ETH_TYPE_IPV6))
+                .with(OxmField::IpProto(IP_PROTO_ICMPV6))
+                .with(OxmField::Icmpv6Type(ICMPV6_NA))
+                .with(OxmField::NdOptionsType(ND_OPT_TARGET_LLADDR));
+            d.flow(Flow::new(TABLE_ND, prio::ARP_REPLY, na, vec![Instruction::ApplyActions(nd_responder_finish())]));
         }
     }
 

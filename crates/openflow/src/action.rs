@@ -14,7 +14,7 @@
 //! dst (32-bit OXM/NXM header)
 //! ```
 
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, Ipv6Addr};
 
 use vipcast_packet::MacAddr;
 
@@ -309,6 +309,45 @@ pub fn arp_responder(mac: MacAddr, ip: Ipv4Addr) -> Vec<Action> {
         Action::output(OFPP_IN_PORT),
     ]
 }
+
+/// NA flags in `nd_reserved`: Router, Solicited, Override (RFC 4861 §4.4).
+pub const ND_FLAG_ROUTER: u32 = 1 << 31;
+pub const ND_FLAG_SOLICITED: u32 = 1 << 30;
+pub const ND_FLAG_OVERRIDE: u32 = 1 << 29;
+
+/// The first half of an ND responder (RFC 4861 §7.2.4), applied to a
+/// neighbour solicitation for `ip` that carries a source link-layer option
+/// first: it becomes a solicited NA (S and O set, R as `router`) from
+/// `ip` at `mac` back to the solicitor, its option retyped to target
+/// link-layer. Open vSwitch checks a set_field's prerequisites against the
+/// flow's match, so the option's address (`nd_tll`) can only be written in
+/// a later table that matches the NA: [`nd_responder_finish`].
+pub fn nd_responder_start(mac: MacAddr, ip: Ipv6Addr, router: bool) -> Vec<Action> {
+    let flags = ND_FLAG_SOLICITED | ND_FLAG_OVERRIDE | if router { ND_FLAG_ROUTER } else { 0 };
+    vec![
+        Action::SetField(OxmField::Icmpv6Type(ICMPV6_NA)),
+        Action::SetField(OxmField::NdOptionsType(ND_OPT_TARGET_LLADDR)),
+        Action::SetField(OxmField::NdReserved(flags)),
+        Action::move_field(OxmHeader::ETH_SRC, OxmHeader::ETH_DST),
+        Action::SetField(OxmField::eth_src(mac)),
+        Action::move_field(OxmHeader::IPV6_SRC, OxmHeader::IPV6_DST),
+        Action::SetField(OxmField::Ipv6Src { value: ip, mask: None }),
+    ]
+}
+
+/// The second half of an ND responder, in a table matching the NA that
+/// [`nd_responder_start`] made: the target link-layer option from the
+/// Ethernet source it set, and out where the solicitation came in.
+pub fn nd_responder_finish() -> Vec<Action> {
+    vec![Action::move_field(OxmHeader::ETH_SRC, OxmHeader::IPV6_ND_TLL), Action::output(OFPP_IN_PORT)]
+}
+
+/// ICMPv6 neighbour solicitation and advertisement types.
+pub const ICMPV6_NS: u8 = 135;
+pub const ICMPV6_NA: u8 = 136;
+/// ND option types: source and target link-layer address.
+pub const ND_OPT_SOURCE_LLADDR: u8 = 1;
+pub const ND_OPT_TARGET_LLADDR: u8 = 2;
 
 /// The match of ARP requests for `ip`: eth_type ARP, arp_op 1, arp_tpa `ip`.
 pub fn arp_request_match(ip: Ipv4Addr) -> Match {

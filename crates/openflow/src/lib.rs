@@ -48,7 +48,9 @@ pub mod oxm;
 pub mod port;
 mod wire;
 
-pub use action::{Action, arp_request_match, arp_responder, decode_actions, encode_actions};
+pub use action::{
+    Action, arp_request_match, arp_responder, decode_actions, encode_actions, nd_responder_finish, nd_responder_start,
+};
 pub use error::{Error, Result};
 pub use error_msg::ErrorMsg;
 pub use instruction::{Instruction, decode_instructions, encode_instructions};

@@ -57,11 +57,19 @@ const IPV6_DST: u8 = 27;
 const ICMPV6_TYPE: u8 = 29;
 const ICMPV6_CODE: u8 = 30;
 const IPV6_ND_TARGET: u8 = 31;
+const IPV6_ND_SLL: u8 = 32;
+const IPV6_ND_TLL: u8 = 33;
 const TUNNEL_ID: u8 = 38;
 // Field numbers of the NXM_NX class.
 const NX_REG_LAST: u8 = 7;
 const NX_TUN_IPV4_SRC: u8 = 31;
 const NX_TUN_IPV4_DST: u8 = 32;
+/// The OXM class Open vSwitch gives its ND extension fields (first used by
+/// Ericsson, hence OVS's `ERICOXM_OF_*`): a plain 4-byte header, no
+/// experimenter id (OVS `meta-flow.h`; since Open vSwitch 2.12).
+pub const OFPXMC_ERICOXM: u16 = 0x1000;
+const ERICOXM_ND_RESERVED: u8 = 1;
+const ERICOXM_ND_OPTIONS_TYPE: u8 = 2;
 
 /// A 32-bit OXM (or NXM) header: class, field, has-mask bit, payload length.
 ///
@@ -97,6 +105,12 @@ impl OxmHeader {
     pub const ARP_THA: OxmHeader = OxmHeader::new(OFPXMC_OPENFLOW_BASIC, ARP_THA, false, 6);
     /// `tunnel_id` (8 bytes).
     pub const TUNNEL_ID: OxmHeader = OxmHeader::new(OFPXMC_OPENFLOW_BASIC, TUNNEL_ID, false, 8);
+    /// `ipv6_src`
+    pub const IPV6_SRC: OxmHeader = OxmHeader::new(OFPXMC_OPENFLOW_BASIC, IPV6_SRC, false, 16);
+    /// `ipv6_dst`
+    pub const IPV6_DST: OxmHeader = OxmHeader::new(OFPXMC_OPENFLOW_BASIC, IPV6_DST, false, 16);
+    /// `nd_tll`, the target link-layer option of an NA.
+    pub const IPV6_ND_TLL: OxmHeader = OxmHeader::new(OFPXMC_OPENFLOW_BASIC, IPV6_ND_TLL, false, 6);
     /// `NXM_NX_TUN_IPV4_SRC` (4 bytes).
     pub const NX_TUN_IPV4_SRC: OxmHeader = OxmHeader::new(OFPXMC_NXM_1, NX_TUN_IPV4_SRC, false, 4);
     /// `NXM_NX_TUN_IPV4_DST` (4 bytes).
@@ -191,6 +205,16 @@ pub enum OxmField {
     ArpTha { value: MacAddr, mask: Option<MacAddr> },
     /// Target address of an IPv6 neighbour solicitation or advertisement.
     Ipv6NdTarget(Ipv6Addr),
+    /// Source link-layer option of a neighbour solicitation.
+    Ipv6NdSll(MacAddr),
+    /// Target link-layer option of a neighbour advertisement.
+    Ipv6NdTll(MacAddr),
+    /// Open vSwitch's `nd_reserved`: the 32 bits after an ND message's
+    /// checksum (an NA's R, S and O flags are its top three).
+    NdReserved(u32),
+    /// Open vSwitch's `nd_options_type`: the type of an ND message's first
+    /// option (1 source, 2 target link-layer address).
+    NdOptionsType(u8),
     /// Tunnel id (the VNI of a VXLAN packet, the key of a GRE packet).
     TunnelId { value: u64, mask: Option<u64> },
     /// Outer IPv4 source of a tunnelled packet (`NXM_NX_TUN_IPV4_SRC`).
@@ -269,6 +293,10 @@ impl OxmField {
             OxmField::ArpSha { .. } => basic(ARP_SHA),
             OxmField::ArpTha { .. } => basic(ARP_THA),
             OxmField::Ipv6NdTarget(_) => basic(IPV6_ND_TARGET),
+            OxmField::Ipv6NdSll(_) => basic(IPV6_ND_SLL),
+            OxmField::Ipv6NdTll(_) => basic(IPV6_ND_TLL),
+            OxmField::NdReserved(_) => (OFPXMC_ERICOXM, ERICOXM_ND_RESERVED),
+            OxmField::NdOptionsType(_) => (OFPXMC_ERICOXM, ERICOXM_ND_OPTIONS_TYPE),
             OxmField::TunnelId { .. } => basic(TUNNEL_ID),
             OxmField::TunIpv4Src { .. } => (OFPXMC_NXM_1, NX_TUN_IPV4_SRC),
             OxmField::TunIpv4Dst { .. } => (OFPXMC_NXM_1, NX_TUN_IPV4_DST),
@@ -310,6 +338,9 @@ impl OxmField {
             OxmField::Icmpv6Code(c) => with([*c], None),
             OxmField::ArpOp(op) => with(op.to_be_bytes(), None),
             OxmField::Ipv6NdTarget(t) => with(t.octets(), None),
+            OxmField::Ipv6NdSll(m) | OxmField::Ipv6NdTll(m) => with(m.octets(), None),
+            OxmField::NdReserved(r) => with(r.to_be_bytes(), None),
+            OxmField::NdOptionsType(t) => with([*t], None),
             OxmField::TunnelId { value, mask } => with(value.to_be_bytes(), mask.map(u64::to_be_bytes)),
             OxmField::Reg { value, mask, .. } => with(value.to_be_bytes(), mask.map(u32::to_be_bytes)),
             OxmField::Unknown { hasmask, value, .. } => (value.clone(), *hasmask),
@@ -423,6 +454,12 @@ impl OxmField {
                 OxmField::ArpTha { value: mac(v), mask: m.map(mac) }
             }
             (OFPXMC_OPENFLOW_BASIC, IPV6_ND_TARGET) => OxmField::Ipv6NdTarget(v6(p.exact("oxm ipv6_nd_target")?)),
+            (OFPXMC_OPENFLOW_BASIC, IPV6_ND_SLL) => OxmField::Ipv6NdSll(mac(p.exact("oxm ipv6_nd_sll")?)),
+            (OFPXMC_OPENFLOW_BASIC, IPV6_ND_TLL) => OxmField::Ipv6NdTll(mac(p.exact("oxm ipv6_nd_tll")?)),
+            (OFPXMC_ERICOXM, ERICOXM_ND_RESERVED) => {
+                OxmField::NdReserved(u32::from_be_bytes(p.exact("oxm nd_reserved")?))
+            }
+            (OFPXMC_ERICOXM, ERICOXM_ND_OPTIONS_TYPE) => OxmField::NdOptionsType(byte(p.exact("oxm nd_options_type")?)),
             (OFPXMC_OPENFLOW_BASIC, TUNNEL_ID) => {
                 let (v, m) = p.maskable("oxm tunnel_id")?;
                 OxmField::TunnelId { value: u64::from_be_bytes(v), mask: m.map(u64::from_be_bytes) }

@@ -23,8 +23,9 @@ fn v6() -> impl Strategy<Value = Ipv6Addr> {
 /// (class, field) pairs this codec names; an `Unknown` must avoid them.
 fn is_known(class: u16, field: u8) -> bool {
     match class {
-        0x8000 => matches!(field, 0 | 2..=6 | 10..=12 | 21..=27 | 29..=31 | 38),
+        0x8000 => matches!(field, 0 | 2..=6 | 10..=12 | 21..=27 | 29..=33 | 38),
         0x0001 => matches!(field, 0..=7 | 31 | 32),
+        0x1000 => matches!(field, 1 | 2),
         _ => false,
     }
 }
@@ -63,6 +64,10 @@ fn oxm() -> impl Strategy<Value = OxmField> {
         (mac(), proptest::option::of(mac())).prop_map(|(value, mask)| OxmField::ArpSha { value, mask }),
         (mac(), proptest::option::of(mac())).prop_map(|(value, mask)| OxmField::ArpTha { value, mask }),
         v6().prop_map(OxmField::Ipv6NdTarget),
+        mac().prop_map(OxmField::Ipv6NdSll),
+        mac().prop_map(OxmField::Ipv6NdTll),
+        any::<u32>().prop_map(OxmField::NdReserved),
+        any::<u8>().prop_map(OxmField::NdOptionsType),
         (any::<u64>(), any::<Option<u64>>()).prop_map(|(value, mask)| OxmField::TunnelId { value, mask }),
         (v4(), proptest::option::of(v4())).prop_map(|(value, mask)| OxmField::TunIpv4Src { value, mask }),
         (v4(), proptest::option::of(v4())).prop_map(|(value, mask)| OxmField::TunIpv4Dst { value, mask }),

@@ -302,6 +302,30 @@ fn ipv6_drills_on_the_kernel_data_plane() {
 fn ipv6_drills_on_open_vswitch_with_router_flags() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::up_with("headend", Family::V6, "ovs", "vipcast");
+    // The client's switch answers its neighbour solicitations: the NA comes
+    // back through the responder's second table, and the client takes it.
+    let client = lab.ns("client");
+    let o = Command::new("ip").args(["netns", "exec", &client, "ip", "-6", "neigh", "flush", "all"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = Command::new("ip")
+        .args(["netns", "exec", &client, "ping", "-c", "1", "-W", "2", "fd00:10::12"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("hv3"), "ovs-ofctl", "-O", "OpenFlow13", "dump-flows", "br-int", "table=3"])
+        .env("OVS_RUNDIR", format!("/run/vipcast/labs/{}/ovs-hv3", lab.name))
+        .output()
+        .unwrap();
+    let flows = text(&o);
+    let answered: u64 =
+        flows.split("n_packets=").skip(1).filter_map(|t| t.split(',').next()?.parse::<u64>().ok()).sum();
+    assert!(answered >= 1, "no NA from the responder:\n{flows}");
+    let o = Command::new("ip")
+        .args(["netns", "exec", &client, "ip", "-6", "neigh", "show", "fd00:10::12"])
+        .output()
+        .unwrap();
+    assert!(text(&o).contains("REACHABLE"), "{}", text(&o));
     let dir = tempfile::tempdir().unwrap();
     let pcap = dir.path().join("na.pcap");
     let capture = Capture::start(&format!("{}-client", lab.name), &pcap);
