@@ -116,6 +116,7 @@ fn config() -> Config {
         heartbeat: ms(50),
         dataplane: vipcast_model::Dataplane::Kernel,
         openflow_listen: "127.0.0.1:6653".parse().unwrap(),
+        ovsdb: String::new(),
         peer: crate::peer::PeerConfig::default(),
         metrics_listen: None,
     }

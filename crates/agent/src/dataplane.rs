@@ -263,11 +263,61 @@ pub struct OvsDataplane {
     kernel: Kernel,
     /// Local ports -> (ifindex, interface), as last listed.
     vm_ifnames: BTreeMap<String, (u32, String)>,
+    /// Gateways: the switch's database (`ovs-vsctl --db`), where router
+    /// ports are added.
+    ovsdb: String,
+    /// Router ports added to the switch.
+    routers_added: BTreeSet<String>,
 }
 
 impl OvsDataplane {
-    pub fn new(ovs: crate::ovs::Ovs, kernel: Kernel) -> OvsDataplane {
-        OvsDataplane { ovs, kernel, vm_ifnames: BTreeMap::new() }
+    pub fn new(ovs: crate::ovs::Ovs, kernel: Kernel, ovsdb: String) -> OvsDataplane {
+        OvsDataplane { ovs, kernel, vm_ifnames: BTreeMap::new(), ovsdb, routers_added: BTreeSet::new() }
+    }
+
+    /// Gateways: each routed VPC's router port, an internal port of
+    /// `br-int` (added once with `ovs-vsctl`), programmed in the kernel
+    /// with the anycast router MAC, the subnets' gateway addresses and a
+    /// neighbour entry for each VIP -> its owner; the kernel routes between
+    /// it and the external side. VNI -> the ports ready.
+    async fn routers(&mut self, view: &ChassisView) -> BTreeMap<u32, String> {
+        let mut ready = BTreeMap::new();
+        let (routes, _) = plan::routed(view, &|_| true);
+        for v in view.vpcs.values() {
+            let (Some(addrs), Some(mac)) = (routes.get(&v.vni), v.gateway_mac) else { continue };
+            let name = crate::ovs_flows::router_port_name(v.vni);
+            if !self.routers_added.contains(&name) {
+                let out = tokio::process::Command::new("ovs-vsctl")
+                    .arg(format!("--db={}", self.ovsdb))
+                    .args(["--timeout=10", "--", "--may-exist", "add-port", crate::ovs_flows::INT_BRIDGE, &name])
+                    .args(["--", "set", "Interface", &name, "type=internal"])
+                    .output()
+                    .await;
+                match out {
+                    Ok(o) if o.status.success() => {
+                        self.routers_added.insert(name.clone());
+                    }
+                    Ok(o) => {
+                        let err = String::from_utf8_lossy(&o.stderr);
+                        tracing::warn!(port = name, error = %err.trim(), "adding the router port");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(port = name, error = %e, "running ovs-vsctl");
+                        continue;
+                    }
+                }
+            }
+            let neigh = v.vips.iter().filter_map(|x| x.owner.as_ref().map(|(m, _, _)| (x.ip, *m))).collect();
+            match self.kernel.program_router_port(&name, mac, addrs, &neigh).await {
+                Ok(Some(_)) => {
+                    ready.insert(v.vni, name);
+                }
+                Ok(None) => tracing::info!(port = name, "router port not there yet"),
+                Err(e) => tracing::warn!(port = name, error = %e, "programming the router port"),
+            }
+        }
+        ready
     }
 
     fn ifname(&self, port: &str) -> anyhow::Result<&str> {
@@ -298,7 +348,9 @@ impl Dataplane for OvsDataplane {
         }
         let ifnames: BTreeMap<String, String> =
             self.vm_ifnames.iter().map(|(p, (_, n))| (p.clone(), n.clone())).collect();
-        let failed = match self.ovs.apply(view, &ifnames, &|vni| bum.get(&vni).copied()).await {
+        let routers =
+            if view.role == vipcast_model::Role::Gateway { self.routers(view).await } else { BTreeMap::new() };
+        let failed = match self.ovs.apply(view, &ifnames, &routers, &|vni| bum.get(&vni).copied()).await {
             Ok(ch) if ch.total() > 0 => {
                 tracing::info!(why, ?ch, revision, "data plane updated (Open vSwitch)");
                 false

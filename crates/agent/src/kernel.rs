@@ -451,6 +451,72 @@ impl Kernel {
             .map_err(ctx(|| format!("setting neighbour {ip} -> {mac}")))
     }
 
+    /// An Open vSwitch gateway's router port `name` (an internal port the
+    /// switch made): up with `mac`, holding exactly the addresses `addrs`
+    /// (link-local aside; IPv6 on it without duplicate address detection)
+    /// and the permanent neighbours `neigh`. Returns how many changes it
+    /// made; `Ok(None)` while the port does not exist yet.
+    pub async fn program_router_port(
+        &self,
+        name: &str,
+        mac: MacAddr,
+        addrs: &BTreeSet<IpNet>,
+        neigh: &BTreeMap<IpAddr, MacAddr>,
+    ) -> Result<Option<usize>> {
+        let Some(link) = self.links().await?.into_iter().find(|l| l.name == name) else { return Ok(None) };
+        let mut changes = 0;
+        if link.mac != Some(mac) || !link.up {
+            let msg = LinkUnspec::new_with_index(link.index).address(mac.0.to_vec()).up().build();
+            self.handle.link().set(msg).execute().await.map_err(ctx(|| format!("setting up {name}")))?;
+            changes += 1;
+        }
+        if addrs.iter().any(|a| a.addr().is_ipv6()) {
+            for (key, value) in [("accept_dad", "0"), ("forwarding", "1"), ("disable_ipv6", "0")] {
+                let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/{key}"), value);
+            }
+        }
+        let mut have = BTreeMap::new();
+        let mut s = self.handle.address().get().set_link_index_filter(link.index).execute();
+        while let Some(m) = s.try_next().await.map_err(ctx(|| format!("listing addresses of {name}")))? {
+            if let Some((dev, net)) = addr_of(&m)
+                && dev == link.index
+            {
+                have.insert(net, m);
+            }
+        }
+        for (net, m) in &have {
+            if !addrs.contains(net) {
+                self.handle.address().del(m.clone()).execute().await.map_err(ctx(|| format!("deleting {net}")))?;
+                changes += 1;
+            }
+        }
+        for net in addrs.iter().filter(|n| !have.contains_key(n)) {
+            self.handle
+                .address()
+                .add(link.index, net.addr(), net.prefix_len())
+                .execute()
+                .await
+                .map_err(ctx(|| format!("adding address {net} to {name}")))?;
+            changes += 1;
+        }
+        let present: BTreeMap<IpAddr, (MacAddr, Vec<u8>)> = self
+            .neighbours(|i| i == link.index)
+            .await?
+            .into_iter()
+            .map(|(_, ip, mac, body)| (ip, (mac, body)))
+            .collect();
+        for (ip, (_, body)) in present.iter().filter(|(ip, _)| !neigh.contains_key(ip)) {
+            self.del_neigh(decode(Some(body), || format!("neighbour {ip}"))?, *ip).await?;
+            changes += 1;
+        }
+        for (ip, m) in neigh.iter().filter(|(ip, m)| present.get(ip).map(|(p, _)| p) != Some(m)) {
+            self.set_neigh(link.index, *ip, *m).await?;
+            changes += 1;
+        }
+        set_forwarding();
+        Ok(Some(changes))
+    }
+
     async fn del_neigh(&self, m: NeighbourMessage, ip: IpAddr) -> Result<()> {
         self.handle.neighbours().del(m).execute().await.map_err(ctx(|| format!("deleting neighbour {ip}")))
     }

@@ -71,6 +71,9 @@ pub struct Config {
     pub dataplane: vipcast_model::Dataplane,
     /// Where the agent listens for its Open vSwitch (OpenFlow, out of band).
     pub openflow_listen: std::net::SocketAddr,
+    /// Gateways on Open vSwitch: its database, where router ports are added
+    /// (`ovs-vsctl --db=`; default `unix:/var/run/openvswitch/db.sock`).
+    pub ovsdb: String,
     /// Peer liveness: the chassis of remote VRRP masters watched directly.
     pub peer: peer::PeerConfig,
     /// Where to serve `/metrics` and `/healthz`, if anywhere.
@@ -123,7 +126,8 @@ pub async fn run_with(
         vipcast_model::Dataplane::Ovs => {
             let ovs = ovs::Ovs::start(cfg.openflow_listen, seen_tx)?;
             tracing::info!(listen = %cfg.openflow_listen, "waiting for Open vSwitch (OpenFlow 1.3)");
-            drive(cfg, client, prober, OvsDataplane::new(ovs, kernel), seen_rx, &security, shutdown).await
+            let dp = OvsDataplane::new(ovs, kernel, cfg.ovsdb.clone());
+            drive(cfg, client, prober, dp, seen_rx, &security, shutdown).await
         }
     }
 }

@@ -104,6 +104,8 @@ impl Drop for Ovs {
 struct Inputs {
     view: ChassisView,
     vm_ports: BTreeMap<String, String>,
+    /// Gateways: VNI -> router port interface.
+    routers: BTreeMap<u32, String>,
     replicators: BTreeMap<u32, Option<IpAddr>>,
 }
 
@@ -273,10 +275,11 @@ impl Ovs {
         &self,
         view: &ChassisView,
         vm_ports: &BTreeMap<String, String>,
+        routers: &BTreeMap<u32, String>,
         replicator: &(dyn Fn(u32) -> Option<IpAddr> + Sync),
     ) -> anyhow::Result<Changes> {
         let replicators = view.vpcs.values().map(|v| (v.vni, replicator(v.vni))).collect();
-        let inputs = Inputs { view: view.clone(), vm_ports: vm_ports.clone(), replicators };
+        let inputs = Inputs { view: view.clone(), vm_ports: vm_ports.clone(), routers: routers.clone(), replicators };
         *lock(&self.shared.inputs) = Some(inputs.clone());
         let mut session = self.shared.session.lock().await;
         apply_locked(&self.shared, &mut session, &inputs).await
@@ -637,6 +640,7 @@ async fn apply_locked(shared: &Shared, session: &mut Session, inputs: &Inputs) -
             vm: inputs.vm_ports.iter().filter_map(|(port, ifname)| number(ifname).map(|n| (port.clone(), n))).collect(),
             vxlan: number(VXLAN_PORT_NAME),
             gre: number(GRE_PORT_NAME),
+            routers: inputs.routers.iter().filter_map(|(vni, ifname)| number(ifname).map(|n| (*vni, n))).collect(),
         }
     };
     *lock(&shared.names) = ports.vm.iter().map(|(name, n)| (*n, name.clone())).collect();

@@ -77,6 +77,8 @@ pub const VNI_MASK: u64 = 0xffff_ffff;
 /// Top byte of every cookie the agent installs ("v").
 pub const COOKIE_TAG: u64 = 0x76 << 56;
 
+/// The bridge the agent programs.
+pub const INT_BRIDGE: &str = "br-int";
 /// Name of the VXLAN port of `br-int` (`type=vxlan`, `options:key=flow`,
 /// `options:remote_ip=flow`).
 pub const VXLAN_PORT_NAME: &str = "vc-vxlan";
@@ -123,6 +125,16 @@ pub struct Ports {
     pub vm: BTreeMap<String, u32>,
     pub vxlan: Option<u32>,
     pub gre: Option<u32>,
+    /// Gateways: VNI -> the OpenFlow port of the VPC's router port
+    /// ([`router_port_name`]), an internal port holding the subnets'
+    /// gateway addresses and the anycast router MAC: switched like a local
+    /// port with that MAC; the kernel routes behind it.
+    pub routers: BTreeMap<u32, u32>,
+}
+
+/// The name of VPC `vni`'s router port on an Open vSwitch gateway.
+pub fn router_port_name(vni: u32) -> String {
+    format!("vc-gw-{vni}")
 }
 
 /// One flow entry.
@@ -242,8 +254,11 @@ fn vpc_flows(d: &mut Desired, vpc: &VpcView, ports: &Ports, replicator: &dyn Fn(
         Encap::Vxlan => ports.vxlan,
         Encap::Gre => ports.gre,
     };
-    let local: Vec<(u32, MacAddr)> =
+    let mut local: Vec<(u32, MacAddr)> =
         vpc.local_ports.iter().filter_map(|p| ports.vm.get(&p.name).map(|n| (*n, p.mac))).collect();
+    if let (Some(port), Some(mac)) = (ports.routers.get(&vni), vpc.gateway_mac) {
+        local.push((*port, mac));
+    }
 
     // Table 0.
     for (port, _) in &local {
@@ -510,7 +525,12 @@ mod tests {
     }
 
     fn ports() -> Ports {
-        Ports { vm: [("a1".to_string(), 10), ("b1".to_string(), 11)].into(), vxlan: Some(2), gre: Some(1) }
+        Ports {
+            vm: [("a1".to_string(), 10), ("b1".to_string(), 11)].into(),
+            vxlan: Some(2),
+            gre: Some(1),
+            routers: BTreeMap::new(),
+        }
     }
 
     fn rep(_: u32) -> Option<IpAddr> {

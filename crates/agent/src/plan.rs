@@ -127,6 +127,37 @@ pub fn choose_replicator(
     rendezvous(vni, pool).cloned()
 }
 
+/// A gateway's routed subnets: VNI -> the gateway addresses (with the
+/// subnet's prefix) it holds for the VPCs it `carries`, in VNI order; and
+/// the subnets left unrouted because they overlap one routed before (one
+/// routing table, no VRFs): (vpc, subnet, cidr). Empty off gateways.
+#[allow(clippy::type_complexity)]
+pub fn routed(
+    view: &ChassisView,
+    carries: &dyn Fn(&vipcast_model::view::VpcView) -> bool,
+) -> (BTreeMap<u32, BTreeSet<IpNet>>, Vec<(String, String, IpNet)>) {
+    let mut routes: BTreeMap<u32, BTreeSet<IpNet>> = BTreeMap::new();
+    let mut unrouted = Vec::new();
+    if view.role != Role::Gateway {
+        return (routes, unrouted);
+    }
+    let mut vpcs: Vec<_> = view.vpcs.values().filter(|v| carries(v)).collect();
+    vpcs.sort_by_key(|v| v.vni);
+    let mut taken: Vec<IpNet> = Vec::new();
+    for v in vpcs {
+        for s in &v.subnets {
+            let Some(net) = s.gateway.and_then(|g| IpNet::new(g, s.cidr.prefix_len()).ok()) else { continue };
+            if taken.iter().any(|r| r.contains(&s.cidr) || s.cidr.contains(r)) {
+                unrouted.push((v.name.clone(), s.name.clone(), s.cidr));
+                continue;
+            }
+            taken.push(s.cidr);
+            routes.entry(v.vni).or_default().insert(net);
+        }
+    }
+    (routes, unrouted)
+}
+
 /// The plan for a chassis view. `healthy` filters replicator candidates
 /// (all of them count as healthy when it returns true for none).
 ///
@@ -136,8 +167,7 @@ pub fn choose_replicator(
 /// VPC with the lower VNI is routed and the other is not (see [`Plan::unrouted`]).
 pub fn plan(view: &ChassisView, healthy: &dyn Fn(&str) -> bool) -> Plan {
     let mut vpcs = BTreeMap::new();
-    let mut routed: Vec<IpNet> = Vec::new();
-    let mut unrouted = Vec::new();
+    let (mut routes, unrouted) = routed(view, &|v| v.encap != vipcast_model::Encap::Gre);
     let mut unsupported = Vec::new();
     for v in view.vpcs.values() {
         // The kernel here has no GRE devices: a GRE VPC is carried by Open
@@ -162,18 +192,7 @@ pub fn plan(view: &ChassisView, healthy: &dyn Fn(&str) -> bool) -> Plan {
         let mut bridge_addrs = BTreeSet::new();
         let mut bridge_neigh = BTreeMap::new();
         if view.role == Role::Gateway {
-            for s in &v.subnets {
-                if let Some(g) = s.gateway
-                    && let Ok(net) = IpNet::new(g, s.cidr.prefix_len())
-                {
-                    if routed.iter().any(|r| r.contains(&s.cidr) || s.cidr.contains(r)) {
-                        unrouted.push((v.name.clone(), s.name.clone(), s.cidr));
-                        continue;
-                    }
-                    routed.push(s.cidr);
-                    bridge_addrs.insert(net);
-                }
-            }
+            bridge_addrs = routes.remove(&v.vni).unwrap_or_default();
             for vip in &v.vips {
                 if let Some((mac, _, _)) = &vip.owner {
                     bridge_neigh.insert(vip.ip, *mac);

@@ -87,6 +87,7 @@ fn agent_programs_ports_claims_and_reannounces() {
                 heartbeat: Duration::from_millis(50),
                 dataplane: vipcast_model::Dataplane::Kernel,
                 openflow_listen: "127.0.0.1:6653".parse().unwrap(),
+                ovsdb: String::new(),
                 peer: vipcast_agent::peer::PeerConfig::default(),
                 metrics_listen: Some("127.0.0.1:9797".parse().unwrap()),
             }));

@@ -359,6 +359,7 @@ fn expected(ovs: &Ovs, view: &ChassisView, vm_ports: &BTreeMap<String, String>) 
         vm: vm_ports.iter().filter_map(|(p, i)| ovs.port_number(i).map(|n| (p.clone(), n))).collect(),
         vxlan: ovs.port_number(VXLAN_PORT_NAME),
         gre: ovs.port_number(GRE_PORT_NAME),
+        routers: Default::default(),
     };
     let d = ovs_flows::desired(view, &ports, &no_replicator);
     (d.flows.len(), d.groups.len())
@@ -417,9 +418,9 @@ async fn ovs_data_plane_forwards_answers_sniffs_and_survives_a_restart() {
         assert!(Instant::now() < deadline, "ports never reported");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let first = ovs.apply(&view, &vm_ports, &no_replicator).await.expect("apply");
+    let first = ovs.apply(&view, &vm_ports, &Default::default(), &no_replicator).await.expect("apply");
     assert_eq!(first.flows_deleted, 0, "{first:?}");
-    let again = ovs.apply(&view, &vm_ports, &no_replicator).await.expect("apply again");
+    let again = ovs.apply(&view, &vm_ports, &Default::default(), &no_replicator).await.expect("apply again");
     assert_eq!(again.total(), 0, "a second apply of the same view sends nothing: {again:?}");
     let t_programmed = t0.elapsed();
     let want = expected(&ovs, &view, &vm_ports);
@@ -495,7 +496,7 @@ async fn ovs_data_plane_forwards_answers_sniffs_and_survives_a_restart() {
     let ovs = Ovs::with_listener(listen(sw.ns.name(), port), seen_tx).expect("restart the controller");
     wait_connected(&ovs).await;
     let reconnect = t_restart.elapsed();
-    let resync = ovs.apply(&view, &vm_ports, &no_replicator).await.expect("re-sync");
+    let resync = ovs.apply(&view, &vm_ports, &Default::default(), &no_replicator).await.expect("re-sync");
     // The new controller finds every flow and group in place (both are read back): nothing
     // deleted, re-added or modified.
     assert_eq!(resync, Default::default(), "the re-sync changed something: {resync:?}");
@@ -504,7 +505,8 @@ async fn ovs_data_plane_forwards_answers_sniffs_and_survives_a_restart() {
     let summary = text.lines().find(|l| l.contains("packets transmitted")).unwrap_or_default().to_string();
     assert!(summary.starts_with("400 packets transmitted, 400 received"), "ping during the restart: {summary}");
     assert_eq!(count(&sw), want, "flows and groups after the re-sync");
-    let again = ovs.apply(&view, &vm_ports, &no_replicator).await.expect("apply after the re-sync");
+    let again =
+        ovs.apply(&view, &vm_ports, &Default::default(), &no_replicator).await.expect("apply after the re-sync");
     assert_eq!(again.total(), 0, "{again:?}");
 
     eprintln!(

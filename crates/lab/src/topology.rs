@@ -967,6 +967,10 @@ impl<'a> Builder<'a> {
         let exe = self.opts.exe.to_path_buf();
         for ch in self.plan.chassis.clone() {
             let mut args = agent_args(&ch, self.plan.tls);
+            if ch.dataplane == Dataplane::Ovs && ch.role == Role::Gateway {
+                let db = self.ovs(&ch.name).dir().join("db.sock");
+                args.extend([OsString::from("--ovsdb"), OsString::from(format!("unix:{}", db.display()))]);
+            }
             if self.plan.tls {
                 // The heartbeat key is NAME.hbkey beside the certificate.
                 args.extend(self.issue(vipcast_api::PeerRole::Agent, &ch.name, Vec::new())?);

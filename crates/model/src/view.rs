@@ -86,13 +86,22 @@ pub struct ChassisView {
     pub vpcs: BTreeMap<String, VpcView>,
 }
 
-/// Chassis taking part in `vpc`.
+/// Chassis taking part in `vpc`: those of its ports, and the gateways
+/// that can carry it (only Open vSwitch carries GRE).
 pub fn participants(state: &State, vpc: &str) -> BTreeSet<String> {
     let idx = state.index();
     let mut out: BTreeSet<String> =
         idx.vpc_chassis(vpc).keys().filter(|c| state.chassis.contains_key(*c)).cloned().collect();
-    out.extend(idx.gateways().iter().cloned());
+    let v = state.vpcs.get(vpc);
+    out.extend(
+        idx.gateways().iter().filter(|g| v.zip(state.chassis.get(*g)).is_none_or(|(v, c)| carries(v, c))).cloned(),
+    );
     out
+}
+
+/// Whether chassis `c` can carry `vpc`'s tunnels.
+fn carries(vpc: &Vpc, c: &Chassis) -> bool {
+    vpc.encap != Encap::Gre || c.dataplane == Dataplane::Ovs
 }
 
 /// Whether `chassis` (registered) takes part in `vpc`: one of
@@ -155,7 +164,8 @@ pub fn chassis_view(state: &State, chassis: &str) -> Option<ChassisView> {
         }
         // The anycast gateway: subnet gateway addresses resolve to the router
         // MAC, which lives behind the first gateway chassis (for the others).
-        let gateways: Vec<&Chassis> = state.index().gateways().iter().filter_map(|g| state.chassis.get(g)).collect();
+        let gateways: Vec<&Chassis> =
+            state.index().gateways().iter().filter_map(|g| state.chassis.get(g)).filter(|c| carries(vpc, c)).collect();
         let gateway_mac = (!gateways.is_empty()).then(|| gateway_mac(vpc.vni));
         if let Some(gmac) = gateway_mac {
             for s in state.vpc_subnets(&name) {

@@ -43,6 +43,10 @@ pub struct AgentArgs {
     /// With --dataplane ovs: where to accept the switch's OpenFlow connection.
     #[arg(long, default_value = "127.0.0.1:6653")]
     openflow_listen: std::net::SocketAddr,
+    /// With --dataplane ovs on a gateway: the switch's database, where the
+    /// VPCs' router ports are added (as `ovs-vsctl --db=` takes it).
+    #[arg(long, default_value = "unix:/var/run/openvswitch/db.sock")]
+    ovsdb: String,
     /// Peer liveness: watch the chassis of the VRRP masters local VMs
     /// listen to directly (UDP echo over the underlay), and speak for a
     /// master whose chassis stops answering once its adverts stop, without
@@ -116,6 +120,7 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
         heartbeat: std::time::Duration::from_millis(a.heartbeat_ms),
         dataplane: a.dataplane,
         openflow_listen: a.openflow_listen,
+        ovsdb: a.ovsdb,
         peer: vipcast_agent::peer::PeerConfig {
             enabled: a.peer_liveness,
             port: a.peer_port,
