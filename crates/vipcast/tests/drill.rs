@@ -487,6 +487,35 @@ fn a_standby_gateway_takes_a_physical_attachment_over() {
     }
 }
 
+/// labs/gre.toml: a GRE VPC (Open vSwitch chassis only) reached from
+/// outside through a gateway on Open vSwitch, its VIP failing over under
+/// link-down (assisted) against the baseline; the same gateway routes a
+/// VXLAN VPC of a kernel chassis, both ways, and IPv6.
+#[test]
+fn a_gre_vpc_is_reached_through_an_open_vswitch_gateway() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::up_file("gre.toml");
+    for (from, to) in [
+        ("inet1", "192.168.30.11"),
+        ("inet1", "fd00:30:1::12"),
+        ("inet1", "192.168.10.21"),
+        ("pay2", "172.30.0.2"),
+        ("w1", "172.30.0.2"),
+    ] {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &lab.ns(from), "ping", "-c", "1", "-W", "2", to])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{from} -> {to}: {}", text(&o));
+    }
+    let r = lab.drill("link-down", &["--from", "inet1"]);
+    check(&r, "link-down", true);
+    assert_eq!(r["from"], "inet1");
+    for run in r["variants"][0]["runs"].as_array().unwrap() {
+        assert_eq!(run["assisted"], true, "{run}");
+    }
+}
+
 #[test]
 fn vm_freeze_drill() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
