@@ -102,17 +102,34 @@ pub fn lab_file(name: &str, bum: &str, tls: bool) -> String {
             "[[vpc]]\nname = \"{vpc}\"\nvni = {vni}\nbum = \"{bum}\"\narp_suppression = true\nassist = {assist}\n\
              [[subnet]]\nvpc = \"{vpc}\"\nname = \"web\"\ncidr = \"{net}.0/24\"\ngateway = \"{net}.1\"\n"
         ));
+        // prod is dual stack: fd00:10::/64 beside its IPv4 subnet.
+        let dual = vpc == "prod";
+        if dual {
+            s.push_str(&format!(
+                "[[subnet]]\nvpc = \"{vpc}\"\nname = \"web6\"\ncidr = \"fd00:10::/64\"\ngateway = \"fd00:10::1\"\n"
+            ));
+        }
         for (k, (vm, hv)) in vms.iter().zip(["hv1", "hv2", "hv3"]).enumerate() {
             let host = [11, 12, 50][k];
             s.push_str(&format!(
                 "[[vm]]\nname = \"{vm}\"\nchassis = \"{hv}\"\nvpc = \"{vpc}\"\nsubnet = \"web\"\nip = \"{net}.{host}\"\n"
             ));
+            if dual {
+                s.push_str(&format!("ip6 = \"fd00:10::{host}\"\nsubnet6 = \"web6\"\n"));
+            }
         }
         s.push_str(&format!(
             "[[vip]]\nname = \"{vip}\"\nvpc = \"{vpc}\"\nsubnet = \"web\"\nip = \"{net}.100\"\nmembers = [\"{}\", \"{}\"]\n\
              vrrp = \"keepalived\"\nadvert_int = 0.1\n",
             vms[0], vms[1]
         ));
+        if dual {
+            s.push_str(&format!(
+                "[[vip]]\nname = \"{vip}6\"\nvpc = \"{vpc}\"\nsubnet = \"web6\"\nip = \"fd00:10::100\"\n\
+                 members = [\"{}\", \"{}\"]\nvrrp = \"keepalived\"\nadvert_int = 0.1\n",
+                vms[0], vms[1]
+            ));
+        }
     }
     s
 }
@@ -161,7 +178,8 @@ pub fn demo(opts: &DemoOptions<'_>) -> Result<DemoReport> {
         "vipcast demo: a lab {name} of three hypervisors and a gateway in network namespaces. VPC plain (assisted \
          handover off): VMs db1 (hv1) and db2 (hv2) share VIP 192.168.20.100, keepalived advert_int 0.1 s, db1 \
          preferred, probed 1000 times a second by dbclient (hv3). VPC prod (assisted handover on): the same with pay1, \
-         pay2, client and VIP 192.168.10.100, also probed from an external client (inet1, behind gw1)"
+         pay2, client and VIP 192.168.10.100, also probed from an external client (inet1, behind gw1); prod is dual \
+         stack, with VIP fd00:10::100 on pay1 and pay2 too (VRRPv3 over IPv6)"
     ));
     let mut bum = "head-end replication";
     let mut lab = None;
@@ -250,6 +268,21 @@ pub fn demo(opts: &DemoOptions<'_>) -> Result<DemoReport> {
             }
         }
     }
+    say("IPv6: link-down on VPC prod's IPv6 VIP (assisted) from the client VM, against the same VMs' IPv6 VIP on a \
+         plain bridge");
+    let prod6 = crate::lab::resolve(&root, &name, "pay-vip6", Some("client"))?;
+    let baseline6 = Baseline::build(&prod6, opts.progress)?;
+    for mut d in crate::drills(&prod6, &[Fault::LinkDown], Some(baseline6.target()), &session_opts)? {
+        let from = d.from.clone();
+        for v in &mut d.variants {
+            v.from = v.from.replacen(&from, &format!("{from} (IPv6)"), 1);
+        }
+        d.notes.clear();
+        crate::drill::add_notes(&mut d);
+        let after = drills.iter().rposition(|x| x.fault == Fault::LinkDown).map_or(drills.len(), |i| i + 1);
+        drills.insert(after, d);
+    }
+    drop(baseline6);
     drop(lab);
     say("the payment case: a payment service (nginx in front of vipcast's payment backend on pay1 and pay2) writing \
          every payment through the VIP of a semi-synchronous MariaDB pair; the client pays through the service's VIP, \
@@ -453,6 +486,8 @@ mod tests {
                 [("plain", false), ("prod", true)]
             );
             assert!(cfg.vip.iter().all(|v| v.advert_int == 0.1));
+            let v6 = cfg.vip.iter().find(|v| v.name == "pay-vip6").unwrap();
+            assert_eq!(v6.ip.to_string(), "fd00:10::100");
             assert_eq!(cfg.controller.tls, tls);
         }
     }

@@ -654,6 +654,9 @@ fn demo_end_to_end() {
         page.starts_with("# Benchmarks\n\nprose stays\n") && page.contains("| link-down | inet1 | overlay+assist |"),
         "{page}"
     );
+    // The IPv6 row, against an IPv6 baseline.
+    assert!(page.contains("| link-down | client (IPv6) | overlay+assist |"), "{page}");
+    assert!(page.contains("| link-down | client (IPv6) (bridge) | baseline |"), "{page}");
     // The payment case: link-down, assisted, nothing paid lost.
     let pay = &r["payments"]["runs"][0];
     assert_eq!(pay["variant"], "overlay+assist", "{pay:#}");
