@@ -67,20 +67,7 @@ fn state(owner: Option<(&str, MacAddr, &str, u64)>, hv2_dead: bool, assist: bool
         ("pay2", "hv2", B, "192.168.10.12"),
         ("client", "hv1", C, "192.168.10.13"),
     ] {
-        s.put(Object::Port(Port {
-            name: name.into(),
-            vpc: "prod".into(),
-            subnet: "web".into(),
-            chassis: chassis.into(),
-            mac,
-            ip: ip(addr),
-            ip6: None,
-            subnet6: None,
-            kind: vipcast_model::PortKind::Vm,
-            interface: None,
-            vlan: None,
-            standby_chassis: None,
-        }));
+        s.put(Object::Port(Port::vm(name, "prod", "web", chassis, mac, ip(addr))));
     }
     let mut vip = Vip::new(VipSpec {
         name: "pay-vip".into(),

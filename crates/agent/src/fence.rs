@@ -104,7 +104,7 @@ mod tests {
                 kind: PortKind::Physical,
                 interface: Some(format!("if-{name}")),
                 standby_chassis: standby.map(str::to_string),
-                ..Port::vm(name, "prod", "web", "gw1", MacAddr([2, 0, 0, 0, 0, 1]), "192.168.10.21".parse().unwrap())
+                ..Port::vm(*name, "prod", "web", "gw1", MacAddr([2, 0, 0, 0, 0, 1]), "192.168.10.21".parse().unwrap())
             })
             .collect();
         let vpc = VpcView {

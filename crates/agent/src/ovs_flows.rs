@@ -468,20 +468,7 @@ mod tests {
     }
 
     fn port(name: &str, vpc: &str, chassis: &str, mac: MacAddr, addr: &str) -> Object {
-        Object::Port(Port {
-            name: name.into(),
-            vpc: vpc.into(),
-            subnet: "s".into(),
-            chassis: chassis.into(),
-            mac,
-            ip: ip(addr),
-            ip6: None,
-            subnet6: None,
-            kind: vipcast_model::PortKind::Vm,
-            interface: None,
-            vlan: None,
-            standby_chassis: None,
-        })
+        Object::Port(Port::vm(name, vpc, "s", chassis, mac, ip(addr)))
     }
 
     /// VPC "a" (VNI 100, VXLAN, head-end, ARP suppression): a1 here, a2 on

@@ -312,20 +312,7 @@ fn state() -> State {
         ("a9", "a", "hv2", MAC9, "10.0.0.9"),
         ("b1", "b", "hv1", MAC3, "10.0.0.2"),
     ] {
-        s.put(Object::Port(Port {
-            name: name.into(),
-            vpc: vpc.into(),
-            subnet: "s".into(),
-            chassis: chassis.into(),
-            mac,
-            ip: ip.parse().unwrap(),
-            ip6: None,
-            subnet6: None,
-            kind: vipcast_model::PortKind::Vm,
-            interface: None,
-            vlan: None,
-            standby_chassis: None,
-        }));
+        s.put(Object::Port(Port::vm(name, vpc, "s", chassis, mac, ip.parse().unwrap())));
     }
     s.put(Object::Vip(Vip {
         spec: VipSpec {

@@ -329,20 +329,7 @@ mod tests {
             ("pay2", "prod", "hv2", B, "192.168.10.12"),
             ("r1", "rep", "hv1", C, "192.168.20.11"),
         ] {
-            s.put(Object::Port(Port {
-                name: name.into(),
-                vpc: vpc.into(),
-                subnet: "web".into(),
-                chassis: chassis.into(),
-                mac: mac.parse().unwrap(),
-                ip: ip.parse().unwrap(),
-                ip6: None,
-                subnet6: None,
-                kind: vipcast_model::PortKind::Vm,
-                interface: None,
-                vlan: None,
-                standby_chassis: None,
-            }));
+            s.put(Object::Port(Port::vm(name, vpc, "web", chassis, mac.parse().unwrap(), ip.parse().unwrap())));
         }
         for (name, vpc, ip, members) in [
             ("pay-vip", "prod", "192.168.10.100", vec!["pay1", "pay2"]),

@@ -381,20 +381,14 @@ mod tests {
                 cidr: "10.0.0.0/24".parse().unwrap(),
                 gateway: None,
             }),
-            Op::Port { name, vpc, chassis } => Object::Port(Port {
-                name: format!("p{name}"),
-                vpc: format!("v{vpc}"),
-                subnet: "net".into(),
-                chassis: format!("hv{chassis}"),
-                mac: MacAddr([2, 0, 0, 0, 0, name]),
-                ip: format!("10.0.0.{}", name + 1).parse().unwrap(),
-                ip6: None,
-                subnet6: None,
-                kind: vipcast_model::PortKind::Vm,
-                interface: None,
-                vlan: None,
-                standby_chassis: None,
-            }),
+            Op::Port { name, vpc, chassis } => Object::Port(Port::vm(
+                format!("p{name}"),
+                format!("v{vpc}"),
+                "net",
+                format!("hv{chassis}"),
+                MacAddr([2, 0, 0, 0, 0, name]),
+                format!("10.0.0.{}", name + 1).parse().unwrap(),
+            )),
             Op::Vip { name, vpc, owner } => {
                 let mut v = Vip::new(VipSpec {
                     name: format!("vip{name}"),

@@ -151,20 +151,14 @@ pub(crate) mod tests {
 
     pub(crate) fn apply(s: &mut State, op: &Op) {
         match *op {
-            Op::Port { name, vpc, chassis } => s.put(Object::Port(Port {
-                name: format!("p{name}"),
-                vpc: format!("v{vpc}"),
-                subnet: "net".into(),
-                chassis: format!("hv{chassis}"),
-                mac: vipcast_packet::MacAddr([2, 0, 0, 0, 0, name]),
-                ip: format!("10.0.0.{name}").parse().unwrap(),
-                ip6: None,
-                subnet6: None,
-                kind: crate::PortKind::Vm,
-                interface: None,
-                vlan: None,
-                standby_chassis: None,
-            })),
+            Op::Port { name, vpc, chassis } => s.put(Object::Port(Port::vm(
+                format!("p{name}"),
+                format!("v{vpc}"),
+                "net",
+                format!("hv{chassis}"),
+                vipcast_packet::MacAddr([2, 0, 0, 0, 0, name]),
+                format!("10.0.0.{name}").parse().unwrap(),
+            ))),
             Op::DeletePort(n) => drop(s.delete(&ObjectKey::Port(format!("p{n}")))),
             Op::Vip { name, vpc, ip, owner } => {
                 let mut v = Vip::new(VipSpec {

@@ -214,7 +214,14 @@ pub struct Port {
 
 impl Port {
     /// A VM port with one address.
-    pub fn vm(name: &str, vpc: &str, subnet: &str, chassis: &str, mac: MacAddr, ip: IpAddr) -> Port {
+    pub fn vm(
+        name: impl Into<String>,
+        vpc: impl Into<String>,
+        subnet: impl Into<String>,
+        chassis: impl Into<String>,
+        mac: MacAddr,
+        ip: IpAddr,
+    ) -> Port {
         Port {
             name: name.into(),
             vpc: vpc.into(),

@@ -895,20 +895,14 @@ pub(crate) mod tests {
             }));
         }
         for (i, (name, ch)) in [("pay1", "hv1"), ("pay2", "hv2"), ("client", "hv3")].iter().enumerate() {
-            s.put(Object::Port(Port {
-                name: name.to_string(),
-                vpc: "prod".into(),
-                subnet: "web".into(),
-                chassis: ch.to_string(),
-                mac: format!("02:00:00:00:00:{:02x}", i + 1).parse().unwrap(),
-                ip: format!("192.168.10.{}", 11 + i).parse().unwrap(),
-                ip6: None,
-                subnet6: None,
-                kind: crate::PortKind::Vm,
-                interface: None,
-                vlan: None,
-                standby_chassis: None,
-            }));
+            s.put(Object::Port(Port::vm(
+                name.to_string(),
+                "prod",
+                "web",
+                ch.to_string(),
+                format!("02:00:00:00:00:{:02x}", i + 1).parse().unwrap(),
+                format!("192.168.10.{}", 11 + i).parse().unwrap(),
+            )));
         }
         s.put(Object::Vip(Vip::new(VipSpec {
             name: "pay-vip".into(),
@@ -980,20 +974,7 @@ pub(crate) mod tests {
     #[test]
     fn port_rules() {
         let s = sample();
-        let p = |ip: &str, mac: &str| Port {
-            name: "new".into(),
-            vpc: "prod".into(),
-            subnet: "web".into(),
-            chassis: "hv1".into(),
-            mac: mac.parse().unwrap(),
-            ip: ip.parse().unwrap(),
-            ip6: None,
-            subnet6: None,
-            kind: crate::PortKind::Vm,
-            interface: None,
-            vlan: None,
-            standby_chassis: None,
-        };
+        let p = |ip: &str, mac: &str| Port::vm("new", "prod", "web", "hv1", mac.parse().unwrap(), ip.parse().unwrap());
         assert!(s.check_port(&p("192.168.10.50", "02:00:00:00:01:01")).is_ok());
         assert_eq!(s.check_port(&p("192.168.11.50", "02:00:00:00:01:01")).unwrap_err().code, "ip_outside_subnet");
         assert_eq!(s.check_port(&p("192.168.10.11", "02:00:00:00:01:01")).unwrap_err().code, "duplicate_ip");
@@ -1065,20 +1046,8 @@ pub(crate) mod tests {
     #[test]
     fn a_vrrp_virtual_mac_is_no_port_mac() {
         let s = sample();
-        let p = |mac: &str| Port {
-            name: "new".into(),
-            vpc: "prod".into(),
-            subnet: "web".into(),
-            chassis: "hv1".into(),
-            mac: mac.parse().unwrap(),
-            ip: "192.168.10.50".parse().unwrap(),
-            ip6: None,
-            subnet6: None,
-            kind: crate::PortKind::Vm,
-            interface: None,
-            vlan: None,
-            standby_chassis: None,
-        };
+        let p =
+            |mac: &str| Port::vm("new", "prod", "web", "hv1", mac.parse().unwrap(), "192.168.10.50".parse().unwrap());
         for mac in ["00:00:5e:00:01:33", "00:00:5e:00:02:01"] {
             let e = s.check_port(&p(mac)).unwrap_err();
             assert_eq!((e.code, e.field), ("vrrp_virtual_mac", Some("mac")), "{mac}");

@@ -779,20 +779,14 @@ pub(crate) mod tests {
                 encap: Encap::Vxlan,
             }));
             for (j, hv) in ["hv1", "hv2"].into_iter().enumerate() {
-                s.put(Object::Port(Port {
-                    name: format!("{vpc}-{hv}"),
-                    vpc: vpc.clone(),
-                    subnet: "net".into(),
-                    chassis: hv.into(),
-                    mac: MacAddr([2, 0, 0, 0, (vni / 100) as u8, j as u8]),
-                    ip: format!("192.168.{}.{}", vni / 100, j + 10).parse().unwrap(),
-                    ip6: None,
-                    subnet6: None,
-                    kind: vipcast_model::PortKind::Vm,
-                    interface: None,
-                    vlan: None,
-                    standby_chassis: None,
-                }));
+                s.put(Object::Port(Port::vm(
+                    format!("{vpc}-{hv}"),
+                    vpc.clone(),
+                    "net",
+                    hv,
+                    MacAddr([2, 0, 0, 0, (vni / 100) as u8, j as u8]),
+                    format!("192.168.{}.{}", vni / 100, j + 10).parse().unwrap(),
+                )));
             }
         }
         s.put(Object::Vip(Vip::new(VipSpec {
@@ -829,20 +823,14 @@ pub(crate) mod tests {
         // vpc200 gains hv3: only its slot is new, the others are shared,
         // and the result is what a rebuild gives.
         let mut s2 = s1.clone();
-        s2.put(Object::Port(Port {
-            name: "vpc200-hv3".into(),
-            vpc: "vpc200".into(),
-            subnet: "net".into(),
-            chassis: "hv3".into(),
-            mac: MacAddr([2, 0, 0, 0, 2, 3]),
-            ip: "192.168.2.13".parse().unwrap(),
-            ip6: None,
-            subnet6: None,
-            kind: vipcast_model::PortKind::Vm,
-            interface: None,
-            vlan: None,
-            standby_chassis: None,
-        }));
+        s2.put(Object::Port(Port::vm(
+            "vpc200-hv3",
+            "vpc200",
+            "net",
+            "hv3",
+            MacAddr([2, 0, 0, 0, 2, 3]),
+            "192.168.2.13".parse().unwrap(),
+        )));
         let t2 = t0.update(&s1, &s2, 3).expect("a member joined");
         assert!(t2.same_as(&t0.rebuild_from_state(&s2, 3)));
         assert_eq!(t2.slots()[1].members(), &[C1, C2, C3].map(|c| c.parse::<IpAddr>().unwrap()));

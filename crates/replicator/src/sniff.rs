@@ -369,20 +369,7 @@ mod tests {
             }));
         }
         for (n, c, mac, ip) in [("p1", "hv1", A, "192.168.10.11"), ("p2", "hv2", B, "192.168.10.12")] {
-            s.put(Object::Port(Port {
-                name: n.into(),
-                vpc: "prod".into(),
-                subnet: "web".into(),
-                chassis: c.into(),
-                mac,
-                ip: ip.parse().unwrap(),
-                ip6: None,
-                subnet6: None,
-                kind: vipcast_model::PortKind::Vm,
-                interface: None,
-                vlan: None,
-                standby_chassis: None,
-            }));
+            s.put(Object::Port(Port::vm(n, "prod", "web", c, mac, ip.parse().unwrap())));
         }
         let mut vip = Vip::new(VipSpec {
             name: "pay-vip".into(),

@@ -205,20 +205,14 @@ fn replicator_table(state: &vipcast_model::State, region: &Region, samples: usiz
                 let _ = new.delete(&ObjectKey::Port(name));
             } else {
                 let outside = (0..region.chassis).find(|n| !region.vpcs[v].contains(n)).unwrap_or(0);
-                new.put(Object::Port(vipcast_model::Port {
+                new.put(Object::Port(vipcast_model::Port::vm(
                     name,
-                    vpc: Region::vpc_name(v),
-                    subnet: "net".into(),
-                    chassis: Region::chassis_name(outside),
-                    mac: MacAddr([2, 0xee, 0, 0, (v >> 8) as u8, v as u8]),
-                    ip: IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 254, 254)),
-                    ip6: None,
-                    subnet6: None,
-                    kind: vipcast_model::PortKind::Vm,
-                    interface: None,
-                    vlan: None,
-                    standby_chassis: None,
-                }));
+                    Region::vpc_name(v),
+                    "net",
+                    Region::chassis_name(outside),
+                    MacAddr([2, 0xee, 0, 0, (v >> 8) as u8, v as u8]),
+                    IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 254, 254)),
+                )));
             }
         }
         let t = Instant::now();

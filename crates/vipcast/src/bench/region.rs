@@ -173,20 +173,14 @@ impl Region {
         for (v, chassis) in self.vpcs.iter().enumerate() {
             for (j, &n) in chassis.iter().enumerate() {
                 let (name, mac) = Region::port(&first, v, j);
-                out.push(Command::CreatePort(Port {
+                out.push(Command::CreatePort(Port::vm(
                     name,
-                    vpc: Region::vpc_name(v),
-                    subnet: "net".into(),
-                    chassis: Region::chassis_name(n),
+                    Region::vpc_name(v),
+                    "net",
+                    Region::chassis_name(n),
                     mac,
-                    ip: IpAddr::V4(Ipv4Addr::new(10, 0, (j / 250) as u8, (j % 250 + 1) as u8)),
-                    ip6: None,
-                    subnet6: None,
-                    kind: vipcast_model::PortKind::Vm,
-                    interface: None,
-                    vlan: None,
-                    standby_chassis: None,
-                }));
+                    IpAddr::V4(Ipv4Addr::new(10, 0, (j / 250) as u8, (j % 250 + 1) as u8)),
+                )));
             }
         }
         let mut per_vpc = vec![0usize; self.vpcs.len()];
