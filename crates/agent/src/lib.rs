@@ -457,6 +457,7 @@ impl<D: Dataplane> Driver<D> {
         let prober = self.prober.clone();
         let healthy = |n: &str| prober.healthy(n);
         let mut plan = plan::plan(&view, &healthy);
+        self.find_underlay(&view);
         for port in self.fence.apply(&view, &mut plan) {
             tracing::warn!(port, "underlay link down: physical attachment released to its standby gateway");
         }
@@ -486,21 +487,23 @@ impl<D: Dataplane> Driver<D> {
     }
 
     /// A carrier change of interface `ifindex`: whether it is the
-    /// underlay's (found by its address the first time a view has physical
-    /// ports) and changes the fence.
+    /// underlay's and changes the fence (cheap: on every carrier event,
+    /// before the link-down assist).
     fn underlay_link(&mut self, ifindex: u32, up: bool) -> bool {
-        if self.underlay.is_none() {
-            let Some(view) = self.core.view() else { return false };
-            let physical = view.vpcs.values().flat_map(|v| &v.local_ports).any(|p| p.kind == PortKind::Physical);
-            if !physical {
-                return false;
-            }
-            match vipcast_sys::ifindex_of_addr(view.underlay_ip) {
-                Ok(Some(i)) => self.underlay = Some(i),
-                _ => return false,
-            }
-        }
         self.underlay == Some(ifindex) && self.fence.underlay(up)
+    }
+
+    /// The underlay's interface, found by its address the first time the
+    /// view has physical ports here (only gateways serve them).
+    fn find_underlay(&mut self, view: &view::ChassisView) {
+        if self.underlay.is_some() || view.role != Role::Gateway {
+            return;
+        }
+        if view.vpcs.values().flat_map(|v| &v.local_ports).any(|p| p.kind == PortKind::Physical)
+            && let Ok(Some(i)) = vipcast_sys::ifindex_of_addr(view.underlay_ip)
+        {
+            self.underlay = Some(i);
+        }
     }
 
     /// Fetches this chassis' view afresh when the fence waits for one.
