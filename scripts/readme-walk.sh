@@ -84,7 +84,14 @@ run vipcast lab down shop
 
 # The database workload (labs/db.toml): MariaDB from the packages setup.sh installs.
 run vipcast lab up labs/db.toml
-run vipcast drill --lab db --vip db-vip --workload mariadb --fault service-kill --runs 1 --no-baseline
+if ! run vipcast drill --lab db --vip db-vip --workload mariadb --fault service-kill --runs 1 --no-baseline; then
+    # What the pair did, before lab down removes it.
+    for f in /run/vipcast/labs/db/mariadb-db-vip-*/dbctl.log /run/vipcast/labs/db/keepalived-db-vip-*.log; do
+        echo "== $f" >&2
+        tail -n 60 "$f" >&2 || true
+    done
+    exit 1
+fi
 run vipcast lab down db
 echo
 echo "readme-walk: every command ran"
