@@ -143,21 +143,38 @@ notify() {
 }
 
 watch() {
+    local unsynced=0
     while :; do
         local healthy=1
         if alive; then
             healthy=0
             if [ "$(cat "$here/rejoining" 2>/dev/null)" = 1 ]; then
-                local st
+                local st caught=0
                 st=$(slave_status)
-                if [ "$(field "$st" Slave_IO_Running)" = Yes ] &&
+                [ "$(field "$st" Slave_IO_Running)" = Yes ] &&
                     [ "$(field "$st" Slave_SQL_Running)" = Yes ] &&
-                    [ "$(field "$st" Seconds_Behind_Master)" = 0 ] &&
-                    [ "$(status Rpl_semi_sync_slave_status)" = ON ]; then
+                    [ "$(field "$st" Seconds_Behind_Master)" = 0 ] && caught=1
+                if [ "$caught" = 1 ] && [ "$(status Rpl_semi_sync_slave_status)" = ON ]; then
                     put rejoining 0
+                    unsynced=0
                     log "caught up with the master: eligible again"
                 else
                     healthy=1
+                    # Semi-sync is agreed when the replica connects: one that
+                    # connected while the new master had it disarmed (its
+                    # promotion still under way) stays asynchronous on that
+                    # connection. Caught up but still so after 1 s: connect
+                    # again.
+                    if [ "$caught" = 1 ]; then
+                        unsynced=$((unsynced + 1))
+                        if [ "$unsynced" -ge 10 ]; then
+                            unsynced=0
+                            sql "STOP SLAVE IO_THREAD; START SLAVE IO_THREAD" &&
+                                log "caught up but not semi-synchronous: reconnected to the master"
+                        fi
+                    else
+                        unsynced=0
+                    fi
                 fi
             fi
             if [ "$(cat "$here/role" 2>/dev/null)" = 2 ]; then
